@@ -1,0 +1,33 @@
+"""Pieces shared by both backbones: putting nonlocal blocks between the residual blocks of a stage."""
+from typing import Callable, Iterable, List, Sequence
+
+from torch import nn
+
+
+def assemble_stage(residual_blocks: Sequence[nn.Module], insert_after: Iterable[int],
+                   make_nonlocal: Callable[[], nn.Module], stage_name: str,
+                   nonlocal_paths: List[str]) -> nn.Sequential:
+    """Return nn.Sequential of the residual blocks with a nonlocal block after each index in insert_after.
+
+    The blocks are inserted into the same Sequential (not wrapped), as the reference does, so the module paths
+    and state_dict keys of the later residual blocks shift by one per inserted block (design.md section 4):
+    that is what lets a reference checkpoint load unchanged. The path of every inserted block
+    ("<stage_name>.<index>") is appended to nonlocal_paths.
+    """
+    after = set(insert_after)
+    modules = []
+    for index, block in enumerate(residual_blocks):
+        modules.append(block)
+        if index in after:
+            nonlocal_paths.append(f"{stage_name}.{len(modules)}")
+            modules.append(make_nonlocal())
+    return nn.Sequential(*modules)
+
+
+def residual_indices(stage: nn.Sequential, stage_name: str, nonlocal_paths: Sequence[str]) -> List[int]:
+    """Sequential indices of the residual blocks of a stage, in order, skipping the inserted nonlocal blocks.
+
+    Entry i is where the i-th residual block of the plain network now sits; used to map the keys of a
+    checkpoint without blocks (torchvision) onto a model with blocks.
+    """
+    return [index for index in range(len(stage)) if f"{stage_name}.{index}" not in nonlocal_paths]
