@@ -1,0 +1,76 @@
+"""Datasets by name and their loaders.
+
+    train_set, val_set, info = build_datasets("cifar10", "data")
+    train_loader, val_loader, train_sampler = build_loaders(train_set, val_set, 128, workers=4, seed=67)
+    for epoch in range(start_epoch, epochs):
+        train_sampler.set_epoch(epoch)   # order and augmentation are a function of (seed, epoch): resumes are exact
+        ...
+"""
+import os
+from functools import partial
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from lib.data.cifar import CifarDataset, build_cifar
+from lib.data.fake import FakeDataset, build_fake
+from lib.data.folders import ListFileDataset, build_imagefolder, build_imagenet, read_list_file
+from lib.data.info import DatasetInfo
+from lib.data.samplers import ContiguousShardSampler, EpochShuffleSampler, SeededAugmentation
+from lib.errors import ConfigError
+
+# name -> builder(name, data_dir, input_size, download, **options) -> (train_set, val_set, DatasetInfo)
+DATASETS = {
+    "cifar10": build_cifar,
+    "cifar100": build_cifar,
+    "imagenet": build_imagenet,
+    "imagefolder": build_imagefolder,
+    "fake": build_fake,
+}
+
+__all__ = ["DATASETS", "DatasetInfo", "build_datasets", "build_loaders", "CifarDataset", "FakeDataset",
+           "ListFileDataset", "read_list_file", "EpochShuffleSampler", "SeededAugmentation",
+           "ContiguousShardSampler"]
+
+
+def build_datasets(name, data_dir, input_size=None, download=True, **options):
+    """(train_set, val_set, info) for dataset `name` stored under data_dir.
+
+    input_size None takes the dataset's default (32 for cifar*/fake, 224 for imagenet/imagefolder). download only
+    matters for CIFAR. options go to the builder (fake: num_train, num_val, num_classes).
+    """
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset '{name}': choose one of {', '.join(sorted(DATASETS))}")
+    if input_size is not None and input_size < 1:
+        raise ConfigError(f"input_size must be positive, got {input_size}")
+    data_dir = os.fspath(data_dir) if data_dir is not None else ""
+    if name not in ("fake", "cifar10", "cifar100") and not os.path.isdir(data_dir or "."):
+        raise ConfigError(f"data directory {data_dir} does not exist")
+    return DATASETS[name](name, data_dir, input_size, download, **options)
+
+
+def build_loaders(train_set, val_set, batch_size, workers, distributed=False, seed=0):
+    """(train_loader, val_loader, train_sampler); batch_size is per process.
+
+    Training: EpochShuffleSampler (call train_sampler.set_epoch(epoch) every epoch), last partial batch kept as in
+    the reference. Validation: in order; with distributed=True each rank gets a contiguous shard without padding,
+    so the ranks' results must be summed. Neither loader draws from the global RNG.
+    """
+    if batch_size < 1 or workers < 0 or seed < 0:
+        raise ConfigError(f"need batch_size >= 1, workers >= 0, seed >= 0; got {batch_size}, {workers}, {seed}")
+    if distributed:
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("build_loaders(distributed=True) needs torch.distributed to be initialized first")
+        num_replicas, rank = dist.get_world_size(), dist.get_rank()
+    else:
+        num_replicas, rank = 1, 0
+    train_sampler = EpochShuffleSampler(train_set, num_replicas, rank, seed=seed)
+    val_sampler = ContiguousShardSampler(val_set, num_replicas, rank)
+    # Own generators: the loaders draw their worker base seeds from these, not from the global RNG.
+    loader = partial(DataLoader, batch_size=batch_size, num_workers=workers, pin_memory=torch.cuda.is_available(),
+                     persistent_workers=workers > 0)
+    train_loader = loader(SeededAugmentation(train_set), sampler=train_sampler, drop_last=False,
+                          generator=torch.Generator().manual_seed(seed))
+    val_loader = loader(val_set, sampler=val_sampler, generator=torch.Generator().manual_seed(seed))
+    return train_loader, val_loader, train_sampler
