@@ -3,6 +3,8 @@ from typing import Callable, Iterable, List, Sequence
 
 from torch import nn
 
+from lib.errors import ConfigError
+
 
 def assemble_stage(residual_blocks: Sequence[nn.Module], insert_after: Iterable[int],
                    make_nonlocal: Callable[[], nn.Module], stage_name: str,
@@ -31,3 +33,11 @@ def residual_indices(stage: nn.Sequential, stage_name: str, nonlocal_paths: Sequ
     checkpoint without blocks (torchvision) onto a model with blocks.
     """
     return [index for index in range(len(stage)) if f"{stage_name}.{index}" not in nonlocal_paths]
+
+
+def nonlocal_width(channels: int, div: float) -> int:
+    """C' = int(C / div), the reference's inner width of a nonlocal block (design.md notation)."""
+    inner = int(channels / div)
+    if inner < 1:
+        raise ConfigError(f"div {div} leaves no inner channels for a nonlocal block of width {channels}")
+    return inner

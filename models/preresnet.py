@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lib import build_nonlocal
-from models.common import assemble_stage
+from models.common import assemble_stage, nonlocal_width
 
 STAGE_WIDTHS = (16, 32, 64)
 STAGE_STRIDES = (1, 2, 2)
@@ -92,6 +92,7 @@ class PreResNet(nn.Module):
                  nl_layer: Sequence[int] = (1,), stage_num: int = 1, div: float = 2,
                  is_sys: Optional[bool] = None, is_norm: Optional[bool] = None):
         super().__init__()
+        self.depth = depth
         block, depths = self.ARCHS[depth]
         with_nonlocal = nl_type is not None and nl_nums > 0
         self.nonlocal_paths = []
@@ -109,7 +110,7 @@ class PreResNet(nn.Module):
             insert_after = (NONLOCAL_AFTER_BLOCK,) if with_nonlocal and stage in nl_layer else ()
 
             def make_nonlocal():
-                return build_nonlocal(nl_type, outplanes, int(outplanes / div), stage_num=stage_num,
+                return build_nonlocal(nl_type, outplanes, nonlocal_width(outplanes, div), stage_num=stage_num,
                                       is_sys=is_sys, is_norm=is_norm)
 
             setattr(self, f"layer{stage}",

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lib import build_nonlocal
-from models.common import assemble_stage
+from models.common import assemble_stage, nonlocal_width
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -75,6 +75,7 @@ class ResNet(nn.Module):
                  stage_num: int = 1, div: float = 2, is_sys: Optional[bool] = None,
                  is_norm: Optional[bool] = None):
         super().__init__()
+        self.depth = depth
         depths = self.ARCHS[depth]
         positions = nonlocal_positions(nl_nums, depths) if nl_type is not None else {}
         self.nonlocal_paths = []
@@ -94,7 +95,7 @@ class ResNet(nn.Module):
             blocks += [Bottleneck(outplanes, width) for _ in range(1, count)]
 
             def make_nonlocal():
-                return build_nonlocal(nl_type, outplanes, int(outplanes / div), stage_num=stage_num,
+                return build_nonlocal(nl_type, outplanes, nonlocal_width(outplanes, div), stage_num=stage_num,
                                       is_sys=is_sys, is_norm=is_norm, zero_init=True)
 
             name = f"layer{stage}"

@@ -127,6 +127,8 @@ def ensure_cifar(root, spec, download):
             download_and_extract_archive(spec.url, root, filename=spec.archive, md5=spec.md5)
         # URLError is an OSError; torchvision raises RuntimeError when the download fails its md5 check.
         except (OSError, http.client.HTTPException, RuntimeError, tarfile.TarError) as e:
+            if os.path.isfile(archive):  # a partial download would later be mistaken for a user-placed archive
+                os.remove(archive)
             reason = str(e).replace("\n", " ")
             raise ConfigError(
                 f"could not download {spec.title} into {root} (offline? {type(e).__name__}: {reason}): {hint}") from e

@@ -1,0 +1,156 @@
+"""Checkpoint files: the reference's names, crash-safe writes, finding the newest, reading with clear errors.
+
+A run folder holds one file per finished epoch (only the newest --keep-checkpoints are kept), named as the
+reference did: <epoch>-<dataset>-r-<arch>-w-<nl_nums><nl_type>-block.pth.tar, or <dataset>-r-<arch>-<epoch>-base
+.pth.tar without blocks (<epoch> 0-based; the file's "epoch" entry counts finished epochs, i.e. <epoch> + 1), and
+model_best.pth.tar. Writes go to a temporary file in the same folder, are fsync'ed, then renamed over the target:
+a kill at any moment leaves either the old or the new file, never a truncated one.
+"""
+import os
+import random
+import re
+import tempfile
+
+import numpy as np
+import torch
+
+from lib.errors import ConfigError
+
+BEST_NAME = "model_best.pth.tar"
+TEMP_SUFFIX = ".tmp"
+_BLOCK_NAME = re.compile(r"^(\d+)-.+-r-.+-w-\d+.+-block\.pth\.tar$")
+_BASE_NAME = re.compile(r"^.+-r-.+-(\d+)-base\.pth\.tar$")
+
+
+def checkpoint_name(epoch_index, dataset, arch, nl_nums, nl_type):
+    """The reference's file name for the checkpoint written after 0-based epoch epoch_index."""
+    if nl_nums and nl_type:
+        return f"{epoch_index}-{dataset}-r-{arch}-w-{nl_nums}{nl_type}-block.pth.tar"
+    return f"{dataset}-r-{arch}-{epoch_index}-base.pth.tar"
+
+
+def _epoch_index(filename):
+    match = _BLOCK_NAME.match(filename) or _BASE_NAME.match(filename)
+    return int(match.group(1)) if match else None
+
+
+def epoch_checkpoints(run_dir):
+    """[(epoch_index, path)] of the per-epoch checkpoints in run_dir, oldest first."""
+    if not os.path.isdir(run_dir):
+        return []
+    found = [(_epoch_index(name), os.path.join(run_dir, name)) for name in os.listdir(run_dir)]
+    return sorted((index, path) for index, path in found if index is not None)
+
+
+def latest_checkpoint(run_dir):
+    found = epoch_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def has_checkpoints(run_dir):
+    return bool(epoch_checkpoints(run_dir)) or os.path.isfile(os.path.join(run_dir, BEST_NAME))
+
+
+def atomic_save(obj, path):
+    """torch.save to path so that the file is always complete: temp file, fsync, os.replace, fsync the folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temp_path = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=TEMP_SUFFIX)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp_path, path)
+    except BaseException:
+        if os.path.exists(temp_path):
+            os.remove(temp_path)
+        raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder):
+    # Makes the rename itself durable; not possible on every platform (e.g. Windows), where it is skipped.
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def remove_stale_temp_files(run_dir):
+    """Delete temporary files left by a write that was killed (they never replaced anything); returns their names."""
+    if not os.path.isdir(run_dir):
+        return []
+    stale = [name for name in os.listdir(run_dir) if name.startswith(".") and name.endswith(TEMP_SUFFIX)
+             and ".pth.tar." in name]
+    for name in stale:
+        os.remove(os.path.join(run_dir, name))
+    return stale
+
+
+def prune_epoch_checkpoints(run_dir, keep, own_name):
+    """Delete all but the newest `keep` per-epoch checkpoints that this run wrote (own_name(index) == file name).
+
+    Files of other runs that share the folder (another nl_type, the reference's) are never touched.
+    """
+    if keep <= 0:
+        return []
+    own = [path for index, path in epoch_checkpoints(run_dir) if os.path.basename(path) == own_name(index)]
+    doomed = own[:-keep]
+    for path in doomed:
+        os.remove(path)
+    return doomed
+
+
+def load_checkpoint(path):
+    """The checkpoint dict at path (CPU tensors); a bare state_dict is wrapped as {'state_dict': ...}.
+
+    Raises ConfigError, on one line, for a missing, truncated or otherwise unreadable file.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"checkpoint not found: {path}")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # zip, pickle and EOF errors share no base class; all mean an unusable file
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(f"cannot read checkpoint {path}: truncated or corrupt file ({detail})") from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        return loaded
+    if isinstance(loaded, dict) and loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        return {"state_dict": loaded}
+    raise ConfigError(f"{path} is not a checkpoint: no 'state_dict' in it")
+
+
+def capture_rng():
+    """Every RNG a training step may draw from, in types that torch.load(weights_only=True) reads back."""
+    keys, position, has_gauss, cached = np.random.get_state()[1:]
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda, "python": random.getstate(),
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+
+
+def restore_rng(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def model_args_mismatch(saved, current):
+    """'nl_type 'nl' (checkpoint) vs 'snl' (this run), ...' for the constructor arguments that differ, or ''."""
+    def canonical(value):
+        return [canonical(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    keys = sorted(set(saved) | set(current))
+    differ = [f"{key} {canonical(saved.get(key))!r} (checkpoint) vs {canonical(current.get(key))!r} (this run)"
+              for key in keys if canonical(saved.get(key)) != canonical(current.get(key))]
+    return ", ".join(differ)

@@ -1,0 +1,120 @@
+"""One process, or one of several started by torchrun: device choice, process group, reductions.
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; with them train_val.py runs DistributedDataParallel (NCCL on CUDA,
+gloo on CPU), without them a single plain process. Only rank 0 writes files and prints.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from lib.errors import ConfigError
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+@dataclass(frozen=True)
+class DistContext:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    distributed: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun(environ=None) -> bool:
+    environ = os.environ if environ is None else environ
+    return all(name in environ for name in TORCHRUN_VARIABLES)
+
+
+def pick_device(flag: str, local_rank: int = 0, distributed: bool = False) -> torch.device:
+    """auto -> cuda if available, else cpu. Under torchrun each process takes GPU LOCAL_RANK."""
+    if flag == "auto":
+        flag = "cuda" if torch.cuda.is_available() else "cpu"
+    if flag.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {flag}: CUDA is not available here (use --device cpu)")
+        if distributed:
+            if ":" in flag:
+                raise ConfigError("under torchrun pass --device cuda (each process uses GPU LOCAL_RANK), not cuda:N")
+            if local_rank >= torch.cuda.device_count():
+                raise ConfigError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) visible")
+            return torch.device("cuda", local_rank)
+        index = int(flag.split(":")[1]) if ":" in flag else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {flag}: only {torch.cuda.device_count()} GPU(s) visible")
+        return torch.device("cuda", index)
+    if flag == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps: MPS is not available here")
+    return torch.device(flag)
+
+
+def init_distributed(device_flag: str) -> DistContext:
+    """Join the torchrun process group if launched by torchrun, else describe the single process."""
+    if not launched_by_torchrun():
+        return DistContext(device=pick_device(device_flag))
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    device = pick_device(device_flag, local_rank, distributed=True)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", init_method="env://")
+    return DistContext(device=device, rank=rank, world_size=world_size, local_rank=local_rank, distributed=True)
+
+
+def cleanup(ctx: DistContext) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _comm_device(ctx: DistContext) -> torch.device:
+    # NCCL reduces CUDA tensors only; gloo takes CPU tensors.
+    return ctx.device if ctx.device.type == "cuda" else torch.device("cpu")
+
+
+def all_reduce_sums(ctx: DistContext, values):
+    """Element-wise sum of a list of numbers over all processes (float64, so image counts stay exact)."""
+    if not ctx.distributed:
+        return [float(v) for v in values]
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device(ctx))
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def any_process(ctx: DistContext, flag: bool) -> bool:
+    """True if flag is True in any process: lets all processes stop together (a lone raise would hang the rest)."""
+    if not ctx.distributed:
+        return bool(flag)
+    tensor = torch.tensor([1.0 if flag else 0.0], device=_comm_device(ctx))
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item() > 0)
+
+
+def gather_objects(ctx: DistContext, obj):
+    """[obj of rank 0, obj of rank 1, ...] on every process (a one-element list in a single process)."""
+    if not ctx.distributed:
+        return [obj]
+    gathered = [None] * ctx.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+def local_main_first(ctx: DistContext, fn):
+    """Run fn in local rank 0 first (e.g. a dataset download), then in the node's other processes."""
+    if ctx.local_rank != 0:
+        barrier(ctx)
+    result = fn()
+    if ctx.local_rank == 0:
+        barrier(ctx)
+    return result

@@ -1,0 +1,119 @@
+"""What a run records: the text log (log_train.txt), metrics.jsonl, tensorboard scalars, args.yaml.
+
+Only the main process (rank 0) writes or prints; the other processes get disabled instances.
+"""
+import json
+import os
+import sys
+import time
+
+import yaml
+from termcolor import colored
+
+
+class RunLogger:
+    """Prints to stdout and appends the same lines (without colour) to log_train.txt once attach() is called.
+
+    Lines printed before the run folder exists (it is created only once the data, the model and any checkpoint
+    have loaded, so that a failed start leaves nothing behind) are buffered and written on attach().
+    """
+
+    def __init__(self, enabled=True, stream=None):
+        self.enabled = enabled
+        self.stream = stream
+        self.file = None
+        self.pending = []
+
+    def _emit(self, text, color=None, attrs=None):
+        if not self.enabled:
+            return
+        stream = self.stream or sys.stdout
+        stream.write((colored(text, color, attrs=attrs) if color else text) + "\n")
+        stream.flush()
+        if self.file is not None:
+            self.file.write(text + "\n")
+            self.file.flush()
+        else:
+            self.pending.append(text)
+
+    def info(self, text):
+        self._emit(text)
+
+    def heading(self, text):
+        self._emit(text, "green", ["bold"])
+
+    def warn(self, text):
+        self._emit(f"WARNING: {text}", "yellow")
+
+    def attach(self, path):
+        """Append from now on to path (log_train.txt accumulates over resumes), starting with the buffered lines."""
+        if not self.enabled:
+            return
+        self.file = open(path, "a", encoding="utf-8")
+        self.file.write(f"===== {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n")
+        self.file.writelines(line + "\n" for line in self.pending)
+        self.file.flush()
+        self.pending = []
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class MetricsFile:
+    """metrics.jsonl: one JSON object per evaluation, appended and flushed at once."""
+
+    def __init__(self, path, enabled=True):
+        self.path = path
+        self.enabled = enabled
+
+    def drop_after(self, epoch):
+        """Forget records of epochs after `epoch`: a resumed run recomputes them (a killed run may have logged
+        an evaluation whose checkpoint it never wrote). The file is rewritten atomically."""
+        if not self.enabled or not os.path.isfile(self.path):
+            return
+        with open(self.path, "r", encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+        kept = [line for line in lines if _record_epoch(line) <= epoch]
+        if len(kept) == len(lines):
+            return
+        temp = self.path + ".tmp"
+        with open(temp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, self.path)
+
+    def append(self, record):
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+
+
+def _record_epoch(line):
+    try:
+        return int(json.loads(line)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return 0  # a damaged line is kept rather than silently lost
+
+
+def open_tensorboard(run_dir, start_epoch, enabled=True):
+    """A tensorboardX writer into run_dir; scalars use step = finished epochs (epoch + 1), as the reference.
+
+    purge_step hides events of epochs after the checkpoint being resumed (logged by a run that was killed
+    before checkpointing them), so that resumed curves have no duplicate points.
+    """
+    if not enabled:
+        return None
+    from tensorboardX import SummaryWriter
+    return SummaryWriter(run_dir, purge_step=start_epoch + 1)
+
+
+def write_args(path, args):
+    """The resolved arguments as YAML (what the run actually used, recipe values included)."""
+    values = {key: value for key, value in sorted(vars(args).items()) if key not in ("resolved",)}
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(values, f, default_flow_style=None, sort_keys=True)

@@ -1,0 +1,63 @@
+"""--sync-bn: BatchNorm statistics over the global batch of all processes.
+
+On CUDA this is torch's SyncBatchNorm. torch's SyncBatchNorm refuses CPU tensors, so for CPU (gloo) runs this
+module provides an equivalent: the per-channel sums of x and x^2 and the count are all-reduced (differentiably,
+so gradients flow through the global statistics as in SyncBatchNorm), then normalization proceeds as usual.
+Same parameter and buffer names as nn.BatchNorm2d, so checkpoints are unaffected.
+"""
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import nn
+
+
+class CPUSyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are over every process's batch (gloo all_reduce)."""
+
+    def forward(self, x):
+        syncing = self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if not syncing:
+            return super().forward(x)
+        channels = x.size(1)
+        x32 = x.float()
+        local = torch.cat([x32.sum(dim=(0, 2, 3)), (x32 * x32).sum(dim=(0, 2, 3)),
+                           x32.new_tensor([x.numel() / channels])])
+        total = dist_fn.all_reduce(local)  # sum over processes, with a backward that sums the gradients too
+        count = total[-1]
+        mean = total[:channels] / count
+        var = (total[channels:2 * channels] / count - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * count / (count - 1).clamp_min(1)
+                self.running_mean.mul_(1 - momentum).add_(mean.to(self.running_mean.dtype), alpha=momentum)
+                self.running_var.mul_(1 - momentum).add_(unbiased.to(self.running_var.dtype), alpha=momentum)
+        shape = (1, channels, 1, 1)
+        y = (x32 - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def _convert_cpu(module):
+    converted = module
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, CPUSyncBatchNorm2d):
+        converted = CPUSyncBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                                       module.track_running_stats)
+        if module.affine:  # the same Parameter objects: an optimizer built earlier still sees them
+            converted.weight, converted.bias = module.weight, module.bias
+        converted.running_mean, converted.running_var = module.running_mean, module.running_var
+        converted.num_batches_tracked = module.num_batches_tracked
+        converted.train(module.training)
+    for name, child in module.named_children():
+        converted.add_module(name, _convert_cpu(child))
+    return converted
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm2d of model as a synchronized one: torch's SyncBatchNorm on CUDA, CPUSyncBatchNorm2d else."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return _convert_cpu(model)
+

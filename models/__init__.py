@@ -1,0 +1,102 @@
+"""Backbones with nonlocal blocks: a name -> class registry and one factory, build_model (design.md section 4).
+
+    model = build_model("preresnet", 20, num_classes=10, nl_type="snl", is_sys=True, is_norm=True)
+    model = build_model("resnet", "50", num_classes=1000, nl_type="snl", nl_nums=5, pretrained=True)
+
+model.build_args holds the canonical arguments, so build_model(**model.build_args) rebuilds the same network
+(a checkpoint can store them); weights are then restored with load_state_dict_checked.
+"""
+from typing import Iterable, Optional, Tuple, Union
+
+from torch import nn
+
+from lib import NONLOCAL_BLOCKS
+from lib.errors import ConfigError
+from models.preresnet import PreResNet
+from models.resnet import ResNet
+from models.weights import classifier_size, load_state_dict_checked, load_torchvision_resnet
+
+BACKBONES = {"preresnet": PreResNet, "resnet": ResNet}
+PRERESNET_STAGES = (1, 2, 3)
+
+__all__ = ["BACKBONES", "build_model", "classifier_size", "load_state_dict_checked", "PreResNet", "ResNet"]
+
+
+def _valid(names: Iterable) -> str:
+    return ", ".join(str(name) for name in names)
+
+
+def _parse_arch(backbone: str, arch: Union[int, str]) -> int:
+    archs = BACKBONES[backbone].ARCHS
+    try:
+        depth = int(str(arch).strip())
+    except ValueError:
+        depth = None
+    if depth not in archs:
+        raise ConfigError(f"unknown arch {arch!r} for backbone {backbone!r}; valid: {_valid(archs)}")
+    return depth
+
+
+def _parse_nl_layer(nl_layer: Union[int, str, Iterable[Union[int, str]]]) -> Tuple[int, ...]:
+    """PreResNet stages that get a block, as sorted ints; accepts '1', 1, ('1', '3'), [2, 3]."""
+    items = [nl_layer] if isinstance(nl_layer, (int, str)) else list(nl_layer)
+    stages = set()
+    for item in items:
+        try:
+            stage = int(str(item).strip())
+        except ValueError:
+            stage = None
+        if stage not in PRERESNET_STAGES:
+            raise ConfigError(f"unknown nl_layer stage {item!r}; valid: {_valid(PRERESNET_STAGES)}")
+        stages.add(stage)
+    return tuple(sorted(stages))
+
+
+def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type: Optional[str] = None,
+                nl_nums: int = 1, nl_layer: Union[int, str, Iterable] = ("1",), stage_num: int = 1,
+                div: float = 2, is_sys: Optional[bool] = None, is_norm: Optional[bool] = None,
+                pretrained: Union[None, bool, str] = None) -> nn.Module:
+    """Build backbone-arch with nl_type nonlocal blocks at the reference positions (design.md section 4).
+
+    backbone: "preresnet" (CIFAR; arch 20, 56, 110) or "resnet" (ImageNet; arch 50, 101, 152).
+    nl_type None or nl_nums 0: the plain backbone. nl_nums: preresnet 0 or 1 (one block in each nl_layer
+    stage); resnet 0, 1 or 5. nl_layer (preresnet only): stages 1, 2, 3. stage_num, div, is_sys, is_norm:
+    see lib.build_nonlocal (None = the block's default). pretrained (resnet only): None / False = none,
+    True = torchvision's ImageNet weights (download), a str = a torchvision-format state_dict file.
+    Raises ConfigError for any unknown name or unsupported combination.
+    """
+    if backbone not in BACKBONES:
+        raise ConfigError(f"unknown backbone {backbone!r}; valid: {_valid(BACKBONES)}")
+    cls = BACKBONES[backbone]
+    depth = _parse_arch(backbone, arch)
+    if nl_type is not None and nl_type not in NONLOCAL_BLOCKS:
+        raise ConfigError(f"unknown nl_type {nl_type!r}; valid: {_valid(NONLOCAL_BLOCKS)} (or None for none)")
+    if nl_nums not in cls.NL_NUMS:
+        raise ConfigError(f"nl_nums {nl_nums!r} is not supported for {backbone}; valid: {_valid(cls.NL_NUMS)}")
+    if isinstance(stage_num, bool) or not isinstance(stage_num, int) or stage_num < 1:
+        raise ConfigError(f"stage_num must be a positive integer, got {stage_num!r}")
+    if not div > 0:
+        raise ConfigError(f"div must be positive, got {div!r}")
+    if num_classes < 1:
+        raise ConfigError(f"num_classes must be positive, got {num_classes!r}")
+    stages = _parse_nl_layer(nl_layer)
+    if nl_type is None or nl_nums == 0:
+        nl_type, nl_nums = None, 0  # one canonical spelling of "no blocks", for build_args
+    block_args = dict(nl_type=nl_type, nl_nums=nl_nums, stage_num=stage_num, div=div, is_sys=is_sys,
+                      is_norm=is_norm)
+    if backbone == "preresnet":
+        if pretrained:
+            raise ConfigError("there are no pretrained weights for preresnet; to start from a checkpoint, load "
+                              "it with load_state_dict_checked")
+        model = PreResNet(depth, num_classes, nl_layer=stages, **block_args)
+    else:
+        if stages != (1,):
+            # Silently ignoring it would leave the user believing the blocks went elsewhere.
+            raise ConfigError("nl_layer applies to preresnet only; resnet's block positions come from nl_nums")
+        model = ResNet(depth, num_classes, **block_args)
+        if pretrained:
+            load_torchvision_resnet(model, pretrained)
+    # pretrained is left out: a checkpoint's own weights replace it when the model is rebuilt from build_args.
+    model.build_args = dict(backbone=backbone, arch=depth, num_classes=num_classes, nl_layer=list(stages),
+                            **block_args)
+    return model
