@@ -20,6 +20,9 @@ BEST_NAME = "model_best.pth.tar"
 TEMP_SUFFIX = ".tmp"
 _BLOCK_NAME = re.compile(r"^(\d+)-.+-r-.+-w-\d+.+-block\.pth\.tar$")
 _BASE_NAME = re.compile(r"^.+-r-.+-(\d+)-base\.pth\.tar$")
+# mkstemp creates files readable by the owner only; checkpoints get the permissions of any other new file.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def checkpoint_name(epoch_index, dataset, arch, nl_nums, nl_type):
@@ -56,6 +59,8 @@ def atomic_save(obj, path):
     folder = os.path.dirname(os.path.abspath(path))
     handle, temp_path = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=TEMP_SUFFIX)
     try:
+        if hasattr(os, "fchmod"):  # POSIX only
+            os.fchmod(handle, 0o666 & ~_UMASK)
         with os.fdopen(handle, "wb") as f:
             torch.save(obj, f)
             f.flush()

@@ -45,6 +45,16 @@ class RunLogger:
     def warn(self, text):
         self._emit(f"WARNING: {text}", "yellow")
 
+    def record(self, text):
+        """Only into the log file (for a message that is also printed elsewhere, e.g. the final error on stderr)."""
+        if not self.enabled:
+            return
+        if self.file is not None:
+            self.file.write(text + "\n")
+            self.file.flush()
+        else:
+            self.pending.append(text)
+
     def attach(self, path):
         """Append from now on to path (log_train.txt accumulates over resumes), starting with the buffered lines."""
         if not self.enabled:

@@ -5,6 +5,7 @@
 - classifier_size: how many classes a checkpoint's classifier has (a reference CIFAR checkpoint has 1000).
 - load_torchvision_resnet: torchvision ImageNet weights (downloaded, or a local file) into our ResNet.
 """
+import os
 from typing import Dict, List, Mapping, Union
 
 import torch
@@ -16,7 +17,7 @@ from models.common import residual_indices
 
 # How many names a mismatch message lists before "...".
 SHOWN_KEYS = 3
-# torchvision's original ImageNet weights (V1): the ones the reference fine-tunes from.
+# torchvision's original ImageNet weights (V1), which the reference's model_urls point to; V2 has another recipe.
 TORCHVISION_WEIGHTS = {50: torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
                        101: torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
                        152: torchvision.models.ResNet152_Weights.IMAGENET1K_V1}
@@ -78,6 +79,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: StateDict) -> None:
     (design.md section 6). Anything else that does not fit (another depth, another nl_type, fewer classes)
     raises ConfigError naming the first few missing / unexpected keys and shape mismatches.
     """
+    model = getattr(model, "module", model)  # a DataParallel / DDP wrapper: load into the wrapped model
     state_dict = strip_module_prefix(state_dict)
     unused = getattr(model, "REFERENCE_UNUSED_MODULES", ())
     dropped = [k for k in state_dict if k.split(".")[0] in unused]
@@ -95,7 +97,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: StateDict) -> None:
     model.load_state_dict(state_dict)
 
 
-def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+def _read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -118,7 +120,7 @@ def _download_torchvision(depth: int) -> Dict[str, torch.Tensor]:
                           "pass a local path to a torchvision-format state_dict instead") from None
 
 
-def load_torchvision_resnet(model: nn.Module, pretrained: Union[bool, str]) -> None:
+def load_torchvision_resnet(model: nn.Module, pretrained: Union[bool, str, os.PathLike]) -> None:
     """Load torchvision ImageNet weights (True: download them; a str: a torchvision-format state_dict file).
 
     The nonlocal blocks sit inside layer3 / layer4, so torchvision's residual block layerL.i lives at a
@@ -126,7 +128,8 @@ def load_torchvision_resnet(model: nn.Module, pretrained: Union[bool, str]) -> N
     with a notice, when its size differs from the model's num_classes. Any other mismatch raises ConfigError.
     """
     depth = model.depth
-    source = _read_state_dict(pretrained) if isinstance(pretrained, str) else _download_torchvision(depth)
+    from_file = isinstance(pretrained, (str, os.PathLike))
+    source = _read_state_dict(pretrained) if from_file else _download_torchvision(depth)
     source = strip_module_prefix(source)
     renamed = {}
     index_maps = {name: residual_indices(getattr(model, name), name, model.nonlocal_paths)
@@ -135,8 +138,10 @@ def load_torchvision_resnet(model: nn.Module, pretrained: Union[bool, str]) -> N
         parts = key.split(".")
         if parts[0] in index_maps and len(parts) > 2 and parts[1].isdigit():
             indices = index_maps[parts[0]]
-            if int(parts[1]) < len(indices):  # out-of-range keys stay as they are and are reported below
-                parts[1] = str(indices[int(parts[1])])
+            if int(parts[1]) >= len(indices):  # renaming it could collide with a shifted key: stop here
+                raise ConfigError(f"pretrained weights are not a torchvision ResNet-{depth} state_dict: {key} "
+                                  f"is beyond the {len(indices)} residual blocks of {parts[0]}")
+            parts[1] = str(indices[int(parts[1])])
         renamed[".".join(parts)] = value
     model_state = model.state_dict()
     keep_own = [k for k in model_state if any(k.startswith(p + ".") for p in model.nonlocal_paths)]
@@ -147,5 +152,6 @@ def load_torchvision_resnet(model: nn.Module, pretrained: Union[bool, str]) -> N
         keep_own += ["fc.weight", "fc.bias"]
     problems = _mismatch(model_state, renamed, ignore_missing=set(keep_own))
     if problems:
-        raise ConfigError(f"pretrained weights are not a torchvision ResNet-{depth} state_dict: {'; '.join(problems)}")
+        raise ConfigError(f"pretrained weights are not a torchvision ResNet-{depth} state_dict: "
+                          f"{'; '.join(problems)}")
     model.load_state_dict(renamed, strict=False)

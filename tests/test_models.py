@@ -258,13 +258,17 @@ def test_torchvision_classifier_skipped_for_other_class_count(torchvision_resnet
     assert torch.equal(model.layer4[2].bn3.running_var, weights["layer4.2.bn3.running_var"])
 
 
-def test_non_torchvision_pretrained_file_is_refused(tmp_path):
+def test_non_torchvision_pretrained_file_is_refused(torchvision_resnet50, tmp_path):
     path = str(tmp_path / "preresnet.pth")
     torch.save(build_model("preresnet", 20, 10).state_dict(), path)
     with pytest.raises(ConfigError, match="not a torchvision ResNet-50 state_dict"):
         build_model("resnet", 50, 10, pretrained=path)
+    deeper = dict(torchvision_resnet50[1], **{"layer3.6.conv1.weight": torch.zeros(256, 1024, 1, 1)})
+    torch.save(deeper, path)  # a 7th layer3 block, as in ResNet-101 weights
+    with pytest.raises(ConfigError, match="layer3.6.conv1.weight is beyond the 6 residual blocks of layer3"):
+        build_model("resnet", 50, 10, nl_type="snl", pretrained=path)
     with pytest.raises(ConfigError, match="not found"):
-        build_model("resnet", 50, 10, pretrained=str(tmp_path / "missing.pth"))
+        build_model("resnet", 50, 10, pretrained=tmp_path / "missing.pth")
 
 
 def test_pretrained_download_offline_gives_one_line_error(monkeypatch):

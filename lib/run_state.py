@@ -1,0 +1,99 @@
+"""Bookkeeping of one training run: its folder, what to resume from, the best accuracies, the checkpoint dict."""
+import os
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from lib.checkpoint import has_checkpoints, latest_checkpoint
+from lib.errors import ConfigError
+
+
+def run_folder(args):
+    """<output-dir>/<dataset>/<arch>/<checkpoints>, the reference's layout (arch 20/56/110 are PreResNets and
+    50/101/152 ResNets, so the backbone needs no level of its own)."""
+    return os.path.join(args.output_dir, args.dataset, str(args.arch), args.checkpoints)
+
+
+def model_kwargs(args, num_classes, pretrained=None):
+    """build_model's keyword arguments from the flags."""
+    return dict(backbone=args.backbone, arch=args.arch, num_classes=num_classes,
+                nl_type=args.nl_type if args.nl_nums else None, nl_nums=args.nl_nums, nl_layer=args.nl_layer,
+                stage_num=args.stage_nums, div=args.div, is_sys=args.is_sys, is_norm=args.is_norm,
+                pretrained=pretrained or None)
+
+
+def resume_source(args, run_dir, log):
+    """The checkpoint to resume from, or None. Refuses to start over, or resume into, a run folder whose
+    checkpoints would be overwritten without the user asking for it."""
+    if args.isresume and args.resumename:
+        path = os.path.join(run_dir, args.resumename)
+        if not os.path.isfile(path):
+            raise ConfigError(f"--resumename {args.resumename}: no such file in the run folder {run_dir}")
+        return path
+    if args.resume == "auto":
+        path = latest_checkpoint(run_dir)
+        if path is None:
+            log.warn(f"--resume auto: no checkpoint in {run_dir}, starting from scratch")
+        return path
+    if args.resume:
+        inside = os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(run_dir)
+        if has_checkpoints(run_dir) and not inside:
+            raise ConfigError(f"run folder {run_dir} already holds checkpoints, which continuing {args.resume} "
+                              f"there would overwrite: choose a new --checkpoints name")
+        return args.resume
+    if has_checkpoints(run_dir):
+        raise ConfigError(f"run folder {run_dir} already holds checkpoints: pass --resume auto to continue that "
+                          f"run, or choose a new --checkpoints name")
+    return None
+
+
+@dataclass
+class BestTracker:
+    """Best top-1 and best top-5 so far (each with its epoch, counted from 1), and the latest evaluation.
+
+    As the reference, the two bests are tracked independently; model_best.pth.tar follows top-1.
+    """
+    top1: Optional[float] = None
+    top1_epoch: int = 0
+    top5: Optional[float] = None
+    top5_epoch: int = 0
+    last: Optional[dict] = None
+
+    def update(self, epoch, stats):
+        """Record an evaluation after `epoch` finished epochs; True if its top-1 is a new best."""
+        self.last = dict(stats, epoch=epoch)
+        if self.top5 is None or stats["top5"] > self.top5:
+            self.top5, self.top5_epoch = stats["top5"], epoch
+        if self.top1 is None or stats["top1"] > self.top1:
+            self.top1, self.top1_epoch = stats["top1"], epoch
+            return True
+        return False
+
+    def checkpoint_entries(self):
+        # best_prec1 keeps the reference's key name (and a 0 for "none yet", as its initial value).
+        return {"best_prec1": self.top1 or 0.0, "best_prec1_epoch": self.top1_epoch,
+                "best_prec5": self.top5 or 0.0, "best_prec5_epoch": self.top5_epoch, "last_eval": self.last}
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint):
+        """Restored from our checkpoints; the reference's hold only best_prec1 (a tensor there), no epochs."""
+        def number(key):
+            value = checkpoint.get(key)
+            return None if value is None else float(value)
+
+        return cls(top1=number("best_prec1"), top1_epoch=int(checkpoint.get("best_prec1_epoch", 0)),
+                   top5=number("best_prec5"), top5_epoch=int(checkpoint.get("best_prec5_epoch", 0)),
+                   last=checkpoint.get("last_eval"))
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def summary_line(best):
+    """The run's closing line: final and best top-1 / top-5 (the reference reported only the best, which is
+    selected on the test set; both are given here)."""
+    if best.last is None:
+        return "=> done: no evaluation was run"
+    last = best.last
+    return (f"=> done: final top-1 {last['top1']:.3f} top-5 {last['top5']:.3f} (epoch {last['epoch']}) | "
+            f"best top-1 {best.top1:.3f} (epoch {best.top1_epoch}), best top-5 {best.top5:.3f} "
+            f"(epoch {best.top5_epoch})")

@@ -1,0 +1,381 @@
+#!/usr/bin/env python3
+"""Train and evaluate PreResNet / ResNet with nonlocal blocks (SNL and the blocks it is compared against).
+
+    python train_val.py --dataset cifar10 --backbone preresnet --arch 20 --nl-type snl --is_norm --is_sys
+    torchrun --nproc_per_node 8 train_val.py --dataset imagenet --backbone resnet --arch 50 --nl-type snl
+    python train_val.py --valid --check_path CHECKPOINT --dataset cifar10 ...
+
+The reference's command lines keep working (lib/cli.py); the per-dataset recipe fills unset flags
+(lib/recipe.py). Outputs go to <output-dir>/<dataset>/<arch>/<checkpoints>/. Layout as torchvision's
+references/classification/train.py: get_args_parser(), train_one_epoch(), evaluate(), main(args).
+"""
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lib.checkpoint import (BEST_NAME, atomic_save, capture_rng, checkpoint_name, load_checkpoint,
+                            model_args_mismatch, prune_epoch_checkpoints, remove_stale_temp_files, restore_rng)
+from lib.cli import get_args_parser  # noqa: F401  (the torchvision-style entry points live here)
+from lib.config import parse_args
+from lib.data import build_datasets, build_loaders
+from lib.distributed import (all_reduce_sums, any_process, cleanup, gather_objects, init_distributed,
+                             local_main_first)
+from lib.errors import ConfigError
+from lib.logger import MetricsFile, RunLogger, open_tensorboard, write_args
+from lib.metrics import AverageMeter, format_seconds, percent, topk_correct
+from lib.recipe import RECIPES, resolve_args
+from lib.run_state import BestTracker, model_kwargs, resume_source, run_folder, summary_line
+from lib.schedule import WarmupStepSchedule, set_lr
+from lib.sync_bn import convert_sync_batchnorm
+from models import build_model, classifier_size, load_state_dict_checked
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite: the run stops, and that epoch is never checkpointed."""
+
+
+def build_criterion(args):
+    return nn.CrossEntropyLoss()
+
+
+def autocast(device, amp):
+    dtype = AMP_DTYPES[amp]
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def _to_device(images, target, ctx, args):
+    images = images.to(ctx.device, non_blocking=True)
+    if args.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, target.to(ctx.device, non_blocking=True)
+
+
+def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr, args, log):
+    """One pass over the training data; returns the epoch's mean loss and top-1 over all processes' images."""
+    model.train()
+    losses, correct = AverageMeter(), 0
+    num_batches, start = len(loader), time.time()
+    for i, (images, target) in enumerate(loader):
+        images, target = _to_device(images, target, ctx, args)
+        with autocast(ctx.device, args.amp):
+            output = model(images)
+            loss = criterion(output, target)
+        loss_value = loss.item()
+        # Checked before the update, so no NaN reaches the weights; agreed across processes, so all stop together.
+        if any_process(ctx, not math.isfinite(loss_value)):
+            raise NonFiniteLoss(f"training loss became non-finite ({loss_value}) at epoch {epoch + 1}, iteration "
+                                f"{i + 1}: run stopped, this epoch is not checkpointed (try a lower --lr or --amp off)")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        batch_correct = topk_correct(output, target, (1,))[0]
+        losses.update(loss_value, target.size(0))
+        correct += batch_correct
+        if i % args.print_freq == 0 or i == num_batches - 1:
+            elapsed = time.time() - start
+            log.info(f"Epoch [{epoch + 1}/{args.epochs}][{i + 1}/{num_batches}]  loss {loss_value:.4f} "
+                     f"({losses.avg:.4f})  top-1 {percent(batch_correct, target.size(0)):.2f} "
+                     f"({percent(correct, losses.count):.2f})  lr {lr:.6g}  "
+                     f"{losses.count * ctx.world_size / max(elapsed, 1e-9):.1f} img/s  "
+                     f"eta {format_seconds(elapsed / (i + 1) * (num_batches - i - 1))}")
+    loss_sum, correct_sum, count = all_reduce_sums(ctx, [losses.sum, correct, losses.count])
+    return {"loss": loss_sum / count, "top1": percent(correct_sum, count), "n": int(count)}
+
+
+@torch.no_grad()
+def evaluate(model, loader, ctx, args, log):
+    """Top-1 / top-5 / mean loss over the whole validation set: every image once, summed over processes."""
+    model.eval()
+    loss_sum = correct1 = correct5 = count = 0
+    for i, (images, target) in enumerate(loader):
+        images, target = _to_device(images, target, ctx, args)
+        with autocast(ctx.device, args.amp):
+            output = model(images)
+        loss_sum += F.cross_entropy(output.float(), target, reduction="sum").item()
+        hits1, hits5 = topk_correct(output, target, (1, 5))
+        correct1, correct5, count = correct1 + hits1, correct5 + hits5, count + target.size(0)
+        if i % args.print_freq == 0:
+            log.info(f"Test [{i + 1}/{len(loader)}]  top-1 {percent(correct1, count):.3f}  "
+                     f"top-5 {percent(correct5, count):.3f}")
+    loss_sum, correct1, correct5, count = all_reduce_sums(ctx, [loss_sum, correct1, correct5, count])
+    stats = {"top1": percent(correct1, count), "top5": percent(correct5, count),
+             "loss": loss_sum / count if count else float("nan"), "n": int(count)}
+    log.info(f" * Prec@1 {stats['top1']:.3f} Prec@5 {stats['top5']:.3f}  loss {stats['loss']:.4f}  "
+             f"({stats['n']} images)")
+    return stats
+
+
+def seed_everything(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def maybe_compile(model, args, log):
+    if not args.compile:
+        return model
+    try:
+        import torch._dynamo
+        torch._dynamo.config.suppress_errors = True  # a graph that fails to compile then runs eagerly, with a warning
+        return torch.compile(model)
+    except Exception as error:  # no compiler toolchain, unsupported platform...: training still works eagerly
+        log.warn(f"--compile failed ({type(error).__name__}: {error}); running the model uncompiled")
+        return model
+
+
+def prepare_model(model, args, ctx, log):
+    """(model_without_ddp, train_model, eval_model): the plain module for checkpoints, the (DDP-)wrapped one for
+    training, and one without DDP for evaluation (DDP's forward is collective; shards differ in length)."""
+    if args.sync_bn and ctx.distributed:
+        model = convert_sync_batchnorm(model, ctx.device)
+    elif args.sync_bn:
+        log.warn("--sync-bn does nothing in a single process")
+    model.to(ctx.device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    compiled = maybe_compile(model, args, log)
+    train_model = compiled
+    if ctx.distributed:
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        train_model = torch.nn.parallel.DistributedDataParallel(compiled, device_ids=device_ids)
+    return model, train_model, compiled
+
+
+def load_data(args, ctx):
+    # Local rank 0 first: a CIFAR download must not run in several processes into the same folder at once.
+    train_set, val_set, info = local_main_first(
+        ctx, lambda: build_datasets(args.dataset, args.data_dir, args.input_size, download=args.download))
+    loaders = build_loaders(train_set, val_set, args.batch_size, args.workers, distributed=ctx.distributed,
+                            seed=args.seed)
+    return (train_set, val_set, info) + tuple(loaders)
+
+
+def validate_checkpoint(args, ctx, log):
+    """--valid: evaluate --check_path (ours: rebuilt from its stored constructor args; the reference's: from the
+    command-line flags, with the classifier size the checkpoint has)."""
+    log.heading("=> validation mode")
+    checkpoint = load_checkpoint(args.check_path)
+    _, val_set, info, _, val_loader, _ = load_data(args, ctx)
+    saved = checkpoint.get("model_args")
+    if saved:
+        given = set(getattr(args, "explicit", None) or ())
+        with torch.device("meta"):  # only for the canonical form of what the flags ask for; no memory used
+            requested = build_model(**model_kwargs(args, saved["num_classes"])).build_args
+        conflicts = model_args_mismatch({k: saved.get(k) for k in requested if _flag_of(k) in given},
+                                        {k: requested[k] for k in requested if _flag_of(k) in given})
+        if conflicts:
+            raise ConfigError(f"{args.check_path} holds another model than the flags ask for: {conflicts}")
+        model = build_model(**saved)
+    else:
+        model = build_model(**model_kwargs(args, classifier_size(checkpoint["state_dict"])))
+    load_state_dict_checked(model, checkpoint["state_dict"])
+    if model.build_args["num_classes"] < info.num_classes:
+        raise ConfigError(f"{args.check_path} has {model.build_args['num_classes']} classes, {args.dataset} "
+                          f"{info.num_classes}")
+    log.info(f"=> loaded {args.check_path} (epoch {checkpoint.get('epoch', '?')}); evaluating {len(val_set)} images")
+    _, _, eval_model = prepare_model(model, args, ctx, log)
+    stats = evaluate(eval_model, val_loader, ctx, args, log)
+    log.heading(f" * Final Accuracy: Prec@1 {stats['top1']:.3f}, Prec@5 {stats['top5']:.3f} ({stats['n']} images)")
+    return stats
+
+
+def _flag_of(build_arg):
+    return {"stage_num": "stage_nums"}.get(build_arg, build_arg)
+
+
+def save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedule, best, args, ctx, log):
+    """Write the checkpoint of `finished` epochs (and model_best.pth.tar if is_best) from rank 0.
+
+    The RNG states are gathered from every process at this point, which is exactly where the next epoch starts,
+    so a resumed run draws the same random numbers as an uninterrupted one. model_best is written first: a kill
+    in between leaves a best that a resumed run simply rewrites, never a best older than the last checkpoint
+    claims.
+    """
+    rng_states = gather_objects(ctx, capture_rng())
+    if not ctx.is_main:
+        return
+    checkpoint = {
+        "epoch": finished, "arch": f"{args.backbone}-{args.arch}", "model_args": dict(model.build_args),
+        "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "lr": schedule.lr_at(finished - 1), "lr_schedule": schedule.state_dict(),
+        "rng_states": rng_states, "world_size": ctx.world_size,
+        "args": {key: value for key, value in vars(args).items() if key != "resolved"},
+        **best.checkpoint_entries(),
+    }
+    if is_best:
+        atomic_save(checkpoint, os.path.join(run_dir, BEST_NAME))
+    own_name = lambda index: checkpoint_name(index, args.dataset, args.arch, args.nl_nums, args.nl_type)  # noqa
+    path = os.path.join(run_dir, own_name(finished - 1))
+    atomic_save(checkpoint, path)
+    prune_epoch_checkpoints(run_dir, args.keep_checkpoints, own_name)
+    log.info(f"=> saved {path}" + (f" and {BEST_NAME}" if is_best else ""))
+
+
+def load_resumed_weights(checkpoint, path, model):
+    """The checkpoint's weights into model (on the CPU, before any wrapping), after checking it is the same model."""
+    saved = checkpoint.get("model_args")
+    if saved:
+        mismatch = model_args_mismatch(saved, model.build_args)
+        if mismatch:
+            raise ConfigError(f"cannot resume from {path}, it holds another model: {mismatch}")
+    load_state_dict_checked(model, checkpoint["state_dict"])
+
+
+def load_resumed_state(checkpoint, path, optimizer, scaler, log):
+    """Optimizer and scaler state (after the model reached its device); returns (finished epochs, BestTracker)."""
+    if checkpoint.get("optimizer"):
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    if scaler is not None and checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
+    best = BestTracker.from_checkpoint(checkpoint)
+    finished = int(checkpoint.get("epoch", 0))
+    log.heading(f"=> resuming {path}: {finished} epoch(s) done, best top-1 {best.top1 or 0:.3f} "
+                f"(epoch {best.top1_epoch}), best top-5 {best.top5 or 0:.3f} (epoch {best.top5_epoch})")
+    return finished, best
+
+
+def log_setup(args, ctx, info, train_set, val_set, model, schedule, log):
+    global_batch = args.batch_size * ctx.world_size
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    blocks = f"{args.nl_nums} {args.nl_type} block(s)" if args.nl_nums else "no nonlocal block"
+    log.info(f"=> data: {args.dataset}, {len(train_set)} train / {len(val_set)} val images, {info.num_classes} "
+             f"classes, input {info.input_size}px")
+    log.info(f"=> model: {args.backbone}-{args.arch} with {blocks}, {params:.2f}M parameters")
+    log.info(f"=> batch size {args.batch_size} per process x {ctx.world_size} process(es) = global batch "
+             f"{global_batch}; {args.epochs} epochs ({args.warmup_epochs} warm-up from lr "
+             f"{schedule.warmup_start_lr:.6g}), lr {schedule.base_lr:.6g} x {args.lr_gamma} at epochs {args.lr_steps}")
+    if ctx.world_size > 1 and args.lr_scale == "none":
+        log.warn(f"the lr is not rescaled for the global batch {global_batch} (the recipe assumes "
+                 f"{RECIPES[args.recipe]['batch_size']}); pass --lr-scale linear to scale it")
+    if args.debug:
+        log.warn("debug mode")
+        log.info(str(model))
+
+
+def train(args, ctx, log):
+    run_dir = run_folder(args)
+    log.heading(f"=> torch {torch.__version__}, device {ctx.device}, {ctx.world_size} process(es), run folder "
+                f"{run_dir}")
+    if args.num_gpu > 1:
+        log.warn("--num_gpu is superseded: launch with torchrun --nproc_per_node N for N GPUs; running 1 process")
+    resume_path = resume_source(args, run_dir, log)
+    train_set, val_set, info, train_loader, val_loader, train_sampler = load_data(args, ctx)
+    checkpoint = load_checkpoint(resume_path) if resume_path else None
+    # A resumed model's weights come from its checkpoint: pretrained weights are not loaded again.
+    model = build_model(**model_kwargs(args, info.num_classes, None if checkpoint else args.pretrained))
+    if checkpoint is not None:
+        load_resumed_weights(checkpoint, resume_path, model)
+    model, train_model, eval_model = prepare_model(model, args, ctx, log)
+    scale = args.batch_size * ctx.world_size / RECIPES[args.recipe]["batch_size"] if args.lr_scale == "linear" else 1
+    schedule = WarmupStepSchedule(args.lr * scale, args.lr_steps, args.warmup_epochs, args.lr_gamma)
+    optimizer = torch.optim.SGD(model.parameters(), lr=schedule.lr_at(0), momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    scaler = torch.amp.GradScaler(ctx.device.type) if args.amp == "fp16" else None
+    start_epoch, best = 0, BestTracker()
+    if checkpoint is not None:
+        start_epoch, best = load_resumed_state(checkpoint, resume_path, optimizer, scaler, log)
+    log_setup(args, ctx, info, train_set, val_set, model, schedule, log)
+
+    # Only now, with data, model and checkpoint loaded, is anything written: a failed start leaves no trace.
+    metrics = MetricsFile(os.path.join(run_dir, "metrics.jsonl"), enabled=ctx.is_main)
+    if ctx.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        log.attach(os.path.join(run_dir, "log_train.txt"))
+        for name in remove_stale_temp_files(run_dir):
+            log.warn(f"removed {name}, left by an interrupted checkpoint write")
+        write_args(os.path.join(run_dir, f"args_resume_{start_epoch}.yaml" if checkpoint else "args.yaml"), args)
+        metrics.drop_after(start_epoch)
+    writer = open_tensorboard(run_dir, start_epoch, enabled=ctx.is_main)
+    rng_states = (checkpoint or {}).get("rng_states") or []
+    if ctx.rank < len(rng_states):
+        restore_rng(rng_states[ctx.rank])
+    elif checkpoint is not None:
+        log.warn("the checkpoint has no RNG state for this process: random draws will differ from the original run")
+        seed_everything(args.seed + ctx.rank + 1000 * start_epoch)
+    criterion = build_criterion(args)
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            started, lr = time.time(), schedule.lr_at(epoch)
+            set_lr(optimizer, lr)
+            train_sampler.set_epoch(epoch)
+            train_stats = train_one_epoch(train_model, criterion, optimizer, scaler, train_loader, ctx, epoch, lr,
+                                          args, log)
+            finished, is_best = epoch + 1, False
+            if writer is not None:
+                writer.add_scalar("Train Loss", train_stats["loss"], finished)
+                writer.add_scalar("LR", lr, finished)
+            if finished % args.eval_freq == 0 or finished == args.epochs:
+                stats = evaluate(eval_model, val_loader, ctx, args, log)
+                is_best = best.update(finished, stats)
+                log.info(f" * Best accuracy: Prec@1 {best.top1:.3f} (epoch {best.top1_epoch}), Prec@5 "
+                         f"{best.top5:.3f} (epoch {best.top5_epoch})")
+                if writer is not None:
+                    for tag, key in (("Top1", "top1"), ("Top5", "top5"), ("Test Loss", "loss")):
+                        writer.add_scalar(tag, stats[key], finished)
+                metrics.append(dict(stats, epoch=finished, train_loss=train_stats["loss"],
+                                    train_top1=train_stats["top1"], lr=lr, time=time.time() - started))
+            if writer is not None:
+                writer.flush()
+            save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedule, best, args, ctx, log)
+    finally:
+        if writer is not None:
+            writer.close()
+    if start_epoch >= args.epochs:
+        log.warn(f"nothing left to train: the checkpoint has {start_epoch} epochs, --epochs is {args.epochs}")
+    log.heading(summary_line(best))
+    return best.last
+
+
+def main(args):
+    """Train (or with --valid, evaluate); returns the final evaluation's stats. Raises ConfigError for bad input."""
+    args = resolve_args(args)
+    ctx = init_distributed(args.device)
+    log = RunLogger(enabled=ctx.is_main)
+    try:
+        if args.deterministic:
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        else:
+            torch.backends.cudnn.benchmark = True
+        seed_everything(args.seed + ctx.rank)
+        if args.valid:
+            return validate_checkpoint(args, ctx, log)
+        return train(args, ctx, log)
+    except (ConfigError, NonFiniteLoss) as error:
+        log.record(f"ERROR: {error}")
+        raise
+    finally:
+        log.close()
+        cleanup(ctx)
+
+
+def cli_main(argv=None):
+    """Entry point: returns the exit status (0; 2 for bad input, 3 for a diverged run) with a one-line message."""
+    try:
+        main(parse_args(argv))
+    except ConfigError as error:
+        print(f"train_val.py: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as error:
+        print(f"train_val.py: error: {error}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())
