@@ -32,7 +32,7 @@ from lib.errors import ConfigError
 from lib.logger import MetricsFile, RunLogger, open_tensorboard, write_args
 from lib.metrics import AverageMeter, format_seconds, percent, topk_correct
 from lib.recipe import RECIPES, resolve_args
-from lib.run_state import BestTracker, model_kwargs, resume_source, run_folder, summary_line
+from lib.run_state import BestTracker, check_model_flags, model_kwargs, resume_source, run_folder, summary_line
 from lib.schedule import WarmupStepSchedule, set_lr
 from lib.sync_bn import convert_sync_batchnorm
 from models import build_model, classifier_size, load_state_dict_checked
@@ -353,6 +353,7 @@ def main(args):
         else:
             torch.backends.cudnn.benchmark = True
         seed_everything(args.seed + ctx.rank)
+        check_model_flags(args)
         if args.valid:
             return validate_checkpoint(args, ctx, log)
         return train(args, ctx, log)

@@ -2,7 +2,7 @@
 import torch
 import torch.nn as nn
 
-from lib.stage import NonlocalStage, NonlocalUnit, flatten_positions
+from lib.stage import NonlocalStage, NonlocalUnit, pointwise
 
 
 class DNLUnit(NonlocalUnit):
@@ -14,10 +14,10 @@ class DNLUnit(NonlocalUnit):
         self.w_2 = nn.Conv2d(planes, inplanes, kernel_size=1, bias=False)
 
     def forward(self, x, att):  # x (B, C, H, W)
-        z = self.g(x)  # (B, C', H, W)
-        u = torch.softmax(self.w_m(x).flatten(1), dim=1)  # (B, N): weights over positions
-        c = torch.bmm(u.unsqueeze(1), flatten_positions(z)).transpose(1, 2).unsqueeze(-1)  # (B, C', 1, 1)
-        return x + torch.relu(self.bn(self.w_2(c + self.aggregate(att, z))))
+        z = pointwise(self.g, x)  # (B, C', H, W)
+        u = torch.softmax(pointwise(self.w_m, x).flatten(1), dim=1)  # (B, N): weights over positions
+        c = torch.bmm(z.flatten(2), u.unsqueeze(2)).unsqueeze(-1)  # (B, C', 1, 1) = sum_n u_n Z_n
+        return x + torch.relu(self.bn(pointwise(self.w_2, c + self.aggregate(att, z))))
 
 
 class DNL(NonlocalStage):

@@ -111,14 +111,17 @@ def _record_epoch(line):
 
 
 def open_tensorboard(run_dir, start_epoch, enabled=True):
-    """A tensorboardX writer into run_dir; scalars use step = finished epochs (epoch + 1), as the reference.
+    """A tensorboard writer into run_dir; scalars use step = finished epochs (epoch + 1), as the reference.
+
+    torch's writer, not tensorboardX's (which the reference used): tensorboardX rewrites the tag "Train Loss" as
+    "Train_Loss", torch's keeps the reference's names as written. The event files are the same format.
 
     purge_step hides events of epochs after the checkpoint being resumed (logged by a run that was killed
     before checkpointing them), so that resumed curves have no duplicate points.
     """
     if not enabled:
         return None
-    from tensorboardX import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter
     return SummaryWriter(run_dir, purge_step=start_epoch + 1)
 
 

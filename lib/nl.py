@@ -3,7 +3,7 @@ as the SNL paper's comparison builds them: stages of design.md section 1 with th
 import torch
 import torch.nn as nn
 
-from lib.stage import NonlocalStage, NonlocalUnit
+from lib.stage import NonlocalStage, NonlocalUnit, pointwise
 
 
 class NLUnit(NonlocalUnit):
@@ -13,8 +13,11 @@ class NLUnit(NonlocalUnit):
         super().__init__(inplanes, planes)
         self.w_2 = nn.Conv2d(planes, inplanes, kernel_size=1, bias=False)
 
+    def fused_weights(self):
+        return None, self.w_2.weight.flatten(1)
+
     def forward(self, x, att):  # x (B, C, H, W)
-        return x + torch.relu(self.bn(self.w_2(self.aggregate(att, self.g(x)))))
+        return x + torch.relu(self.bn(pointwise(self.w_2, self.aggregate(att, pointwise(self.g, x)))))
 
 
 class NL(NonlocalStage):

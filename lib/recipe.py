@@ -4,6 +4,7 @@ The reference overwrote --lr, the epochs and the batch size inside main(); here 
 line or in --config wins, and only unset (None) values take the recipe's. Epoch counts include the warm-up:
 CIFAR runs 300 + 10 epochs with decays at 150 + 10 and 250 + 10, exactly as the reference's shifted schedule.
 """
+import os
 import re
 
 from lib.cli import AMP_MODES, parse_stages
@@ -18,7 +19,9 @@ RECIPES = {
 }
 DATASET_RECIPE = {"cifar10": "cifar", "cifar100": "cifar", "fake": "cifar", "imagenet": "imagenet",
                   "imagefolder": "imagenet"}
-COMMON_DEFAULTS = dict(seed=67, workers=4, nl_type="snl", nl_nums=1, stage_nums=1, div=2, nl_layer=["1"])
+# The reference used 4 loader workers; fewer on a machine with fewer cores (more would only contend).
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+COMMON_DEFAULTS = dict(seed=67, workers=min(4, CPUS), nl_type="snl", nl_nums=1, stage_nums=1, div=2, nl_layer=["1"])
 # The reference's --debug: tiny batches, no worker processes.
 DEBUG_DEFAULTS = dict(batch_size=2, workers=0)
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -57,6 +60,9 @@ def _validate(args):
     _check(DEVICE_PATTERN.match(str(args.device)) is not None,
            f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
     _check(not (args.valid and not args.check_path), "--valid needs --check_path CHECKPOINT")
+    pretrained_file = isinstance(args.pretrained, str)
+    _check(not pretrained_file or os.path.isfile(args.pretrained),
+           f"--pretrained {args.pretrained}: expected True/False or an existing state_dict file")
 
 
 def _resolve_resume(args):

@@ -3,6 +3,8 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+import torch
+
 from lib.checkpoint import has_checkpoints, latest_checkpoint
 from lib.errors import ConfigError
 
@@ -19,6 +21,13 @@ def model_kwargs(args, num_classes, pretrained=None):
                 nl_type=args.nl_type if args.nl_nums else None, nl_nums=args.nl_nums, nl_layer=args.nl_layer,
                 stage_num=args.stage_nums, div=args.div, is_sys=args.is_sys, is_norm=args.is_norm,
                 pretrained=pretrained or None)
+
+
+def check_model_flags(args):
+    """Fail on a bad model flag before any data is read: building on the meta device costs no memory or time."""
+    from models import build_model
+    with torch.device("meta"):
+        build_model(**model_kwargs(args, num_classes=2))
 
 
 def resume_source(args, run_dir, log):

@@ -2,7 +2,7 @@
 import torch
 import torch.nn as nn
 
-from lib.stage import NonlocalStage, NonlocalUnit
+from lib.stage import NonlocalStage, NonlocalUnit, pointwise
 
 
 class SNLUnit(NonlocalUnit):
@@ -18,9 +18,12 @@ class SNLUnit(NonlocalUnit):
         self.w_1 = nn.Conv2d(planes, inplanes, kernel_size=1, bias=False)
         self.w_2 = nn.Conv2d(planes, inplanes, kernel_size=1, bias=False)
 
+    def fused_weights(self):
+        return self.w_1.weight.flatten(1), self.w_2.weight.flatten(1)
+
     def forward(self, x, att):  # x (B, C, H, W)
-        z = self.g(x)  # (B, C', H, W)
-        return x + torch.relu(self.bn(self.w_1(z) + self.w_2(self.aggregate(att, z))))
+        z = pointwise(self.g, x)  # (B, C', H, W)
+        return x + torch.relu(self.bn(pointwise(self.w_1, z) + pointwise(self.w_2, self.aggregate(att, z))))
 
 
 class SNL(NonlocalStage):

@@ -132,9 +132,10 @@ def stage_kwargs():
 
 @pytest.mark.parametrize("kind,is_sys,is_norm", stage_kwargs())
 @pytest.mark.parametrize("train", [True, False])
-def test_stage_matches_the_direct_formula(kind, is_sys, is_norm, train):
-    block = make_block(kind, stage_num=2, is_sys=is_sys, is_norm=is_norm).double().train(train)
-    reference = make_block(kind, stage_num=2, is_sys=is_sys, is_norm=is_norm).double().train(train)
+@pytest.mark.parametrize("stage_num", [1, 2])  # 1: the fused one-unit path where the affinity factorizes
+def test_stage_matches_the_direct_formula(kind, is_sys, is_norm, train, stage_num):
+    block = make_block(kind, stage_num=stage_num, is_sys=is_sys, is_norm=is_norm).double().train(train)
+    reference = make_block(kind, stage_num=stage_num, is_sys=is_sys, is_norm=is_norm).double().train(train)
     x = torch.randn(3, 16, 5, 6, dtype=torch.float64, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_()
     y = block(x)

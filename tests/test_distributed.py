@@ -1,0 +1,114 @@
+"""Scale-out: torchrun with 2 CPU processes (gloo), SyncBatchNorm, resuming across world sizes, mixed precision,
+channels-last and the torch.compile fallback."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train_val
+from lib.distributed import launched_by_torchrun
+from test_resume import write_runner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NL_TYPES = ("snl", "nl", "a2", "ns", "dnl", "cgnl", "cc")
+# Fake data has no random augmentation and dropout is switched off (NO_DROPOUT), so the 2-process and the
+# 1-process runs see the same global batches (both shuffle one permutation drawn from (seed, epoch)) and differ
+# only in how BatchNorm statistics and gradients are reduced: with --sync-bn, not at all up to float rounding.
+COMMON = ["--dataset", "fake", "--input-size", "16", "--epochs", "1", "--eval-freq", "1", "--print-freq", "1",
+          "-j", "0", "--device", "cpu"]
+
+
+def records(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ddp")
+    runner = write_runner(str(folder))
+    env = dict(os.environ, NO_DROPOUT="1", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             runner, *COMMON, "-b", "16", "--sync-bn", "--output-dir", str(folder / "out")],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return dict(folder=folder, runner=runner, stdout=result.stdout, run_dir=folder / "out" / "fake" / "20" / "snl")
+
+
+def test_rank0_alone_writes_one_set_of_outputs(two_process_run):
+    run_dir = two_process_run["run_dir"]
+    names = sorted(os.listdir(run_dir))
+    assert [name for name in names if name.endswith(".pth.tar")] == ["0-fake-r-20-w-1snl-block.pth.tar",
+                                                                      "model_best.pth.tar"]
+    assert len([name for name in names if name.startswith("events.out.tfevents")]) == 1
+    assert names.count("log_train.txt") == 1 and names.count("metrics.jsonl") == 1
+    rows = records(run_dir)
+    assert len(rows) == 1 and rows[0]["n"] == 128  # every validation image exactly once over the 2 shards
+    log = (run_dir / "log_train.txt").read_text()
+    assert log.count("Epoch [1/1][1/8]") == 1  # 256 images / (16 x 2) = 8 steps, printed by rank 0 only
+    assert two_process_run["stdout"].count("Epoch [1/1][1/8]") == 1
+    assert "batch size 16 per process x 2 process(es) = global batch 32" in log
+    checkpoint = torch.load(run_dir / "model_best.pth.tar", weights_only=True)
+    assert not [key for key in checkpoint["state_dict"] if key.startswith("module.")]
+    assert checkpoint["world_size"] == 2 and len(checkpoint["rng_states"]) == 2
+
+
+def test_sync_bn_two_processes_match_one_process_with_the_same_global_batch(two_process_run, tmp_path, capsys,
+                                                                              monkeypatch):
+    real_build_model = train_val.build_model
+
+    def without_dropout(*args, **kwargs):
+        model = real_build_model(*args, **kwargs)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        return model
+    monkeypatch.setattr(train_val, "build_model", without_dropout)
+    assert train_val.cli_main(COMMON + ["-b", "32", "--output-dir", str(tmp_path)]) == 0
+    single, = records(tmp_path / "fake" / "20" / "snl")
+    double, = records(two_process_run["run_dir"])
+    # Same initial weights (seed 67 on rank 0, broadcast by DDP), same batches, global BN statistics:
+    # only the order of float reductions differs.
+    assert double["train_loss"] == pytest.approx(single["train_loss"], rel=1e-4)
+    assert double["loss"] == pytest.approx(single["loss"], rel=1e-3)
+    assert double["top1"] == pytest.approx(single["top1"], abs=100 / 128 + 1e-9)  # at most one image flips
+
+
+def test_two_process_checkpoint_resumes_in_one_process(two_process_run, capsys):
+    out = two_process_run["folder"] / "out"
+    assert train_val.cli_main(COMMON + ["--epochs", "2", "-b", "32", "--output-dir", str(out), "--resume", "auto"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert [row["epoch"] for row in records(two_process_run["run_dir"])] == [1, 2]
+
+
+def test_torchrun_is_detected_from_its_environment():
+    assert launched_by_torchrun({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+    assert not launched_by_torchrun({"RANK": "0"})
+
+
+@pytest.mark.parametrize("nl_type", NL_TYPES)
+def test_bf16_autocast_training_stays_finite(nl_type, tmp_path, capsys):
+    assert train_val.cli_main(COMMON + ["-b", "64", "--amp", "bf16", "--nl-type", nl_type,
+                                        "--output-dir", str(tmp_path)]) == 0
+    row, = records(tmp_path / "fake" / "20" / "snl")
+    assert math.isfinite(row["train_loss"]) and math.isfinite(row["loss"])
+
+
+def test_fp16_keeps_its_grad_scaler_in_the_checkpoint_and_channels_last_trains(tmp_path, capsys):
+    assert train_val.cli_main(COMMON + ["-b", "64", "--amp", "fp16", "--channels-last",
+                                        "--output-dir", str(tmp_path)]) == 0
+    checkpoint = torch.load(tmp_path / "fake" / "20" / "snl" / "model_best.pth.tar", weights_only=True)
+    assert checkpoint["scaler"] and checkpoint["scaler"]["scale"] > 0
+    assert checkpoint["args"]["channels_last"] is True
+
+
+def test_compile_failure_falls_back_to_eager(tmp_path, capsys, monkeypatch):
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no compiler toolchain")
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    assert train_val.cli_main(COMMON + ["-b", "64", "--compile", "--output-dir", str(tmp_path)]) == 0
+    assert "--compile failed (RuntimeError: no compiler toolchain)" in capsys.readouterr().out

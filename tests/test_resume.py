@@ -1,0 +1,182 @@
+"""Resuming: a run killed at any point (kill -9 mid-epoch, mid-checkpoint-write) and resumed ends with exactly the
+weights of an uninterrupted run; the lr is a function of the epoch; the best accuracies survive a resume."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import train_val
+from datagen import write_cifar
+from lib.recipe import RECIPES
+from lib.schedule import WarmupStepSchedule
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# train_val.py with test-only faults injected from outside (nothing of this lives in the training code):
+# KILL_AT_BATCH=k SIGKILLs the process as its k-th training batch starts; KILL_BEFORE_RENAME=name SIGKILLs it
+# when a fully written temporary file is about to be renamed to `name`; NO_DROPOUT=1 sets every dropout to p=0.
+RUNNER = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import torch
+import train_val
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+kill_at_batch = int(os.environ.get("KILL_AT_BATCH", "0"))
+if kill_at_batch:
+    class DyingLoss(torch.nn.CrossEntropyLoss):
+        calls = 0
+        def forward(self, output, target):
+            DyingLoss.calls += 1
+            if DyingLoss.calls == kill_at_batch:
+                die()
+            return super().forward(output, target)
+    train_val.build_criterion = lambda args: DyingLoss()
+
+kill_before_rename = os.environ.get("KILL_BEFORE_RENAME")
+if kill_before_rename:
+    real_replace = os.replace
+    def replace(source, target, *args, **kwargs):
+        if os.path.basename(target) == kill_before_rename:
+            die()
+        return real_replace(source, target, *args, **kwargs)
+    os.replace = replace
+
+if os.environ.get("NO_DROPOUT") == "1":
+    real_build_model = train_val.build_model
+    def build_model(*args, **kwargs):
+        model = real_build_model(*args, **kwargs)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        return model
+    train_val.build_model = build_model
+
+sys.exit(train_val.cli_main(sys.argv[1:]))
+"""
+
+
+def write_runner(folder):
+    path = os.path.join(folder, "runner.py")
+    with open(path, "w") as f:
+        f.write(RUNNER.format(root=ROOT))
+    return path
+
+
+def run_runner(runner, argv, **env):
+    return subprocess.run([sys.executable, runner, *map(str, argv)], capture_output=True, text=True,
+                          env=dict(os.environ, **env), cwd=ROOT)
+
+
+def final_checkpoint(run_dir, name):
+    return torch.load(os.path.join(run_dir, name), weights_only=True)
+
+
+def metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
+    write_cifar(tmp_path / "data", "cifar10", n_train=64, n_test=16)  # random crops and flips: the RNG matters
+    runner = write_runner(tmp_path)
+    # 4 batches per epoch; warm-up epoch at lr 0.01, then 0.1, then a decay to 0.01 for the last epoch.
+    common = ["--dataset", "cifar10", "--data_dir", tmp_path / "data", "--epochs", "3", "-b", "16", "--eval-freq", "1",
+              "--warmup-epochs", "1", "--lr-steps", "2", "--print-freq", "2"]
+    straight = run_runner(runner, common + ["-j", "0", "--output-dir", tmp_path / "straight"])
+    assert straight.returncode == 0, straight.stderr
+
+    out = tmp_path / "killed"
+    run_dir = out / "cifar10" / "20" / "snl"
+    # The data order and augmentation are functions of (seed, epoch, index): the worker count does not matter.
+    killed_args = common + ["-j", "2", "--output-dir", out]
+    first = run_runner(runner, killed_args, KILL_AT_BATCH="6")  # epoch 2, batch 2
+    assert first.returncode == -9
+    assert sorted(os.listdir(run_dir)).count("0-cifar10-r-20-w-1snl-block.pth.tar") == 1
+    assert "1-cifar10-r-20-w-1snl-block.pth.tar" not in os.listdir(run_dir)
+    # Resumed, then killed again while writing the epoch-3 checkpoint (its temporary file is complete).
+    second = run_runner(runner, killed_args + ["--resume", "auto"], KILL_BEFORE_RENAME="2-cifar10-r-20-w-1snl-block.pth.tar")
+    assert second.returncode == -9
+    assert [name for name in os.listdir(run_dir) if name.endswith(".tmp")]
+    third = run_runner(runner, killed_args + ["--resume", "auto"])
+    assert third.returncode == 0, third.stderr
+    assert "left by an interrupted checkpoint write" in third.stdout
+    assert not [name for name in os.listdir(run_dir) if name.endswith(".tmp")]
+
+    name = "2-cifar10-r-20-w-1snl-block.pth.tar"
+    expected = final_checkpoint(tmp_path / "straight" / "cifar10" / "20" / "snl", name)
+    resumed = final_checkpoint(run_dir, name)
+    assert expected["state_dict"].keys() == resumed["state_dict"].keys()
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    for index, state in expected["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], resumed["optimizer"]["state"][index]["momentum_buffer"])
+    assert metrics(run_dir) == [dict(row, time=resumed_row["time"]) for row, resumed_row in
+                                zip(metrics(tmp_path / "straight" / "cifar10" / "20" / "snl"), metrics(run_dir))]
+    # Events logged by the killed runs after their last checkpoint are purged: one point per epoch.
+    accumulator = EventAccumulator(str(run_dir))
+    accumulator.Reload()
+    assert [event.step for event in accumulator.Scalars("Train Loss")] == [1, 2, 3]
+    assert [row["lr"] for row in metrics(run_dir)] == [0.010000000000000002, 0.1, 0.010000000000000002]
+
+
+def reference_lrs(lr, drops, epochs, warmup_epochs=10, drop_ratio=0.1):
+    """The reference's adjust_learning_rate over a whole run: warm-up from a linspace, then a global lr that each
+    drop epoch multiplies in place (correct only when never interrupted)."""
+    warmup = np.linspace(lr * drop_ratio ** len(drops), lr, num=warmup_epochs)
+    drops = [d + warmup_epochs for d in drops]
+    lrs, current = [], lr
+    for epoch in range(epochs + warmup_epochs):
+        if epoch < warmup_epochs:
+            lrs.append(warmup[epoch])
+        else:
+            current *= drop_ratio if epoch in drops else 1.0
+            lrs.append(current)
+    return lrs
+
+
+def test_schedule_matches_the_reference_for_both_recipes():
+    for recipe in RECIPES.values():
+        schedule = WarmupStepSchedule(recipe["lr"], [s + 10 for s in recipe["lr_steps"]], 10)
+        expected = reference_lrs(recipe["lr"], recipe["lr_steps"], recipe["epochs"])
+        assert np.allclose([schedule.lr_at(e) for e in range(len(expected))], expected, rtol=1e-12, atol=0)
+    cifar = WarmupStepSchedule(0.1, [160, 260], 10)
+    assert np.isclose(cifar.lr_at(0), 0.1 * 0.01) and cifar.lr_at(9) == 0.1 and cifar.lr_at(159) == 0.1
+    assert np.isclose(cifar.lr_at(160), 0.01) and np.isclose(cifar.lr_at(309), 0.001)
+    assert np.isclose(WarmupStepSchedule(0.01, [41, 71, 91], 10).lr_at(0), 0.01 * 0.001)
+
+
+def test_resume_after_a_decay_and_best_accuracies_survive(tmp_path, capsys):
+    common = ["--dataset", "fake", "--input-size", "16", "-b", "64", "-j", "0", "--eval-freq", "1",
+              "--warmup-epochs", "0", "--lr-steps", "1", "--lr", "0.1", "--output-dir", str(tmp_path)]
+    run_dir = tmp_path / "fake" / "20" / "snl"
+    assert train_val.cli_main(common + ["--epochs", "2", "--resume", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert "no checkpoint in" in out  # --resume auto in an empty folder starts from scratch
+    summary_after_two = [line for line in out.splitlines() if line.startswith("=> done:")]
+
+    # Nothing left to train: the summary comes from the checkpoint alone, so the bests must have been restored.
+    assert train_val.cli_main(common + ["--epochs", "2", "--resume", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing left to train" in out
+    assert [line for line in out.splitlines() if line.startswith("=> done:")] == summary_after_two
+
+    # The reference's spelling, continuing past the decay at epoch 1: epoch 3 trains at 0.01, not at 0.1.
+    assert train_val.cli_main(common + ["--epochs", "3", "--isresume", "True", "--resumename",
+                                        "1-fake-r-20-w-1snl-block.pth.tar"]) == 0
+    rows = metrics(run_dir)
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert np.allclose([row["lr"] for row in rows], [0.1, 0.01, 0.01])
+    checkpoint = final_checkpoint(run_dir, "2-fake-r-20-w-1snl-block.pth.tar")
+    best1 = max(rows, key=lambda row: row["top1"])
+    best5 = max(rows, key=lambda row: row["top5"])
+    assert (checkpoint["best_prec1"], checkpoint["best_prec1_epoch"]) == (best1["top1"], best1["epoch"])
+    assert (checkpoint["best_prec5"], checkpoint["best_prec5_epoch"]) == (best5["top5"], best5["epoch"])
+    assert checkpoint["lr"] == rows[-1]["lr"]
+    assert (run_dir / "args_resume_2.yaml").is_file() and (run_dir / "args.yaml").is_file()

@@ -1,0 +1,71 @@
+"""Training-step cost of PreResNet-20 (CIFAR, batch 128, 32x32) plain and with each nonlocal block at stage 1.
+
+    python tools/bench_train_step.py                  # all blocks, CPU with 2 threads
+    python tools/bench_train_step.py --blocks snl --rounds 20
+
+One step = forward, cross-entropy loss, backward, SGD step (momentum 0.9, weight decay 1e-4, lr 0.1: the CIFAR
+recipe). The models are stepped alternately (plain, snl, nl, ..., plain, snl, ...), so that load from other jobs
+hits all of them alike; the ratio to the plain backbone is the median over rounds of the per-round ratio.
+Peak memory: the most memory allocated during one step above what was held before it (weights, momentum
+buffers, the batch), measured as in tools/bench_blocks.py; its ratio is to the plain backbone's.
+"""
+import argparse
+import os
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib import NONLOCAL_BLOCKS  # noqa: E402
+from models import build_model  # noqa: E402
+from tools.bench_blocks import alternate_timings, peak_memory_bytes  # noqa: E402
+
+
+def make_train_step(nl_type, arch, batch, device, nl_layer):
+    torch.manual_seed(0)
+    model = build_model("preresnet", arch, num_classes=10, nl_type=nl_type, nl_layer=nl_layer).to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    images = torch.randn(batch, 3, 32, 32, device=device)
+    labels = torch.randint(0, 10, (batch,), device=device)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+    return step
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--blocks", nargs="+", default=list(NONLOCAL_BLOCKS), choices=list(NONLOCAL_BLOCKS))
+    parser.add_argument("--arch", type=int, default=20, choices=(20, 56, 110))
+    parser.add_argument("--stage", default="1", choices=("1", "2", "3"), help="PreResNet stage of the block")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    names = ["plain"] + args.blocks
+    steps = {name: make_train_step(None if name == "plain" else name, args.arch, args.batch, device, (args.stage,))
+             for name in names}
+    times = alternate_timings(steps, args.rounds, args.warmup, device)
+    peaks = {name: peak_memory_bytes(step, device) / 2 ** 20 for name, step in steps.items()}
+    where = f"{torch.cuda.get_device_name(device)}" if device.type == "cuda" else f"CPU, {args.threads} threads"
+    print(f"PreResNet-{args.arch}, batch {args.batch}, block at stage {args.stage}; {where}; "
+          f"{args.rounds} alternating rounds after {args.warmup} warm-up steps\n")
+    print("| model | ms / step (median) | images / s | time vs plain | peak MiB | memory vs plain |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in names:
+        median = statistics.median(times[name])
+        ratio = statistics.median(t / p for t, p in zip(times[name], times["plain"]))
+        print(f"| {name} | {median * 1e3:.0f} | {args.batch / median:.0f} | {ratio:.3f}x | {peaks[name]:.1f} | "
+              f"{peaks[name] / peaks['plain']:.3f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
