@@ -3,8 +3,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lib.affinity import (AFFINITY_PATHS, build_affinity, full_precision, inverse_sqrt_degree, mix,
-                          mix_transposed, upcast, uses_factorized)
+from lib.affinity import (AFFINITY_PATHS, build_affinity, full_precision, mix, mix_transposed, upcast,
+                          uses_factorized)
 
 
 def pointwise(conv, x):
@@ -91,7 +91,7 @@ class NonlocalStage(nn.Module):
         if unit.bn.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
         w_1, w_2 = unit.fused_weights()
-        weights = torch.cat([self.t.weight, self.p.weight, unit.g.weight]).flatten(1)  # (3C', C)
+        weights = torch.cat([unit.g.weight, self.t.weight, self.p.weight]).flatten(1)  # (3C', C)
         running_mean, running_var, use_batch_stats, momentum = batch_norm_arguments(unit.bn)
         with full_precision(x.device.type):  # the whole stage in float32 under autocast (see lib/affinity.py)
             dtype = upcast(x).dtype
@@ -139,99 +139,102 @@ def batch_norm_arguments(bn):
 class FusedReluDotStage(torch.autograd.Function):
     """Y = X + relu(BN(W1 Z + W2 (A Z))) for a one-unit stage with a factorized ReLU-dot affinity.
 
-    Same numbers as the module-by-module path, at a fraction of its time and memory: it saves only X, the
-    (B, N) scales s, the (B, C', 2C') matrix R = (s Z^T F^T) S^T, the BN statistics and a bool mask (2 bytes
-    per 8 of a float map), and recomputes F and Z from X in the backward (one product) instead of keeping
-    ~6 feature maps alive. The backward is written out below; tests/test_blocks.py checks it against autograd.
+    The same numbers as the module-by-module path in far fewer operations and far less memory: it saves only
+    X, a bool mask for the ReLU and (B, N)- or (B, C, 2C')-sized tensors, and recomputes Z and F from X in the
+    backward (one product) instead of keeping ~6 feature maps alive. tests/test_blocks.py checks the
+    hand-written backward against autograd on the direct formulas.
 
-    Notation (channel-first, per sample): F = [T; P] = relu(W_tp X) (2C', N), Z = W_g X (C', N), S the mixing
-    matrix of lib/affinity.py, q = S (F 1), d = q^T F, s = d^(-1/2) (0 where d = 0), Zs = Z s,
-    R = (Zs F^T) S^T, U = R F, AZ = U s (without normalization s = 1), pre = W1 Z + W2 AZ.
+    Per sample, channel-first: [Z; F] = [W_g X; relu(W_tp X)] (3C', N) from one product; S, q = S (F 1),
+    d = q^T F and s = d^(-1/2) as in lib/affinity.py (without normalization s = 1); Fs = F s (per position).
+    Then A Z = ((Z Fs^T) S^T) Fs, so with R = (Z Fs^T) S^T (C', 2C') and V = W2 R (C, 2C'):
+        pre = W1 Z + W2 (A Z) = [W1 | V] [Z; Fs]       (one product; A2's unit has no W1 Z term).
     """
 
     @staticmethod
-    def forward(ctx, x, w_tpg, w_1, w_2, bn_weight, bn_bias, running_mean, running_var, use_batch_stats,
+    def forward(ctx, x, w_gtp, w_1, w_2, bn_weight, bn_bias, running_mean, running_var, use_batch_stats,
                 momentum, eps, is_sys, normalize):
         b, c, h, w = x.shape
         x_flat = x.reshape(b, c, h * w)
-        factors, z, scale = _factors(x_flat, w_tpg)
-        zs = z
+        features, z, factors = _features(x_flat, w_gtp)
+        q = scale = None
         if normalize:
-            scale = inverse_sqrt_degree(torch.bmm(mix(factors.sum(dim=2), is_sys).unsqueeze(1), factors))
-            zs = z * scale
-        mixed = mix(torch.bmm(zs, factors.transpose(1, 2)), is_sys)  # R (B, C', 2C')
-        pre, _, _ = _pre_activation(factors, z, scale, mixed, w_1, w_2)
-        out, mean, invstd = torch.native_batch_norm(pre, bn_weight, bn_bias, running_mean, running_var,
-                                                    use_batch_stats, momentum, eps)
+            q = mix(factors.sum(dim=2), is_sys)  # (B, 2C')
+            scale = torch.bmm(q.unsqueeze(1), factors).rsqrt_()  # (B, 1, N); d = 0 gives inf, set to 0 next
+            torch.nan_to_num_(scale, nan=float("nan"), posinf=0.0, neginf=0.0)
+            factors.mul_(scale)  # features is now [Z; Fs]
+        mixed = mix(torch.bmm(z, factors.transpose(1, 2)), is_sys)  # R (B, C', 2C')
+        weights, rows = _unit_operands(w_1, w_2, mixed, features)
+        out, mean, invstd = torch.native_batch_norm(torch.bmm(weights, rows), bn_weight, bn_bias, running_mean,
+                                                    running_var, use_batch_stats, momentum, eps)
         active = out.relu_() > 0  # the ReLU's derivative, kept as 1 byte per entry
-        ctx.save_for_backward(x, w_tpg, w_1, w_2, bn_weight, scale, mixed, mean, invstd, active)
+        ctx.save_for_backward(x, w_gtp, w_1, w_2, bn_weight, q, scale, mixed, mean, invstd, active)
         ctx.running = (running_mean, running_var)  # read by the backward only in eval mode, never changed there
         ctx.options = (use_batch_stats, eps, is_sys, bn_bias is not None)
         return out.add_(x_flat).reshape(b, c, h, w)
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, w_tpg, w_1, w_2, bn_weight, scale, mixed, mean, invstd, active = ctx.saved_tensors
+        x, w_gtp, w_1, w_2, bn_weight, q, scale, mixed, mean, invstd, active = ctx.saved_tensors
         use_batch_stats, eps, is_sys, has_bias = ctx.options
         b, c, h, w = x.shape
+        k = w_gtp.shape[0] // 3
         x_flat, grad_y = x.reshape(b, c, h * w), grad_y.reshape(b, c, h * w)
-        factors, z, _ = _factors(x_flat, w_tpg)  # recomputed: cheaper than keeping them alive
-        pre, unscaled, az = _pre_activation(factors, z, scale, mixed, w_1, w_2)
+        features, z, factors = _features(x_flat, w_gtp)  # recomputed: [Z; F]
+        scaled = features
+        if scale is not None:  # [Z; Fs] next to [Z; F]: the backward needs both
+            scaled = torch.empty_like(features)
+            scaled[:, :k].copy_(z)
+            torch.mul(factors, scale, out=scaled[:, k:])
+        weights, rows = _unit_operands(w_1, w_2, mixed, scaled)
         grad_pre, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
-            grad_y * active, pre, bn_weight, *ctx.running, mean, invstd, use_batch_stats, eps,
-            [True, bn_weight is not None, has_bias])
-        del pre
-        grad_w_2 = torch.bmm(grad_pre, az.transpose(1, 2)).sum(0)
-        grad_az = torch.bmm(w_2.t().expand(b, -1, -1), grad_pre)  # (B, C', N)
-        grad_w_1 = None if w_1 is None else torch.bmm(grad_pre, z.transpose(1, 2)).sum(0)
-        k = z.shape[1]
-        grad_hz = torch.empty(b, 3 * k, h * w, dtype=x.dtype, device=x.device)  # [dL/d(W_tp X); dL/dZ]
-        grad_z_direct = None if w_1 is None else torch.bmm(w_1.t().expand(b, -1, -1), grad_pre)  # via W1 Z
+            grad_y * active, torch.bmm(weights, rows), bn_weight, *ctx.running, mean, invstd, use_batch_stats,
+            eps, [True, bn_weight is not None, has_bias])
+        grad_weights = torch.bmm(grad_pre, rows.transpose(1, 2))  # (B, C, [C' +] 2C'): dL/d[W1 | V]
+        grad_rows = torch.bmm(weights.transpose(1, 2), grad_pre)  # dL/d[Z; Fs] through pre
         del grad_pre
-        grad_u = grad_az if scale is None else grad_az * scale  # via AZ = U s
-        grad_r = mix_transposed(torch.bmm(grad_u, factors.transpose(1, 2)), is_sys)  # dL/d(Zs F^T), R = (.) S^T
-        grad_f = torch.bmm(mixed.transpose(1, 2), grad_u)  # via U = R F
-        grad_zs = torch.bmm(grad_r, factors)  # (B, C', N)
-        if scale is None:
-            grad_f.baddbmm_(grad_r.transpose(1, 2), z)  # via Zs F^T
+        grad_v = grad_weights[:, :, -2 * k:]
+        grad_w_1 = None if w_1 is None else grad_weights[:, :, :k].sum(0)
+        grad_w_2 = torch.bmm(grad_v, mixed.transpose(1, 2)).sum(0)  # V = W2 R
+        grad_zf = mix_transposed(torch.bmm(w_2.t().expand(b, -1, -1), grad_v), is_sys)  # dL/d(Z Fs^T)
+        scaled_factors = scaled[:, k:]
+        grad_fs = torch.baddbmm(grad_rows[:, -2 * k:], grad_zf.transpose(1, 2), z)  # + through Z Fs^T
+        grad_features = torch.empty_like(features)  # [dL/dZ; dL/d(W_tp X)]
+        if w_1 is None:
+            grad_features[:, :k].copy_(torch.bmm(grad_zf, scaled_factors))  # (bmm's out= into a view is slow)
         else:
-            grad_f.baddbmm_(grad_r.transpose(1, 2), z * scale)
-            grad_scale = (grad_az * unscaled).sum(1, keepdim=True) + (grad_zs * z).sum(1, keepdim=True)
-            grad_zs.mul_(scale)  # now dL/dZ through Zs = Z s
-            grad_d = grad_scale * scale.pow(3) * -0.5  # d s / d d = -d^(-3/2) / 2 = -s^3 / 2, and 0 where s = 0
-            grad_q = torch.bmm(factors, grad_d.transpose(1, 2)).squeeze(2)  # via d = q^T F
-            grad_f.baddbmm_(mix(factors.sum(dim=2), is_sys).unsqueeze(2), grad_d)
-            grad_f.add_(mix_transposed(grad_q, is_sys).unsqueeze(2))  # via q = S (F 1)
-        if grad_z_direct is None:
-            grad_hz[:, 2 * k:].copy_(grad_zs)
-        else:
-            torch.add(grad_z_direct, grad_zs, out=grad_hz[:, 2 * k:])
-        torch.ops.aten.threshold_backward.grad_input(grad_f, factors, 0, grad_input=grad_hz[:, :2 * k])  # relu
-        grad_x = torch.baddbmm(grad_y, w_tpg.t().expand(b, -1, -1), grad_hz).reshape(b, c, h, w)
-        grad_w_tpg = torch.bmm(grad_hz, x_flat.transpose(1, 2)).sum(0)
-        return (grad_x, grad_w_tpg, grad_w_1, grad_w_2, grad_bn_weight, grad_bn_bias) + (None,) * 7
+            torch.add(grad_rows[:, :k], torch.bmm(grad_zf, scaled_factors), out=grad_features[:, :k])
+        del grad_rows
+        grad_f = grad_fs
+        if scale is not None:  # Fs = F s, s = d^(-1/2), d = q^T F, q = S (F 1)
+            grad_d = (grad_fs * factors).sum(1, keepdim=True).mul_(scale.pow(3))  # times -1/2, applied below
+            grad_q = torch.bmm(factors, grad_d.transpose(1, 2)).squeeze(2)
+            grad_f = grad_fs.mul_(scale)
+            grad_f.addcmul_(q.unsqueeze(2), grad_d, value=-0.5)
+            grad_f.add_(mix_transposed(grad_q, is_sys).unsqueeze(2), alpha=-0.5)
+        torch.ops.aten.threshold_backward.grad_input(grad_f, factors, 0, grad_input=grad_features[:, k:])  # relu
+        grad_x = torch.baddbmm(grad_y, w_gtp.t().expand(b, -1, -1), grad_features).reshape(b, c, h, w)
+        grad_w_gtp = torch.bmm(grad_features, x_flat.transpose(1, 2)).sum(0)
+        return (grad_x, grad_w_gtp, grad_w_1, grad_w_2, grad_bn_weight, grad_bn_bias) + (None,) * 7
 
 
-def _factors(x_flat, w_tpg):
-    """F = relu(W_tp X) (B, 2C', N) and Z = W_g X (B, C', N) from one product; scale placeholder None."""
-    k = w_tpg.shape[0] // 3
-    hz = torch.bmm(w_tpg.expand(x_flat.shape[0], -1, -1), x_flat)
-    return hz[:, :2 * k].relu_(), hz[:, 2 * k:], None
+def _features(x_flat, w_gtp):
+    """[Z; F] = [W_g X; relu(W_tp X)] (B, 3C', N) from one product, and its two parts (views)."""
+    k = w_gtp.shape[0] // 3
+    features = torch.bmm(w_gtp.expand(x_flat.shape[0], -1, -1), x_flat)
+    return features, features[:, :k], features[:, k:].relu_()
 
 
-def _pre_activation(factors, z, scale, mixed, w_1, w_2):
-    """pre = W1 Z + W2 AZ, with U = R F and AZ = U s; returns (pre, U, AZ)."""
-    b = z.shape[0]
-    unscaled = torch.bmm(mixed, factors)
-    az = unscaled if scale is None else unscaled * scale
-    pre = torch.bmm(w_2.expand(b, -1, -1), az)
-    if w_1 is not None:
-        pre.baddbmm_(w_1.expand(b, -1, -1), z)
-    return pre, unscaled, az
+def _unit_operands(w_1, w_2, mixed, scaled):
+    """([W1 | W2 R], [Z; Fs]) so that pre is their product; without W1, (W2 R, Fs)."""
+    b, k = mixed.shape[:2]
+    v = torch.bmm(w_2.expand(b, -1, -1), mixed)  # (B, C, 2C')
+    if w_1 is None:
+        return v, scaled[:, k:]
+    return torch.cat([w_1.expand(b, -1, -1), v], dim=2), scaled
 
 
-def fused_relu_dot_stage(x, w_tpg, w_1, w_2, bn_weight, bn_bias, running_mean, running_var, use_batch_stats,
+def fused_relu_dot_stage(x, w_gtp, w_1, w_2, bn_weight, bn_bias, running_mean, running_var, use_batch_stats,
                          momentum, eps, is_sys, normalize):
-    """See `FusedReluDotStage`; x (B, C, H, W) NCHW-contiguous, w_tpg = [W_t; W_p; W_g] (3C', C)."""
-    return FusedReluDotStage.apply(x, w_tpg, w_1, w_2, bn_weight, bn_bias, running_mean, running_var,
+    """See `FusedReluDotStage`; x (B, C, H, W) NCHW-contiguous, w_gtp = [W_g; W_t; W_p] (3C', C)."""
+    return FusedReluDotStage.apply(x, w_gtp, w_1, w_2, bn_weight, bn_bias, running_mean, running_var,
                                    use_batch_stats, momentum, eps, is_sys, normalize)

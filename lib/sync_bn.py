@@ -7,8 +7,24 @@ Same parameter and buffer names as nn.BatchNorm2d, so checkpoints are unaffected
 """
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes whose backward is the sum of the gradients over processes: each process's statistics
+    feed every process's output, so each input's gradient collects the contributions of all processes."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        total = tensor.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        total = grad.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
 
 
 class CPUSyncBatchNorm2d(nn.BatchNorm2d):
@@ -22,7 +38,7 @@ class CPUSyncBatchNorm2d(nn.BatchNorm2d):
         x32 = x.float()
         local = torch.cat([x32.sum(dim=(0, 2, 3)), (x32 * x32).sum(dim=(0, 2, 3)),
                            x32.new_tensor([x.numel() / channels])])
-        total = dist_fn.all_reduce(local)  # sum over processes, with a backward that sums the gradients too
+        total = _AllReduceSum.apply(local)
         count = total[-1]
         mean = total[:channels] / count
         var = (total[channels:2 * channels] / count - mean * mean).clamp_min(0)

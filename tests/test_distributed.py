@@ -1,5 +1,6 @@
 """Scale-out: torchrun with 2 CPU processes (gloo), SyncBatchNorm, resuming across world sizes, mixed precision,
 channels-last and the torch.compile fallback."""
+import argparse
 import json
 import math
 import os
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 import train_val
-from lib.distributed import launched_by_torchrun
+from lib.distributed import DistContext, launched_by_torchrun
+from lib.logger import RunLogger
 from test_resume import write_runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,6 +22,8 @@ NL_TYPES = ("snl", "nl", "a2", "ns", "dnl", "cgnl", "cc")
 # only in how BatchNorm statistics and gradients are reduced: with --sync-bn, not at all up to float rounding.
 COMMON = ["--dataset", "fake", "--input-size", "16", "--epochs", "1", "--eval-freq", "1", "--print-freq", "1",
           "-j", "0", "--device", "cpu"]
+# A large constant lr, so that a wrong gradient reduction would show in the later steps' losses.
+SYNC_RUN = ["--warmup-epochs", "0", "--lr", "0.2"]
 
 
 def records(run_dir):
@@ -33,7 +37,7 @@ def two_process_run(tmp_path_factory):
     runner = write_runner(str(folder))
     env = dict(os.environ, NO_DROPOUT="1", OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             runner, *COMMON, "-b", "16", "--sync-bn", "--output-dir", str(folder / "out")],
+                             runner, *COMMON, *SYNC_RUN, "-b", "16", "--sync-bn", "--output-dir", str(folder / "out")],
                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return dict(folder=folder, runner=runner, stdout=result.stdout, run_dir=folder / "out" / "fake" / "20" / "snl")
@@ -68,7 +72,7 @@ def test_sync_bn_two_processes_match_one_process_with_the_same_global_batch(two_
                 module.p = 0.0
         return model
     monkeypatch.setattr(train_val, "build_model", without_dropout)
-    assert train_val.cli_main(COMMON + ["-b", "32", "--output-dir", str(tmp_path)]) == 0
+    assert train_val.cli_main(COMMON + SYNC_RUN + ["-b", "32", "--output-dir", str(tmp_path)]) == 0
     single, = records(tmp_path / "fake" / "20" / "snl")
     double, = records(two_process_run["run_dir"])
     # Same initial weights (seed 67 on rank 0, broadcast by DDP), same batches, global BN statistics:
@@ -80,7 +84,8 @@ def test_sync_bn_two_processes_match_one_process_with_the_same_global_batch(two_
 
 def test_two_process_checkpoint_resumes_in_one_process(two_process_run, capsys):
     out = two_process_run["folder"] / "out"
-    assert train_val.cli_main(COMMON + ["--epochs", "2", "-b", "32", "--output-dir", str(out), "--resume", "auto"]) == 0
+    assert train_val.cli_main(COMMON + SYNC_RUN + ["--epochs", "2", "-b", "32", "--output-dir", str(out),
+                                                   "--resume", "auto"]) == 0
     assert "resuming" in capsys.readouterr().out
     assert [row["epoch"] for row in records(two_process_run["run_dir"])] == [1, 2]
 
@@ -91,18 +96,33 @@ def test_torchrun_is_detected_from_its_environment():
 
 
 @pytest.mark.parametrize("nl_type", NL_TYPES)
-def test_bf16_autocast_training_stays_finite(nl_type, tmp_path, capsys):
-    assert train_val.cli_main(COMMON + ["-b", "64", "--amp", "bf16", "--nl-type", nl_type,
-                                        "--output-dir", str(tmp_path)]) == 0
-    row, = records(tmp_path / "fake" / "20" / "snl")
+def test_bf16_autocast_training_stays_finite(nl_type):
+    """A few bf16 steps of the real train_one_epoch (bf16 is emulated on most CPUs: slow, so 3 small batches)."""
+    torch.manual_seed(0)
+    model = train_val.build_model("preresnet", 20, 10, nl_type=nl_type)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    batches = [(torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))) for _ in range(3)]
+    args = argparse.Namespace(amp="bf16", channels_last=False, print_freq=100, epochs=1)
+    stats = train_val.train_one_epoch(model, torch.nn.CrossEntropyLoss(), optimizer, None, batches,
+                                      DistContext(torch.device("cpu")), 0, 0.1, args, RunLogger(enabled=False))
+    assert stats["n"] == 48 and math.isfinite(stats["loss"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before))  # it did train
+
+
+def test_bf16_flag_and_fp16_with_its_grad_scaler_and_channels_last(tmp_path, capsys):
+    small = ["--input-size", "8", "-b", "128"]  # 2 steps: autocast on the CPU is slow
+    assert train_val.cli_main(COMMON + small + ["--amp", "bf16", "--output-dir", str(tmp_path / "bf16")]) == 0
+    row, = records(tmp_path / "bf16" / "fake" / "20" / "snl")
     assert math.isfinite(row["train_loss"]) and math.isfinite(row["loss"])
-
-
-def test_fp16_keeps_its_grad_scaler_in_the_checkpoint_and_channels_last_trains(tmp_path, capsys):
-    assert train_val.cli_main(COMMON + ["-b", "64", "--amp", "fp16", "--channels-last",
-                                        "--output-dir", str(tmp_path)]) == 0
-    checkpoint = torch.load(tmp_path / "fake" / "20" / "snl" / "model_best.pth.tar", weights_only=True)
-    assert checkpoint["scaler"] and checkpoint["scaler"]["scale"] > 0
+    assert train_val.cli_main(COMMON + small + ["--amp", "fp16", "--channels-last",
+                                                "--output-dir", str(tmp_path / "fp16")]) == 0
+    run_dir = tmp_path / "fp16" / "fake" / "20" / "snl"
+    row, = records(run_dir)
+    assert math.isfinite(row["train_loss"]) and math.isfinite(row["loss"])
+    checkpoint = torch.load(run_dir / "model_best.pth.tar", weights_only=True)
+    assert checkpoint["scaler"] and checkpoint["scaler"]["scale"] > 0  # the fp16 loss scale survives a resume
     assert checkpoint["args"]["channels_last"] is True
 
 
@@ -110,5 +130,5 @@ def test_compile_failure_falls_back_to_eager(tmp_path, capsys, monkeypatch):
     def broken_compile(*args, **kwargs):
         raise RuntimeError("no compiler toolchain")
     monkeypatch.setattr(torch, "compile", broken_compile)
-    assert train_val.cli_main(COMMON + ["-b", "64", "--compile", "--output-dir", str(tmp_path)]) == 0
+    assert train_val.cli_main(COMMON + ["-b", "128", "--compile", "--output-dir", str(tmp_path)]) == 0
     assert "--compile failed (RuntimeError: no compiler toolchain)" in capsys.readouterr().out
