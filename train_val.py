@@ -21,18 +21,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.checkpoint import (BEST_NAME, atomic_save, capture_rng, checkpoint_name, load_checkpoint,
-                            model_args_mismatch, prune_epoch_checkpoints, remove_stale_temp_files, restore_rng)
+from lib.checkpoint import load_checkpoint, model_args_mismatch, remove_stale_temp_files, restore_rng
 from lib.cli import get_args_parser  # noqa: F401  (the torchvision-style entry points live here)
 from lib.config import parse_args
 from lib.data import build_datasets, build_loaders
-from lib.distributed import (all_reduce_sums, any_process, cleanup, gather_objects, init_distributed,
-                             local_main_first)
+from lib.distributed import all_reduce_sums, any_process, cleanup, init_distributed, local_main_first
 from lib.errors import ConfigError
 from lib.logger import MetricsFile, RunLogger, open_tensorboard, write_args
 from lib.metrics import AverageMeter, format_seconds, percent, topk_correct
 from lib.recipe import RECIPES, resolve_args
-from lib.run_state import BestTracker, check_model_flags, model_kwargs, resume_source, run_folder, summary_line
+from lib.run_state import (BestTracker, check_model_flags, load_resumed_state, load_resumed_weights, model_kwargs,
+                           resume_source, run_folder, save_checkpoint, summary_line)
 from lib.schedule import WarmupStepSchedule, set_lr
 from lib.sync_bn import convert_sync_batchnorm
 from models import build_model, classifier_size, load_state_dict_checked
@@ -198,58 +197,6 @@ def _flag_of(build_arg):
     return {"stage_num": "stage_nums"}.get(build_arg, build_arg)
 
 
-def save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedule, best, args, ctx, log):
-    """Write the checkpoint of `finished` epochs (and model_best.pth.tar if is_best) from rank 0.
-
-    The RNG states are gathered from every process at this point, which is exactly where the next epoch starts,
-    so a resumed run draws the same random numbers as an uninterrupted one. model_best is written first: a kill
-    in between leaves a best that a resumed run simply rewrites, never a best older than the last checkpoint
-    claims.
-    """
-    rng_states = gather_objects(ctx, capture_rng())
-    if not ctx.is_main:
-        return
-    checkpoint = {
-        "epoch": finished, "arch": f"{args.backbone}-{args.arch}", "model_args": dict(model.build_args),
-        "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "lr": schedule.lr_at(finished - 1), "lr_schedule": schedule.state_dict(),
-        "rng_states": rng_states, "world_size": ctx.world_size,
-        "args": {key: value for key, value in vars(args).items() if key != "resolved"},
-        **best.checkpoint_entries(),
-    }
-    if is_best:
-        atomic_save(checkpoint, os.path.join(run_dir, BEST_NAME))
-    own_name = lambda index: checkpoint_name(index, args.dataset, args.arch, args.nl_nums, args.nl_type)  # noqa
-    path = os.path.join(run_dir, own_name(finished - 1))
-    atomic_save(checkpoint, path)
-    prune_epoch_checkpoints(run_dir, args.keep_checkpoints, own_name)
-    log.info(f"=> saved {path}" + (f" and {BEST_NAME}" if is_best else ""))
-
-
-def load_resumed_weights(checkpoint, path, model):
-    """The checkpoint's weights into model (on the CPU, before any wrapping), after checking it is the same model."""
-    saved = checkpoint.get("model_args")
-    if saved:
-        mismatch = model_args_mismatch(saved, model.build_args)
-        if mismatch:
-            raise ConfigError(f"cannot resume from {path}, it holds another model: {mismatch}")
-    load_state_dict_checked(model, checkpoint["state_dict"])
-
-
-def load_resumed_state(checkpoint, path, optimizer, scaler, log):
-    """Optimizer and scaler state (after the model reached its device); returns (finished epochs, BestTracker)."""
-    if checkpoint.get("optimizer"):
-        optimizer.load_state_dict(checkpoint["optimizer"])
-    if scaler is not None and checkpoint.get("scaler"):
-        scaler.load_state_dict(checkpoint["scaler"])
-    best = BestTracker.from_checkpoint(checkpoint)
-    finished = int(checkpoint.get("epoch", 0))
-    log.heading(f"=> resuming {path}: {finished} epoch(s) done, best top-1 {best.top1 or 0:.3f} "
-                f"(epoch {best.top1_epoch}), best top-5 {best.top5 or 0:.3f} (epoch {best.top5_epoch})")
-    return finished, best
-
-
 def log_setup(args, ctx, info, train_set, val_set, model, schedule, log):
     global_batch = args.batch_size * ctx.world_size
     params = sum(p.numel() for p in model.parameters()) / 1e6
@@ -346,7 +293,7 @@ def main(args):
     """Train (or with --valid, evaluate); returns the final evaluation's stats. Raises ConfigError for bad input."""
     args = resolve_args(args)
     ctx = init_distributed(args.device)
-    log = RunLogger(enabled=ctx.is_main)
+    log = RunLogger(enabled=ctx.is_main).start()
     try:
         if args.deterministic:
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False

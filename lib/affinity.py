@@ -90,7 +90,9 @@ class DenseAffinity(_Affinity):
         self.matrix = matrix  # (B, N, N)
 
     def _apply(self, z):
-        return torch.bmm(z.to(self.matrix.dtype), self.matrix.transpose(1, 2))  # Z^T A^T
+        # (A Z)^T rather than Z^T A^T: the gradient of A then comes out in A's own layout, which the softmax
+        # backward needs (a transposed one costs a copy of B N^2 entries).
+        return torch.bmm(self.matrix, z.to(self.matrix.dtype).transpose(1, 2)).transpose(1, 2)
 
     def dense(self):
         return self.matrix

@@ -3,6 +3,7 @@ import torch
 import torch.nn as nn
 
 from lib.affinity import full_precision
+from lib.stage import pointwise
 
 
 class CrissCrossAttention(nn.Module):
@@ -24,9 +25,9 @@ class CrissCrossAttention(nn.Module):
         h = x.shape[2]
         with full_precision(x.device.type):
             dtype = torch.promote_types(x.dtype, torch.float32)
-            q = self.query_conv(x).to(dtype)  # (B, C', H, W)
-            k = self.key_conv(x).to(dtype)  # (B, C', H, W)
-            v = self.value_conv(x).to(dtype)  # (B, C, H, W)
+            q = pointwise(self.query_conv, x).to(dtype)  # (B, C', H, W)
+            k = pointwise(self.key_conv, x).to(dtype)  # (B, C', H, W)
+            v = pointwise(self.value_conv, x).to(dtype)  # (B, C, H, W)
             energy_col = torch.einsum("bchw,bckw->bhwk", q, k)  # (B, H, W, H): (i, j) vs (k, j)
             self_in_col = torch.eye(h, dtype=torch.bool, device=x.device)[:, None, :]  # (H, 1, H)
             energy_col = energy_col.masked_fill(self_in_col, float("-inf"))

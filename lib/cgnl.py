@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from lib.affinity import full_precision
+from lib.stage import pointwise
 
 
 class CGNL(nn.Module):
@@ -46,6 +47,6 @@ class CGNL(nn.Module):
             return (a * t_k).sum(1)  # (B, C'HW)
 
     def forward(self, x):  # (B, C, H, W) -> (B, C, H, W)
-        t = self.t(x)
-        out = self.kernel(t, self.p(x), self.g(x)).reshape(t.shape).to(t.dtype)
-        return x + self.gn(self.z(out))
+        t = pointwise(self.t, x)
+        out = self.kernel(t, pointwise(self.p, x), pointwise(self.g, x)).reshape(t.shape).to(t.dtype)
+        return x + self.gn(pointwise(self.z, out))

@@ -4,71 +4,92 @@ Only the main process (rank 0) writes or prints; the other processes get disable
 """
 import json
 import os
+import re
 import sys
 import time
 
 import yaml
 from termcolor import colored
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
 
 class RunLogger:
-    """Prints to stdout and appends the same lines (without colour) to log_train.txt once attach() is called.
+    """Everything the run prints goes to stdout and, without colour codes, to log_train.txt (as the reference's
+    stdout tee): our messages and those of libraries (e.g. a notice of the weights loader).
 
-    Lines printed before the run folder exists (it is created only once the data, the model and any checkpoint
-    have loaded, so that a failed start leaves nothing behind) are buffered and written on attach().
+    Output printed before the run folder exists (it is created only once the data, the model and any checkpoint
+    have loaded, so that a failed start leaves nothing behind) is buffered and written on attach(). A disabled
+    logger (the processes other than rank 0) prints nothing, and silences print() while started.
     """
 
-    def __init__(self, enabled=True, stream=None):
+    def __init__(self, enabled=True):
         self.enabled = enabled
-        self.stream = stream
         self.file = None
         self.pending = []
+        self.terminal = None  # the real sys.stdout while started
 
-    def _emit(self, text, color=None, attrs=None):
-        if not self.enabled:
-            return
-        stream = self.stream or sys.stdout
-        stream.write((colored(text, color, attrs=attrs) if color else text) + "\n")
-        stream.flush()
+    def start(self):
+        """Route sys.stdout through this logger until close()."""
+        self.terminal = sys.stdout
+        sys.stdout = self if self.enabled else open(os.devnull, "w")
+        return self
+
+    def close(self):
+        if self.terminal is not None:
+            if not self.enabled:
+                sys.stdout.close()
+            sys.stdout, self.terminal = self.terminal, None
         if self.file is not None:
-            self.file.write(text + "\n")
-            self.file.flush()
-        else:
-            self.pending.append(text)
+            self.file.close()
+            self.file = None
 
+    # The file-like side, for sys.stdout.
+    def write(self, text):
+        self.terminal.write(text)
+        self.record(ANSI_ESCAPE.sub("", text), newline=False)
+        return len(text)
+
+    def flush(self):
+        self.terminal.flush()
+        if self.file is not None:
+            self.file.flush()
+
+    def isatty(self):  # termcolor colours only for a terminal
+        return self.terminal.isatty()
+
+    # Messages.
     def info(self, text):
-        self._emit(text)
+        if self.enabled:
+            print(text, flush=True)
 
     def heading(self, text):
-        self._emit(text, "green", ["bold"])
+        if self.enabled:
+            print(colored(text, "green", attrs=["bold"]), flush=True)
 
     def warn(self, text):
-        self._emit(f"WARNING: {text}", "yellow")
+        if self.enabled:
+            print(colored(f"WARNING: {text}", "yellow"), flush=True)
 
-    def record(self, text):
-        """Only into the log file (for a message that is also printed elsewhere, e.g. the final error on stderr)."""
+    def record(self, text, newline=True):
+        """Into the log file only (e.g. the final error, which goes to stderr)."""
         if not self.enabled:
             return
+        text = text + "\n" if newline else text
         if self.file is not None:
-            self.file.write(text + "\n")
-            self.file.flush()
+            self.file.write(text)
         else:
             self.pending.append(text)
 
     def attach(self, path):
-        """Append from now on to path (log_train.txt accumulates over resumes), starting with the buffered lines."""
+        """Append from now on to path (log_train.txt accumulates over resumes), starting with the buffered output."""
         if not self.enabled:
             return
         self.file = open(path, "a", encoding="utf-8")
         self.file.write(f"===== {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n")
-        self.file.writelines(line + "\n" for line in self.pending)
+        self.file.writelines(self.pending)
         self.file.flush()
         self.pending = []
-
-    def close(self):
-        if self.file is not None:
-            self.file.close()
-            self.file = None
 
 
 class MetricsFile:

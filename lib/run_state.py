@@ -5,8 +5,11 @@ from typing import Optional
 
 import torch
 
-from lib.checkpoint import has_checkpoints, latest_checkpoint
+from lib.checkpoint import (BEST_NAME, atomic_save, capture_rng, checkpoint_name, has_checkpoints, latest_checkpoint,
+                            model_args_mismatch, prune_epoch_checkpoints)
+from lib.distributed import gather_objects
 from lib.errors import ConfigError
+from models import build_model, load_state_dict_checked
 
 
 def run_folder(args):
@@ -25,7 +28,6 @@ def model_kwargs(args, num_classes, pretrained=None):
 
 def check_model_flags(args):
     """Fail on a bad model flag before any data is read: building on the meta device costs no memory or time."""
-    from models import build_model
     with torch.device("meta"):
         build_model(**model_kwargs(args, num_classes=2))
 
@@ -106,3 +108,53 @@ def summary_line(best):
     return (f"=> done: final top-1 {last['top1']:.3f} top-5 {last['top5']:.3f} (epoch {last['epoch']}) | "
             f"best top-1 {best.top1:.3f} (epoch {best.top1_epoch}), best top-5 {best.top5:.3f} "
             f"(epoch {best.top5_epoch})")
+
+
+def save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedule, best, args, ctx, log):
+    """Write the checkpoint of `finished` epochs (and model_best.pth.tar if is_best) from rank 0.
+
+    The RNG states are gathered from every process at this point, which is exactly where the next epoch starts,
+    so a resumed run draws the same random numbers as an uninterrupted one. model_best (a hard link to the same
+    file) is renamed into place first: a kill in between leaves a best that the resumed run rewrites, never a best
+    older than what the last checkpoint claims.
+    """
+    rng_states = gather_objects(ctx, capture_rng())
+    if not ctx.is_main:
+        return
+    checkpoint = {
+        "epoch": finished, "arch": f"{args.backbone}-{args.arch}", "model_args": dict(model.build_args),
+        "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "lr": schedule.lr_at(finished - 1), "lr_schedule": schedule.state_dict(),
+        "rng_states": rng_states, "world_size": ctx.world_size,
+        "args": {key: value for key, value in vars(args).items() if key != "resolved"},
+        **best.checkpoint_entries(),
+    }
+    own_name = lambda index: checkpoint_name(index, args.dataset, args.arch, args.nl_nums, args.nl_type)  # noqa
+    path = os.path.join(run_dir, own_name(finished - 1))
+    atomic_save(checkpoint, *([os.path.join(run_dir, BEST_NAME)] if is_best else []), path)
+    prune_epoch_checkpoints(run_dir, args.keep_checkpoints, own_name)
+    log.info(f"=> saved {path}" + (f" and {BEST_NAME}" if is_best else ""))
+
+
+def load_resumed_weights(checkpoint, path, model):
+    """The checkpoint's weights into model (on the CPU, before any wrapping), after checking it is the same model."""
+    saved = checkpoint.get("model_args")
+    if saved:
+        mismatch = model_args_mismatch(saved, model.build_args)
+        if mismatch:
+            raise ConfigError(f"cannot resume from {path}, it holds another model: {mismatch}")
+    load_state_dict_checked(model, checkpoint["state_dict"])
+
+
+def load_resumed_state(checkpoint, path, optimizer, scaler, log):
+    """Optimizer and scaler state (after the model reached its device); returns (finished epochs, BestTracker)."""
+    if checkpoint.get("optimizer"):
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    if scaler is not None and checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
+    best = BestTracker.from_checkpoint(checkpoint)
+    finished = int(checkpoint.get("epoch", 0))
+    log.heading(f"=> resuming {path}: {finished} epoch(s) done, best top-1 {best.top1 or 0:.3f} "
+                f"(epoch {best.top1_epoch}), best top-5 {best.top5 or 0:.3f} (epoch {best.top5_epoch})")
+    return finished, best

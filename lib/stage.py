@@ -8,16 +8,20 @@ from lib.affinity import (AFFINITY_PATHS, build_affinity, full_precision, mix, m
 
 
 def pointwise(conv, x):
-    """A bias-free 1x1 convolution as one batched matrix product on the (B, C, N) view of x.
+    """A 1x1 convolution as one batched matrix product on the (B, C, N) view of x.
 
     On CPU, oneDNN's 1x1 convolution of these thin maps (C <= 64, 32x32) costs several times a matrix product,
     forward and backward. Inputs that are not NCHW-contiguous (e.g. channels_last) keep the convolution.
     """
-    if not x.is_contiguous() or conv.bias is not None:
+    if not x.is_contiguous():
         return conv(x)
     b, c, h, w = x.shape
-    weight = conv.weight.reshape(conv.out_channels, c)
-    return torch.bmm(weight.expand(b, -1, -1), x.reshape(b, c, h * w)).reshape(b, -1, h, w)
+    weight = conv.weight.reshape(conv.out_channels, c).expand(b, -1, -1)
+    if conv.bias is None:
+        out = torch.bmm(weight, x.reshape(b, c, h * w))
+    else:
+        out = torch.baddbmm(conv.bias.unsqueeze(1), weight, x.reshape(b, c, h * w))
+    return out.reshape(b, -1, h, w)
 
 
 class NonlocalStage(nn.Module):

@@ -13,7 +13,7 @@ import torch
 import train_val
 from lib.distributed import DistContext, launched_by_torchrun
 from lib.logger import RunLogger
-from test_resume import write_runner
+from test_resume import one_thread, write_runner  # noqa: F401  (one_thread: autouse fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NL_TYPES = ("snl", "nl", "a2", "ns", "dnl", "cgnl", "cc")

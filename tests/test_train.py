@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train_val
 from datagen import write_cifar, write_imagefolder, write_imagenet_lists
+from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 
 FAST = ["--workers", "0", "--print-freq", "1", "--eval-freq", "1"]
 PROGRESS = re.compile(r"^Epoch \[(\d+)/\d+\]\[(\d+)/\d+\]  loss ([\d.]+) ", re.M)
