@@ -25,7 +25,7 @@ from lib.checkpoint import load_checkpoint, model_args_mismatch, remove_stale_te
 from lib.cli import get_args_parser  # noqa: F401  (the torchvision-style entry points live here)
 from lib.config import parse_args
 from lib.data import build_datasets, build_loaders
-from lib.distributed import all_reduce_sums, any_process, cleanup, init_distributed, local_main_first
+from lib.distributed import all_reduce_sums, any_process, cleanup, from_main, init_distributed, local_main_first
 from lib.errors import ConfigError
 from lib.logger import MetricsFile, RunLogger, open_tensorboard, write_args
 from lib.metrics import AverageMeter, format_seconds, percent, topk_correct
@@ -221,7 +221,7 @@ def train(args, ctx, log):
                 f"{run_dir}")
     if args.num_gpu > 1:
         log.warn("--num_gpu is superseded: launch with torchrun --nproc_per_node N for N GPUs; running 1 process")
-    resume_path = resume_source(args, run_dir, log)
+    resume_path = from_main(ctx, lambda: resume_source(args, run_dir, log))
     train_set, val_set, info, train_loader, val_loader, train_sampler = load_data(args, ctx)
     checkpoint = load_checkpoint(resume_path) if resume_path else None
     # A resumed model's weights come from its checkpoint: pretrained weights are not loaded again.

@@ -139,6 +139,7 @@ def load_checkpoint(path):
     Raises ConfigError, on one line, for a missing, truncated or otherwise unreadable file.
     """
     if not os.path.isfile(path):
+        # Under torchrun every process reads the checkpoint: on several nodes it must be on a shared filesystem.
         raise ConfigError(f"checkpoint not found: {path}")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)

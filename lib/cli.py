@@ -138,8 +138,8 @@ def _add_recipe_flags(parser):
 
 def _add_run_flags(parser):
     run = parser.add_argument_group("run, output and performance")
-    run.add_argument("-j", "--workers", type=int, default=None, help="data loader processes per GPU/process "
-                     "(default 4; 0 in --debug)")
+    run.add_argument("-j", "--workers", type=int, default=None, help="data loader processes per process "
+                     "(default 4, the reference's, or fewer on a machine with fewer cores; 0 in --debug)")
     run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto: cuda if available)")
     run.add_argument("--output-dir", "--output_dir", dest="output_dir", default="save_model",
                      help="root of the run folders (default save_model)")

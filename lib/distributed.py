@@ -105,6 +105,16 @@ def gather_objects(ctx: DistContext, obj):
     return gathered
 
 
+def from_main(ctx: DistContext, compute):
+    """compute() in rank 0, its result in every process: one decision even where the ranks' views of the files
+    differ (e.g. output folders that are not shared between nodes)."""
+    if not ctx.distributed:
+        return compute()
+    box = [compute() if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()

@@ -60,6 +60,8 @@ def _validate(args):
     _check(DEVICE_PATTERN.match(str(args.device)) is not None,
            f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
     _check(not (args.valid and not args.check_path), "--valid needs --check_path CHECKPOINT")
+    _check(not args.pretrained or args.backbone == "resnet", "--pretrained loads torchvision ImageNet weights into "
+           "--backbone resnet only; to start from one of our checkpoints use --resume PATH")
     pretrained_file = isinstance(args.pretrained, str)
     _check(not pretrained_file or os.path.isfile(args.pretrained),
            f"--pretrained {args.pretrained}: expected True/False or an existing state_dict file")

@@ -1,6 +1,7 @@
 """Bookkeeping of one training run: its folder, what to resume from, the best accuracies, the checkpoint dict."""
 import os
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Optional
 
 import torch
@@ -89,7 +90,9 @@ class BestTracker:
         """Restored from our checkpoints; the reference's hold only best_prec1 (a tensor there), no epochs."""
         def number(key):
             value = checkpoint.get(key)
-            return None if value is None else float(value)
+            # 0 with epoch 0 is our "no evaluation yet"; the reference's files carry no epoch (and a tensor).
+            none_yet = value is None or (float(value) == 0 and checkpoint.get(key + "_epoch") == 0)
+            return None if none_yet else float(value)
 
         return cls(top1=number("best_prec1"), top1_epoch=int(checkpoint.get("best_prec1_epoch", 0)),
                    top5=number("best_prec5"), top5_epoch=int(checkpoint.get("best_prec5_epoch", 0)),
@@ -130,7 +133,8 @@ def save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedu
         "args": {key: value for key, value in vars(args).items() if key != "resolved"},
         **best.checkpoint_entries(),
     }
-    own_name = lambda index: checkpoint_name(index, args.dataset, args.arch, args.nl_nums, args.nl_type)  # noqa
+    own_name = partial(checkpoint_name, dataset=args.dataset, arch=args.arch, nl_nums=args.nl_nums,
+                       nl_type=args.nl_type)
     path = os.path.join(run_dir, own_name(finished - 1))
     atomic_save(checkpoint, *([os.path.join(run_dir, BEST_NAME)] if is_best else []), path)
     prune_epoch_checkpoints(run_dir, args.keep_checkpoints, own_name)

@@ -86,9 +86,9 @@ class NonlocalStage(nn.Module):
 
     def _fusable(self, x):
         """One unit, a factorized affinity and a unit that has a fused form: `FusedReluDotStage` applies."""
-        planes = self.t.out_channels
+        positions, planes = x.shape[2] * x.shape[3], self.t.out_channels
         return (len(self.stages) == 1 and self.stages[0].fused_weights() is not None and x.numel() > 0
-                and uses_factorized(self.affinity_path, self.is_norm, self.relu_kernel, x.shape[2] * x.shape[3], planes))
+                and uses_factorized(self.affinity_path, self.is_norm, self.relu_kernel, positions, planes))
 
     def _fused_forward(self, x):
         unit = self.stages[0]
@@ -102,6 +102,8 @@ class NonlocalStage(nn.Module):
             cast = [None if v is None else v.to(dtype) for v in (weights, w_1, w_2, unit.bn.weight, unit.bn.bias)]
             y = fused_relu_dot_stage(x.to(dtype).contiguous(), *cast, running_mean, running_var,
                                      use_batch_stats, momentum, unit.bn.eps, self.is_sys, self.is_norm)
+        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            y = y.contiguous(memory_format=torch.channels_last)  # hand back the layout the caller uses
         return y.to(x.dtype)
 
     def extra_repr(self):

@@ -284,3 +284,63 @@ def test_bf16_autocast_is_finite_and_close_to_fp32(kind):
     assert rel_err(y16.float(), y32) < 3e-2
     if att is not None:  # the affinity itself stays in float32 under autocast
         assert att.dense().dtype == torch.float32
+
+
+# --- the fused one-unit path (lib/stage.py, FusedReluDotStage) ----------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["snl", "a2", "ns"])
+@pytest.mark.parametrize("is_sys", [True, False])
+def test_fused_path_matches_the_dense_path_at_degenerate_positions(kind, is_sys):
+    """A zero input position (degree 0, s = 0) and a dead phi channel (its column sum is 0, so one entry of
+    q = S (F 1) is 0 while relu(theta) there is not): the hand-written backward must still be exact."""
+    x = torch.randn(3, 16, 5, 6, dtype=torch.float64)
+    x[:, :, 2, 3] = 0
+    results = []
+    for path in ("factorized", "dense"):
+        block = make_block(kind, is_sys=is_sys, is_norm=True, affinity_path=path).double()
+        with torch.no_grad():
+            block.p.weight[0] = 0
+        xi = x.clone().requires_grad_()
+        y = block(xi)
+        y.square().sum().backward()
+        results.append([y, xi.grad] + [p.grad for p in block.parameters()])
+    for fused, dense in zip(*results):
+        assert rel_err(fused, dense) < 1e-10
+
+
+@pytest.mark.parametrize("kind", list(NONLOCAL_BLOCKS))
+def test_channels_last_input_gives_the_same_numbers(kind):
+    block = make_block(kind).double()
+    x = torch.randn(2, 16, 6, 5, dtype=torch.float64)
+    grads = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        xi = x.detach().to(memory_format=memory_format).requires_grad_()
+        y = block(xi)
+        y.square().sum().backward()
+        grads.append((y, xi.grad))
+    assert rel_err(grads[1][0], grads[0][0]) < 1e-12 and rel_err(grads[1][1], grads[0][1]) < 1e-12
+
+
+def saved_bytes(block, x):
+    """Bytes of the distinct storages autograd keeps for the backward of block(x)."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        block(x)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("kind", ["snl", "a2"])
+def test_fused_path_keeps_about_one_input_for_the_backward(kind):
+    """The fused path keeps X, a 1-byte ReLU mask (X / 4 in float32), s (X / C) and (B, C, 2C')-sized
+    matrices; the module-by-module path keeps about six feature maps."""
+    x = torch.randn(4, 16, 16, 16, requires_grad=True)
+    fused = saved_bytes(make_block(kind, affinity_path="factorized"), x)
+    assert fused <= 1.5 * x.numel() * x.element_size()
+    unfused = saved_bytes(make_block(kind, stage_num=2, affinity_path="factorized"), x) / 2  # per unit, roughly
+    assert fused < unfused

@@ -1,0 +1,115 @@
+"""Parameters and FLOPs of every nonlocal block at the reference's insertion shapes, and of every model.
+
+    python tools/complexity.py                              # print the markdown tables
+    python tools/complexity.py --write tests/complexity.json  # re-pin the numbers tests/test_complexity.py checks
+
+FLOPs are forward FLOPs per image, counted by torch.utils.flop_counter.FlopCounterMode: 2 per multiply-add of
+every matrix product and convolution (mm, bmm, baddbmm, conv ...), including the batched products inside the
+affinity that a per-layer counter misses; element-wise work (softmax, BN, ReLU) is not counted. Everything runs
+on the meta device (shapes only, no memory, no time). SNL and A2 are counted on both affinity paths; models and
+the pinned numbers use the default ('auto') path. The models run at 32x32 (CIFAR) or 224x224 (ImageNet).
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib import NONLOCAL_BLOCKS, build_nonlocal  # noqa: E402
+from models import build_model  # noqa: E402
+
+BLOCK_SHAPES = {"cifar1": (16, 32, 32), "cifar2": (32, 16, 16), "cifar3": (64, 8, 8), "r50-layer3": (1024, 14, 14)}
+TWO_PATH_BLOCKS = ("snl", "a2")
+MODELS = ([("preresnet", arch, nl_type, 1 if nl_type else 0) for arch in (20, 56, 110)
+           for nl_type in (None,) + tuple(NONLOCAL_BLOCKS)]
+          + [("resnet", 50, None, 0), ("resnet", 50, "snl", 1), ("resnet", 50, "snl", 5)])
+
+
+def count(module, input_shape):
+    """(parameters, forward FLOPs) of module for one input of input_shape, on the meta device."""
+    params = sum(p.numel() for p in module.parameters())
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        module.eval()(torch.empty(1, *input_shape, device="meta"))
+    return params, counter.get_total_flops()
+
+
+def block_name(kind, shape, path):
+    return f"{kind}-{shape}" + ("" if path == "auto" else f"-{path}")
+
+
+def model_name(backbone, arch, nl_type, nl_nums):
+    return f"{backbone}{arch}-" + (f"{nl_type}-n{nl_nums}" if nl_type else "plain")
+
+
+def block_complexity(paths=("auto", "dense", "factorized"), shapes=tuple(BLOCK_SHAPES)):
+    """{name: (params, FLOPs)} of every block at every shape; SNL and A2 on every path in `paths`."""
+    out = {}
+    for shape in shapes:
+        c, h, w = BLOCK_SHAPES[shape]
+        for kind in NONLOCAL_BLOCKS:
+            for path in (paths if kind in TWO_PATH_BLOCKS else ("auto",)):
+                with torch.device("meta"):
+                    block = build_nonlocal(kind, c, c // 2, affinity_path=path)
+                out[block_name(kind, shape, path)] = count(block, (c, h, w))
+    return out
+
+
+def model_complexity():
+    """{name: (params, FLOPs)} of every model in MODELS, on the default ('auto') affinity path."""
+    out = {}
+    for backbone, arch, nl_type, nl_nums in MODELS:
+        with torch.device("meta"):
+            model = build_model(backbone, arch, num_classes=10 if backbone == "preresnet" else 1000,
+                                nl_type=nl_type, nl_nums=nl_nums)
+        size = 32 if backbone == "preresnet" else 224
+        out[model_name(backbone, arch, nl_type, nl_nums)] = count(model, (3, size, size))
+    return out
+
+
+def pinned_numbers():
+    """What tests/complexity.json pins: every block on the auto path, and every model."""
+    return {"blocks": block_complexity(paths=("auto",)), "models": model_complexity()}
+
+
+def print_tables():
+    blocks = block_complexity()
+    print("| block | shape (C, H x W) | params | MFLOPs / image |\n|---|---|---:|---:|")
+    for shape, (c, h, w) in BLOCK_SHAPES.items():
+        for kind in NONLOCAL_BLOCKS:
+            for path in (("auto", "factorized", "dense") if kind in TWO_PATH_BLOCKS else ("auto",)):
+                params, flops = blocks[block_name(kind, shape, path)]
+                label = kind if path == "auto" else f"{kind} ({path})"
+                print(f"| {label} | {c}, {h}x{w} | {params:,} | {flops / 1e6:.2f} |")
+    models = model_complexity()
+    print("\n| model | params (M) | +params vs plain | GFLOPs / image | +GFLOPs vs plain |\n|---|---:|---:|---:|---:|")
+    for backbone, arch, nl_type, nl_nums in MODELS:
+        params, flops = models[model_name(backbone, arch, nl_type, nl_nums)]
+        base_params, base_flops = models[model_name(backbone, arch, None, 0)]
+        label = f"{backbone}-{arch}" + (f" + {nl_nums} {nl_type}" if nl_type else " (plain)")
+        print(f"| {label} | {params / 1e6:.3f} | {params - base_params:+,} | {flops / 1e9:.4f} | "
+              f"{(flops - base_flops) / 1e9:+.4f} |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write", metavar="JSON", help="write the pinned numbers to this file instead")
+    args = parser.parse_args(argv)
+    if args.write:
+        numbers = pinned_numbers()
+        lines = [f'  "{name}": {json.dumps(list(value))}' for table in ("blocks", "models")
+                 for name, value in sorted(numbers[table].items())]
+        blocks = len(numbers["blocks"])  # one [params, FLOPs] pair per line, so that a diff shows what moved
+        with open(args.write, "w") as f:
+            f.write('{"blocks": {\n' + ",\n".join(lines[:blocks]) + '\n},\n"models": {\n'
+                    + ",\n".join(lines[blocks:]) + "\n}}\n")
+        print(f"wrote {args.write}")
+    else:
+        print_tables()
+
+
+if __name__ == "__main__":
+    main()
