@@ -134,15 +134,15 @@ def _record_epoch(line):
 def open_tensorboard(run_dir, start_epoch, enabled=True):
     """A tensorboard writer into run_dir; scalars use step = finished epochs (epoch + 1), as the reference.
 
-    torch's writer, not tensorboardX's (which the reference used): tensorboardX rewrites the tag "Train Loss" as
-    "Train_Loss", torch's keeps the reference's names as written. The event files are the same format.
+    tensorboardX's writer, as the reference: it stores the tag "Train Loss" as "Train_Loss" (it replaces characters
+    tensorboard does not allow in tags), so the curves line up with the reference's own event files.
 
     purge_step hides events of epochs after the checkpoint being resumed (logged by a run that was killed
     before checkpointing them), so that resumed curves have no duplicate points.
     """
     if not enabled:
         return None
-    from torch.utils.tensorboard import SummaryWriter
+    from tensorboardX import SummaryWriter
     return SummaryWriter(run_dir, purge_step=start_epoch + 1)
 
 

@@ -146,14 +146,14 @@ class FusedReluDotStage(torch.autograd.Function):
     """Y = X + relu(BN(W1 Z + W2 (A Z))) for a one-unit stage with a factorized ReLU-dot affinity.
 
     The same numbers as the module-by-module path in far fewer operations and far less memory: it saves only
-    X, a bool mask for the ReLU and (B, N)- or (B, C, 2C')-sized tensors, and recomputes Z and F from X in the
-    backward (one product) instead of keeping ~6 feature maps alive. tests/test_blocks.py checks the
-    hand-written backward against autograd on the direct formulas.
+    X and (B, N)- or (B, C, 3C')-sized tensors, and recomputes [Z; F] and pre from X in the backward (two
+    products) instead of keeping ~6 feature maps alive. tests/test_blocks.py checks the hand-written backward
+    against autograd on the direct formulas and against the dense path.
 
     Per sample, channel-first: [Z; F] = [W_g X; relu(W_tp X)] (3C', N) from one product; S, q = S (F 1),
     d = q^T F and s = d^(-1/2) as in lib/affinity.py (without normalization s = 1); Fs = F s (per position).
     Then A Z = ((Z Fs^T) S^T) Fs, so with R = (Z Fs^T) S^T (C', 2C') and V = W2 R (C, 2C'):
-        pre = W1 Z + W2 (A Z) = [W1 | V] [Z; Fs]       (one product; A2's unit has no W1 Z term).
+        pre = W1 Z + W2 (A Z) = [W1 | V] [Z; Fs]       (one product; W1 = 0 for A2's unit).
     """
 
     @staticmethod
@@ -169,55 +169,49 @@ class FusedReluDotStage(torch.autograd.Function):
             torch.nan_to_num_(scale, nan=float("nan"), posinf=0.0, neginf=0.0)
             factors.mul_(scale)  # features is now [Z; Fs]
         mixed = mix(torch.bmm(z, factors.transpose(1, 2)), is_sys)  # R (B, C', 2C')
-        weights, rows = _unit_operands(w_1, w_2, mixed, features)
-        out, mean, invstd = torch.native_batch_norm(torch.bmm(weights, rows), bn_weight, bn_bias, running_mean,
-                                                    running_var, use_batch_stats, momentum, eps)
-        active = out.relu_() > 0  # the ReLU's derivative, kept as 1 byte per entry
-        ctx.save_for_backward(x, w_gtp, w_1, w_2, bn_weight, q, scale, mixed, mean, invstd, active)
+        pre = torch.bmm(_unit_weights(w_1, w_2, mixed), features)
+        out, mean, invstd = torch.native_batch_norm(pre, bn_weight, bn_bias, running_mean, running_var,
+                                                    use_batch_stats, momentum, eps)
+        ctx.save_for_backward(x, w_gtp, w_1, w_2, bn_weight, bn_bias, q, scale, mixed, mean, invstd)
         ctx.running = (running_mean, running_var)  # read by the backward only in eval mode, never changed there
-        ctx.options = (use_batch_stats, eps, is_sys, bn_bias is not None)
-        return out.add_(x_flat).reshape(b, c, h, w)
+        ctx.options = (use_batch_stats, eps, is_sys)
+        return out.relu_().add_(x_flat).reshape(b, c, h, w)
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, w_gtp, w_1, w_2, bn_weight, q, scale, mixed, mean, invstd, active = ctx.saved_tensors
-        use_batch_stats, eps, is_sys, has_bias = ctx.options
+        x, w_gtp, w_1, w_2, bn_weight, bn_bias, q, scale, mixed, mean, invstd = ctx.saved_tensors
+        use_batch_stats, eps, is_sys = ctx.options
         b, c, h, w = x.shape
         k = w_gtp.shape[0] // 3
         x_flat, grad_y = x.reshape(b, c, h * w), grad_y.reshape(b, c, h * w)
         features, z, factors = _features(x_flat, w_gtp)  # recomputed: [Z; F]
         scaled = features
-        if scale is not None:  # [Z; Fs] next to [Z; F]: the backward needs both
-            scaled = torch.empty_like(features)
-            scaled[:, :k].copy_(z)
-            torch.mul(factors, scale, out=scaled[:, k:])
-        weights, rows = _unit_operands(w_1, w_2, mixed, scaled)
+        if scale is not None:  # [Z; Fs] beside [Z; F]: the backward needs both
+            scaled = features.clone()
+            scaled[:, k:].mul_(scale)
+        weights = _unit_weights(w_1, w_2, mixed)
+        pre = torch.bmm(weights, scaled)
+        grad_out = _relu_backward(grad_y, pre, bn_weight, bn_bias, *ctx.running, mean, invstd, use_batch_stats, eps)
         grad_pre, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
-            grad_y * active, torch.bmm(weights, rows), bn_weight, *ctx.running, mean, invstd, use_batch_stats,
-            eps, [True, bn_weight is not None, has_bias])
-        grad_weights = torch.bmm(grad_pre, rows.transpose(1, 2))  # (B, C, [C' +] 2C'): dL/d[W1 | V]
-        grad_rows = torch.bmm(weights.transpose(1, 2), grad_pre)  # dL/d[Z; Fs] through pre
+            grad_out, pre, bn_weight, *ctx.running, mean, invstd, use_batch_stats, eps,
+            [True, bn_weight is not None, bn_bias is not None])
+        del pre, grad_out
+        grad_weights = torch.bmm(grad_pre, scaled.transpose(1, 2))  # dL/d[W1 | V] (B, C, 3C')
+        grad_features = torch.bmm(weights.transpose(1, 2), grad_pre)  # dL/d[Z; Fs]; dL/d[Z; W_tp X] below
         del grad_pre
-        grad_v = grad_weights[:, :, -2 * k:]
+        grad_v = grad_weights[:, :, k:]
         grad_w_1 = None if w_1 is None else grad_weights[:, :, :k].sum(0)
         grad_w_2 = torch.bmm(grad_v, mixed.transpose(1, 2)).sum(0)  # V = W2 R
         grad_zf = mix_transposed(torch.bmm(w_2.t().expand(b, -1, -1), grad_v), is_sys)  # dL/d(Z Fs^T)
-        scaled_factors = scaled[:, k:]
-        grad_fs = torch.baddbmm(grad_rows[:, -2 * k:], grad_zf.transpose(1, 2), z)  # + through Z Fs^T
-        grad_features = torch.empty_like(features)  # [dL/dZ; dL/d(W_tp X)]
-        if w_1 is None:
-            grad_features[:, :k].copy_(torch.bmm(grad_zf, scaled_factors))  # (bmm's out= into a view is slow)
-        else:
-            torch.add(grad_rows[:, :k], torch.bmm(grad_zf, scaled_factors), out=grad_features[:, :k])
-        del grad_rows
-        grad_f = grad_fs
+        grad_z, grad_f = grad_features[:, :k], grad_features[:, k:]  # views: updated in place
+        grad_z.add_(torch.bmm(grad_zf, scaled[:, k:]))
+        grad_f.add_(torch.bmm(grad_zf.transpose(1, 2), z))  # now all of dL/dFs
         if scale is not None:  # Fs = F s, s = d^(-1/2), d = q^T F, q = S (F 1)
-            grad_d = (grad_fs * factors).sum(1, keepdim=True).mul_(scale.pow(3))  # times -1/2, applied below
+            grad_d = (grad_f * factors).sum(1, keepdim=True).mul_(scale.pow(3))  # times -1/2, applied below
             grad_q = torch.bmm(factors, grad_d.transpose(1, 2)).squeeze(2)
-            grad_f = grad_fs.mul_(scale)
-            grad_f.addcmul_(q.unsqueeze(2), grad_d, value=-0.5)
+            grad_f.mul_(scale).addcmul_(q.unsqueeze(2), grad_d, value=-0.5)
             grad_f.add_(mix_transposed(grad_q, is_sys).unsqueeze(2), alpha=-0.5)
-        torch.ops.aten.threshold_backward.grad_input(grad_f, factors, 0, grad_input=grad_features[:, k:])  # relu
+        torch.ops.aten.threshold_backward.grad_input(grad_f, factors, 0, grad_input=grad_f)  # the ReLU, in place
         grad_x = torch.baddbmm(grad_y, w_gtp.t().expand(b, -1, -1), grad_features).reshape(b, c, h, w)
         grad_w_gtp = torch.bmm(grad_features, x_flat.transpose(1, 2)).sum(0)
         return (grad_x, grad_w_gtp, grad_w_1, grad_w_2, grad_bn_weight, grad_bn_bias) + (None,) * 7
@@ -230,13 +224,23 @@ def _features(x_flat, w_gtp):
     return features, features[:, :k], features[:, k:].relu_()
 
 
-def _unit_operands(w_1, w_2, mixed, scaled):
-    """([W1 | W2 R], [Z; Fs]) so that pre is their product; without W1, (W2 R, Fs)."""
+def _relu_backward(grad_y, pre, weight, bias, running_mean, running_var, mean, invstd, use_batch_stats, eps):
+    """dL/dBN(pre) from dL/dY: zero where BN(pre) <= 0. BN(pre) is recomputed as the CPU kernel writes it,
+    pre * a + (bias - mean * a) with a = invstd * weight; a 1-byte mask would cost 1/4 of a feature map."""
+    if not use_batch_stats:
+        mean, invstd = running_mean, (running_var + eps).rsqrt()
+    scale = invstd if weight is None else invstd * weight
+    shift = -mean * scale if bias is None else bias - mean * scale
+    out = torch.addcmul(shift.unsqueeze(1), pre, scale.unsqueeze(1))
+    return torch.ops.aten.threshold_backward.grad_input(grad_y, out, 0, grad_input=out)
+
+
+def _unit_weights(w_1, w_2, mixed):
+    """[W1 | W2 R] (B, C, 3C'), so that pre = [W1 | W2 R] [Z; Fs]; W1 = 0 for A2's unit (no Z term)."""
     b, k = mixed.shape[:2]
     v = torch.bmm(w_2.expand(b, -1, -1), mixed)  # (B, C, 2C')
-    if w_1 is None:
-        return v, scaled[:, k:]
-    return torch.cat([w_1.expand(b, -1, -1), v], dim=2), scaled
+    w_1 = torch.zeros_like(w_2) if w_1 is None else w_1
+    return torch.cat([w_1.expand(b, -1, -1), v], dim=2)
 
 
 def fused_relu_dot_stage(x, w_gtp, w_1, w_2, bn_weight, bn_bias, running_mean, running_var, use_batch_stats,

@@ -344,3 +344,20 @@ def test_fused_path_keeps_about_one_input_for_the_backward(kind):
     assert fused <= 1.5 * x.numel() * x.element_size()
     unfused = saved_bytes(make_block(kind, stage_num=2, affinity_path="factorized"), x) / 2  # per unit, roughly
     assert fused < unfused
+
+
+@pytest.mark.parametrize("momentum,track", [(None, True), (0.3, False)])
+def test_fused_path_keeps_batch_norm_bookkeeping(momentum, track):
+    """Cumulative-average BN (momentum None) and BN without running statistics, over two training steps and
+    an eval step: the fused path updates and uses the statistics exactly as nn.BatchNorm2d does."""
+    blocks = []
+    for path in ("factorized", "dense"):
+        block = make_block("snl", affinity_path=path).double()
+        block.stages[0].bn = torch.nn.BatchNorm2d(16, momentum=momentum, track_running_stats=track).double()
+        blocks.append(block)
+    for train in (True, True, False):
+        x = torch.randn(3, 16, 4, 5, dtype=torch.float64)
+        ys = [block.train(train)(x) for block in blocks]
+        assert rel_err(ys[0], ys[1]) < 1e-10
+    for (name, b), b_ref in zip(blocks[0].named_buffers(), blocks[1].buffers()):
+        torch.testing.assert_close(b, b_ref, msg=name)

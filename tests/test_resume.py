@@ -132,7 +132,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
     # Events logged by the killed runs after their last checkpoint are purged: one point per epoch.
     accumulator = EventAccumulator(str(run_dir))
     accumulator.Reload()
-    assert [event.step for event in accumulator.Scalars("Train Loss")] == [1, 2, 3]
+    assert [event.step for event in accumulator.Scalars("Train_Loss")] == [1, 2, 3]
     assert [row["lr"] for row in metrics(run_dir)] == [0.010000000000000002, 0.1, 0.010000000000000002]
 
 

@@ -90,7 +90,7 @@ def test_metrics_and_summary_agree(cifar_run):
 
 def test_tensorboard_scalars_hold_the_epoch_mean_loss(cifar_run):
     run_dir = cifar_run["run_dir"]
-    train_loss = scalars(run_dir, "Train Loss")
+    train_loss = scalars(run_dir, "Train_Loss")  # tensorboardX spells the tag so
     assert [step for step, _ in train_loss] == [1, 2]
     assert [step for step, _ in scalars(run_dir, "Top1")] == [1, 2]
     assert [step for step, _ in scalars(run_dir, "Top5")] == [1, 2]
