@@ -25,9 +25,10 @@ class CrissCrossAttention(nn.Module):
         h = x.shape[2]
         with full_precision(x.device.type):
             dtype = torch.promote_types(x.dtype, torch.float32)
-            q = pointwise(self.query_conv, x).to(dtype)  # (B, C', H, W)
-            k = pointwise(self.key_conv, x).to(dtype)  # (B, C', H, W)
-            v = pointwise(self.value_conv, x).to(dtype)  # (B, C, H, W)
+            x_full = x.to(dtype)  # under autocast x may be bf16 / fp16 while the weights are float32
+            q = pointwise(self.query_conv, x_full).to(dtype)  # (B, C', H, W)
+            k = pointwise(self.key_conv, x_full).to(dtype)  # (B, C', H, W)
+            v = pointwise(self.value_conv, x_full).to(dtype)  # (B, C, H, W)
             energy_col = torch.einsum("bchw,bckw->bhwk", q, k)  # (B, H, W, H): (i, j) vs (k, j)
             self_in_col = torch.eye(h, dtype=torch.bool, device=x.device)[:, None, :]  # (H, 1, H)
             energy_col = energy_col.masked_fill(self_in_col, float("-inf"))

@@ -361,3 +361,31 @@ def test_fused_path_keeps_batch_norm_bookkeeping(momentum, track):
         assert rel_err(ys[0], ys[1]) < 1e-10
     for (name, b), b_ref in zip(blocks[0].named_buffers(), blocks[1].buffers()):
         torch.testing.assert_close(b, b_ref, msg=name)
+
+
+def test_a_replaced_batch_norm_keeps_its_own_forward():
+    """--sync-bn swaps the BN modules for subclasses that all-reduce their statistics: the fused path, which
+    calls the BN kernel itself, must step aside for them."""
+    calls = []
+
+    class RecordingBatchNorm(torch.nn.BatchNorm2d):
+        def forward(self, x):
+            calls.append(x.shape)
+            return super().forward(x)
+
+    block = make_block("snl")
+    block.stages[0].bn = RecordingBatchNorm(16)
+    block(torch.randn(2, 16, 4, 4))
+    assert calls == [torch.Size([2, 16, 4, 4])]
+
+
+@pytest.mark.parametrize("kind", list(NONLOCAL_BLOCKS))
+def test_bf16_input_under_autocast_trains(kind):
+    """Inside an autocast network the block's input is already bf16 while its weights stay float32."""
+    block = make_block(kind)
+    x = torch.randn(2, 16, 8, 8).bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = block(x)
+    y.float().square().sum().backward()
+    assert torch.isfinite(y.float()).all() and torch.isfinite(x.grad.float()).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in block.parameters())
