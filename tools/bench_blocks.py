@@ -8,7 +8,8 @@ layer3 (C = 1024 at 14x14, batch --batch-imagenet, default 16: at 128 the dense 
 several GiB on a CPU). C' = C / 2 as the models build them. SNL and A2 run both affinity paths.
 
 Time: the median of --rounds runs after --warmup runs; the configurations are run alternately (A B C A B C ...)
-so that a machine that other jobs slow down slows all of them alike, and a ratio between rows stays honest.
+so that a machine that other jobs slow down slows all of them alike, and a ratio between rows stays honest
+(a fast configuration also gets an untimed run before each timed one, see alternate_timings).
 Peak memory: the most memory allocated during one forward + backward, above what was held before it (the block's
 weights and the input). CUDA: torch.cuda.max_memory_allocated. CPU: the allocator's running total recorded by
 torch.profiler(profile_memory=True) (every tensor allocation and free, with the total after each), so neither
@@ -39,19 +40,31 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def alternate_timings(fns, rounds, warmup, device):
-    """{name: [seconds per run]}: each fn runs `warmup` times, then once per round, in turn."""
-    for fn in fns.values():
+def timed(fn, device):
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def alternate_timings(fns, rounds, warmup, device, settle_below=0.25):
+    """{name: [seconds per run]}: each fn runs `warmup` times, then once per round, in turn.
+
+    A run right after a memory-hungry one (a dense affinity frees GiBs) pays for fresh pages; fns faster than
+    settle_below seconds therefore get one untimed run before each timed one, which is cheap for them.
+    """
+    settle = set()
+    for name, fn in fns.items():
         for _ in range(warmup):
-            fn()
+            if timed(fn, device) < settle_below:
+                settle.add(name)
     times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            if name in settle:
+                fn()
+            times[name].append(timed(fn, device))
     return times
 
 

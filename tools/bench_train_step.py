@@ -4,8 +4,10 @@
     python tools/bench_train_step.py --blocks snl --rounds 20
 
 One step = forward, cross-entropy loss, backward, SGD step (momentum 0.9, weight decay 1e-4, lr 0.1: the CIFAR
-recipe). The models are stepped alternately (plain, snl, nl, ..., plain, snl, ...), so that load from other jobs
-hits all of them alike; the ratio to the plain backbone is the median over rounds of the per-round ratio.
+recipe). Each round steps, for every block in turn: the plain model once untimed (after a memory-hungry model
+the first step pays for fresh pages), the plain model timed, the model with the block timed. So load from other
+jobs hits both sides of every pair alike; the ratio to the plain backbone is the median over rounds of the
+ratio within the pair.
 Peak memory: the most memory allocated during one step above what was held before it (weights, momentum
 buffers, the batch), measured as in tools/bench_blocks.py; its ratio is to the plain backbone's.
 """
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lib import NONLOCAL_BLOCKS  # noqa: E402
 from models import build_model  # noqa: E402
-from tools.bench_blocks import alternate_timings, peak_memory_bytes  # noqa: E402
+from tools.bench_blocks import peak_memory_bytes, timed  # noqa: E402
 
 
 def make_train_step(nl_type, arch, batch, device, nl_layer):
@@ -53,17 +55,31 @@ def main(argv=None):
     names = ["plain"] + args.blocks
     steps = {name: make_train_step(None if name == "plain" else name, args.arch, args.batch, device, (args.stage,))
              for name in names}
-    times = alternate_timings(steps, args.rounds, args.warmup, device)
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    times = {name: [] for name in names}
+    ratios = {name: [] for name in names}
+    for _ in range(args.rounds):
+        for name in args.blocks:
+            steps["plain"]()
+            plain, block = timed(steps["plain"], device), timed(steps[name], device)
+            times["plain"].append(plain)
+            times[name].append(block)
+            ratios[name].append(block / plain)
     peaks = {name: peak_memory_bytes(step, device) / 2 ** 20 for name, step in steps.items()}
     where = f"{torch.cuda.get_device_name(device)}" if device.type == "cuda" else f"CPU, {args.threads} threads"
     print(f"PreResNet-{args.arch}, batch {args.batch}, block at stage {args.stage}; {where}; "
-          f"{args.rounds} alternating rounds after {args.warmup} warm-up steps\n")
-    print("| model | ms / step (median) | images / s | time vs plain | peak MiB | memory vs plain |")
+          f"{args.rounds} rounds of (plain, block) pairs after {args.warmup} warm-up steps\n")
+    print("| model | ms / step (median) | images / s | time vs plain (quartiles) | peak MiB | memory vs plain |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in names:
         median = statistics.median(times[name])
-        ratio = statistics.median(t / p for t, p in zip(times[name], times["plain"]))
-        print(f"| {name} | {median * 1e3:.0f} | {args.batch / median:.0f} | {ratio:.3f}x | {peaks[name]:.1f} | "
+        ratio = "1.000x"
+        if name != "plain":
+            low, _, high = statistics.quantiles(ratios[name], n=4) if args.rounds > 1 else [ratios[name][0]] * 3
+            ratio = f"{statistics.median(ratios[name]):.3f}x ({low:.2f}-{high:.2f})"
+        print(f"| {name} | {median * 1e3:.0f} | {args.batch / median:.0f} | {ratio} | {peaks[name]:.1f} | "
               f"{peaks[name] / peaks['plain']:.3f}x |", flush=True)
 
 
