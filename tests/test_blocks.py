@@ -136,7 +136,7 @@ def stage_kwargs():
 def test_stage_matches_the_direct_formula(kind, is_sys, is_norm, train, stage_num):
     block = make_block(kind, stage_num=stage_num, is_sys=is_sys, is_norm=is_norm).double().train(train)
     reference = make_block(kind, stage_num=stage_num, is_sys=is_sys, is_norm=is_norm).double().train(train)
-    x = torch.randn(3, 16, 5, 6, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 16, 6, 7, dtype=torch.float64, requires_grad=True)  # N = 42 >= 4 C': fusable
     x_ref = x.detach().clone().requires_grad_()
     y = block(x)
     y_ref = direct.stage_forward(reference, x_ref, kind)
@@ -294,13 +294,14 @@ def test_bf16_autocast_is_finite_and_close_to_fp32(kind):
 def test_fused_path_matches_the_dense_path_at_degenerate_positions(kind, is_sys):
     """A zero input position (degree 0, s = 0) and a dead phi channel (its column sum is 0, so one entry of
     q = S (F 1) is 0 while relu(theta) there is not): the hand-written backward must still be exact."""
-    x = torch.randn(3, 16, 5, 6, dtype=torch.float64)
+    x = torch.randn(3, 16, 6, 7, dtype=torch.float64)
     x[:, :, 2, 3] = 0
     results = []
     for path in ("factorized", "dense"):
         block = make_block(kind, is_sys=is_sys, is_norm=True, affinity_path=path).double()
         with torch.no_grad():
             block.p.weight[0] = 0
+        assert block._fusable(x) == (path == "factorized")
         xi = x.clone().requires_grad_()
         y = block(xi)
         y.square().sum().backward()
@@ -312,7 +313,7 @@ def test_fused_path_matches_the_dense_path_at_degenerate_positions(kind, is_sys)
 @pytest.mark.parametrize("kind", list(NONLOCAL_BLOCKS))
 def test_channels_last_input_gives_the_same_numbers(kind):
     block = make_block(kind).double()
-    x = torch.randn(2, 16, 6, 5, dtype=torch.float64)
+    x = torch.randn(2, 16, 6, 7, dtype=torch.float64)
     grads = []
     for memory_format in (torch.contiguous_format, torch.channels_last):
         xi = x.detach().to(memory_format=memory_format).requires_grad_()
@@ -355,8 +356,9 @@ def test_fused_path_keeps_batch_norm_bookkeeping(momentum, track):
         block = make_block("snl", affinity_path=path).double()
         block.stages[0].bn = torch.nn.BatchNorm2d(16, momentum=momentum, track_running_stats=track).double()
         blocks.append(block)
+    assert blocks[0]._fusable(torch.zeros(3, 16, 6, 7))
     for train in (True, True, False):
-        x = torch.randn(3, 16, 4, 5, dtype=torch.float64)
+        x = torch.randn(3, 16, 6, 7, dtype=torch.float64)
         ys = [block.train(train)(x) for block in blocks]
         assert rel_err(ys[0], ys[1]) < 1e-10
     for (name, b), b_ref in zip(blocks[0].named_buffers(), blocks[1].buffers()):
@@ -389,3 +391,14 @@ def test_bf16_input_under_autocast_trains(kind):
     y.float().square().sum().backward()
     assert torch.isfinite(y.float()).all() and torch.isfinite(x.grad.float()).all()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in block.parameters())
+
+
+def test_the_fused_path_is_taken_exactly_where_it_applies():
+    """What the one-unit cases of test_stage_matches_the_direct_formula exercise (x: 16 channels, 6 x 7)."""
+    x = torch.zeros(3, 16, 6, 7)
+    assert make_block("snl")._fusable(x) and make_block("a2")._fusable(x)
+    assert make_block("ns", is_norm=True)._fusable(x)
+    assert not make_block("snl", stage_num=2)._fusable(x)  # units after the first need A itself
+    assert not make_block("snl", affinity_path="dense")._fusable(x)
+    assert not make_block("nl")._fusable(x) and not make_block("dnl", is_norm=True)._fusable(x)
+    assert not make_block("snl", planes=16)._fusable(x)  # N = 42 < 4 C': the module path is faster there
