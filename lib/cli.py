@@ -2,7 +2,7 @@
 
 Flags whose default depends on the dataset (the recipe, lib/recipe.py) default to None here, so that a value
 given on the command line or in --config is detectable and wins over the recipe (the reference overwrote them).
-No flag uses type=bool (bool("False") is True): bool-ish flags go through parse_bool.
+No flag uses argparse's bool type (bool("False") is True): bool-ish flags go through parse_bool.
 """
 import argparse
 
