@@ -5,8 +5,8 @@
     torchrun --nproc_per_node 8 train_val.py --dataset imagenet --backbone resnet --arch 50 --nl-type snl
     python train_val.py --valid --check_path CHECKPOINT --dataset cifar10 ...
 
-The reference's command lines keep working (lib/cli.py); the per-dataset recipe fills unset flags
-(lib/recipe.py). Outputs go to <output-dir>/<dataset>/<arch>/<checkpoints>/. Layout as torchvision's
+The reference's command lines keep working (lib/engine/cli.py); the per-dataset recipe fills unset flags
+(lib/engine/recipe.py). Outputs go to <output-dir>/<dataset>/<arch>/<checkpoints>/. Layout as torchvision's
 references/classification/train.py: get_args_parser(), train_one_epoch(), evaluate(), main(args).
 """
 import math
@@ -21,19 +21,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.checkpoint import load_checkpoint, model_args_mismatch, remove_stale_temp_files, restore_rng
-from lib.cli import get_args_parser  # noqa: F401  (the torchvision-style entry points live here)
-from lib.config import parse_args
 from lib.data import build_datasets, build_loaders
-from lib.distributed import all_reduce_sums, any_process, cleanup, from_main, init_distributed, local_main_first
+from lib.engine.checkpoint import load_checkpoint, model_args_mismatch, remove_stale_temp_files, restore_rng
+from lib.engine.cli import get_args_parser  # noqa: F401  (the torchvision-style entry points live here)
+from lib.engine.config import parse_args
+from lib.engine.distributed import (all_reduce_sums, any_process, cleanup, from_main, init_distributed,
+                                    local_main_first)
+from lib.engine.logger import MetricsFile, RunLogger, open_tensorboard, write_args
+from lib.engine.metrics import AverageMeter, format_seconds, percent, topk_correct
+from lib.engine.recipe import RECIPES, resolve_args
+from lib.engine.run_state import (BestTracker, check_model_flags, load_resumed_state, load_resumed_weights,
+                                  model_kwargs, resume_source, run_folder, save_checkpoint, summary_line)
+from lib.engine.schedule import WarmupStepSchedule, set_lr
+from lib.engine.sync_bn import convert_sync_batchnorm
 from lib.errors import ConfigError
-from lib.logger import MetricsFile, RunLogger, open_tensorboard, write_args
-from lib.metrics import AverageMeter, format_seconds, percent, topk_correct
-from lib.recipe import RECIPES, resolve_args
-from lib.run_state import (BestTracker, check_model_flags, load_resumed_state, load_resumed_weights, model_kwargs,
-                           resume_source, run_folder, save_checkpoint, summary_line)
-from lib.schedule import WarmupStepSchedule, set_lr
-from lib.sync_bn import convert_sync_batchnorm
 from models import build_model, classifier_size, load_state_dict_checked
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}

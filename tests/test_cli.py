@@ -8,9 +8,9 @@ import sys
 import pytest
 
 import train_val
-from lib.cli import get_args_parser
-from lib.config import parse_args
-from lib.recipe import resolve_args
+from lib.engine.cli import get_args_parser
+from lib.engine.config import parse_args
+from lib.engine.recipe import resolve_args
 from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import train_val
-from lib.distributed import DistContext, launched_by_torchrun
-from lib.logger import RunLogger
+from lib.engine.distributed import DistContext, launched_by_torchrun
+from lib.engine.logger import RunLogger
 from test_resume import one_thread, write_runner  # noqa: F401  (one_thread: autouse fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

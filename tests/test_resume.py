@@ -12,8 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train_val
 from datagen import write_cifar
-from lib.recipe import RECIPES
-from lib.schedule import WarmupStepSchedule
+from lib.engine.recipe import RECIPES
+from lib.engine.schedule import WarmupStepSchedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,9 +6,9 @@ from typing import Optional
 
 import torch
 
-from lib.checkpoint import (BEST_NAME, atomic_save, capture_rng, checkpoint_name, has_checkpoints, latest_checkpoint,
-                            model_args_mismatch, prune_epoch_checkpoints)
-from lib.distributed import gather_objects
+from lib.engine.checkpoint import (BEST_NAME, atomic_save, capture_rng, checkpoint_name, has_checkpoints,
+                                   latest_checkpoint, model_args_mismatch, prune_epoch_checkpoints)
+from lib.engine.distributed import gather_objects
 from lib.errors import ConfigError
 from models import build_model, load_state_dict_checked
 

@@ -1,13 +1,13 @@
 """Reading the command line: --config YAML defaults, then flags, remembering which values were given explicitly.
 
-Precedence, lowest first: parser defaults < the dataset recipe (lib/recipe.py, fills only unset values) <
+Precedence, lowest first: parser defaults < the dataset recipe (lib/engine/recipe.py, fills only unset values) <
 --config FILE.yaml < command-line flags.
 """
 import argparse
 
 import yaml
 
-from lib.cli import get_args_parser, parse_bool
+from lib.engine.cli import get_args_parser, parse_bool
 from lib.errors import ConfigError
 
 
@@ -93,7 +93,7 @@ def _given_on_command_line(argv):
 def parse_args(argv=None):
     """The Namespace for main(): flags over --config over parser defaults; args.explicit lists what was given.
 
-    The recipe is not applied here (main does it, through lib.recipe.resolve_args), so that a Namespace built
+    The recipe is not applied here (main does it, through lib.engine.recipe.resolve_args), so that a Namespace built
     by any means can be passed to main().
     """
     parser = get_args_parser()

@@ -7,7 +7,7 @@ CIFAR runs 300 + 10 epochs with decays at 150 + 10 and 250 + 10, exactly as the 
 import os
 import re
 
-from lib.cli import AMP_MODES, parse_stages
+from lib.engine.cli import AMP_MODES, parse_stages
 from lib.errors import ConfigError
 
 RECIPES = {

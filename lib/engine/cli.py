@@ -1,6 +1,6 @@
 """Command line of train_val.py: the reference's flags (design.md section 7), kept working, plus ours.
 
-Flags whose default depends on the dataset (the recipe, lib/recipe.py) default to None here, so that a value
+Flags whose default depends on the dataset (the recipe, lib/engine/recipe.py) default to None here, so that a value
 given on the command line or in --config is detectable and wins over the recipe (the reference overwrote them).
 No flag uses argparse's bool type (bool("False") is True): bool-ish flags go through parse_bool.
 """
