@@ -30,8 +30,10 @@ from lib.engine.distributed import (all_reduce_sums, any_process, cleanup, from_
 from lib.engine.logger import MetricsFile, RunLogger, open_tensorboard, write_args
 from lib.engine.metrics import AverageMeter, format_seconds, percent, topk_correct
 from lib.engine.recipe import RECIPES, resolve_args
+from lib.engine.run_lock import RunLock
 from lib.engine.run_state import (BestTracker, check_model_flags, load_resumed_state, load_resumed_weights,
-                                  model_kwargs, resume_source, run_folder, save_checkpoint, summary_line)
+                                  model_kwargs, prune_own_checkpoints, restore_epoch_file, resume_source, run_folder,
+                                  save_checkpoint, summary_line)
 from lib.engine.schedule import WarmupStepSchedule, set_lr
 from lib.engine.sync_bn import convert_sync_batchnorm
 from lib.errors import ConfigError
@@ -102,16 +104,23 @@ def evaluate(model, loader, ctx, args, log):
     """Top-1 / top-5 / mean loss over the whole validation set: every image once, summed over processes."""
     model.eval()
     loss_sum = correct1 = correct5 = count = 0
-    for i, (images, target) in enumerate(loader):
-        images, target = _to_device(images, target, ctx, args)
-        with autocast(ctx.device, args.amp):
-            output = model(images)
-        loss_sum += F.cross_entropy(output.float(), target, reduction="sum").item()
-        hits1, hits5 = topk_correct(output, target, (1, 5))
-        correct1, correct5, count = correct1 + hits1, correct5 + hits5, count + target.size(0)
-        if i % args.print_freq == 0:
-            log.info(f"Test [{i + 1}/{len(loader)}]  top-1 {percent(correct1, count):.3f}  "
-                     f"top-5 {percent(correct5, count):.3f}")
+    error = None
+    try:
+        for i, (images, target) in enumerate(loader):
+            images, target = _to_device(images, target, ctx, args)
+            with autocast(ctx.device, args.amp):
+                output = model(images)
+            loss_sum += F.cross_entropy(output.float(), target, reduction="sum").item()
+            hits1, hits5 = topk_correct(output, target, (1, 5))
+            correct1, correct5, count = correct1 + hits1, correct5 + hits5, count + target.size(0)
+            if i % args.print_freq == 0:
+                log.info(f"Test [{i + 1}/{len(loader)}]  top-1 {percent(correct1, count):.3f}  "
+                         f"top-5 {percent(correct5, count):.3f}")
+    except ConfigError as caught:  # e.g. an unreadable image in this process's shard
+        error = caught
+    # Agreed by all processes, so that all stop together (a lone raise would leave the others waiting).
+    if any_process(ctx, error is not None):
+        raise error or ConfigError("the evaluation failed in another process (its error is printed above)")
     loss_sum, correct1, correct5, count = all_reduce_sums(ctx, [loss_sum, correct1, correct5, count])
     stats = {"top1": percent(correct1, count), "top5": percent(correct5, count),
              "loss": loss_sum / count if count else float("nan"), "n": int(count)}
@@ -222,6 +231,23 @@ def train(args, ctx, log):
                 f"{run_dir}")
     if args.num_gpu > 1:
         log.warn("--num_gpu is superseded: launch with torchrun --nproc_per_node N for N GPUs; running 1 process")
+    # One run per folder: a second one (e.g. a resume while the first still runs) stops here, naming the holder.
+    lock = RunLock(run_dir).acquire() if ctx.is_main else None
+    try:
+        return _train(args, ctx, log, run_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _warn_other_world_size(checkpoint, ctx, log):
+    saved = checkpoint.get("world_size")
+    if saved is not None and int(saved) != ctx.world_size:
+        log.warn(f"the checkpoint was trained by {saved} process(es), this run has {ctx.world_size}: training "
+                 f"continues, but not as the same run (the data sharding and the BatchNorm batches change)")
+
+
+def _train(args, ctx, log, run_dir):
     resume_path = from_main(ctx, lambda: resume_source(args, run_dir, log))
     train_set, val_set, info, train_loader, val_loader, train_sampler = load_data(args, ctx)
     checkpoint = load_checkpoint(resume_path) if resume_path else None
@@ -238,7 +264,9 @@ def train(args, ctx, log):
     start_epoch, best = 0, BestTracker()
     if checkpoint is not None:
         start_epoch, best = load_resumed_state(checkpoint, resume_path, optimizer, scaler, log)
+        _warn_other_world_size(checkpoint, ctx, log)
     log_setup(args, ctx, info, train_set, val_set, model, schedule, log)
+    left_to_train = start_epoch < args.epochs
 
     # Only now, with data, model and checkpoint loaded, is anything written: a failed start leaves no trace.
     metrics = MetricsFile(os.path.join(run_dir, "metrics.jsonl"), enabled=ctx.is_main)
@@ -248,7 +276,10 @@ def train(args, ctx, log):
         for name in remove_stale_temp_files(run_dir):
             log.warn(f"removed {name}, left by an interrupted checkpoint write")
         write_args(os.path.join(run_dir, f"args_resume_{start_epoch}.yaml" if checkpoint else "args.yaml"), args)
-        metrics.drop_after(start_epoch)
+        if left_to_train:  # rows after the checkpoint are recomputed; with nothing to train, every row stays
+            metrics.drop_after(start_epoch)
+        if checkpoint is not None and restore_epoch_file(run_dir, resume_path, start_epoch, args):
+            log.info(f"=> {resume_path} is also the checkpoint of epoch {start_epoch} now")
     writer = open_tensorboard(run_dir, start_epoch, enabled=ctx.is_main)
     rng_states = (checkpoint or {}).get("rng_states") or []
     if ctx.rank < len(rng_states):
@@ -257,35 +288,56 @@ def train(args, ctx, log):
         log.warn("the checkpoint has no RNG state for this process: random draws will differ from the original run")
         seed_everything(args.seed + ctx.rank + 1000 * start_epoch)
     criterion = build_criterion(args)
+
+    def finish_epoch(finished, record, started, due):
+        """Evaluate (if due), log and checkpoint `finished` epochs. If the evaluation fails on bad input (e.g. an
+        unreadable image), the trained epoch is checkpointed all the same, marked as awaiting its evaluation,
+        which a resumed run does first."""
+        is_best = False
+        if due:
+            try:
+                stats = evaluate(eval_model, val_loader, ctx, args, log)
+            except ConfigError as error:
+                save_checkpoint(run_dir, finished, False, model, optimizer, scaler, schedule, best, args, ctx, log,
+                                pending_eval=dict(record, time=time.time() - started))
+                raise ConfigError(f"{error} (epoch {finished} is trained and checkpointed: fix this and rerun with "
+                                  f"--resume auto, which evaluates it first)") from None
+            is_best = best.update(finished, stats)
+            log.info(f" * Best accuracy: Prec@1 {best.top1:.3f} (epoch {best.top1_epoch}), Prec@5 "
+                     f"{best.top5:.3f} (epoch {best.top5_epoch})")
+            if writer is not None:
+                for tag, key in (("Top1", "top1"), ("Top5", "top5"), ("Test Loss", "loss")):
+                    writer.add_scalar(tag, stats[key], finished)
+            metrics.append(dict(stats, epoch=finished, **record, time=time.time() - started))
+        if writer is not None:
+            writer.flush()
+        save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedule, best, args, ctx, log)
+
     try:
+        pending = (checkpoint or {}).get("pending_eval")
+        if pending:
+            log.info(f"=> evaluating epoch {start_epoch} first: its evaluation failed in the run that trained it")
+            record = {key: pending[key] for key in ("train_loss", "train_top1", "lr")}
+            finish_epoch(start_epoch, record, time.time() - pending.get("time", 0), due=True)
         for epoch in range(start_epoch, args.epochs):
             started, lr = time.time(), schedule.lr_at(epoch)
             set_lr(optimizer, lr)
             train_sampler.set_epoch(epoch)
             train_stats = train_one_epoch(train_model, criterion, optimizer, scaler, train_loader, ctx, epoch, lr,
                                           args, log)
-            finished, is_best = epoch + 1, False
+            finished = epoch + 1
             if writer is not None:
                 writer.add_scalar("Train Loss", train_stats["loss"], finished)
                 writer.add_scalar("LR", lr, finished)
-            if finished % args.eval_freq == 0 or finished == args.epochs:
-                stats = evaluate(eval_model, val_loader, ctx, args, log)
-                is_best = best.update(finished, stats)
-                log.info(f" * Best accuracy: Prec@1 {best.top1:.3f} (epoch {best.top1_epoch}), Prec@5 "
-                         f"{best.top5:.3f} (epoch {best.top5_epoch})")
-                if writer is not None:
-                    for tag, key in (("Top1", "top1"), ("Top5", "top5"), ("Test Loss", "loss")):
-                        writer.add_scalar(tag, stats[key], finished)
-                metrics.append(dict(stats, epoch=finished, train_loss=train_stats["loss"],
-                                    train_top1=train_stats["top1"], lr=lr, time=time.time() - started))
-            if writer is not None:
-                writer.flush()
-            save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedule, best, args, ctx, log)
+            record = dict(train_loss=train_stats["loss"], train_top1=train_stats["top1"], lr=lr)
+            finish_epoch(finished, record, started, due=finished % args.eval_freq == 0 or finished == args.epochs)
     finally:
         if writer is not None:
             writer.close()
-    if start_epoch >= args.epochs:
+    if not left_to_train:
         log.warn(f"nothing left to train: the checkpoint has {start_epoch} epochs, --epochs is {args.epochs}")
+        if ctx.is_main:
+            prune_own_checkpoints(run_dir, args)
     log.heading(summary_line(best))
     return best.last
 

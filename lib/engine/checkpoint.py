@@ -46,9 +46,44 @@ def epoch_checkpoints(run_dir):
     return sorted((index, path) for index, path in found if index is not None)
 
 
+def stored_epoch(path):
+    """The finished-epoch count stored in the checkpoint at path, or None if the file cannot be read.
+
+    The file is memory-mapped, so probing a ResNet-50 checkpoint reads little more than its pickled header.
+    """
+    for options in (dict(mmap=True), {}):  # mmap needs the zip format; files of torch < 1.6 are read in full
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True, **options)
+        except Exception:  # zip, pickle and EOF errors share no base class; all mean "not usable this way"
+            continue
+        epoch = loaded.get("epoch") if isinstance(loaded, dict) else None
+        try:
+            return int(epoch)
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def resume_candidates(run_dir):
+    """[(finished epochs, path)] of every complete checkpoint in run_dir, newest first: the per-epoch files and
+    model_best.pth.tar (which may be all that is left of a run). At equal epochs a per-epoch file comes first.
+    Unreadable files (and files without an epoch) are left out."""
+    found = [(index + 1, 1, path) for index, path in epoch_checkpoints(run_dir)]
+    best = os.path.join(run_dir, BEST_NAME)
+    if os.path.isfile(best):
+        found.append((None, 0, best))
+    candidates = []
+    for epoch, rank, path in found:
+        epoch_in_file = stored_epoch(path)
+        if epoch_in_file is not None:
+            candidates.append((epoch_in_file, rank, path))
+    return [(epoch, path) for epoch, rank, path in sorted(candidates, reverse=True)]
+
+
 def latest_checkpoint(run_dir):
-    found = epoch_checkpoints(run_dir)
-    return found[-1][1] if found else None
+    """The newest complete checkpoint of run_dir (model_best.pth.tar included), or None."""
+    found = resume_candidates(run_dir)
+    return found[0][1] if found else None
 
 
 def has_checkpoints(run_dir):
@@ -70,18 +105,30 @@ def atomic_save(obj, *paths):
             f.flush()
             os.fsync(f.fileno())
         for path in paths[:-1]:
-            extra = _temp_file(folder, path)
-            os.remove(extra)  # os.link needs a free name
-            try:
-                os.link(temp_path, extra)
-            except OSError:
-                shutil.copyfile(temp_path, extra)
-            os.replace(extra, path)
+            _place_link(temp_path, path, folder)
         os.replace(temp_path, paths[-1])
     except BaseException:
         if os.path.exists(temp_path):
             os.remove(temp_path)
         raise
+    _fsync_folder(folder)
+
+
+def _place_link(source, path, folder):
+    """path becomes a hard link to source (a copy where links are not supported), atomically."""
+    extra = _temp_file(folder, path)
+    os.remove(extra)  # os.link needs a free name
+    try:
+        os.link(source, extra)
+    except OSError:
+        shutil.copyfile(source, extra)
+    os.replace(extra, path)
+
+
+def link_checkpoint(source, path):
+    """Give the complete checkpoint `source` a second name `path` (atomic; no second copy where links work)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    _place_link(source, path, folder)
     _fsync_folder(folder)
 
 

@@ -3,7 +3,12 @@
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; with them train_val.py runs DistributedDataParallel (NCCL on CUDA,
 gloo on CPU), without them a single plain process. Only rank 0 writes files and prints.
 """
+import ctypes
 import os
+import signal
+import sys
+import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +17,8 @@ import torch.distributed as dist
 from lib.errors import ConfigError
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+LAUNCHER_POLL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -54,10 +61,37 @@ def pick_device(flag: str, local_rank: int = 0, distributed: bool = False) -> to
     return torch.device(flag)
 
 
+def die_with_launcher(poll_seconds: float = LAUNCHER_POLL_SECONDS) -> None:
+    """Make this process end when its parent (torchrun's agent, which starts each worker in a session of its own)
+    ends, however it ends: otherwise a kill -9 of torchrun leaves the workers training, or waiting up to 30 min in
+    init_process_group for a store that is gone.
+
+    Two means: on Linux the kernel's parent-death signal (prctl PR_SET_PDEATHSIG, SIGKILL), and everywhere a daemon
+    thread that polls the parent pid (an orphan is re-parented, so its parent pid changes). A kill leaves nothing
+    half-written: checkpoint writes are atomic.
+    """
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no libc prctl: the watch below still works
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if parent == 1:  # already orphaned before we could ask to be told
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
+
+
 def init_distributed(device_flag: str) -> DistContext:
     """Join the torchrun process group if launched by torchrun, else describe the single process."""
     if not launched_by_torchrun():
         return DistContext(device=pick_device(device_flag))
+    die_with_launcher()
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     device = pick_device(device_flag, local_rank, distributed=True)

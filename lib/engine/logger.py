@@ -12,6 +12,7 @@ import yaml
 from termcolor import colored
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+EVENT_FILE_PREFIX = "events.out.tfevents."
 
 
 class RunLogger:
@@ -138,12 +139,20 @@ def open_tensorboard(run_dir, start_epoch, enabled=True):
     tensorboard does not allow in tags), so the curves line up with the reference's own event files.
 
     purge_step hides events of epochs after the checkpoint being resumed (logged by a run that was killed
-    before checkpointing them), so that resumed curves have no duplicate points.
+    before checkpointing them), so that resumed curves have no duplicate points. That works because tensorboard
+    reads a folder's event files in name order: each writer gets a new file whose name sorts after every earlier
+    one. tensorboardX names files by the second they were opened (and opens them with "wb"), so without a
+    suffix a resume within the same second as its killed predecessor's start would overwrite that run's file.
     """
     if not enabled:
         return None
     from tensorboardX import SummaryWriter
-    return SummaryWriter(run_dir, purge_step=start_epoch + 1)
+    existing = [name for name in os.listdir(run_dir) if name.startswith(EVENT_FILE_PREFIX)] \
+        if os.path.isdir(run_dir) else []
+    number = len(existing)
+    while any(name.endswith(f".{number:04d}") for name in existing):  # never a name in use, even after deletions
+        number += 1
+    return SummaryWriter(run_dir, purge_step=start_epoch + 1, filename_suffix=f".{number:04d}")
 
 
 def write_args(path, args):

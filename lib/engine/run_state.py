@@ -7,7 +7,8 @@ from typing import Optional
 import torch
 
 from lib.engine.checkpoint import (BEST_NAME, atomic_save, capture_rng, checkpoint_name, has_checkpoints,
-                                   latest_checkpoint, model_args_mismatch, prune_epoch_checkpoints)
+                                   latest_checkpoint, link_checkpoint, model_args_mismatch,
+                                   prune_epoch_checkpoints)
 from lib.engine.distributed import gather_objects
 from lib.errors import ConfigError
 from models import build_model, load_state_dict_checked
@@ -43,8 +44,14 @@ def resume_source(args, run_dir, log):
         return path
     if args.resume == "auto":
         path = latest_checkpoint(run_dir)
+        if path is None and has_checkpoints(run_dir):
+            # Starting over would overwrite them: the user has to decide what to do with those files.
+            raise ConfigError(f"--resume auto: no readable checkpoint in {run_dir} (damaged files?): move them "
+                              f"away, or choose a new --checkpoints name")
         if path is None:
             log.warn(f"--resume auto: no checkpoint in {run_dir}, starting from scratch")
+        elif os.path.basename(path) == BEST_NAME:
+            log.warn(f"--resume auto: no newer per-epoch checkpoint in {run_dir}, continuing from {BEST_NAME}")
         return path
     if args.resume:
         inside = os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(run_dir)
@@ -113,8 +120,34 @@ def summary_line(best):
             f"(epoch {best.top5_epoch})")
 
 
-def save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedule, best, args, ctx, log):
+def _own_name(args):
+    """index -> the file name of this run's checkpoint after 0-based epoch index."""
+    return partial(checkpoint_name, dataset=args.dataset, arch=args.arch, nl_nums=args.nl_nums, nl_type=args.nl_type)
+
+
+def prune_own_checkpoints(run_dir, args):
+    """Apply --keep-checkpoints to this run's per-epoch files (files of other runs in the folder are kept)."""
+    return prune_epoch_checkpoints(run_dir, args.keep_checkpoints, _own_name(args))
+
+
+def restore_epoch_file(run_dir, resume_path, finished, args):
+    """Resumed from model_best.pth.tar (e.g. killed between writing it and the per-epoch file, or the per-epoch
+    files were deleted): give it the per-epoch name of its epoch too, so the folder reads as a finished epoch."""
+    if os.path.basename(resume_path) != BEST_NAME or finished < 1:
+        return None
+    path = os.path.join(run_dir, _own_name(args)(finished - 1))
+    if os.path.exists(path):
+        return None
+    link_checkpoint(resume_path, path)
+    return path
+
+
+def save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedule, best, args, ctx, log,
+                    pending_eval=None):
     """Write the checkpoint of `finished` epochs (and model_best.pth.tar if is_best) from rank 0.
+
+    pending_eval: the epoch's training record (train_loss, train_top1, lr, time) when its due evaluation failed;
+    a resumed run then evaluates this checkpoint before training on.
 
     The RNG states are gathered from every process at this point, which is exactly where the next epoch starts,
     so a resumed run draws the same random numbers as an uninterrupted one. model_best (a hard link to the same
@@ -129,15 +162,13 @@ def save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedu
         "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "lr": schedule.lr_at(finished - 1), "lr_schedule": schedule.state_dict(),
-        "rng_states": rng_states, "world_size": ctx.world_size,
+        "rng_states": rng_states, "world_size": ctx.world_size, "dataset": args.dataset,
         "args": {key: value for key, value in vars(args).items() if key != "resolved"},
-        **best.checkpoint_entries(),
+        "pending_eval": pending_eval, **best.checkpoint_entries(),
     }
-    own_name = partial(checkpoint_name, dataset=args.dataset, arch=args.arch, nl_nums=args.nl_nums,
-                       nl_type=args.nl_type)
-    path = os.path.join(run_dir, own_name(finished - 1))
+    path = os.path.join(run_dir, _own_name(args)(finished - 1))
     atomic_save(checkpoint, *([os.path.join(run_dir, BEST_NAME)] if is_best else []), path)
-    prune_epoch_checkpoints(run_dir, args.keep_checkpoints, own_name)
+    prune_own_checkpoints(run_dir, args)
     log.info(f"=> saved {path}" + (f" and {BEST_NAME}" if is_best else ""))
 
 
