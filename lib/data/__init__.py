@@ -34,12 +34,17 @@ __all__ = ["DATASETS", "DatasetInfo", "build_datasets", "build_loaders", "CifarD
            "ContiguousShardSampler"]
 
 
-def build_datasets(name, data_dir, input_size=None, download=True, **options):
+def build_datasets(name, data_dir, input_size=None, download=True, hflip=None, **options):
     """(train_set, val_set, info) for dataset `name` stored under data_dir.
 
     input_size None takes the dataset's default (32 for cifar*/fake, 224 for imagenet/imagefolder). download only
-    matters for CIFAR. options go to the builder (fake: num_train, num_val, num_classes).
+    matters for CIFAR. hflip: probability of flipping a training image horizontally (None: the builder's default,
+    0.5 as the reference, 0 for fake data). options go to the builder (fake: num_train, num_val, num_classes).
     """
+    if hflip is not None:
+        if not 0 <= hflip <= 1:
+            raise ConfigError(f"hflip is a probability in [0, 1], got {hflip}")
+        options["hflip"] = hflip
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset '{name}': choose one of {', '.join(sorted(DATASETS))}")
     if input_size is not None and input_size < 1:

@@ -18,7 +18,7 @@ from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import download_and_extract_archive, extract_archive
 
 from lib.data.info import DatasetInfo
-from lib.data.transforms import CIFAR_MEAN, CIFAR_STD, small_image_transforms
+from lib.data.transforms import CIFAR_MEAN, CIFAR_STD, DEFAULT_HFLIP, small_image_transforms
 from lib.errors import ConfigError
 
 HOME_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
@@ -136,14 +136,14 @@ def ensure_cifar(root, spec, download):
         raise ConfigError(f"{spec.title} files missing from {os.path.join(root, spec.folder)}: {hint}")
 
 
-def build_cifar(name, data_dir, input_size=None, download=True):
+def build_cifar(name, data_dir, input_size=None, download=True, hflip=DEFAULT_HFLIP):
     """(train, test, info) for 'cifar10' / 'cifar100' under data_dir, with the reference's transforms."""
     if input_size not in (None, 32):
         raise ConfigError(f"{name} images are 32x32: input_size must be 32, got {input_size}")
     spec = CIFAR_SPECS[name]
     root = os.fspath(data_dir) or "."
     ensure_cifar(root, spec, download)
-    train_tf, val_tf = small_image_transforms(32, CIFAR_MEAN, CIFAR_STD)
+    train_tf, val_tf = small_image_transforms(32, CIFAR_MEAN, CIFAR_STD, hflip=hflip)
     train = CifarDataset(root, spec, train=True, transform=train_tf)
     val = CifarDataset(root, spec, train=False, transform=val_tf)
     return train, val, DatasetInfo(name, spec.num_classes, 32, small_input=True)

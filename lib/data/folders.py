@@ -6,16 +6,27 @@ import os
 
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
+from PIL import Image
 from torchvision.datasets.folder import default_loader
 
 from lib.data.info import DatasetInfo
-from lib.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, SMALL_INPUT_MAX, large_image_transforms,
-                                 small_image_transforms)
+from lib.data.transforms import (DEFAULT_HFLIP, IMAGENET_MEAN, IMAGENET_STD, SMALL_INPUT_MAX,
+                                 large_image_transforms, small_image_transforms)
 from lib.errors import ConfigError
 
 IMAGENET_LISTS = ("imagenet_train.list", "imagenet_val.list")
-# The reference's ImageNet training crop: scale up to 1.25 of the image area (design.md section 5).
+# The reference's ImageNet training crop: scale up to 1.25 of the image area (README "Training recipe").
 IMAGENET_CROP_SCALE = (0.08, 1.25)
+
+
+def load_image(path):
+    """The image at path as RGB; an unreadable file (empty, truncated, not an image) is a one-line ConfigError
+    naming it (also when raised in a DataLoader worker: see lib.errors)."""
+    try:
+        return default_loader(path)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ConfigError(f"cannot read image {path}: {reason} (replace or remove the file)") from None
 
 
 def read_list_file(list_file):
@@ -64,7 +75,7 @@ class ListFileDataset(Dataset):
 
     def __getitem__(self, index):
         path, label = self.samples[index]
-        image = default_loader(os.path.join(self.root, path))
+        image = load_image(os.path.join(self.root, path))
         if self.transform is not None:
             image = self.transform(image)
         return image, label
@@ -75,7 +86,7 @@ class _FolderWithClasses(ImageFolder):
 
     def __init__(self, root, class_to_idx, transform=None):
         self._given_class_to_idx = class_to_idx
-        super().__init__(root, transform=transform, allow_empty=True)
+        super().__init__(root, transform=transform, loader=load_image, allow_empty=True)
 
     def find_classes(self, directory):
         return sorted(self._given_class_to_idx, key=self._given_class_to_idx.get), self._given_class_to_idx
@@ -84,7 +95,7 @@ class _FolderWithClasses(ImageFolder):
 def image_folder_pair(root, train_tf, val_tf):
     """(train, val) ImageFolder datasets from root/train/<class>/* and root/val/<class>/*; val uses train's classes."""
     try:
-        train = ImageFolder(os.path.join(root, "train"), transform=train_tf)
+        train = ImageFolder(os.path.join(root, "train"), transform=train_tf, loader=load_image)
     except FileNotFoundError as e:
         raise ConfigError(f"{os.path.join(root, 'train')}: {e}") from e
     val_dir = os.path.join(root, "val")
@@ -102,11 +113,11 @@ def _has_split_dirs(root):
     return os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "val"))
 
 
-def build_imagenet(name, data_dir, input_size=None, download=True):
+def build_imagenet(name, data_dir, input_size=None, download=True, hflip=DEFAULT_HFLIP):
     """(train, val, info) for ImageNet: the reference's list files under <data_dir>/imagenet if present, else the
     ImageFolder layout in <data_dir>/imagenet or <data_dir>. Nothing is downloaded."""
     size = input_size or 224
-    train_tf, val_tf = large_image_transforms(size, scale=IMAGENET_CROP_SCALE)
+    train_tf, val_tf = large_image_transforms(size, scale=IMAGENET_CROP_SCALE, hflip=hflip)
     list_root = os.path.join(data_dir, "imagenet")
     lists = [os.path.join(list_root, name_) for name_ in IMAGENET_LISTS]
     if any(os.path.isfile(path) for path in lists):
@@ -128,7 +139,7 @@ def build_imagenet(name, data_dir, input_size=None, download=True):
     return train, val, DatasetInfo(name, num_classes, size, small_input=False)
 
 
-def build_imagefolder(name, data_dir, input_size=None, download=True):
+def build_imagefolder(name, data_dir, input_size=None, download=True, hflip=DEFAULT_HFLIP):
     """(train, val, info) for <data_dir>/(train|val)/<class>/*; input_size <= 64 picks the CIFAR-style pipeline."""
     if not _has_split_dirs(data_dir):
         raise ConfigError(f"imagefolder data not found: expected folders {os.path.join(data_dir, 'train')}"
@@ -136,8 +147,8 @@ def build_imagefolder(name, data_dir, input_size=None, download=True):
     size = input_size or 224
     small = size <= SMALL_INPUT_MAX
     if small:
-        train_tf, val_tf = small_image_transforms(size, IMAGENET_MEAN, IMAGENET_STD, resize=True)
+        train_tf, val_tf = small_image_transforms(size, IMAGENET_MEAN, IMAGENET_STD, resize=True, hflip=hflip)
     else:
-        train_tf, val_tf = large_image_transforms(size)
+        train_tf, val_tf = large_image_transforms(size, hflip=hflip)
     train, val = image_folder_pair(data_dir, train_tf, val_tf)
     return train, val, DatasetInfo(name, len(train.classes), size, small_input=small)

@@ -1,4 +1,4 @@
-"""Command line of train_val.py: the reference's flags (design.md section 7), kept working, plus ours.
+"""Command line of train_val.py: the reference's flags (README "Command line"), kept working, plus ours.
 
 Flags whose default depends on the dataset (the recipe, lib/engine/recipe.py) default to None here, so that a value
 given on the command line or in --config is detectable and wins over the recipe (the reference overwrote them).
@@ -77,8 +77,9 @@ def _add_reference_flags(parser):
     ref.add_argument("--dataset", default="imagenet", help="cifar10 | cifar100 | imagenet | imagefolder | fake "
                      "(default imagenet, as the reference)")
     _bool_flag(ref, "--valid", default=False, help="only evaluate the checkpoint --check_path and exit")
-    ref.add_argument("--checkpoints", default="snl", help="run folder name: outputs go to "
-                     "<output-dir>/<dataset>/<arch>/<checkpoints> (default snl)")
+    ref.add_argument("--checkpoints", default=None, help="run folder name (one folder name, no path): outputs go "
+                     "to <output-dir>/<dataset>/<arch>/<checkpoints> (default: the block's name, e.g. nl for "
+                     "--nl-type nl, base without blocks; the reference's default was always snl)")
     ref.add_argument("--num_gpu", "--num-gpu", dest="num_gpu", type=int, default=1,
                      help="accepted, superseded: launch with torchrun --nproc_per_node N for several GPUs")
     ref.add_argument("--nl-nums", "--nl_nums", dest="nl_nums", type=int, default=None,
@@ -108,7 +109,7 @@ def _add_reference_flags(parser):
 
 
 def _add_recipe_flags(parser):
-    recipe = parser.add_argument_group("training recipe (unset = the dataset's recipe, design.md section 5)")
+    recipe = parser.add_argument_group("training recipe (unset = the dataset's recipe, README \"Training recipe\")")
     recipe.add_argument("--config", default=None, metavar="FILE.yaml",
                         help="YAML file of flag values (keys = flag names); command-line flags win")
     recipe.add_argument("--recipe", default=None, choices=("cifar", "imagenet"),
@@ -132,6 +133,9 @@ def _add_recipe_flags(parser):
                         help="SGD weight decay (default 1e-4)")
     recipe.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     recipe.add_argument("--seed", type=int, default=None, help="random seed (recipe 67, as the reference)")
+    recipe.add_argument("--hflip", type=float, default=0.5, metavar="P",
+                        help="probability of a horizontal flip of a training image (default 0.5, as the reference; "
+                        "0 = never, for data whose class changes in a mirror: digits, text, signs)")
     recipe.add_argument("--input-size", "--input_size", dest="input_size", type=int, default=None,
                         help="network input side (default: the dataset's, 32 CIFAR / 224 ImageNet)")
 
@@ -152,7 +156,7 @@ def _add_run_flags(parser):
     run.add_argument("--deterministic", action="store_true",
                      help="cudnn.deterministic (reproducible GPU runs); otherwise cudnn.benchmark")
     run.add_argument("--amp", choices=AMP_MODES, default="off", help="mixed precision autocast: off | bf16 | fp16 "
-                     "(fp16 uses a GradScaler)")
+                     "(fp16 uses a GradScaler; on the CPU use bf16: fp16 autocast is far slower there)")
     run.add_argument("--channels-last", "--channels_last", dest="channels_last", action="store_true",
                      help="channels-last memory format")
     run.add_argument("--compile", action="store_true", help="torch.compile the model (falls back to eager, "

@@ -58,6 +58,14 @@ def _coerce(action, key, value):
     return value
 
 
+def _yaml_problem(error):
+    """'mapping values are not allowed here (line 3, column 8)': what PyYAML found wrong, and where."""
+    problem = getattr(error, "problem", None) or (str(error).splitlines() or [type(error).__name__])[0]
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{problem}{where}"
+
+
 def load_config(path, parser):
     """{dest: value} from a YAML mapping whose keys are flag names (with or without dashes, - or _)."""
     try:
@@ -66,7 +74,7 @@ def load_config(path, parser):
     except OSError as error:
         raise ConfigError(f"cannot read config {path}: {error.strerror or error}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"config {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        raise ConfigError(f"config {path} is not valid YAML: {_yaml_problem(error)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -1,9 +1,10 @@
-"""The reference's per-dataset training recipe (design.md section 5), applied to flags left unset.
+"""The reference's per-dataset training recipe (README "Training recipe"), applied to flags left unset.
 
 The reference overwrote --lr, the epochs and the batch size inside main(); here a value given on the command
 line or in --config wins, and only unset (None) values take the recipe's. Epoch counts include the warm-up:
 CIFAR runs 300 + 10 epochs with decays at 150 + 10 and 250 + 10, exactly as the reference's shifted schedule.
 """
+import math
 import os
 import re
 
@@ -37,11 +38,34 @@ def _check(condition, message):
         raise ConfigError(message)
 
 
+def _check_run_name(name):
+    """--checkpoints is the name of one folder inside <output-dir>/<dataset>/<arch>, nothing else."""
+    bad = (not name or name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name)
+           or name != name.strip() or "\0" in name)
+    _check(not bad, f"--checkpoints must be a single folder name (no path, not '.' or '..'), got {name!r}")
+
+
+def _check_output_dir(path):
+    """--output-dir must be, or be creatable as, a folder: its nearest existing ancestor must be a folder."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    _check(os.path.isdir(probe), f"--output-dir {path}: {probe} is a file, not a folder")
+
+
 def _validate(args):
+    for flag, value in (("--lr", args.lr), ("--lr-gamma", args.lr_gamma), ("--weight-decay", args.weight_decay),
+                        ("--momentum", args.momentum), ("--div", args.div), ("--hflip", args.hflip)):
+        _check(math.isfinite(value), f"{flag} must be a finite number, got {value}")
     _check(args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}")
     _check(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}")
     _check(args.lr > 0, f"--lr must be positive, got {args.lr}")
     _check(args.lr_gamma > 0, f"--lr-gamma must be positive, got {args.lr_gamma}")
+    _check(0 <= args.momentum < 1, f"--momentum must be in [0, 1), got {args.momentum}")
+    _check(args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}")
+    _check(0 <= args.hflip <= 1, f"--hflip is a probability in [0, 1], got {args.hflip}")
+    _check_run_name(args.checkpoints)
+    _check_output_dir(args.output_dir)
     _check(args.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {args.warmup_epochs}")
     _check(args.eval_freq >= 1, f"--eval-freq must be >= 1, got {args.eval_freq}")
     _check(args.print_freq >= 1, f"--print-freq must be >= 1, got {args.print_freq}")
@@ -100,6 +124,8 @@ def resolve_args(args):
     args.nl_layer = parse_stages(args.nl_layer)
     if str(args.nl_type).lower() in ("none", "base"):
         args.nl_type, args.nl_nums = None, 0
+    # The reference's default was "snl" whatever the block; here the block's name (a deviation, see the README).
+    _fill(args, "checkpoints", args.nl_type if args.nl_nums and args.nl_type else "base")
     if float(args.div).is_integer():
         args.div = int(args.div)  # so build_args and file names read 2, not 2.0
     _validate(args)

@@ -172,6 +172,15 @@ def save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedu
     log.info(f"=> saved {path}" + (f" and {BEST_NAME}" if is_best else ""))
 
 
+def check_dataset(checkpoint, path, dataset):
+    """A checkpoint trained on another dataset (e.g. a CIFAR-100 model on CIFAR-10) is refused: its class indices
+    mean other classes. The reference's checkpoints do not say their dataset and pass."""
+    saved = checkpoint.get("dataset") or (checkpoint.get("args") or {}).get("dataset")
+    if saved and saved != dataset:
+        raise ConfigError(f"{path} was trained on {saved}, not {dataset}: pass --dataset {saved} (its classes are "
+                          f"not {dataset}'s)")
+
+
 def load_resumed_weights(checkpoint, path, model):
     """The checkpoint's weights into model (on the CPU, before any wrapping), after checking it is the same model."""
     saved = checkpoint.get("model_args")
