@@ -205,6 +205,16 @@ def test_bad_value_in_a_real_process(tmp_path):
     (["--dataset", "fake", "--is_sys", "maybe"], "boolean"),
     (["--dataset", "fake", "--amp", "fp8"], "--amp"),
     (["--dataset", "fake", "--epochs", "0"], "--epochs"),
+    (["--dataset", "fake", "--momentum", "-1"], "--momentum must be in [0, 1)"),
+    (["--dataset", "fake", "--lr", "inf"], "--lr must be a finite number"),
+    (["--dataset", "fake", "--weight-decay", "nan"], "--weight-decay must be a finite number"),
+    (["--dataset", "fake", "--weight-decay", "-0.1"], "--weight-decay must be >= 0"),
+    (["--dataset", "fake", "--lr-gamma", "inf"], "--lr-gamma must be a finite number"),
+    (["--dataset", "fake", "--div", "inf"], "--div must be a finite number"),
+    (["--dataset", "fake", "--hflip", "1.5"], "--hflip is a probability"),
+    (["--dataset", "fake", "--checkpoints", "../../x"], "--checkpoints must be a single folder name"),
+    (["--dataset", "fake", "--checkpoints", "a/b"], "--checkpoints must be a single folder name"),
+    (["--dataset", "fake", "--checkpoints", ".."], "--checkpoints must be a single folder name"),
 ])
 def test_bad_values_give_one_line_and_exit_2(argv, message, tmp_path, capsys):
     assert exit_status(argv + ["--output-dir", str(tmp_path), "-j", "0", "--batch-size", "8"]) == 2
@@ -219,3 +229,36 @@ def exit_status(argv):
         return train_val.cli_main(argv)
     except SystemExit as stop:
         return stop.code
+
+
+def test_output_dir_naming_a_file_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    for output_dir in (tmp_path / "afile", tmp_path / "afile" / "below"):
+        result = subprocess.run([sys.executable, os.path.join(ROOT, "train_val.py"), "--dataset", "fake",
+                                 "--output-dir", str(output_dir)], capture_output=True, text=True, cwd=tmp_path)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert f"{tmp_path / 'afile'} is a file, not a folder" in result.stderr
+    assert (tmp_path / "afile").read_text() == "not a folder"
+
+
+def test_yaml_syntax_error_keeps_line_and_column(tmp_path, capsys):
+    config = tmp_path / "broken.yaml"
+    config.write_text("dataset: fake\nlr: 0.1\nepochs: [1, 2\nseed: 3\n")
+    assert exit_status(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not valid YAML" in err and "(line 4, column 5)" in err, err
+
+
+@pytest.mark.parametrize("argv,folder", [
+    (["--nl-type", "nl"], "nl"), (["--nl-type", "cgnl"], "cgnl"), ([], "snl"), (["--nl-nums", "0"], "base"),
+    (["--nl-type", "none"], "base"), (["--nl-type", "nl", "--checkpoints", "mine"], "mine"),
+])
+def test_run_folder_defaults_to_the_block_name(argv, folder):
+    assert resolved(["--dataset", "fake"] + argv).checkpoints == folder
+
+
+def test_help_cites_only_the_projects_own_docs(capsys):
+    with pytest.raises(SystemExit):
+        get_args_parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "design.md" not in text and "--hflip" in text

@@ -190,3 +190,112 @@ def test_resume_after_a_decay_and_best_accuracies_survive(tmp_path, capsys):
     assert (checkpoint["best_prec5"], checkpoint["best_prec5_epoch"]) == (best5["top5"], best5["epoch"])
     assert checkpoint["lr"] == rows[-1]["lr"]
     assert (run_dir / "args_resume_2.yaml").is_file() and (run_dir / "args.yaml").is_file()
+
+
+FAKE = ["--dataset", "fake", "--input-size", "16", "-b", "64", "-j", "0", "--eval-freq", "1", "--warmup-epochs", "0",
+        "--lr-steps", "9", "--print-freq", "100"]
+
+
+def file_state(run_dir):
+    return {name: (run_dir / name).read_bytes() for name in os.listdir(run_dir)
+            if name.endswith(".pth.tar") or name == "metrics.jsonl"}
+
+
+def test_resume_auto_with_only_model_best_continues_it_and_never_starts_over(tmp_path, capsys):
+    """The issue's recipe: 2 epochs, per-epoch checkpoints deleted, --resume auto --epochs 1. Before, the run
+    started from scratch and overwrote model_best.pth.tar and metrics.jsonl."""
+    common = FAKE + ["--output-dir", str(tmp_path)]
+    run_dir = tmp_path / "fake" / "20" / "snl"
+    assert train_val.cli_main(common + ["--epochs", "2"]) == 0
+    for name in os.listdir(run_dir):
+        if name.endswith("-block.pth.tar"):
+            os.remove(run_dir / name)
+    best_epoch = torch.load(run_dir / "model_best.pth.tar", weights_only=True)["epoch"]
+    before = file_state(run_dir)
+    capsys.readouterr()
+    assert train_val.cli_main(common + ["--epochs", "1", "--resume", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert "continuing from model_best.pth.tar" in out and "nothing left to train" in out
+    after = file_state(run_dir)
+    assert after["model_best.pth.tar"] == before["model_best.pth.tar"]
+    assert after["metrics.jsonl"] == before["metrics.jsonl"]  # every row kept
+    # The best file is the checkpoint of its epoch again, under that epoch's name.
+    assert after[f"{best_epoch - 1}-fake-r-20-w-1snl-block.pth.tar"] == before["model_best.pth.tar"]
+
+    # Continuing for real trains on from the best's epoch.
+    assert train_val.cli_main(common + ["--epochs", "3", "--resume", "auto"]) == 0
+    assert [row["epoch"] for row in metrics(run_dir)] == list(range(1, 4))
+
+    # Nothing readable left: a one-line error, and nothing is touched.
+    for name in os.listdir(run_dir):
+        if name.endswith(".pth.tar"):
+            (run_dir / name).write_bytes(b"not a checkpoint")
+    before = file_state(run_dir)
+    capsys.readouterr()
+    assert train_val.cli_main(common + ["--epochs", "4", "--resume", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no readable checkpoint" in err
+    assert file_state(run_dir) == before
+
+
+def test_nothing_left_to_train_still_prunes_checkpoints(tmp_path):
+    common = FAKE + ["--output-dir", str(tmp_path), "--epochs", "2"]
+    run_dir = tmp_path / "fake" / "20" / "snl"
+    assert train_val.cli_main(common + ["--keep-checkpoints", "0"]) == 0
+    assert sorted(name for name in os.listdir(run_dir) if name.endswith("-block.pth.tar")) == \
+        ["0-fake-r-20-w-1snl-block.pth.tar", "1-fake-r-20-w-1snl-block.pth.tar"]
+    assert train_val.cli_main(common + ["--keep-checkpoints", "1", "--resume", "auto"]) == 0
+    assert sorted(name for name in os.listdir(run_dir) if name.endswith("-block.pth.tar")) == \
+        ["1-fake-r-20-w-1snl-block.pth.tar"]
+
+
+def event_scalars(run_dir):
+    accumulator = EventAccumulator(str(run_dir))
+    accumulator.Reload()
+    return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+            for tag in accumulator.Tags()["scalars"]}
+
+
+def test_flushed_points_are_on_disk_and_a_resume_within_one_second_keeps_them(tmp_path, monkeypatch):
+    """Two causes of lost points: tensorboardX's flush() did not wait for its writer thread (points flushed before
+    a kill -9 could be missing), and it names an event file by the second it was opened, opening it with "wb" (a
+    resume within the same second as the killed run's start overwrote that run's file). Here the clock is frozen,
+    so both writers open in "the same second", and the first one is never closed, as in a kill."""
+    import tensorboardX.event_file_writer
+    from lib.engine.logger import open_tensorboard
+    frozen = __import__("time").time()
+    monkeypatch.setattr(tensorboardX.event_file_writer.time, "time", lambda: frozen)
+    killed = open_tensorboard(str(tmp_path), 0)
+    for step in range(1, 4):
+        killed.add_scalar("LR", 0.1 * step, step)
+        killed.add_scalar("Train Loss", 1.0 / step, step)
+    killed.flush()  # epoch 2 then "killed" before its checkpoint
+    assert [step for step, _ in event_scalars(tmp_path)["LR"]] == [1, 2, 3]
+    resumed = open_tensorboard(str(tmp_path), 1)  # resumed from the checkpoint of epoch 1
+    resumed.add_scalar("LR", 0.5, 2)
+    resumed.close()
+    assert len(os.listdir(tmp_path)) == 2
+    logged = event_scalars(tmp_path)
+    assert [(step, round(value, 6)) for step, value in logged["LR"]] == [(1, 0.1), (2, 0.5)]
+    assert [step for step, _ in logged["Train_Loss"]] == [1]
+
+
+def test_every_epoch_scalar_exactly_once_after_repeated_kills(tmp_path):
+    """Real kill -9s at several points (mid-epoch, after an epoch's events but before its checkpoint), each
+    followed by --resume auto: every tag holds epochs 1..4 once, with the values metrics.jsonl holds."""
+    runner = write_runner(tmp_path)
+    argv = FAKE + ["--epochs", "4", "--output-dir", tmp_path / "out", "--resume", "auto"]
+    run_dir = tmp_path / "out" / "fake" / "20" / "snl"
+    # 4 batches per epoch. Kill 1: epoch 2, batch 1. Kill 2 (from epoch 1): epoch 3, batch 1.
+    for kill in (dict(KILL_AT_BATCH="5"), dict(KILL_AT_BATCH="5"),
+                 dict(KILL_BEFORE_RENAME="2-fake-r-20-w-1snl-block.pth.tar")):
+        assert run_runner(runner, argv, **kill).returncode == -9
+    last = run_runner(runner, argv)
+    assert last.returncode == 0, last.stderr
+    rows = metrics(run_dir)
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4]
+    logged = event_scalars(run_dir)
+    expected = {"Train_Loss": "train_loss", "LR": "lr", "Top1": "top1", "Top5": "top5", "Test_Loss": "loss"}
+    for tag, key in expected.items():
+        assert [step for step, _ in logged[tag]] == [1, 2, 3, 4], tag
+        assert [value for _, value in logged[tag]] == pytest.approx([row[key] for row in rows], rel=1e-6), tag

@@ -228,3 +228,55 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, caps
         ["0-fake-r-20-w-1snl-block.pth.tar", "model_best.pth.tar"]
     assert [row["epoch"] for row in records(run_dir)] == [1]
     assert "non-finite" in (run_dir / "log_train.txt").read_text()
+
+
+def test_valid_refuses_a_checkpoint_of_another_dataset(cifar_run, capsys):
+    """A CIFAR-10 model evaluated as a CIFAR-100 one used to report 0.000 and exit 0."""
+    status, _, err = run(["--valid", "--check_path", cifar_run["run_dir"] / "model_best.pth.tar", "--dataset",
+                          "cifar100", "--data_dir", cifar_run["data"], "-j", "0"], capsys)
+    assert status == 2 and err.count("\n") == 1 and "was trained on cifar10, not cifar100" in err
+
+
+def test_args_yaml_records_hflip(cifar_run):
+    assert "hflip: 0.5" in (cifar_run["run_dir"] / "args.yaml").read_text()
+
+
+def test_unreadable_training_image_is_one_line_naming_it_also_in_the_log(tmp_path, capsys):
+    write_imagefolder(tmp_path / "data", classes=("a", "b"), n_per_class=(4, 2), size=16)
+    bad = tmp_path / "data" / "train" / "b" / "0005.png"
+    bad.write_bytes(b"")
+    # One loader worker: the error crosses the process boundary and must still be one line.
+    status, _, err = run(["--dataset", "imagefolder", "--data_dir", tmp_path / "data", "--input-size", "16",
+                          "--backbone", "preresnet", "--arch", "20", "--epochs", "1", "-b", "8", "--output-dir", tmp_path / "out", "--workers", "1",
+                          "--print-freq", "1"], capsys)
+    assert status == 2 and err.count("\n") == 1 and f"cannot read image {bad}" in err, err
+    assert "Traceback" not in err
+    log = tmp_path / "out" / "imagefolder" / "20" / "snl" / "log_train.txt"
+    assert f"ERROR: cannot read image {bad}" in log.read_text()
+
+
+def test_unreadable_validation_image_keeps_the_trained_epoch(tmp_path, capsys):
+    """The epoch is checkpointed before the error; the resume evaluates it first, then trains on."""
+    write_imagefolder(tmp_path / "data", classes=("a", "b"), n_per_class=(4, 2), size=16)
+    bad = tmp_path / "data" / "val" / "a" / "0001.png"
+    good = bad.read_bytes()
+    bad.write_bytes(b"")
+    argv = ["--dataset", "imagefolder", "--data_dir", tmp_path / "data", "--input-size", "16", "--backbone",
+            "preresnet", "--arch", "20", "--epochs", "2", "-b", "8", "--output-dir", tmp_path / "out"] + FAST
+    status, _, err = run(argv, capsys)
+    assert status == 2 and err.count("\n") == 1 and f"cannot read image {bad}" in err, err
+    assert "epoch 1 is trained and checkpointed" in err
+    run_dir = tmp_path / "out" / "imagefolder" / "20" / "snl"
+    checkpoint = torch.load(run_dir / "0-imagefolder-r-20-w-1snl-block.pth.tar", weights_only=True)
+    assert checkpoint["epoch"] == 1 and checkpoint["pending_eval"]["lr"] > 0
+    assert f"cannot read image {bad}" in (run_dir / "log_train.txt").read_text()
+    assert not (run_dir / "metrics.jsonl").exists() or records(run_dir) == []
+
+    bad.write_bytes(good)
+    status, out, err = run(argv + ["--resume", "auto"], capsys)
+    assert status == 0, err
+    assert "evaluating epoch 1 first" in out
+    rows = records(run_dir)
+    assert [row["epoch"] for row in rows] == [1, 2] and rows[0]["n"] == 4
+    assert rows[0]["train_loss"] == checkpoint["pending_eval"]["train_loss"]
+    assert torch.load(run_dir / "1-imagefolder-r-20-w-1snl-block.pth.tar", weights_only=True)["pending_eval"] is None

@@ -132,27 +132,60 @@ def _record_epoch(line):
         return 0  # a damaged line is kept rather than silently lost
 
 
+class ScalarWriter:
+    """Tensorboard scalars, written synchronously: after flush() every point is in the event file, so a kill -9
+    right after an epoch's checkpoint loses none of that epoch's points. (tensorboardX's SummaryWriter hands events
+    to a background thread, and its flush() does not wait for that thread: the last points could be lost.)
+
+    The records and tags are tensorboardX's: "Train Loss" is stored as "Train_Loss" (tensorboard allows no spaces
+    in tags), so the curves line up with the reference's own event files.
+    """
+
+    def __init__(self, folder, suffix, purge_step):
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+        self._event = Event
+        # A new file events.out.tfevents.<second>.<host><suffix>, starting with its file-version record; the START
+        # record makes tensorboard drop earlier points at step >= purge_step (logged by a killed run after its
+        # last checkpoint).
+        self._writer = EventsWriter(os.path.join(folder, "events"), suffix)
+        self.path = self._writer._file_name
+        self._write(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+        self.flush()
+
+    def _write(self, event):
+        event.wall_time = time.time()
+        self._writer.write_event(event)
+
+    def add_scalar(self, tag, value, step):
+        from tensorboardX.summary import scalar
+        self._write(self._event(step=int(step), summary=scalar(tag, float(value))))
+
+    def flush(self):
+        self._writer.flush()
+
+    def close(self):
+        self._writer.close()
+
+
 def open_tensorboard(run_dir, start_epoch, enabled=True):
     """A tensorboard writer into run_dir; scalars use step = finished epochs (epoch + 1), as the reference.
 
-    tensorboardX's writer, as the reference: it stores the tag "Train Loss" as "Train_Loss" (it replaces characters
-    tensorboard does not allow in tags), so the curves line up with the reference's own event files.
-
-    purge_step hides events of epochs after the checkpoint being resumed (logged by a run that was killed
-    before checkpointing them), so that resumed curves have no duplicate points. That works because tensorboard
-    reads a folder's event files in name order: each writer gets a new file whose name sorts after every earlier
-    one. tensorboardX names files by the second they were opened (and opens them with "wb"), so without a
-    suffix a resume within the same second as its killed predecessor's start would overwrite that run's file.
+    The purge step (start_epoch + 1) hides events of epochs after the checkpoint being resumed, logged by a run
+    that was killed before checkpointing them, so that resumed curves have no duplicate points. That works
+    because tensorboard reads a folder's event files in name order: each writer gets a new file whose name sorts
+    after every earlier one. (Files are named by the second they were opened in; a numbered suffix keeps two
+    files opened within one second apart, and in order.)
     """
     if not enabled:
         return None
-    from tensorboardX import SummaryWriter
     existing = [name for name in os.listdir(run_dir) if name.startswith(EVENT_FILE_PREFIX)] \
         if os.path.isdir(run_dir) else []
     number = len(existing)
     while any(name.endswith(f".{number:04d}") for name in existing):  # never a name in use, even after deletions
         number += 1
-    return SummaryWriter(run_dir, purge_step=start_epoch + 1, filename_suffix=f".{number:04d}")
+    os.makedirs(run_dir, exist_ok=True)
+    return ScalarWriter(run_dir, f".{number:04d}", start_epoch + 1)
 
 
 def write_args(path, args):
