@@ -4,8 +4,11 @@ import argparse
 import json
 import math
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ import torch
 import train_val
 from lib.engine.distributed import DistContext, launched_by_torchrun
 from lib.engine.logger import RunLogger
+from lib.engine.run_lock import LOCK_NAME, RunLock
 from test_resume import one_thread, write_runner  # noqa: F401  (one_thread: autouse fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +90,9 @@ def test_two_process_checkpoint_resumes_in_one_process(two_process_run, capsys):
     out = two_process_run["folder"] / "out"
     assert train_val.cli_main(COMMON + SYNC_RUN + ["--epochs", "2", "-b", "32", "--output-dir", str(out),
                                                    "--resume", "auto"]) == 0
-    assert "resuming" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resuming" in out
+    assert out.count("trained by 2 process(es), this run has 1: training continues, but not as the same run") == 1
     assert [row["epoch"] for row in records(two_process_run["run_dir"])] == [1, 2]
 
 
@@ -114,10 +120,12 @@ def test_bf16_autocast_training_stays_finite(nl_type):
 def test_bf16_flag_and_fp16_with_its_grad_scaler_and_channels_last(tmp_path, capsys):
     small = ["--input-size", "8", "-b", "128"]  # 2 steps: autocast on the CPU is slow
     assert train_val.cli_main(COMMON + small + ["--amp", "bf16", "--output-dir", str(tmp_path / "bf16")]) == 0
+    assert "--amp fp16 on the CPU" not in capsys.readouterr().out
     row, = records(tmp_path / "bf16" / "fake" / "20" / "snl")
     assert math.isfinite(row["train_loss"]) and math.isfinite(row["loss"])
     assert train_val.cli_main(COMMON + small + ["--amp", "fp16", "--channels-last",
                                                 "--output-dir", str(tmp_path / "fp16")]) == 0
+    assert capsys.readouterr().out.count("WARNING: --amp fp16 on the CPU runs far slower than fp32") == 1
     run_dir = tmp_path / "fp16" / "fake" / "20" / "snl"
     row, = records(run_dir)
     assert math.isfinite(row["train_loss"]) and math.isfinite(row["loss"])
@@ -132,3 +140,104 @@ def test_compile_failure_falls_back_to_eager(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch, "compile", broken_compile)
     assert train_val.cli_main(COMMON + ["-b", "128", "--compile", "--output-dir", str(tmp_path)]) == 0
     assert "--compile failed (RuntimeError: no compiler toolchain)" in capsys.readouterr().out
+
+
+# --- one run per folder; workers die with their launcher ----------------------------------------------------------
+
+def test_a_held_run_folder_refuses_a_second_run(tmp_path, capsys):
+    run_dir = tmp_path / "fake" / "20" / "snl"
+    with RunLock(str(run_dir)):  # another open file: flock refuses it even within this process
+        status = train_val.cli_main(COMMON + ["-b", "128", "--output-dir", str(tmp_path), "--resume", "auto"])
+        err = capsys.readouterr().err
+        assert status == 2 and err.count("\n") == 1
+        assert f"run folder {run_dir} is in use by pid {os.getpid()} on host {socket.gethostname()}" in err
+        assert os.listdir(run_dir) == [LOCK_NAME]  # the refused run wrote nothing
+    assert not (tmp_path / "fake").exists()  # the folders the lock created are gone with it
+
+
+def test_a_stale_lock_of_a_dead_process_does_not_block(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / LOCK_NAME).write_text(f"pid={dead.pid}\nhost={socket.gethostname()}\nsince=long ago\n")
+    with RunLock(str(tmp_path)):
+        assert f"pid={os.getpid()}" in (tmp_path / LOCK_NAME).read_text()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def alive(pid):
+    """True while pid runs (a zombie, dead but not yet reaped by its new parent, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(condition, seconds):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+LAUNCHER = """
+import os, subprocess, sys, time
+child = subprocess.Popen(sys.argv[1:], start_new_session=True)  # as torchrun starts its workers
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_worker_waiting_in_init_process_group_dies_with_its_launcher(tmp_path):
+    """Rank 1 of 2 whose rank 0 never comes: it waits in init_process_group (up to 30 min before); killing the
+    process that started it must end it at once."""
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    runner = write_runner(str(tmp_path))
+    mark = tmp_path / "in_init"
+    env = dict(os.environ, RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+               MARK_INIT=str(mark), OMP_NUM_THREADS="1")
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, sys.executable, runner, *COMMON,
+                                 "--output-dir", str(tmp_path / "out")], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(launcher.stdout.readline())
+        assert wait_for(mark.exists, 120), "the worker never reached init_process_group"
+        time.sleep(1)
+        assert alive(worker)
+    finally:
+        launcher.kill()
+        launcher.wait()
+    assert wait_for(lambda: not alive(worker), 10), "the worker outlived its launcher"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_torchrun_workers_die_with_a_killed_launcher(tmp_path):
+    """kill -9 of torchrun's process group while its 2 workers train: the workers (in sessions of their own) end
+    too, so a resume never finds two runs writing one folder."""
+    runner = write_runner(str(tmp_path))
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    out = tmp_path / "out"
+    env = dict(os.environ, PID_DIR=str(pids), OMP_NUM_THREADS="1")
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                 "2", runner, *COMMON, "--epochs", "100", "-b", "16", "--output-dir", str(out)],
+                                env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:
+        # Training has started once rank 0 holds the run folder and has written its first checkpoint.
+        run_dir = out / "fake" / "20" / "snl"
+        assert wait_for(lambda: run_dir.is_dir() and any(name.endswith(".pth.tar") for name in os.listdir(run_dir)),
+                        180), "training never started"
+        workers = [int(name) for name in os.listdir(pids)]
+        assert len(workers) == 2 and all(alive(pid) for pid in workers)
+    finally:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+    assert wait_for(lambda: not any(alive(pid) for pid in workers), 10), "workers outlived torchrun"
+    # The dead run's lock does not block the next one.
+    with RunLock(str(run_dir)):
+        pass
