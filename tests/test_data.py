@@ -309,3 +309,64 @@ def test_loaders_shapes_and_sequential_validation():
         build_loaders(train, val, 8, 0, distributed=True)
     with pytest.raises(ConfigError):
         build_loaders(train, val, 0, 0)
+
+
+# ---- horizontal flips (--hflip) -----------------------------------------------------------------------------------
+
+def _flip_datasets(tmp_path, hflip):
+    write_cifar(tmp_path / "cifar", "cifar10", n_train=10, n_test=5)
+    write_imagenet_lists(tmp_path / "lists", num_classes=2, n_train_per_class=2, n_val=2)
+    write_imagefolder(tmp_path / "folder", classes=("a", "b"), n_per_class=(2, 1), size=40)
+    return {"cifar10": build_datasets("cifar10", tmp_path / "cifar", download=False, hflip=hflip)[0],
+            "imagenet": build_datasets("imagenet", tmp_path / "lists", input_size=32, hflip=hflip)[0],
+            "imagefolder small": build_datasets("imagefolder", tmp_path / "folder", input_size=32, hflip=hflip)[0],
+            "imagefolder large": build_datasets("imagefolder", tmp_path / "folder", input_size=80, hflip=hflip)[0],
+            "fake": build_datasets("fake", None, num_train=4, num_val=2, hflip=hflip)[0]}
+
+
+def _item(dataset, index, seed):
+    torch.manual_seed(seed)  # the training loader seeds each sample's augmentation so (SeededAugmentation)
+    return dataset[index][0]
+
+
+def test_hflip_one_always_flips_zero_never_and_the_default_sometimes(tmp_path):
+    never, always = _flip_datasets(tmp_path, 0.0), _flip_datasets(tmp_path, 1.0)
+    half = _flip_datasets(tmp_path, 0.5)
+    for name in never:
+        flips = []
+        for seed in range(12):
+            unflipped = _item(never[name], 1, seed)
+            assert not torch.equal(unflipped, unflipped.flip(-1)), name  # the test images are not symmetric
+            # Same crop (drawn before the flip), mirrored: with 1 every time.
+            assert torch.equal(_item(always[name], 1, seed), unflipped.flip(-1)), name
+            flips.append(torch.equal(_item(half[name], 1, seed), unflipped.flip(-1)))
+        assert 0 < sum(flips) < len(flips), name
+        transform = getattr(never[name], "transform", None)
+        if transform is not None:  # 0: no flip in the pipeline at all
+            assert not [t for t in transform.transforms if "Flip" in type(t).__name__], name
+    # With 0 the fake images are exactly the generated ones.
+    fake = never["fake"]
+    torch.manual_seed(0)
+    noise = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(2 * 1 + 0))
+    assert torch.equal(_item(fake, 1, 5), fake.class_means[1] + noise)
+
+
+def test_hflip_must_be_a_probability():
+    with pytest.raises(ConfigError, match="hflip"):
+        build_datasets("fake", None, hflip=1.5)
+
+
+# ---- unreadable images ---------------------------------------------------------------------------------------------
+
+def test_unreadable_image_is_a_config_error_naming_it_also_from_a_loader_worker(tmp_path):
+    write_imagefolder(tmp_path, classes=("a", "b"), n_per_class=(2, 1), size=16)
+    bad = tmp_path / "val" / "b" / "0001.png"
+    bad.write_bytes(b"")
+    _, val, _ = build_datasets("imagefolder", tmp_path, input_size=16)
+    with pytest.raises(ConfigError, match=f"cannot read image {bad}"):
+        val[1]
+    loader = torch.utils.data.DataLoader(val, batch_size=1, num_workers=1)
+    with pytest.raises(ConfigError) as caught:
+        list(loader)
+    message = str(caught.value)
+    assert message.startswith(f"cannot read image {bad}") and "\n" not in message and "Traceback" not in message

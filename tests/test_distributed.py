@@ -211,7 +211,10 @@ def test_worker_waiting_in_init_process_group_dies_with_its_launcher(tmp_path):
     finally:
         launcher.kill()
         launcher.wait()
-    assert wait_for(lambda: not alive(worker), 10), "the worker outlived its launcher"
+    died = wait_for(lambda: not alive(worker), 10)
+    if not died:
+        os.kill(worker, signal.SIGKILL)  # leave no stray process behind a failed test
+    assert died, "the worker outlived its launcher"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -237,7 +240,10 @@ def test_torchrun_workers_die_with_a_killed_launcher(tmp_path):
     finally:
         os.killpg(launcher.pid, signal.SIGKILL)
         launcher.wait()
-    assert wait_for(lambda: not any(alive(pid) for pid in workers), 10), "workers outlived torchrun"
+    died = wait_for(lambda: not any(alive(pid) for pid in workers), 10)
+    for pid in filter(alive, workers):
+        os.kill(pid, signal.SIGKILL)  # leave no stray process behind a failed test
+    assert died, "workers outlived torchrun"
     # The dead run's lock does not block the next one.
     with RunLock(str(run_dir)):
         pass
