@@ -1,7 +1,7 @@
 """Loading weights into the models: our / the reference's checkpoints, and torchvision's ResNet weights.
 
 - load_state_dict_checked: strict loading for eval and resume, with one-line ConfigErrors for a checkpoint of
-  another architecture, and the reference's quirks handled (design.md section 6).
+  another architecture, and the reference's quirks handled (README "Deviations from the reference code").
 - classifier_size: how many classes a checkpoint's classifier has (a reference CIFAR checkpoint has 1000).
 - load_torchvision_resnet: torchvision ImageNet weights (downloaded, or a local file) into our ResNet.
 """
@@ -76,8 +76,8 @@ def load_state_dict_checked(model: nn.Module, state_dict: StateDict) -> None:
 
     Accepts our checkpoints and the reference's: strips a "module." prefix (DataParallel / DDP), and for
     PreResNet drops the entries of the reference's unused conv1 / maxpool / fc modules with a printed notice
-    (design.md section 6). Anything else that does not fit (another depth, another nl_type, fewer classes)
-    raises ConfigError naming the first few missing / unexpected keys and shape mismatches.
+    (README "Deviations from the reference code", item 5). Anything else that does not fit (another depth, another
+    nl_type, fewer classes) raises ConfigError naming the first few missing / unexpected keys and shape mismatches.
     """
     model = getattr(model, "module", model)  # a DataParallel / DDP wrapper: load into the wrapped model
     state_dict = strip_module_prefix(state_dict)

@@ -247,7 +247,8 @@ def test_unreadable_training_image_is_one_line_naming_it_also_in_the_log(tmp_pat
     bad.write_bytes(b"")
     # One loader worker: the error crosses the process boundary and must still be one line.
     status, _, err = run(["--dataset", "imagefolder", "--data_dir", tmp_path / "data", "--input-size", "16",
-                          "--backbone", "preresnet", "--arch", "20", "--epochs", "1", "-b", "8", "--output-dir", tmp_path / "out", "--workers", "1",
+                          "--backbone", "preresnet", "--arch", "20", "--epochs", "1", "-b", "8",
+                          "--output-dir", tmp_path / "out", "--workers", "1",
                           "--print-freq", "1"], capsys)
     assert status == 2 and err.count("\n") == 1 and f"cannot read image {bad}" in err, err
     assert "Traceback" not in err

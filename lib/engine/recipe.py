@@ -1,4 +1,4 @@
-"""The reference's per-dataset training recipe (README "Training recipe"), applied to flags left unset.
+"""The reference's per-dataset training recipe (README "Training"), applied to flags left unset.
 
 The reference overwrote --lr, the epochs and the batch size inside main(); here a value given on the command
 line or in --config wins, and only unset (None) values take the recipe's. Epoch counts include the warm-up:
