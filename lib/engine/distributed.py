@@ -82,8 +82,8 @@ def die_with_launcher(poll_seconds: float = LAUNCHER_POLL_SECONDS) -> None:
             time.sleep(poll_seconds)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    if parent == 1:  # already orphaned before we could ask to be told
-        os.kill(os.getpid(), signal.SIGKILL)
+    # (A launcher that died before this point goes unnoticed; parent pid 1 is no sign of it: in a container the
+    # launcher itself may be pid 1.)
     threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
 
 
