@@ -80,7 +80,7 @@ def die_with_launcher(poll_seconds: float = LAUNCHER_POLL_SECONDS) -> None:
     def watch():
         while os.getppid() == parent:
             time.sleep(poll_seconds)
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))  # no SIGKILL on Windows
 
     # (A launcher that died before this point goes unnoticed; parent pid 1 is no sign of it: in a container the
     # launcher itself may be pid 1.)
