@@ -232,13 +232,12 @@ def exit_status(argv):
         return stop.code
 
 
-def test_output_dir_naming_a_file_is_one_line(tmp_path):
+def test_output_dir_naming_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "afile").write_text("not a folder")
     for output_dir in (tmp_path / "afile", tmp_path / "afile" / "below"):
-        result = subprocess.run([sys.executable, os.path.join(ROOT, "train_val.py"), "--dataset", "fake",
-                                 "--output-dir", str(output_dir)], capture_output=True, text=True, cwd=tmp_path)
-        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-        assert f"{tmp_path / 'afile'} is a file, not a folder" in result.stderr
+        assert exit_status(["--dataset", "fake", "--output-dir", str(output_dir)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{tmp_path / 'afile'} is a file, not a folder" in err, err
     assert (tmp_path / "afile").read_text() == "not a folder"
 
 
