@@ -295,3 +295,22 @@ def test_flushed_points_are_on_disk_and_a_resume_within_one_second_keeps_them(tm
     logged = event_scalars(tmp_path)
     assert [(step, round(value, 6)) for step, value in logged["LR"]] == [(1, 0.1), (2, 0.5)]
     assert [step for step, _ in logged["Train_Loss"]] == [1]
+
+
+def test_latest_checkpoint_is_the_newest_complete_one_model_best_included(tmp_path):
+    from lib.engine.checkpoint import latest_checkpoint
+
+    def save(name, epoch):
+        torch.save({"epoch": epoch, "state_dict": {}}, tmp_path / name)
+        return str(tmp_path / name)
+    assert latest_checkpoint(str(tmp_path)) is None
+    best = save("model_best.pth.tar", 3)
+    assert latest_checkpoint(str(tmp_path)) == best  # nothing else left
+    save("1-fake-r-20-w-1snl-block.pth.tar", 2)
+    assert latest_checkpoint(str(tmp_path)) == best  # the best is newer
+    third = save("2-fake-r-20-w-1snl-block.pth.tar", 3)
+    assert latest_checkpoint(str(tmp_path)) == third  # same epoch: the per-epoch file
+    fourth = save("3-fake-r-20-w-1snl-block.pth.tar", 4)
+    assert latest_checkpoint(str(tmp_path)) == fourth
+    (tmp_path / "3-fake-r-20-w-1snl-block.pth.tar").write_bytes(b"truncated")
+    assert latest_checkpoint(str(tmp_path)) == third  # an unreadable file is skipped

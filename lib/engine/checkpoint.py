@@ -64,26 +64,18 @@ def stored_epoch(path):
     return None
 
 
-def resume_candidates(run_dir):
-    """[(finished epochs, path)] of every complete checkpoint in run_dir, newest first: the per-epoch files and
-    model_best.pth.tar (which may be all that is left of a run). At equal epochs a per-epoch file comes first.
-    Unreadable files (and files without an epoch) are left out."""
-    found = [(index + 1, 1, path) for index, path in epoch_checkpoints(run_dir)]
-    best = os.path.join(run_dir, BEST_NAME)
-    if os.path.isfile(best):
-        found.append((None, 0, best))
-    candidates = []
-    for epoch, rank, path in found:
-        epoch_in_file = stored_epoch(path)
-        if epoch_in_file is not None:
-            candidates.append((epoch_in_file, rank, path))
-    return [(epoch, path) for epoch, rank, path in sorted(candidates, reverse=True)]
-
-
 def latest_checkpoint(run_dir):
-    """The newest complete checkpoint of run_dir (model_best.pth.tar included), or None."""
-    found = resume_candidates(run_dir)
-    return found[0][1] if found else None
+    """The newest complete checkpoint of run_dir, model_best.pth.tar included (it may be all that is left of a
+    run), or None. At equal epochs the per-epoch file wins; unreadable files are skipped. Per-epoch files are
+    probed newest first, and only down to the best's epoch."""
+    best = os.path.join(run_dir, BEST_NAME)
+    best_epoch = stored_epoch(best) if os.path.isfile(best) else None
+    for index, path in reversed(epoch_checkpoints(run_dir)):
+        if best_epoch is not None and index + 1 < best_epoch:
+            break  # model_best is newer than every file left
+        if stored_epoch(path) is not None:
+            return path
+    return best if best_epoch is not None else None
 
 
 def has_checkpoints(run_dir):
