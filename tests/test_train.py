@@ -281,3 +281,20 @@ def test_unreadable_validation_image_keeps_the_trained_epoch(tmp_path, capsys):
     assert [row["epoch"] for row in rows] == [1, 2] and rows[0]["n"] == 4
     assert rows[0]["train_loss"] == checkpoint["pending_eval"]["train_loss"]
     assert torch.load(run_dir / "1-imagefolder-r-20-w-1snl-block.pth.tar", weights_only=True)["pending_eval"] is None
+
+
+def test_records_of_a_run_without_checkpoints_are_not_overwritten(tmp_path, capsys, monkeypatch):
+    """A run stopped before its first checkpoint leaves its log and args.yaml: a new run there must not
+    overwrite them (before, it rewrote args.yaml and dropped metrics rows); --resume auto continues it."""
+    class NanLoss(torch.nn.CrossEntropyLoss):
+        def forward(self, output, target):
+            return super().forward(output, target) * float("nan")
+    argv = ["--dataset", "fake", "--input-size", "8", "--epochs", "1", "-b", "128", "--output-dir", tmp_path] + FAST
+    monkeypatch.setattr(train_val, "build_criterion", lambda args: NanLoss())
+    assert run(argv, capsys)[0] == 3
+    monkeypatch.undo()
+    before = snapshot(tmp_path)
+    status, _, err = run(argv, capsys)
+    assert status == 2 and err.count("\n") == 1 and "holds the args.yaml, log_train.txt" in err, err
+    assert snapshot(tmp_path) == before
+    assert run(argv + ["--resume", "auto"], capsys)[0] == 0
