@@ -142,14 +142,15 @@ class ScalarWriter:
     """
 
     def __init__(self, folder, suffix, purge_step):
+        # Imported here: tensorboardX is only needed by a training run's rank 0.
         from tensorboardX.event_file_writer import EventsWriter
         from tensorboardX.proto.event_pb2 import Event, SessionLog
-        self._event = Event
+        from tensorboardX.summary import scalar
+        self._event, self._scalar = Event, scalar
         # A new file events.out.tfevents.<second>.<host><suffix>, starting with its file-version record; the START
         # record makes tensorboard drop earlier points at step >= purge_step (logged by a killed run after its
         # last checkpoint).
         self._writer = EventsWriter(os.path.join(folder, "events"), suffix)
-        self.path = self._writer._file_name
         self._write(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
         self.flush()
 
@@ -158,8 +159,7 @@ class ScalarWriter:
         self._writer.write_event(event)
 
     def add_scalar(self, tag, value, step):
-        from tensorboardX.summary import scalar
-        self._write(self._event(step=int(step), summary=scalar(tag, float(value))))
+        self._write(self._event(step=int(step), summary=self._scalar(tag, float(value))))
 
     def flush(self):
         self._writer.flush()
