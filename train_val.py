@@ -302,6 +302,8 @@ def _train(args, ctx, log, run_dir):
             try:
                 stats = evaluate(eval_model, val_loader, ctx, args, log)
             except ConfigError as error:
+                if writer is not None:
+                    writer.flush()
                 save_checkpoint(run_dir, finished, False, model, optimizer, scaler, schedule, best, args, ctx, log,
                                 pending_eval=dict(record, time=time.time() - started))
                 raise ConfigError(f"{error} (epoch {finished} is trained and checkpointed: fix this and rerun with "
