@@ -361,8 +361,8 @@ def main(args):
         seed_everything(args.seed + ctx.rank)
         check_model_flags(args)
         if args.amp == "fp16" and ctx.device.type == "cpu":
-            log.warn("--amp fp16 on the CPU runs far slower than fp32 (about 14x measured; CPU autocast is made for "
-                     "bf16): use --amp bf16 or --amp off")
+            log.warn("--amp fp16 on the CPU runs far slower than fp32 (6-14x measured in training steps): use --amp "
+                     "off, or --amp bf16 on a CPU with native bf16 (AVX512-BF16 / AMX)")
         if args.valid:
             return validate_checkpoint(args, ctx, log)
         return train(args, ctx, log)

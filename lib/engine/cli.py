@@ -156,7 +156,7 @@ def _add_run_flags(parser):
     run.add_argument("--deterministic", action="store_true",
                      help="cudnn.deterministic (reproducible GPU runs); otherwise cudnn.benchmark")
     run.add_argument("--amp", choices=AMP_MODES, default="off", help="mixed precision autocast: off | bf16 | fp16 "
-                     "(fp16 uses a GradScaler; on the CPU use bf16: fp16 autocast is far slower there)")
+                     "(fp16 uses a GradScaler; on the CPU both are slower than off unless the CPU has native bf16)")
     run.add_argument("--channels-last", "--channels_last", dest="channels_last", action="store_true",
                      help="channels-last memory format")
     run.add_argument("--compile", action="store_true", help="torch.compile the model (falls back to eager, "
