@@ -166,6 +166,22 @@ def test_attention_map_errors_are_one_line(workdir, capsys, tmp_path, case, expe
     assert not os.listdir(tmp_path)  # nothing written
 
 
+def test_reference_checkpoint_needs_the_flags(workdir, capsys, tmp_path):
+    """A checkpoint without model_args (as the reference writes them: a 1000-way fc2 for CIFAR) is rebuilt from
+    the model flags and the dataset, as train_val.py --valid does."""
+    torch.manual_seed(0)
+    model = build_model("preresnet", 20, num_classes=1000, nl_type="snl", is_sys=True, is_norm=True)
+    path = tmp_path / "reference.pth.tar"
+    torch.save({"state_dict": model.state_dict(), "epoch": 3, "best_prec1": 1.0}, path)
+    status, _, err = tool(attention_maps, [path, workdir["images"][0], "--output-dir", tmp_path], capsys)
+    assert status == 2 and err.count("\n") == 1 and "--dataset" in err
+    status, out, err = tool(attention_maps, [path, workdir["images"][0], "--dataset", "cifar10", "--is_sys",
+                                             "--is_norm", "--display-size", 32, "--output-dir", tmp_path], capsys)
+    assert status == 0, err
+    picture = cv2.imread(str(tmp_path / "img0_layer1.2.png"))
+    assert picture.shape == (32, 5 * 32 + 4 * attention_maps.GAP, 3)
+
+
 def test_attention_map_command_line_error_has_no_traceback(workdir, tmp_path):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "attention_maps.py"), str(workdir["snl"]),
                              str(tmp_path / "missing.jpg")], capture_output=True, text=True, cwd=tmp_path)

@@ -35,8 +35,8 @@ def add_input_args(parser):
     data.add_argument("--indices", type=int, nargs="+", metavar="I", help="validation-set indices of --dataset")
     data.add_argument("--dataset", help="cifar10 | cifar100 | imagenet | imagefolder | fake; sets the "
                       "preprocessing (default: the one the checkpoint was trained on)")
-    data.add_argument("--data_dir", "--data-dir", dest="data_dir", default="./data", help="dataset root (default "
-                      "./data)")
+    data.add_argument("--data_dir", "--data-dir", dest="data_dir", help="dataset root (default: the one the "
+                      "checkpoint was trained with, else ./data)")
     data.add_argument("--input-size", "--input_size", dest="input_size", type=int, help="network input side "
                       "(default: the checkpoint's, else the dataset's)")
     model = parser.add_argument_group("model flags, only for the reference's checkpoints (ours store their model)")
@@ -77,6 +77,7 @@ def load_model(args):
     if not dataset:
         raise ConfigError(f"{args.checkpoint} does not say which dataset it was trained on: pass --dataset")
     input_size = args.input_size or run_args.get("input_size")
+    args.data_dir = args.data_dir or run_args.get("data_dir") or "./data"
     return model.to(torch.device(args.device)).eval(), dataset, input_size
 
 
