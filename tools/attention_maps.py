@@ -137,7 +137,7 @@ def run(args):
         display = cv2.resize(display, (args.display_size, args.display_size), interpolation=cv2.INTER_LINEAR)
         picture = grid_image(display, [rows[r * width + c] for r, c in cells], cells, height, width, args.alpha)
         path = os.path.join(args.output_dir, f"{image_name}_{name}.png")
-        if not cv2.imwrite(path, picture):
+        if not cv2.imwrite(path, picture, [cv2.IMWRITE_PNG_COMPRESSION, 9]):
             raise ConfigError(f"cannot write {path}")
         print(f"wrote {path} (block {name}: {height}x{width} positions, queries "
               f"{' '.join(f'{x:g},{y:g}' for x, y in queries)})")

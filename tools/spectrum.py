@@ -124,7 +124,8 @@ def get_parser():
     add_input_args(parser)
     parser.add_argument("--num-images", "--num_images", dest="num_images", type=int, default=DEFAULT_IMAGES,
                         help=f"without files or --indices: the first N validation images (default {DEFAULT_IMAGES})")
-    parser.add_argument("--bins", type=int, default=50, help="histogram bins (default 50)")
+    parser.add_argument("--bins", type=int, default=41, help="histogram bins over [0, 2] or the eigenvalues' "
+                        "range if wider (default 41: an odd number keeps lambda = 1 inside one bin)")
     parser.add_argument("--points", type=int, default=201, help="lambda samples in [0, 2] for the responses "
                         "(default 201)")
     parser.add_argument("--output", default="spectrum.png", help="the PNG (default spectrum.png)")
