@@ -222,13 +222,14 @@ def test_spectrum_of_the_normalized_symmetric_affinity(workdir, capsys, tmp_path
         assert entry["response"] is None and "no filter_response" in out
 
 
-def test_spectrum_of_a_softmax_affinity_uses_real_parts(workdir, capsys, tmp_path):
-    status, out, err = tool(spectrum, [workdir["nl"], workdir["images"][0], "--output", tmp_path / "nl.png"],
+@pytest.mark.parametrize("block", ["nl", "cc"])
+def test_spectrum_of_a_softmax_affinity_uses_real_parts(workdir, capsys, tmp_path, block):
+    status, out, err = tool(spectrum, [workdir[block], workdir["images"][0], "--output", tmp_path / "s.png"],
                             capsys)
     assert status == 0, err
-    (entry,) = json.loads((tmp_path / "nl.json").read_text())["blocks"]
+    (entry,) = json.loads((tmp_path / "s.json").read_text())["blocks"]
     eigenvalues = np.asarray(entry["eigenvalues"])
-    assert not entry["symmetric"] and entry["method"].startswith("eigvals")
+    assert not entry["symmetric"] and entry["method"].startswith("eigvals") and entry["response"] is None
     # A is row-stochastic: L = I - A has the eigenvalue 0 (the constant vector), the others' real parts in [0, 2]
     assert abs(eigenvalues.min()) < 1e-9 and eigenvalues.max() <= 2 + 1e-9
 

@@ -75,10 +75,14 @@ def read_metrics(path):
     """{epoch: row} of metrics.jsonl; a later row of the same epoch (a resumed run's) replaces the earlier one."""
     rows = {}
     with open(path, encoding="utf-8") as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             if line.strip():
-                row = json.loads(line)
-                rows[int(row["epoch"])] = row
+                try:
+                    row = json.loads(line)
+                    row["top1"] = float(row["top1"])
+                    rows[int(row["epoch"])] = row
+                except (ValueError, KeyError, TypeError):
+                    raise ConfigError(f"{path} line {number} is not a metrics record: {line.strip()[:60]!r}") from None
     return rows
 
 
@@ -114,7 +118,11 @@ def read_run(folder, notes):
         notes.append(f"skipped {folder}: unreadable args.yaml ({' '.join(str(error).split())[:80]})")
         return None
     metrics_path = os.path.join(folder, "metrics.jsonl")
-    rows = read_metrics(metrics_path) if os.path.isfile(metrics_path) else {}
+    try:
+        rows = read_metrics(metrics_path) if os.path.isfile(metrics_path) else {}
+    except ConfigError as error:
+        notes.append(f"skipped {folder}: {error}")
+        return None
     if not rows:
         notes.append(f"skipped {folder}: no metrics (metrics.jsonl missing or empty: no evaluation yet)")
         return None
