@@ -284,6 +284,7 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     panels = {}
     for row in rows:
@@ -299,6 +300,7 @@ def plot(rows, path):
         ax.set_title(f"{dataset}, {backbone}-{arch}, {size}px: test top-1 (mean ± sample std over seeds)",
                      fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("top-1 (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
