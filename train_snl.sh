@@ -44,8 +44,9 @@ cityscapes() {
         launch train_seg.py "$@"
         return
     fi
+    name=$(last_value snl --checkpoints --checkpoints "$@")
     for seed in $SEEDS; do
-        launch train_seg.py "$@" --seed "$seed" --checkpoints "$(last_value snl --checkpoints --checkpoints "$@")_seed$seed"
+        launch train_seg.py "$@" --seed "$seed" --checkpoints "${name}_seed$seed"
     done
 }
 

@@ -343,18 +343,21 @@ def test_seeds_repeat_every_experiment_into_its_own_folder():
     blocks = ("a2", "nl", "snl", "ns", "cgnl", "dnl")
     for k, (block, seed) in enumerate((b, s) for b in blocks for s in (67, 68)):
         assert lines[k].startswith("python3 train_val.py --pretrained False --dataset cifar10 ")
-        assert f"--nl-type {block} " in lines[k] and lines[k].endswith(f" --seed {seed} --checkpoints {block}_seed{seed}")
+        assert f"--nl-type {block} " in lines[k]
+        assert lines[k].endswith(f" --seed {seed} --checkpoints {block}_seed{seed}")
     assert lines[-1] == "python3 tools/compare_runs.py " + " ".join(
         f"/tmp/o/cifar10/20/{b}_seed{s}" for b in blocks for s in (67, 68))
     cifar100 = script("train_all_CIFAR100.sh", env={"DRY_RUN": "1", "SEEDS": "5"}).stdout.splitlines()
-    assert len(cifar100) == 7 and "--arch 56" in cifar100[0] and cifar100[-1].endswith("save_model/cifar100/56/snl_seed5")
+    assert len(cifar100) == 7 and "--arch 56" in cifar100[0]
+    assert cifar100[-1].endswith("save_model/cifar100/56/snl_seed5")
 
 
 def test_cityscapes_experiment():
     result = script("train_snl.sh", "cityscapes", env={"DRY_RUN": "1", "DATA_ROOT": "/data"})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["python3 train_seg.py --dataset cityscapes --data_dir /data --backbone resnet "
-                                          "--arch 50 --nl-type snl --checkpoints snl"]
+    assert result.stdout.splitlines() == [
+        "python3 train_seg.py --dataset cityscapes --data_dir /data --backbone resnet --arch 50 --nl-type snl "
+        "--checkpoints snl"]
     seeded = script("train_snl.sh", "cityscapes", env={"DRY_RUN": "1", "SEEDS": "1 2"}).stdout.splitlines()
     assert [line.split("--checkpoints snl ")[1] for line in seeded] == ["--seed 1 --checkpoints snl_seed1",
                                                                         "--seed 2 --checkpoints snl_seed2"]
@@ -371,7 +374,8 @@ def test_dry_run_0_really_runs(tmp_path, dry_run):
                     path_prefix=fake_bin)
     assert result.returncode == 0, result.stderr
     calls = log.read_text().splitlines()
-    assert len(calls) == 2 and calls[0].startswith("train_val.py ") and calls[0].endswith("--seed 3 --checkpoints snl_seed3")
+    assert len(calls) == 2 and calls[0].startswith("train_val.py ")
+    assert calls[0].endswith("--seed 3 --checkpoints snl_seed3")
     assert calls[1] == "tools/compare_runs.py save_model/cifar100/56/snl_seed3"
     assert "python3 train_val.py" not in result.stdout  # nothing was only printed
 

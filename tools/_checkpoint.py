@@ -90,7 +90,8 @@ def preprocessing(dataset, input_size):
     if dataset in ("imagenet", "imagefolder"):
         size = input_size or 224
         if dataset == "imagefolder" and size <= SMALL_INPUT_MAX:
-            return small_image_transforms(size, IMAGENET_MEAN, IMAGENET_STD, resize=True)[1], IMAGENET_MEAN, IMAGENET_STD
+            transform = small_image_transforms(size, IMAGENET_MEAN, IMAGENET_STD, resize=True)[1]
+            return transform, IMAGENET_MEAN, IMAGENET_STD
         return large_image_transforms(size)[1], IMAGENET_MEAN, IMAGENET_STD
     raise ConfigError(f"unknown dataset {dataset!r}: cifar10, cifar100, imagenet, imagefolder or fake")
 
