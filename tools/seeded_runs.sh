@@ -73,7 +73,8 @@ compare_runs() {
     set +f
     IFS=$_ifs
     if dry_run; then
-        echo "$PYTHON tools/compare_runs.py $*"
+        # on stderr: stdout lists exactly the training commands, one per line, for other tools to read
+        echo "$PYTHON tools/compare_runs.py $*" >&2
     else
         echo "=> comparison of the runs above:"
         $PYTHON tools/compare_runs.py "$@" || echo "note: the comparison table failed (the runs are unaffected)" >&2
