@@ -7,19 +7,12 @@
 #
 # Usage: sh train_all_CIFAR100.sh [more train_val.py flags ...]
 #   DATA_ROOT (default ./data), LAUNCH (default python3) and DRY_RUN work as in train_snl.sh.
+#   SEEDS="67 68 69" trains every block once per seed, into <block>_seed<S>.
+# At the end the runs made are compared in one table (tools/compare_runs.py).
 set -eu
 cd "$(dirname "$0")"
 DATA_ROOT=${DATA_ROOT:-./data}
-LAUNCH=${LAUNCH:-python3}
-
-run() {
-    if [ -n "${DRY_RUN:-}" ]; then
-        echo "$LAUNCH train_val.py $*"
-    else
-        # LAUNCH is unquoted on purpose: "torchrun --nproc_per_node 8" is a command plus its flags.
-        $LAUNCH train_val.py "$@"
-    fi
-}
+. ./tools/seeded_runs.sh
 
 train_block() {
     block=$1
@@ -27,10 +20,11 @@ train_block() {
     if [ "$block" = snl ]; then
         set -- --is_norm --is_sys "$@"
     fi
-    run --pretrained False --dataset cifar100 --backbone preresnet --arch 56 --data_dir "$DATA_ROOT" \
+    train --pretrained False --dataset cifar100 --backbone preresnet --arch 56 --data_dir "$DATA_ROOT" \
         --nl-type "$block" --nl-nums 1 --checkpoints "$block" "$@"
 }
 
 for block in a2 nl ns cgnl dnl snl; do
     train_block "$block" "$@"
 done
+compare_runs

@@ -4,37 +4,31 @@
 #   cifar100            PreResNet-56, one SNL block
 #   imagenet            ResNet-50,    one SNL block
 #   all                 the three, ImageNet first as in the reference script
+#   cityscapes          semantic segmentation: ResNet-50 FCN head with an SNL block (train_seg.py)
 #
-# Usage: sh train_snl.sh [cifar10|cifar100|imagenet|all] [more train_val.py flags ...]
+# Usage: sh train_snl.sh [cifar10|cifar100|imagenet|all|cityscapes] [more flags ...]
 #   DATA_ROOT=/data sh train_snl.sh cifar100
 #   sh train_snl.sh cifar10 --dataset fake --epochs 1 --output-dir /tmp/smoke   (smoke run, no data needed)
 #   LAUNCH="torchrun --standalone --nproc_per_node 8" sh train_snl.sh imagenet  (several GPUs)
-#   DRY_RUN=1 sh train_snl.sh all                                             (print the commands only)
+#   SEEDS="67 68 69" sh train_snl.sh cifar10       (three runs: save_model/cifar10/20/snl_seed67, ...)
+#   DRY_RUN=1 sh train_snl.sh all                  (print the commands only; DRY_RUN=0 or unset runs them)
 # Flags after the experiment name are appended, so they override the ones below (argparse: last one wins).
+# At the end the classification runs made are compared in one table (tools/compare_runs.py).
 set -eu
 cd "$(dirname "$0")"
 DATA_ROOT=${DATA_ROOT:-./data}
-LAUNCH=${LAUNCH:-python3}
+. ./tools/seeded_runs.sh
 
 experiment=cifar10
 case "${1:-}" in
-    cifar10|cifar100|imagenet|all) experiment=$1; shift ;;
+    cifar10|cifar100|imagenet|all|cityscapes) experiment=$1; shift ;;
     -*|"") ;;
-    *) echo "train_snl.sh: unknown experiment '$1' (cifar10, cifar100, imagenet or all)" >&2; exit 2 ;;
+    *) echo "train_snl.sh: unknown experiment '$1' (cifar10, cifar100, imagenet, all or cityscapes)" >&2; exit 2 ;;
 esac
-
-run() {
-    if [ -n "${DRY_RUN:-}" ]; then
-        echo "$LAUNCH train_val.py $*"
-    else
-        # LAUNCH is unquoted on purpose: "torchrun --nproc_per_node 8" is a command plus its flags.
-        $LAUNCH train_val.py "$@"
-    fi
-}
 
 # --is_norm --is_sys: the normalized symmetric affinity that SNL is defined with.
 snl() {
-    run --pretrained False --data_dir "$DATA_ROOT" --nl-type snl --nl-nums 1 --checkpoints snl \
+    train --pretrained False --data_dir "$DATA_ROOT" --nl-type snl --nl-nums 1 --checkpoints snl \
         --is_norm --is_sys "$@"
 }
 
@@ -42,7 +36,22 @@ imagenet() { snl --dataset imagenet --backbone resnet --arch 50 "$@"; }
 cifar100() { snl --dataset cifar100 --backbone preresnet --arch 56 "$@"; }
 cifar10() { snl --dataset cifar10 --backbone preresnet --arch 20 "$@"; }
 
+# Segmentation writes mIoU, not top-1: it is not part of the comparison table.
+cityscapes() {
+    set -- --dataset cityscapes --data_dir "$DATA_ROOT" --backbone resnet --arch 50 --nl-type snl --checkpoints snl \
+        "$@"
+    if [ -z "${SEEDS:-}" ]; then
+        launch train_seg.py "$@"
+        return
+    fi
+    name=$(last_value snl --checkpoints --checkpoints "$@")
+    for seed in $SEEDS; do
+        launch train_seg.py "$@" --seed "$seed" --checkpoints "${name}_seed$seed"
+    done
+}
+
 case $experiment in
     all) imagenet "$@"; cifar100 "$@"; cifar10 "$@" ;;
     *) "$experiment" "$@" ;;
 esac
+compare_runs

@@ -1,0 +1,385 @@
+"""The picture and table tools (tools/attention_maps.py, spectrum.py, compare_runs.py) and the training scripts'
+SEEDS / DRY_RUN handling, on tiny models trained inside the tests and generated images."""
+import contextlib
+import csv
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train_val
+from direct_formulas import affinity as direct_affinity
+from lib.cc import CrissCrossAttention
+from models import build_model
+from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
+from tools import attention_maps, compare_runs, spectrum
+from tools._checkpoint import capture_inputs, criss_cross_attention, nonlocal_blocks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 16  # network input side of the tiny models: stage 1 of a PreResNet is then 16 x 16 = 256 positions
+
+
+def one_step_checkpoint(path, nl_type, **block_args):
+    """A PreResNet-20 (3 classes) trained for one SGD step on random 16x16 images, saved as train_val.py saves
+    the entries the tools read (model_args, state_dict, args)."""
+    torch.manual_seed(0)
+    model = build_model("preresnet", 20, num_classes=3, nl_type=nl_type, **block_args)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    images, labels = torch.randn(4, 3, SIZE, SIZE), torch.tensor([0, 1, 2, 0])
+    torch.nn.functional.cross_entropy(model(images), labels).backward()
+    optimizer.step()
+    torch.save({"model_args": model.build_args, "state_dict": model.state_dict(), "epoch": 1,
+                "args": {"dataset": "fake", "input_size": SIZE}}, path)
+    return path
+
+
+def write_images(folder, count=2, size=24):
+    """PNGs with structure (a gradient, a bright disc, a dark bar) so that positions differ."""
+    paths = []
+    yy, xx = np.mgrid[0:size, 0:size]
+    for k in range(count):
+        image = np.stack([xx * 255 // size, yy * 255 // size, np.full_like(xx, 80 + 60 * k)], axis=-1)
+        disc = (xx - size * (0.3 + 0.4 * k)) ** 2 + (yy - size * 0.4) ** 2 < (size / 5) ** 2
+        image[disc] = (250, 240, 30)
+        image[int(size * 0.75):int(size * 0.85), 2:size - 2] = (20, 20, 60)
+        path = os.path.join(folder, f"img{k}.png")
+        Image.fromarray(image.astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("visual")
+    return {"root": root, "images": write_images(str(root)),
+            "snl": one_step_checkpoint(root / "snl.pth.tar", "snl"),
+            "nl": one_step_checkpoint(root / "nl.pth.tar", "nl"),
+            "cc": one_step_checkpoint(root / "cc.pth.tar", "cc"),
+            "cgnl": one_step_checkpoint(root / "cgnl.pth.tar", "cgnl"),
+            "plain": one_step_checkpoint(root / "plain.pth.tar", None)}
+
+
+def tool(module, argv, capsys):
+    status = module.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def block_input(checkpoint, image_paths):
+    """(model, block name, block, the block's input) as the tools compute them."""
+    args = attention_maps.get_parser().parse_args([str(checkpoint)] + [str(p) for p in image_paths])
+    model, dataset, input_size = attention_maps.load_model(args)
+    images = attention_maps.load_images(args, dataset, input_size)
+    name, block = nonlocal_blocks(model)[0]
+    batch = torch.stack([tensor for _, tensor, _ in images])
+    return model, name, block, capture_inputs(model, [(name, block)], batch)[name]
+
+
+# --- attention maps ---------------------------------------------------------------------------------------------
+
+def test_attention_map_grid_and_query_panels(workdir, capsys, tmp_path):
+    display, queries = 64, ("0.1,0.1", "0.9,0.6")
+    status, out, err = tool(attention_maps, [workdir["snl"], *workdir["images"], "--queries", *queries,
+                                             "--display-size", display, "--output-dir", tmp_path], capsys)
+    assert status == 0, err
+    _, name, block, x = block_input(workdir["snl"], workdir["images"])
+    assert name == "layer1.2" and x.shape[2:] == (SIZE, SIZE)
+    att = block.affinity(x).dense()
+    cells = [attention_maps.query_cell(attention_maps.parse_query(q), SIZE, SIZE) for q in queries]
+    assert cells == [(1, 1), (9, 14)]  # (row, column): y = 0.6 of 16 rows, x = 0.9 of 16 columns
+    for k, path in enumerate(workdir["images"]):
+        picture = cv2.imread(str(tmp_path / f"img{k}_layer1.2.png"))
+        assert picture.shape == (display, 3 * display + 2 * attention_maps.GAP, 3)
+        rows = [att[k, r * SIZE + c] for r, c in cells]
+        assert (rows[0] - rows[1]).abs().max() > 1e-3  # the two queries attend differently...
+        first, second = (picture[:, (display + attention_maps.GAP) * j:][:, :display].astype(int) for j in (1, 2))
+        outside_squares = np.ones((display, display), dtype=bool)
+        for r, c in cells:  # the white squares differ by construction: compare the heat maps around them
+            scale = display // SIZE
+            outside_squares[max(0, r * scale - 6):(r + 1) * scale + 6, max(0, c * scale - 6):(c + 1) * scale + 6] = 0
+        differing = np.abs(first - second).sum(axis=2)[outside_squares] > 30
+        assert differing.mean() > 0.05  # ...and so do their heat maps
+        r, c = cells[1]  # the query square is drawn in white around the query's cell
+        top = r * (display // SIZE)
+        assert (second[top - 1:top + 1, c * (display // SIZE) + 1] == 255).all()
+    assert out.count("wrote ") == 2
+
+
+def test_heat_map_scales_the_row_to_its_maximum():
+    row = np.zeros(4)
+    row[3] = 0.5  # weight only on cell (1, 1) of a 2 x 2 grid
+    heat = attention_maps.heat_map(row, 2, 2, 8)
+    jet = cv2.applyColorMap(np.array([[0, 255]], dtype=np.uint8), cv2.COLORMAP_JET)[0]
+    assert (heat[0, 0] == jet[0]).all() and (heat[7, 7] == jet[1]).all()  # 0 -> blue, the maximum -> red
+
+
+def test_cc_weights_reproduce_the_module_output():
+    torch.manual_seed(1)
+    module = CrissCrossAttention(6, 3).double()
+    with torch.no_grad():
+        module.gamma.fill_(0.7)
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)  # H != W: a transposed row / column would not pass
+    att = criss_cross_attention(module, x)  # (B, N, N)
+    value = module.value_conv(x).flatten(2)  # (B, C, N)
+    expected = x + module.gamma * torch.bmm(value, att.transpose(1, 2)).reshape(x.shape)
+    torch.testing.assert_close(expected, module(x), rtol=1e-10, atol=1e-10)
+    # rows are distributions over the query's own row and column only
+    torch.testing.assert_close(att.sum(-1), torch.ones(2, 35, dtype=torch.float64))
+    i, j = 2, 3
+    row = att[0, i * 7 + j].reshape(5, 7)
+    cross = torch.zeros(5, 7, dtype=torch.bool)
+    cross[i, :], cross[:, j] = True, True
+    assert (row[~cross] == 0).all() and (row[cross] > 0).all()
+
+
+def test_attention_map_of_a_cc_model(workdir, capsys, tmp_path):
+    status, out, err = tool(attention_maps, [workdir["cc"], workdir["images"][0], "--display-size", 32,
+                                             "--output-dir", tmp_path], capsys)
+    assert status == 0, err
+    assert "layer1.2" in out
+    (png,) = [name for name in os.listdir(tmp_path) if name.endswith(".png")]
+    assert cv2.imread(str(tmp_path / png)).shape == (32, 5 * 32 + 4 * attention_maps.GAP, 3)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("plain", "no nonlocal block"),
+    ("cgnl", "is CGNL"),
+    ("missing", "image file not found"),
+    ("bad-query", "outside the image"),
+    ("bad-block", "no nonlocal block named"),
+])
+def test_attention_map_errors_are_one_line(workdir, capsys, tmp_path, case, expected):
+    checkpoint = workdir["snl"] if case in ("missing", "bad-query", "bad-block") else workdir[case]
+    image = tmp_path / "nope.png" if case == "missing" else workdir["images"][0]
+    extra = {"bad-query": ["--queries", "1.5,0.2"], "bad-block": ["--block", "layer9"]}.get(case, [])
+    status, _, err = tool(attention_maps, [checkpoint, image, "--output-dir", tmp_path, *extra], capsys)
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith("attention_maps.py: error:") and expected in err
+    assert not os.listdir(tmp_path)  # nothing written
+
+
+def test_reference_checkpoint_needs_the_flags(workdir, capsys, tmp_path):
+    """A checkpoint without model_args (as the reference writes them: a 1000-way fc2 for CIFAR) is rebuilt from
+    the model flags and the dataset, as train_val.py --valid does."""
+    torch.manual_seed(0)
+    model = build_model("preresnet", 20, num_classes=1000, nl_type="snl", is_sys=True, is_norm=True)
+    path = tmp_path / "reference.pth.tar"
+    torch.save({"state_dict": model.state_dict(), "epoch": 3, "best_prec1": 1.0}, path)
+    status, _, err = tool(attention_maps, [path, workdir["images"][0], "--output-dir", tmp_path], capsys)
+    assert status == 2 and err.count("\n") == 1 and "--dataset" in err
+    status, out, err = tool(attention_maps, [path, workdir["images"][0], "--dataset", "cifar10", "--is_sys",
+                                             "--is_norm", "--display-size", 32, "--output-dir", tmp_path], capsys)
+    assert status == 0, err
+    picture = cv2.imread(str(tmp_path / "img0_layer1.2.png"))
+    assert picture.shape == (32, 5 * 32 + 4 * attention_maps.GAP, 3)
+
+
+def test_attention_map_command_line_error_has_no_traceback(workdir, tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "attention_maps.py"), str(workdir["snl"]),
+                             str(tmp_path / "missing.jpg")], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "image file not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- spectra ----------------------------------------------------------------------------------------------------
+
+def test_spectrum_of_the_normalized_symmetric_affinity(workdir, capsys, tmp_path):
+    png = tmp_path / "spectrum.png"
+    status, out, err = tool(spectrum, [workdir["snl"], *workdir["images"], "--output", png, "--points", 11], capsys)
+    assert status == 0, err
+    assert png.stat().st_size > 0 and cv2.imread(str(png)) is not None
+    with open(tmp_path / "spectrum.json") as f:
+        numbers = json.load(f)
+    (entry,) = numbers["blocks"]
+    eigenvalues = np.asarray(entry["eigenvalues"])
+    assert entry["symmetric"] and eigenvalues.shape == (2, SIZE * SIZE)
+    assert eigenvalues.min() >= -1e-5 and eigenvalues.max() <= 2 + 1e-5
+    assert sum(entry["histogram"]["counts"]) == eigenvalues.size
+    # the same eigenvalues from the affinity written out directly (float64)
+    _, _, block, x = block_input(workdir["snl"], workdir["images"])
+    x = x.double()
+    with torch.no_grad():
+        att = direct_affinity(torch.nn.functional.conv2d(x, block.t.weight.double()),
+                              torch.nn.functional.conv2d(x, block.p.weight.double()), True, True, False)
+    direct = torch.linalg.eigvalsh(torch.eye(SIZE * SIZE, dtype=torch.float64) - att).numpy()
+    np.testing.assert_allclose(eigenvalues, direct, atol=1e-9)
+    if hasattr(block, "filter_response"):  # the spectral filter family's method: the curves are its norms
+        lam = torch.tensor(entry["response"]["lam"], dtype=torch.float32)
+        with torch.no_grad():
+            expected = block.filter_response(lam).flatten(2).norm(dim=-1)
+        np.testing.assert_allclose(entry["response"]["frobenius_norm"], expected.double().numpy(), rtol=1e-6)
+        assert len(lam) == 11 and lam[0] == 0 and lam[-1] == 2
+    else:
+        assert entry["response"] is None and "no filter_response" in out
+
+
+@pytest.mark.parametrize("block", ["nl", "cc"])
+def test_spectrum_of_a_softmax_affinity_uses_real_parts(workdir, capsys, tmp_path, block):
+    status, out, err = tool(spectrum, [workdir[block], workdir["images"][0], "--output", tmp_path / "s.png"],
+                            capsys)
+    assert status == 0, err
+    (entry,) = json.loads((tmp_path / "s.json").read_text())["blocks"]
+    eigenvalues = np.asarray(entry["eigenvalues"])
+    assert not entry["symmetric"] and entry["method"].startswith("eigvals") and entry["response"] is None
+    # A is row-stochastic: L = I - A has the eigenvalue 0 (the constant vector), the others' real parts in [0, 2]
+    assert abs(eigenvalues.min()) < 1e-9 and eigenvalues.max() <= 2 + 1e-9
+
+
+def test_spectrum_refuses_models_without_an_affinity(workdir, capsys, tmp_path):
+    for case, expected in (("plain", "no nonlocal block"), ("cgnl", "CGNL")):
+        status, _, err = tool(spectrum, [workdir[case], workdir["images"][0], "--output", tmp_path / "s.png"],
+                              capsys)
+        assert status == 2 and err.count("\n") == 1 and expected in err
+    assert not os.listdir(tmp_path)
+
+
+# --- run comparison ---------------------------------------------------------------------------------------------
+
+def train(out, *argv):
+    """train_val.py in this process, tiny: fake data at 8x8, 2 epochs, evaluated every epoch."""
+    argv = ["--dataset", "fake", "--input-size", 8, "--epochs", 2, "--batch-size", 64, "--workers", 0,
+            "--eval-freq", 1, "--print-freq", 100, "--warmup-epochs", 1, "--output-dir", out, *argv]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+        status = train_val.cli_main([str(a) for a in argv])
+    assert status == 0, err.getvalue()
+
+
+def top1s(folder):
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [row["top1"] for row in rows]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    for block in ("snl", "a2"):
+        for seed in (1, 2):
+            train(out, "--nl-type", block, "--seed", seed, "--checkpoints", f"{block}_seed{seed}")
+    train(out, "--nl-type", "none", "--seed", 1, "--checkpoints", "base")
+    base = out / "fake" / "20"
+    # the plain run "killed" after its first evaluation: its metrics stop at epoch 1 of 2
+    metrics = base / "base" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().splitlines()[0] + "\n")
+    # a run started but never evaluated: args.yaml and no metrics.jsonl
+    (base / "not_evaluated").mkdir()
+    (base / "not_evaluated" / "args.yaml").write_text((base / "snl_seed1" / "args.yaml").read_text())
+    return out
+
+
+def test_compare_runs_table(runs, capsys, tmp_path):
+    status, out, err = tool(compare_runs, [runs, "--csv", tmp_path / "runs.csv", "--plot", tmp_path / "top1.png"],
+                            capsys)
+    assert status == 0, err
+    base = runs / "fake" / "20"
+    with open(tmp_path / "runs.csv") as f:
+        table = {row["block"]: row for row in csv.DictReader(f)}
+    assert set(table) == {"snl", "a2", "none"}
+    lines = {line.split(" | ")[3]: line for line in out.splitlines() if line.startswith("| fake")}
+    for block in ("snl", "a2"):
+        finals = [top1s(base / f"{block}_seed{seed}")[-1] for seed in (1, 2)]
+        bests = [max(top1s(base / f"{block}_seed{seed}")) for seed in (1, 2)]
+        row = table[block]
+        assert row["seeds"] == "1 2" and row["unfinished"] == "0"
+        assert float(row["final_mean"]) == pytest.approx(statistics.fmean(finals), abs=1e-9)
+        assert float(row["final_std"]) == pytest.approx(statistics.stdev(finals), abs=1e-9)  # n - 1
+        assert float(row["best_mean"]) == pytest.approx(statistics.fmean(bests), abs=1e-9)
+        assert float(row["best_std"]) == pytest.approx(statistics.stdev(bests), abs=1e-9)
+        line = lines[f"1 x {block} @ stage 1"]
+        assert f"{statistics.fmean(finals):.2f} ± {statistics.stdev(finals):.2f}" in line
+        assert f"{statistics.fmean(bests):.2f} ± {statistics.stdev(bests):.2f}" in line
+        plain_final = top1s(base / "base")[-1]
+        assert float(row["delta_final"]) == pytest.approx(statistics.fmean(finals) - plain_final, abs=1e-9)
+    assert table["snl"]["is_sys"] == "True" and table["a2"]["is_norm"] == "False"  # the blocks' defaults
+    assert int(table["snl"]["params"]) - int(table["none"]["params"]) == 672  # README: + 672 for one SNL block
+    assert float(table["snl"]["gflops"]) > float(table["none"]["gflops"]) > 0
+    # the unfinished run is marked, in the table and in a note; the run without metrics is skipped with a note
+    assert "1 (unfinished: epoch 1/2)" in lines["plain"] and table["none"]["unfinished"] == "1"
+    assert f"note: {base / 'base'} is unfinished" in out
+    assert f"note: skipped {base / 'not_evaluated'}: no metrics" in out
+    assert "sample std (n - 1)" in out
+    assert cv2.imread(str(tmp_path / "top1.png")) is not None
+
+
+def test_compare_runs_without_runs_is_one_line_error(capsys, tmp_path):
+    status, _, err = tool(compare_runs, [tmp_path], capsys)
+    assert status == 2 and err.count("\n") == 1 and "no run with metrics" in err
+
+
+# --- training scripts -------------------------------------------------------------------------------------------
+
+def script(name, *args, env=None, path_prefix=None):
+    environment = {key: value for key, value in os.environ.items() if key not in ("DRY_RUN", "SEEDS", "LAUNCH")}
+    environment.update(env or {})
+    if path_prefix:
+        environment["PATH"] = f"{path_prefix}{os.pathsep}{environment['PATH']}"
+    return subprocess.run(["sh", os.path.join(ROOT, name), *args], capture_output=True, text=True, env=environment)
+
+
+def test_dry_run_prints_the_reference_commands_unchanged():
+    result = script("train_snl.sh", env={"DRY_RUN": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "python3 train_val.py --pretrained False --data_dir ./data --nl-type snl --nl-nums 1 --checkpoints snl "
+        "--is_norm --is_sys --dataset cifar10 --backbone preresnet --arch 20"]
+    assert result.stderr.splitlines() == ["python3 tools/compare_runs.py save_model/cifar10/20/snl"]
+
+
+def test_seeds_repeat_every_experiment_into_its_own_folder():
+    result = script("train_all_CIFAR10.sh", "--epochs", "1", "--output-dir", "/tmp/o",
+                    env={"DRY_RUN": "yes", "SEEDS": "67 68"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines() + result.stderr.splitlines()
+    assert len(lines) == 13
+    blocks = ("a2", "nl", "snl", "ns", "cgnl", "dnl")
+    for k, (block, seed) in enumerate((b, s) for b in blocks for s in (67, 68)):
+        assert lines[k].startswith("python3 train_val.py --pretrained False --dataset cifar10 ")
+        assert f"--nl-type {block} " in lines[k]
+        assert lines[k].endswith(f" --seed {seed} --checkpoints {block}_seed{seed}")
+    assert lines[-1] == "python3 tools/compare_runs.py " + " ".join(
+        f"/tmp/o/cifar10/20/{b}_seed{s}" for b in blocks for s in (67, 68))
+    cifar100 = script("train_all_CIFAR100.sh", env={"DRY_RUN": "1", "SEEDS": "5"})
+    assert len(cifar100.stdout.splitlines()) == 6 and "--arch 56" in cifar100.stdout
+    assert cifar100.stderr.strip().endswith("save_model/cifar100/56/snl_seed5")
+
+
+def test_cityscapes_experiment():
+    result = script("train_snl.sh", "cityscapes", env={"DRY_RUN": "1", "DATA_ROOT": "/data"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "python3 train_seg.py --dataset cityscapes --data_dir /data --backbone resnet --arch 50 --nl-type snl "
+        "--checkpoints snl"]
+    seeded = script("train_snl.sh", "cityscapes", env={"DRY_RUN": "1", "SEEDS": "1 2"}).stdout.splitlines()
+    assert [line.split("--checkpoints snl ")[1] for line in seeded] == ["--seed 1 --checkpoints snl_seed1",
+                                                                        "--seed 2 --checkpoints snl_seed2"]
+
+
+@pytest.mark.parametrize("dry_run", ["0", ""])
+def test_dry_run_0_really_runs(tmp_path, dry_run):
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    log = tmp_path / "calls.txt"
+    (fake_bin / "python3").write_text(f'#!/bin/sh\necho "$*" >> "{log}"\n')
+    (fake_bin / "python3").chmod(0o755)
+    result = script("train_snl.sh", "cifar100", "--epochs", "1", env={"DRY_RUN": dry_run, "SEEDS": "3"},
+                    path_prefix=fake_bin)
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text().splitlines()
+    assert len(calls) == 2 and calls[0].startswith("train_val.py ")
+    assert calls[0].endswith("--seed 3 --checkpoints snl_seed3")
+    assert calls[1] == "tools/compare_runs.py save_model/cifar100/56/snl_seed3"
+    assert "python3 train_val.py" not in result.stdout  # nothing was only printed
+
+
+def test_unknown_experiment_is_refused():
+    result = script("train_snl.sh", "cifar11", env={"DRY_RUN": "1"})
+    assert result.returncode == 2 and "unknown experiment 'cifar11'" in result.stderr and not result.stdout

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""The spectral view of a trained model: graph spectra of its nonlocal blocks and their learned filter responses.
+
+    python tools/spectrum.py save_model/cifar10/20/snl/model_best.pth.tar --indices 0 1 2 3 --output snl.png
+    python tools/spectrum.py CHECKPOINT img1.png img2.png --json spectra.json
+
+A stage-based block builds a graph over the N positions of its input with adjacency A (B, N, N); with SNL's
+normalized symmetric A, the Laplacian L = I - A has its eigenvalues in [0, 2] (README, "What SNL computes"). For
+each block and a batch of images this tool computes the eigenvalues of L in float64 (the block is run in float64:
+torch.linalg.eigvalsh when A is symmetric, else torch.linalg.eigvals, real parts), and draws their histogram over
+the batch. Where the block has `filter_response(lam)` (the frequency response of each unit's linear part, a
+(C, C') matrix per lam), the second panel shows its Frobenius norm over lam in [0, 2], one curve per unit.
+Criss-cross attention gets the spectrum of I - A with A its row + column softmax weights; CGNL has no A and is
+skipped. Writes one PNG (matplotlib) and a JSON of every number drawn.
+"""
+import argparse
+import copy
+import json
+import os
+import sys
+
+import matplotlib
+import numpy as np
+import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib.errors import ConfigError  # noqa: E402
+from tools._checkpoint import (OneLineParser, add_input_args, attention_matrix, block_kind,  # noqa: E402
+                               capture_inputs, load_images, load_model, nonlocal_blocks, parse_error_exit)
+
+DEFAULT_IMAGES = 8
+NO_RESPONSE = "no filter_response: spectrum only"
+
+
+def laplacian_eigenvalues(block, x):
+    """(eigenvalues of L = I - A (B, N) float64, whether A is symmetric) for the block's input x (B, C, H, W)."""
+    block64 = copy.deepcopy(block).double()
+    att = attention_matrix(block64, x.double())  # (B, N, N) float64
+    laplacian = torch.eye(att.shape[-1], dtype=att.dtype, device=att.device) - att
+    symmetric = bool(torch.allclose(att, att.transpose(1, 2), rtol=0, atol=1e-12 * max(1.0, att.abs().max().item())))
+    if symmetric:
+        return torch.linalg.eigvalsh(laplacian).cpu(), True
+    return torch.linalg.eigvals(laplacian).real.cpu(), False
+
+
+def response_norms(block, points):
+    """(lam (L,), ||g_k(lam)||_F (units, L)) of the block's units, or None when the block has no filter_response."""
+    if not hasattr(block, "filter_response"):
+        return None
+    dtype = next(block.parameters()).dtype
+    lam = torch.linspace(0, 2, points, dtype=dtype, device=next(block.parameters()).device)
+    with torch.no_grad():
+        response = block.filter_response(lam)  # (units, L, C, Cz)
+    return lam.cpu(), response.flatten(2).norm(dim=-1).double().cpu()
+
+
+def analyse(model, images, points, bins):
+    """The JSON-ready numbers of every block (and the blocks skipped, with why)."""
+    blocks = nonlocal_blocks(model)
+    if not blocks:
+        raise ConfigError("the checkpoint's model has no nonlocal block: no graph to take the spectrum of")
+    drawable = [(name, module) for name, module in blocks if block_kind(module) != "cgnl"]
+    skipped = [{"block": name, "reason": "CGNL has no position-to-position affinity A"}
+               for name, module in blocks if block_kind(module) == "cgnl"]
+    if not drawable:
+        raise ConfigError("the model's only nonlocal blocks are CGNL, which has no affinity matrix A and so no "
+                          "graph spectrum")
+    inputs = capture_inputs(model, drawable, images)
+    results = []
+    for name, module in drawable:
+        x = inputs[name]
+        eigenvalues, symmetric = laplacian_eigenvalues(module, x)
+        values = eigenvalues.numpy()
+        low, high = min(0.0, float(values.min())), max(2.0, float(values.max()))
+        counts, edges = np.histogram(values.ravel(), bins=bins, range=(low, high))
+        entry = {"block": name, "type": type(module).__name__, "positions": int(x.shape[2] * x.shape[3]),
+                 "feature_size": list(x.shape[2:]), "symmetric": symmetric,
+                 "method": "eigvalsh" if symmetric else "eigvals (real parts)",
+                 "eigenvalues": values.tolist(), "histogram": {"counts": counts.tolist(), "edges": edges.tolist()}}
+        response = response_norms(module, points)
+        if response is None:
+            entry["response"], entry["note"] = None, NO_RESPONSE
+        else:
+            lam, norms = response
+            entry["response"] = {"lam": lam.tolist(), "frobenius_norm": norms.tolist()}
+        results.append(entry)
+    return results, skipped
+
+
+def draw(results, title, path):
+    fig, axes = plt.subplots(len(results), 2, figsize=(10, 3.2 * len(results)), squeeze=False)
+    for (hist_ax, resp_ax), entry in zip(axes, results):
+        hist = entry["histogram"]
+        edges = np.asarray(hist["edges"])
+        hist_ax.bar(edges[:-1], hist["counts"], width=np.diff(edges), align="edge", color="tab:blue")
+        hist_ax.set_title(f"{entry['block']} ({entry['type']}): eigenvalues of L = I - A, N = {entry['positions']}",
+                          fontsize=9)
+        hist_ax.set_xlabel("lambda" + ("" if entry["symmetric"] else " (real part)"))
+        hist_ax.set_yscale("log")  # A has rank <= 2C' < N, so most eigenvalues of L sit at exactly 1
+        hist_ax.set_ylabel("count over the batch (log)")
+        if entry["response"] is None:
+            resp_ax.text(0.5, 0.5, f"{entry['type']}: {NO_RESPONSE}", ha="center", va="center", fontsize=9,
+                         transform=resp_ax.transAxes)
+            resp_ax.set_axis_off()
+            continue
+        lam = entry["response"]["lam"]
+        for k, norms in enumerate(entry["response"]["frobenius_norm"]):
+            resp_ax.plot(lam, norms, label=f"unit {k}")
+        resp_ax.set_title(f"{entry['block']}: learned response ||g(lambda)||_F", fontsize=9)
+        resp_ax.set_xlabel("lambda")
+        resp_ax.set_xlim(0, 2)
+        resp_ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def get_parser():
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_input_args(parser)
+    parser.add_argument("--num-images", "--num_images", dest="num_images", type=int, default=DEFAULT_IMAGES,
+                        help=f"without files or --indices: the first N validation images (default {DEFAULT_IMAGES})")
+    parser.add_argument("--bins", type=int, default=41, help="histogram bins over [0, 2] or the eigenvalues' "
+                        "range if wider (default 41: an odd number keeps lambda = 1 inside one bin)")
+    parser.add_argument("--points", type=int, default=201, help="lambda samples in [0, 2] for the responses "
+                        "(default 201)")
+    parser.add_argument("--output", default="spectrum.png", help="the PNG (default spectrum.png)")
+    parser.add_argument("--json", help="the numbers (default: the PNG's name with .json)")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    try:
+        return run(args)
+    except ConfigError as error:
+        return parse_error_exit("spectrum.py", error)
+
+
+def run(args):
+    if args.bins < 1 or args.points < 2 or args.num_images < 1:
+        raise ConfigError("--bins and --num-images must be at least 1, --points at least 2")
+    model, dataset, input_size = load_model(args)
+    images = load_images(args, dataset, input_size, default_count=args.num_images)
+    batch = torch.stack([tensor for _, tensor, _ in images]).to(next(model.parameters()).device)
+    results, skipped = analyse(model, batch, args.points, args.bins)
+    for entry in skipped:
+        print(f"note: skipped {entry['block']}: {entry['reason']}")
+    for entry in results:
+        values = np.asarray(entry["eigenvalues"])
+        print(f"{entry['block']} ({entry['type']}, N = {entry['positions']}, {entry['method']}): eigenvalues in "
+              f"[{values.min():.6f}, {values.max():.6f}] over {values.shape[0]} image(s)"
+              + (f"; note: {entry['note']}" if entry.get("note") else ""))
+    json_path = args.json or os.path.splitext(args.output)[0] + ".json"
+    for path in (args.output, json_path):
+        if os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(json_path, "w") as f:
+        json.dump({"checkpoint": args.checkpoint, "images": [name for name, _, _ in images], "blocks": results,
+                   "skipped": skipped}, f)
+    draw(results, f"{os.path.basename(args.checkpoint)}: {len(images)} image(s)", args.output)
+    print(f"wrote {args.output} and {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
