@@ -90,14 +90,17 @@ def val_loader_of(val_set, ctx, args):
     # Batch 1: validation images may differ in size; each process evaluates a contiguous shard, no padding.
     sampler = ContiguousShardSampler(val_set, ctx.world_size, ctx.rank)
     return DataLoader(val_set, batch_size=1, sampler=sampler, num_workers=args.workers,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), persistent_workers=args.workers > 0,
+                      generator=torch.Generator().manual_seed(args.seed))
 
 
 def train_loader_of(train_set, ctx, args, start_iter):
     sampler = IterationBatchSampler(len(train_set), args.batch_size, args.iters, start_iter, ctx.rank,
                                     ctx.world_size, args.seed)
+    # Own generator: the loader draws its workers' base seed from it, not from the global RNG (which then stays
+    # exactly as the checkpoint restored it: the dropout draws of a resumed run match the uninterrupted run's).
     return DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(args.seed))
 
 
 def model_kwargs(args, pretrained=None):
@@ -159,6 +162,7 @@ def evaluate(model, loader, ctx, args, log):
     processes). Logits are resized to the label's resolution before the argmax."""
     model.eval()
     matrix = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
+    images_seen = 0
     for i, (images, target) in enumerate(loader):
         images = images.to(ctx.device, non_blocking=True)
         if args.channels_last:
@@ -168,11 +172,12 @@ def evaluate(model, loader, ctx, args, log):
         if logits.shape[-2:] != target.shape[-2:]:
             logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
         matrix += confusion_matrix(logits.argmax(dim=1).cpu(), target, NUM_CLASSES)
+        images_seen += images.size(0)
         if (i + 1) % args.print_freq == 0:
             log.info(f"Test [{i + 1}/{len(loader)}]")
     matrix = all_reduce_confusion(matrix, ctx)
     stats = segmentation_metrics(matrix)
-    stats["images"] = len(loader.dataset)
+    stats["images"] = int(all_reduce_sums(ctx, [images_seen])[0])
     width = max(len(name) for name in CLASSES)
     log.info("per-class IoU / Acc:")
     for name, iou, acc in zip(CLASSES, stats["IoU"], stats["Acc"]):
