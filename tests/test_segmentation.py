@@ -430,3 +430,22 @@ def test_evaluation_over_two_processes_equals_one_process(tmp_path):
     assert double["mIoU"] == single["mIoU"] and double["aAcc"] == single["aAcc"]
     np.testing.assert_array_equal(single["IoU"], double["IoU"])  # NaN (absent classes) in the same places
     assert 0 < single["mIoU"] < 100
+
+
+def test_recipe_config_and_explicit_flags(tmp_path):
+    from lib.engine.seg_cli import parse_seg_args, resolve_seg_args
+    argv = ["--dataset", "cityscapes", "--data_dir", "DATA", "--backbone", "resnet", "--arch", "50", "--nl-type", "snl",
+            "--checkpoints", "snl"]
+    args = resolve_seg_args(parse_seg_args(argv))
+    assert (args.iters, args.batch_size, args.lr, args.min_lr, args.power, args.weight_decay, args.eval_every) == \
+        (40000, 4, 0.01, 1e-4, 0.9, 5e-4, 4000)
+    assert args.crop_size == [512, 1024] and args.img_scale == [2048, 1024] and args.pretrained is True
+    config = tmp_path / "c.yaml"
+    config.write_text("crop-size: [256, 512]\niters: 100\nnl-type: none\n")
+    args = resolve_seg_args(parse_seg_args(["--config", str(config), "--iters", "7", "--lr", "0.02"]))
+    assert (args.crop_size, args.iters, args.lr, args.nl_type) == ([256, 512], 7, 0.02, None)
+    fake = resolve_seg_args(parse_seg_args(["--dataset", "fake"]))
+    assert fake.crop_size == [64, 128] and fake.pretrained is False
+    config.write_text("crop-size: [256]\n")
+    with pytest.raises(ConfigError, match="two values"):
+        resolve_seg_args(parse_seg_args(["--config", str(config)]))

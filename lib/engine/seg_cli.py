@@ -115,7 +115,11 @@ def parse_seg_args(argv=None):
         action.default = argparse.SUPPRESS
     explicit = set(vars(quiet.parse_args(argv)))
     if args.config:
-        values = load_config(args.config, parser)
+        lists = get_args_parser()  # YAML lists for the two-value flags: read like nargs="+" lists, checked later
+        for action in lists._actions:
+            if action.nargs == 2:
+                action.nargs = "+"
+        values = load_config(args.config, lists)
         parser.set_defaults(**values)
         args = parser.parse_args(argv)
         explicit |= set(values)
@@ -141,6 +145,9 @@ def resolve_seg_args(args):
         args.nl_type = None
     if float(args.div).is_integer():
         args.div = int(args.div)
+    for name in ("crop_size", "img_scale", "ratio_range"):
+        _check(len(getattr(args, name)) == 2, f"--{name.replace('_', '-')} takes two values, got "
+               f"{getattr(args, name)}")
     args.crop_size, args.img_scale = [int(v) for v in args.crop_size], [int(v) for v in args.img_scale]
     args.ratio_range = [float(v) for v in args.ratio_range]
     _check(args.iters >= 1, f"--iters must be >= 1, got {args.iters}")
