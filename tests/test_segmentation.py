@@ -118,16 +118,16 @@ class LargestTensor(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("nl_type, dense", [("snl", False), ("nl", True)])
-def test_snl_head_never_forms_the_n_by_n_affinity(nl_type, dense):
+@pytest.mark.parametrize("path, dense", [("auto", False), ("dense", True)])
+def test_snl_head_never_forms_the_n_by_n_affinity(path, dense):
     torch.manual_seed(0)
     n = 16 * 16  # N >= 4 C': the head's SNL takes the factorized path, as at 512x1024 (N = 8192, C' = 256)
-    head = NonlocalHead(64, 64, 19, build_nonlocal(nl_type, 64, 32, zero_init=True))
+    head = NonlocalHead(64, 64, 19, build_nonlocal("snl", 64, 32, zero_init=True, affinity_path=path))
     x = torch.randn(1, 64, 16, 16, requires_grad=True)
     with LargestTensor() as recorder:
         head(x).sum().backward()
     square = [shape for shape in recorder.shapes if shape.count(n) >= 2]
-    assert bool(square) == dense, square  # NL (dense softmax) does form it: the check would see it
+    assert bool(square) == dense, square  # the dense path does form it: the check would see it
 
 
 def test_torchvision_weights_load_into_the_dilated_backbone(tmp_path, monkeypatch):
