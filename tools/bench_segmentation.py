@@ -6,11 +6,12 @@
 
 One step = forward (decode + auxiliary head, training mode) + the training loss (cross-entropy, aux weight 0.4) +
 backward, at the authors' crop 512x1024 where the head sees N = 64 x 128 = 8192 positions. Time: the median of
---rounds steps after a warm-up step each, the heads run alternately (A B C A B C ...) so that load from other jobs
-hits every head alike; "vs plain" is the median of the per-round ratios. Peak memory: the most memory allocated
-during one step above what was held before it (CUDA: max_memory_allocated; CPU: the allocator's running total
-recorded by torch.profiler, see tools/bench_blocks.py). "largest" is the largest tensor any op created during the
-step (elements) and "N x N" says whether any tensor had two dimensions of size N, i.e. a dense affinity.
+--rounds steps after one warm-up step each; the heads run alternately, in an order that rotates every round
+(A B C, B C A, C A B, ...), so that load from other jobs hits every head alike; "vs plain" is the median of the
+per-round ratios. Peak memory: the most memory allocated during one step above what was held before it (CUDA:
+max_memory_allocated; CPU: the allocator's running total recorded by torch.profiler, see tools/bench_blocks.py).
+"largest tensor" is the largest tensor any op created during the step, and "N x N formed" says whether any tensor
+had two dimensions of size N, i.e. whether a dense affinity was formed.
 """
 import argparse
 import os
@@ -92,8 +93,9 @@ def main(argv=None):
             step()  # warm-up: first-touch allocations, oneDNN primitive caches
         times = {h: [] for h in heads}
         for k in range(args.rounds):
-            for h, step in steps.items():
-                times[h].append(timed(step, device))
+            # The order rotates every round, so no head always runs right after the one that frees the most memory.
+            for h in heads[k % len(heads):] + heads[:k % len(heads)]:
+                times[h].append(timed(steps[h], device))
             print(f"  round {k + 1}: " + ", ".join(f"{h or 'plain'} {times[h][-1]:.2f} s" for h in heads), flush=True)
         rows = []
         for h, step in steps.items():
