@@ -10,8 +10,10 @@ backward, at the authors' crop 512x1024 where the head sees N = 64 x 128 = 8192 
 (A B C, B C A, C A B, ...), so that load from other jobs hits every head alike; "vs plain" is the median of the
 per-round ratios. Peak memory: the most memory allocated during one step above what was held before it (CUDA:
 max_memory_allocated; CPU: the allocator's running total recorded by torch.profiler, see tools/bench_blocks.py).
-"largest tensor" is the largest tensor any op created during the step, and "N x N formed" says whether any tensor
-had two dimensions of size N, i.e. whether a dense affinity was formed.
+"GFLOPs / step" counts the step's matrix products and convolutions (2 per multiply-add, forward + backward) with
+torch.utils.flop_counter on the meta device: exact, and unaffected by load. "largest tensor" is the largest tensor
+any op created during the step, and "N x N formed" says whether any tensor had two dimensions of size N, i.e.
+whether a dense affinity was formed.
 """
 import argparse
 import os
@@ -21,6 +23,7 @@ import time
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lib import NONLOCAL_BLOCKS  # noqa: E402
@@ -58,6 +61,18 @@ def make_step(head, batch, crop, device):
         loss, _ = criterion(model(images), target)
         loss.backward()
     return step
+
+
+def step_flops(head, batch, crop):
+    """FLOPs of one step (forward + backward) counted on the meta device: exact, and free of machine load."""
+    with torch.device("meta"):
+        model = build_segmentor(nl_type=head).train()
+        images = torch.randn(batch, 3, *crop)
+        target = torch.randint(0, 19, (batch, *crop))
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = SegLoss(0.4)(model(images), target)
+        loss.backward()
+    return counter.get_total_flops()
 
 
 def timed(fn, device):
@@ -110,15 +125,18 @@ def main(argv=None):
                 recorded_step()
             largest = max(recorder.shapes, key=lambda s: torch.Size(s).numel())
             dense = any(shape.count(n) >= 2 for shape in recorder.shapes)
-            rows.append((h, statistics.median(times[h]), min(times[h]), peak, largest, dense))
+            rows.append((h, statistics.median(times[h]), min(times[h]), peak, largest, dense,
+                         step_flops(h, args.batch, args.crop)))
         base = times[heads[0]]
-        print(f"\n| head | s / step (median) | min s | vs {heads[0] or 'plain'} (median ratio) | peak MiB | "
-              f"largest tensor | N x N formed |")
-        print("|---|---:|---:|---:|---:|---|---|")
-        for h, median, low, peak, largest, dense in rows:
+        first = rows[0]
+        print(f"\n| head | s / step (median) | min s | vs {heads[0] or 'plain'} (median ratio) | GFLOPs / step | "
+              f"vs {heads[0] or 'plain'} | peak MiB | largest tensor | N x N formed |")
+        print("|---|---:|---:|---:|---:|---:|---:|---|---|")
+        for h, median, low, peak, largest, dense, flops in rows:
             ratio = statistics.median(t / b for t, b in zip(times[h], base))
-            print(f"| {h or 'plain FCN'} | {median:.2f} | {low:.2f} | {ratio:.3f}x | {peak:.0f} | "
-                  f"{'x'.join(map(str, largest))} | {'yes' if dense else 'no'} |")
+            print(f"| {h or 'plain FCN'} | {median:.2f} | {low:.2f} | {ratio:.3f}x | {flops / 1e9:.0f} | "
+                  f"{flops / first[6]:.3f}x | {peak:.0f} | {'x'.join(map(str, largest))} | "
+                  f"{'yes' if dense else 'no'} |")
         print(f"\nload average after: {os.getloadavg()[0]:.2f}")
     return 0
 
