@@ -449,3 +449,14 @@ def test_recipe_config_and_explicit_flags(tmp_path):
     config.write_text("crop-size: [256]\n")
     with pytest.raises(ConfigError, match="two values"):
         resolve_seg_args(parse_seg_args(["--config", str(config)]))
+
+
+def test_photometric_distortion_applies_each_step_half_of_the_time():
+    from lib.data.seg_transforms import photometric_distortion
+    image = np.random.default_rng(0).integers(40, 216, size=(8, 8, 3), dtype=np.uint8)
+    outputs = [photometric_distortion(image.copy(), np.random.default_rng(seed)) for seed in range(400)]
+    assert all(out.dtype == np.uint8 and out.shape == image.shape for out in outputs)
+    unchanged = sum(np.array_equal(out, image) for out in outputs)
+    assert 10 <= unchanged <= 45  # all four steps skipped: probability 1/16, 25 expected of 400
+    brightness = [int(out.astype(int).sum() - image.astype(int).sum()) for out in outputs]
+    assert min(brightness) < 0 < max(brightness)
