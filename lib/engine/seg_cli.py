@@ -1,0 +1,173 @@
+"""Command line of train_seg.py and the segmentation recipe (the authors' mmsegmentation Cityscapes config).
+
+Precedence, lowest first: the dataset's recipe (fills only flags left unset) < --config FILE.yaml < command-line
+flags. No flag uses argparse's bool type: bool-ish flags go through parse_bool. See docs/segmentation.md.
+"""
+import argparse
+import os
+
+from lib.engine.cli import AMP_MODES, OneLineParser, parse_bool, parse_pretrained
+from lib.engine.config import load_config
+from lib.engine.recipe import CPUS, DEVICE_PATTERN
+from lib.errors import ConfigError
+
+# Iteration schedule, optimizer and pipeline of the config (SNL R50-D8, Cityscapes, 40k iterations).
+_CITYSCAPES = dict(iters=40000, batch_size=4, lr=0.01, min_lr=1e-4, power=0.9, momentum=0.9, weight_decay=5e-4,
+                   eval_every=4000, crop_size=[512, 1024], img_scale=[2048, 1024], ratio_range=[0.5, 2.0],
+                   cat_max_ratio=0.75, hflip=0.5, aux_weight=0.4, pretrained=True)
+SEG_RECIPES = {
+    "cityscapes": _CITYSCAPES,
+    # Smoke runs: the same schedule on 128x256 synthetic scenes (fake_scenes.SIZE), no pretrained weights.
+    "fake": dict(_CITYSCAPES, crop_size=[64, 128], img_scale=[256, 128], pretrained=False),
+}
+COMMON_DEFAULTS = dict(seed=67, workers=min(4, CPUS), nl_type="snl", stage_nums=1, div=2, backbone="resnet",
+                       arch="50")
+
+
+def get_args_parser(add_help=True):
+    parser = OneLineParser(prog="train_seg.py", add_help=add_help, description="Train / evaluate semantic "
+                           "segmentation (dilated ResNet + nonlocal decode head) on Cityscapes")
+    model = parser.add_argument_group("data and model")
+    model.add_argument("--config", default=None, metavar="FILE.yaml",
+                       help="YAML file of flag values (keys = flag names); command-line flags win")
+    model.add_argument("--dataset", default="cityscapes", help="cityscapes | fake (synthetic scenes in memory)")
+    model.add_argument("--data_dir", "--data-dir", dest="data_dir", default="./data",
+                       help="Cityscapes root: <data_dir>/cityscapes or <data_dir> holding leftImg8bit/ and gtFine/")
+    model.add_argument("--backbone", default=None, help="resnet (default)")
+    model.add_argument("--arch", default=None, help="50 (default) or 101")
+    model.add_argument("--nl-type", "--nl_type", dest="nl_type", default=None,
+                       help="the decode head's block: snl (default), nl, a2, ns, dnl, cgnl, cc, ... or none")
+    model.add_argument("--stage-nums", "--stage_nums", dest="stage_nums", type=int, default=None,
+                       help="units per nonlocal stage (default 1)")
+    model.add_argument("--div", type=float, default=None, help="C' = int(512 / div) (default 2: C' = 256)")
+    for names, text in ((("--is_sys", "--is-sys"), "symmetric affinity"),
+                        (("--is_norm", "--is-norm"), "normalized ReLU affinity")):
+        model.add_argument(*names, nargs="?", const=True, default=None, type=parse_bool, metavar="BOOL",
+                           help=f"{text} (switch; default: the block's own)")
+    model.add_argument("--pretrained", type=parse_pretrained, default=None, metavar="BOOL|PATH",
+                       help="backbone weights: True (torchvision ImageNet, downloaded; the cityscapes default), "
+                       "False, or a torchvision-format ResNet state_dict file")
+    model.add_argument("--aux-weight", "--aux_weight", dest="aux_weight", type=float, default=None,
+                       help="loss weight of the auxiliary head on layer3 (default 0.4; 0 = no auxiliary head)")
+
+    sched = parser.add_argument_group("schedule and pipeline (unset = the recipe, the authors' config)")
+    sched.add_argument("--iters", type=int, default=None, help="training iterations (default 40000)")
+    sched.add_argument("-b", "--batch-size", "--batch_size", dest="batch_size", type=int, default=None,
+                       help="images per process and iteration (default 4)")
+    sched.add_argument("--lr", type=float, default=None, help="base learning rate (default 0.01)")
+    sched.add_argument("--min-lr", "--min_lr", dest="min_lr", type=float, default=None,
+                       help="poly decay floor (default 1e-4)")
+    sched.add_argument("--power", type=float, default=None, help="poly decay power (default 0.9)")
+    sched.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
+    sched.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=None,
+                       help="SGD weight decay (default 5e-4)")
+    sched.add_argument("--eval-every", "--eval_every", dest="eval_every", type=int, default=None,
+                       help="evaluate and checkpoint every N iterations and after the last (default 4000)")
+    sched.add_argument("--crop-size", "--crop_size", dest="crop_size", type=int, nargs=2, default=None,
+                       metavar=("H", "W"), help="training crop (default 512 1024; fake: 64 128)")
+    sched.add_argument("--img-scale", "--img_scale", dest="img_scale", type=int, nargs=2, default=None,
+                       metavar=("LONG", "SHORT"), help="resize scale before the ratio (default 2048 1024; "
+                       "fake: 256 128); validation images are resized to it")
+    sched.add_argument("--ratio-range", "--ratio_range", dest="ratio_range", type=float, nargs=2, default=None,
+                       metavar=("LOW", "HIGH"), help="random resize ratio range (default 0.5 2.0)")
+    sched.add_argument("--cat-max-ratio", "--cat_max_ratio", dest="cat_max_ratio", type=float, default=None,
+                       help="a crop's largest class must cover less than this of it (default 0.75; 1 = any crop)")
+    sched.add_argument("--hflip", type=float, default=None, help="horizontal flip probability (default 0.5)")
+    sched.add_argument("--photometric", nargs="?", const=True, default=True, type=parse_bool, metavar="BOOL",
+                       help="photometric distortion (default True)")
+    sched.add_argument("--seed", type=int, default=None, help="random seed (default 67)")
+
+    run = parser.add_argument_group("run, output and performance")
+    run.add_argument("--checkpoints", default="snl",
+                     help="run folder name: <output-dir>/<dataset>/<backbone><arch>/<checkpoints> (default snl)")
+    run.add_argument("--output-dir", "--output_dir", dest="output_dir", default="save_model",
+                     help="root of the run folders (default save_model)")
+    run.add_argument("--resume", default="", metavar="auto|PATH",
+                     help="auto: continue the run folder's newest checkpoint (fresh start if none); PATH: that file")
+    run.add_argument("--valid", nargs="?", const=True, default=False, type=parse_bool, metavar="BOOL",
+                     help="only evaluate the checkpoint --check_path and exit")
+    run.add_argument("--check_path", "--check-path", dest="check_path", default="", help="checkpoint for --valid")
+    run.add_argument("--keep-checkpoints", "--keep_checkpoints", dest="keep_checkpoints", type=int, default=1,
+                     help="how many iteration checkpoints to keep, newest first (0 = all; default 1)")
+    run.add_argument("-p", "--print-freq", "--print_freq", dest="print_freq", type=int, default=50, metavar="N",
+                     help="progress line every N iterations (default 50)")
+    run.add_argument("-j", "--workers", type=int, default=None, help="data loader processes per process "
+                     "(default min(4, cores))")
+    run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    run.add_argument("--amp", choices=AMP_MODES, default="off", help="autocast: off | bf16 | fp16 (GradScaler)")
+    run.add_argument("--sync-bn", "--sync_bn", dest="sync_bn", action="store_true",
+                     help="synchronize BatchNorm statistics across processes (torchrun)")
+    run.add_argument("--channels-last", "--channels_last", dest="channels_last", action="store_true",
+                     help="channels-last memory format")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model (eager where it fails)")
+    run.add_argument("--deterministic", action="store_true",
+                     help="cudnn.deterministic (reproducible GPU runs); otherwise cudnn.benchmark")
+    return parser
+
+
+def parse_seg_args(argv=None):
+    """Flags over --config over parser defaults; args.explicit lists the flags given (the recipe fills the rest
+    in resolve_seg_args, called by main)."""
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    quiet = get_args_parser()
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    explicit = set(vars(quiet.parse_args(argv)))
+    if args.config:
+        lists = get_args_parser()  # YAML lists for the two-value flags: read like nargs="+" lists, checked later
+        for action in lists._actions:
+            if action.nargs == 2:
+                action.nargs = "+"
+        values = load_config(args.config, lists)
+        parser.set_defaults(**values)
+        args = parser.parse_args(argv)
+        explicit |= set(values)
+    args.explicit = sorted(explicit - {"config"})
+    return args
+
+
+def _check(condition, message):
+    if not condition:
+        raise ConfigError(message)
+
+
+def resolve_seg_args(args):
+    """Fill unset flags from the dataset's recipe, normalize, validate; returns args (changed in place)."""
+    if getattr(args, "resolved", False):
+        return args
+    _check(args.dataset in SEG_RECIPES, f"unknown dataset {args.dataset!r}; valid: {', '.join(SEG_RECIPES)}")
+    for name, value in list(SEG_RECIPES[args.dataset].items()) + list(COMMON_DEFAULTS.items()):
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    args.arch = str(args.arch)
+    if str(args.nl_type).lower() in ("none", "base"):
+        args.nl_type = None
+    if float(args.div).is_integer():
+        args.div = int(args.div)
+    for name in ("crop_size", "img_scale", "ratio_range"):
+        _check(len(getattr(args, name)) == 2, f"--{name.replace('_', '-')} takes two values, got "
+               f"{getattr(args, name)}")
+    args.crop_size, args.img_scale = [int(v) for v in args.crop_size], [int(v) for v in args.img_scale]
+    args.ratio_range = [float(v) for v in args.ratio_range]
+    _check(args.iters >= 1, f"--iters must be >= 1, got {args.iters}")
+    _check(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}")
+    _check(args.lr > 0 and args.min_lr >= 0, f"--lr must be > 0 and --min-lr >= 0, got {args.lr}, {args.min_lr}")
+    _check(args.eval_every >= 1, f"--eval-every must be >= 1, got {args.eval_every}")
+    _check(args.print_freq >= 1, f"--print-freq must be >= 1, got {args.print_freq}")
+    _check(min(args.crop_size) >= 1 and min(args.img_scale) >= 1, "--crop-size and --img-scale must be positive")
+    _check(0 < args.ratio_range[0] <= args.ratio_range[1], f"--ratio-range must be 0 < LOW <= HIGH, got "
+           f"{args.ratio_range}")
+    _check(0 <= args.hflip <= 1, f"--hflip is a probability, got {args.hflip}")
+    _check(0 < args.cat_max_ratio <= 1, f"--cat-max-ratio must be in (0, 1], got {args.cat_max_ratio}")
+    _check(args.aux_weight >= 0, f"--aux-weight must be >= 0, got {args.aux_weight}")
+    _check(args.workers >= 0 and args.seed >= 0, "--workers and --seed must be >= 0")
+    _check(args.keep_checkpoints >= 0, f"--keep-checkpoints must be >= 0, got {args.keep_checkpoints}")
+    _check(args.stage_nums >= 1 and args.div > 0, "--stage-nums must be >= 1 and --div positive")
+    _check(DEVICE_PATTERN.match(str(args.device)) is not None,
+           f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
+    _check(not (args.valid and not args.check_path), "--valid needs --check_path CHECKPOINT")
+    _check(not isinstance(args.pretrained, str) or os.path.isfile(args.pretrained),
+           f"--pretrained {args.pretrained}: expected True/False or an existing torchvision ResNet state_dict file")
+    args.resolved = True
+    return args

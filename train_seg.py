@@ -1,0 +1,346 @@
+#!/usr/bin/env python3
+"""Train and evaluate semantic segmentation with a nonlocal decode head (SNL and the others) on Cityscapes.
+
+    python train_seg.py --dataset cityscapes --data_dir DATA --backbone resnet --arch 50 --nl-type snl --checkpoints snl
+    torchrun --nproc_per_node 4 train_seg.py --config configs/cityscapes_r50_snl.yaml --data_dir DATA --sync-bn
+    python train_seg.py --valid --check_path save_model/cityscapes/resnet50/snl/model_best.pth.tar --data_dir DATA
+    python train_seg.py --dataset fake --iters 20 --eval-every 10        # smoke run, no data needed
+
+Iteration-based, with the authors' mmsegmentation recipe (lib/engine/seg_cli.py) filling unset flags; outputs go to
+<output-dir>/<dataset>/<backbone><arch>/<checkpoints>/. Layout as train_val.py: get_args_parser(),
+train_one_step() / train_iterations(), evaluate(), main(args). See docs/segmentation.md.
+"""
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lib.data.cityscapes import CLASSES, SegmentationSet, build_cityscapes
+from lib.data.fake_scenes import FakeScenes
+from lib.data.iteration_sampler import IterationBatchSampler
+from lib.data.samplers import ContiguousShardSampler
+from lib.data.seg_transforms import IGNORE_INDEX, SegPipeline
+from lib.engine.checkpoint import load_checkpoint, model_args_mismatch, remove_stale_temp_files, restore_rng
+from lib.engine.distributed import all_reduce_sums, any_process, cleanup, from_main, init_distributed
+from lib.engine.logger import MetricsFile, RunLogger, open_tensorboard, write_args
+from lib.engine.metrics import format_seconds
+from lib.engine.poly import PolySchedule
+from lib.engine.schedule import set_lr
+from lib.engine.seg_cli import get_args_parser, parse_seg_args, resolve_seg_args  # noqa: F401
+from lib.engine.seg_run import MIoUTracker, drop_records_after, resume_source, run_folder, save_checkpoint
+from lib.engine.segmetrics import all_reduce_confusion, confusion_matrix, json_number, segmentation_metrics
+from lib.errors import ConfigError
+from models.segmentation import build_segmentor, load_segmentor_state
+from train_val import NonFiniteLoss, autocast, prepare_model, seed_everything
+
+NUM_CLASSES = len(CLASSES)
+FAKE_SIZES = {"train": 16, "val": 8}
+
+
+class SegLoss(nn.Module):
+    """Cross-entropy of the decode head + aux_weight x that of the auxiliary head, 255 ignored.
+
+    As mmsegmentation's CrossEntropyLoss (avg_non_ignore=False, its default), the per-pixel losses are averaged
+    over all pixels, ignored ones counting as 0 (docs/segmentation.md).
+    """
+
+    def __init__(self, aux_weight=0.4):
+        super().__init__()
+        self.aux_weight = aux_weight
+
+    @staticmethod
+    def pixel_loss(logits, target):
+        return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none").mean()
+
+    def forward(self, outputs, target):
+        """(total loss, {"decode": ..., "aux": ...} as floats-to-be)."""
+        parts = {"decode": self.pixel_loss(outputs["out"], target)}
+        total = parts["decode"]
+        if "aux" in outputs and self.aux_weight:
+            parts["aux"] = self.pixel_loss(outputs["aux"], target)
+            total = total + self.aux_weight * parts["aux"]
+        return total, parts
+
+
+def build_criterion(args):
+    return SegLoss(args.aux_weight)
+
+
+def pipeline_of(args):
+    return SegPipeline(img_scale=tuple(args.img_scale), crop_size=tuple(args.crop_size),
+                       ratio_range=tuple(args.ratio_range), cat_max_ratio=args.cat_max_ratio, hflip=args.hflip,
+                       photometric=args.photometric)
+
+
+def build_seg_datasets(args):
+    """(train_set, val_set) for --dataset; ConfigError, on one line, for a missing or incomplete dataset."""
+    pipeline = pipeline_of(args)
+    if args.dataset == "fake":
+        return (SegmentationSet(FakeScenes(FAKE_SIZES["train"], "train"), True, pipeline),
+                SegmentationSet(FakeScenes(FAKE_SIZES["val"], "val"), False, pipeline))
+    return build_cityscapes(args.data_dir, pipeline)
+
+
+def val_loader_of(val_set, ctx, args):
+    # Batch 1: validation images may differ in size; each process evaluates a contiguous shard, no padding.
+    sampler = ContiguousShardSampler(val_set, ctx.world_size, ctx.rank)
+    return DataLoader(val_set, batch_size=1, sampler=sampler, num_workers=args.workers,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=args.workers > 0,
+                      generator=torch.Generator().manual_seed(args.seed))
+
+
+def train_loader_of(train_set, ctx, args, start_iter):
+    sampler = IterationBatchSampler(len(train_set), args.batch_size, args.iters, start_iter, ctx.rank,
+                                    ctx.world_size, args.seed)
+    # Own generator: the loader draws its workers' base seed from it, not from the global RNG (which then stays
+    # exactly as the checkpoint restored it: the dropout draws of a resumed run match the uninterrupted run's).
+    return DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers,
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(args.seed))
+
+
+def model_kwargs(args, pretrained=None):
+    """build_segmentor's keyword arguments from the flags."""
+    return dict(backbone=args.backbone, arch=args.arch, num_classes=NUM_CLASSES, nl_type=args.nl_type,
+                stage_num=args.stage_nums, div=args.div, is_sys=args.is_sys, is_norm=args.is_norm,
+                pretrained=pretrained or None, aux=args.aux_weight > 0)
+
+
+def train_one_step(model, criterion, optimizer, scaler, images, target, ctx, args, iteration):
+    """Forward, loss, backward, SGD step; returns (loss, {part: loss}) as floats."""
+    images = images.to(ctx.device, non_blocking=True)
+    target = target.to(ctx.device, non_blocking=True)
+    if args.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with autocast(ctx.device, args.amp):
+        outputs = model(images)
+    loss, parts = criterion(outputs, target)
+    loss_value = loss.item()
+    # Checked before the update, so no NaN reaches the weights; agreed across processes, so all stop together.
+    if any_process(ctx, not math.isfinite(loss_value)):
+        raise NonFiniteLoss(f"training loss became non-finite ({loss_value}) at iteration {iteration + 1}: run "
+                            f"stopped, the last checkpoint is kept (try a lower --lr or --amp off)")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss_value, {name: value.item() for name, value in parts.items()}
+
+
+def train_iterations(model, criterion, optimizer, scaler, batches, start, stop, schedule, ctx, args, log):
+    """Iterations [start, stop) from the batch iterator; returns their mean loss over all processes."""
+    model.train()
+    loss_sum, count, began = 0.0, 0, time.time()
+    for iteration in range(start, stop):
+        lr = schedule.lr_at(iteration)
+        set_lr(optimizer, lr)
+        images, target = next(batches)
+        loss_value, parts = train_one_step(model, criterion, optimizer, scaler, images, target, ctx, args, iteration)
+        loss_sum, count = loss_sum + loss_value, count + 1
+        done = iteration + 1
+        if done % args.print_freq == 0 or done == stop:
+            elapsed = time.time() - began
+            shown = "  ".join(f"{name} {value:.4f}" for name, value in parts.items())
+            log.info(f"Iter [{done}/{args.iters}]  loss {loss_value:.4f} ({loss_sum / count:.4f})  {shown}  "
+                     f"lr {lr:.6g}  {count * args.batch_size * ctx.world_size / max(elapsed, 1e-9):.2f} img/s  "
+                     f"eta {format_seconds(elapsed / count * (args.iters - done))}")
+    loss_sum, count = all_reduce_sums(ctx, [loss_sum, count])
+    return loss_sum / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(model, loader, ctx, args, log):
+    """mIoU, per-class IoU, pixel accuracy over the whole validation set (every image once, summed over
+    processes). Logits are resized to the label's resolution before the argmax."""
+    model.eval()
+    matrix = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
+    images_seen = 0
+    for i, (images, target) in enumerate(loader):
+        images = images.to(ctx.device, non_blocking=True)
+        if args.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(ctx.device, args.amp):
+            logits = model(images)["out"]
+        if logits.shape[-2:] != target.shape[-2:]:
+            logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
+        matrix += confusion_matrix(logits.argmax(dim=1).cpu(), target, NUM_CLASSES)
+        images_seen += images.size(0)
+        if (i + 1) % args.print_freq == 0:
+            log.info(f"Test [{i + 1}/{len(loader)}]")
+    matrix = all_reduce_confusion(matrix, ctx)
+    stats = segmentation_metrics(matrix)
+    stats["images"] = int(all_reduce_sums(ctx, [images_seen])[0])
+    width = max(len(name) for name in CLASSES)
+    log.info("per-class IoU / Acc:")
+    for name, iou, acc in zip(CLASSES, stats["IoU"], stats["Acc"]):
+        log.info(f"  {name:<{width}}  {iou:6.2f}  {acc:6.2f}")
+    log.info(f" * mIoU {stats['mIoU']:.2f}  mAcc {stats['mAcc']:.2f}  aAcc {stats['aAcc']:.2f}  "
+             f"({stats['images']} images, {stats['pixels']} labelled pixels)")
+    return stats
+
+
+def metrics_record(stats, iteration, train_loss, lr, seconds):
+    """One metrics.jsonl line: per-class IoU / Acc by class name (null = absent from prediction and truth)."""
+    return {"iteration": iteration, "mIoU": json_number(stats["mIoU"]), "mAcc": json_number(stats["mAcc"]),
+            "aAcc": json_number(stats["aAcc"]), "pixels": stats["pixels"], "images": stats["images"],
+            "IoU": {name: json_number(v) for name, v in zip(CLASSES, stats["IoU"])},
+            "Acc": {name: json_number(v) for name, v in zip(CLASSES, stats["Acc"])},
+            "train_loss": train_loss, "lr": lr, "time": seconds}
+
+
+def validate_checkpoint(args, ctx, log):
+    """--valid: evaluate --check_path, rebuilt from its stored constructor arguments (else from the flags)."""
+    log.heading("=> validation mode")
+    checkpoint = load_checkpoint(args.check_path)
+    _, val_set = build_seg_datasets(args)
+    saved = checkpoint.get("model_args")
+    model = build_segmentor(**saved) if saved else build_segmentor(**model_kwargs(args))
+    load_segmentor_state(model, checkpoint["state_dict"])
+    log.info(f"=> loaded {args.check_path} (iteration {checkpoint.get('iteration', '?')}); evaluating "
+             f"{len(val_set)} images")
+    _, _, eval_model = prepare_model(model, args, ctx, log)
+    stats = evaluate(eval_model, val_loader_of(val_set, ctx, args), ctx, args, log)
+    log.heading(f" * Final: mIoU {stats['mIoU']:.2f}, aAcc {stats['aAcc']:.2f} ({stats['images']} images)")
+    return stats
+
+
+def log_setup(args, ctx, train_set, val_set, model, log):
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    log.info(f"=> data: {args.dataset}, {len(train_set)} train / {len(val_set)} val images, crop "
+             f"{args.crop_size[0]}x{args.crop_size[1]}, scale {args.img_scale} x {args.ratio_range}")
+    log.info(f"=> model: {args.backbone}-{args.arch} (output stride 8) + {args.nl_type or 'plain FCN'} head, "
+             f"aux weight {args.aux_weight}, {params:.2f}M parameters")
+    log.info(f"=> batch size {args.batch_size} per process x {ctx.world_size} process(es) = global batch "
+             f"{args.batch_size * ctx.world_size}; {args.iters} iterations, lr {args.lr:g} poly (power "
+             f"{args.power:g}, min {args.min_lr:g}), evaluation every {args.eval_every}")
+
+
+def train(args, ctx, log):
+    run_dir = run_folder(args)
+    log.heading(f"=> torch {torch.__version__}, device {ctx.device}, {ctx.world_size} process(es), run folder "
+                f"{run_dir}")
+    resume_path = from_main(ctx, lambda: resume_source(args, run_dir, log))
+    train_set, val_set = build_seg_datasets(args)
+    checkpoint = load_checkpoint(resume_path) if resume_path else None
+    # A resumed model's weights come from its checkpoint: pretrained weights are not loaded again.
+    model = build_segmentor(**model_kwargs(args, None if checkpoint else args.pretrained))
+    if checkpoint is not None:
+        mismatch = model_args_mismatch(checkpoint.get("model_args") or model.build_args, model.build_args)
+        if mismatch:
+            raise ConfigError(f"cannot resume from {resume_path}, it holds another model: {mismatch}")
+        load_segmentor_state(model, checkpoint["state_dict"])
+    model, train_model, eval_model = prepare_model(model, args, ctx, log)
+    schedule = PolySchedule(args.lr, args.iters, args.power, args.min_lr)
+    optimizer = torch.optim.SGD(model.parameters(), lr=schedule.lr_at(0), momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    scaler = torch.amp.GradScaler(ctx.device.type) if args.amp == "fp16" else None
+    start_iter, tracker = 0, MIoUTracker()
+    if checkpoint is not None:
+        if checkpoint.get("optimizer"):
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        if scaler is not None and checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
+        start_iter, tracker = int(checkpoint.get("iteration", 0)), MIoUTracker.from_checkpoint(checkpoint)
+        log.heading(f"=> resuming {resume_path}: {start_iter} iteration(s) done, best mIoU "
+                    f"{tracker.best or 0:.2f} (iteration {tracker.best_iter})")
+    log_setup(args, ctx, train_set, val_set, model, log)
+
+    # Only now, with data, model and checkpoint loaded, is anything written: a failed start leaves no trace.
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    metrics = MetricsFile(metrics_path, enabled=ctx.is_main)
+    if ctx.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        log.attach(os.path.join(run_dir, "log_train.txt"))
+        for name in remove_stale_temp_files(run_dir):
+            log.warn(f"removed {name}, left by an interrupted checkpoint write")
+        write_args(os.path.join(run_dir, f"args_resume_{start_iter}.yaml" if checkpoint else "args.yaml"), args)
+        drop_records_after(metrics_path, start_iter)
+    writer = open_tensorboard(run_dir, start_iter, enabled=ctx.is_main)
+    rng_states = (checkpoint or {}).get("rng_states") or []
+    if ctx.rank < len(rng_states):
+        restore_rng(rng_states[ctx.rank])
+    elif checkpoint is not None:
+        log.warn("the checkpoint has no RNG state for this process: random draws will differ from the original run")
+        seed_everything(args.seed + ctx.rank + 1000 * start_iter)
+    criterion = build_criterion(args)
+    val_loader = val_loader_of(val_set, ctx, args)
+    batches = iter(train_loader_of(train_set, ctx, args, start_iter))
+    iteration = start_iter
+    try:
+        while iteration < args.iters:
+            started = time.time()
+            stop = min((iteration // args.eval_every + 1) * args.eval_every, args.iters)
+            train_loss = train_iterations(train_model, criterion, optimizer, scaler, batches, iteration, stop,
+                                          schedule, ctx, args, log)
+            lr, iteration = schedule.lr_at(stop - 1), stop
+            stats = evaluate(eval_model, val_loader, ctx, args, log)
+            is_best = tracker.update(iteration, stats)
+            log.info(f" * best mIoU {tracker.best if tracker.best is not None else float('nan'):.2f} "
+                     f"(iteration {tracker.best_iter})")
+            if writer is not None:
+                for tag, value in (("Train Loss", train_loss), ("LR", lr), ("mIoU", stats["mIoU"]),
+                                   ("mAcc", stats["mAcc"]), ("aAcc", stats["aAcc"])):
+                    writer.add_scalar(tag, value, iteration)
+                for name, value in zip(CLASSES, stats["IoU"]):
+                    if not math.isnan(value):  # a class absent from prediction and truth has no IoU
+                        writer.add_scalar(f"IoU/{name}", value, iteration)
+                writer.flush()
+            metrics.append(metrics_record(stats, iteration, train_loss, lr, time.time() - started))
+            save_checkpoint(run_dir, iteration, is_best, model, optimizer, scaler, schedule, tracker, args, ctx,
+                            log)
+    finally:
+        if writer is not None:
+            writer.close()
+    if start_iter >= args.iters:
+        log.warn(f"nothing left to train: the checkpoint has {start_iter} iterations, --iters is {args.iters}")
+    log.heading(tracker.summary())
+    return tracker.last
+
+
+def main(args):
+    """Train (or with --valid, evaluate); returns the final evaluation's stats. Raises ConfigError for bad input."""
+    args = resolve_seg_args(args)
+    ctx = init_distributed(args.device)
+    log = RunLogger(enabled=ctx.is_main).start()
+    try:
+        if args.deterministic:
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        else:
+            torch.backends.cudnn.benchmark = True
+        seed_everything(args.seed + ctx.rank)
+        with torch.device("meta"):  # a bad model flag fails before any data is read, at no cost
+            build_segmentor(**model_kwargs(args))
+        if args.valid:
+            return validate_checkpoint(args, ctx, log)
+        return train(args, ctx, log)
+    except (ConfigError, NonFiniteLoss) as error:
+        log.record(f"ERROR: {error}")
+        raise
+    finally:
+        log.close()
+        cleanup(ctx)
+
+
+def cli_main(argv=None):
+    """Entry point: returns the exit status (0; 2 for bad input, 3 for a diverged run) with a one-line message."""
+    try:
+        main(parse_seg_args(argv))
+    except ConfigError as error:
+        print(f"train_seg.py: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as error:
+        print(f"train_seg.py: error: {error}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())
