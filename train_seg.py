@@ -30,6 +30,7 @@ from lib.engine.distributed import all_reduce_sums, any_process, cleanup, from_m
 from lib.engine.logger import MetricsFile, RunLogger, open_tensorboard, write_args
 from lib.engine.metrics import format_seconds
 from lib.engine.poly import PolySchedule
+from lib.engine.run_lock import RunLock
 from lib.engine.schedule import set_lr
 from lib.engine.seg_cli import get_args_parser, parse_seg_args, resolve_seg_args  # noqa: F401
 from lib.engine.seg_run import MIoUTracker, drop_records_after, resume_source, run_folder, save_checkpoint
@@ -227,6 +228,16 @@ def train(args, ctx, log):
     run_dir = run_folder(args)
     log.heading(f"=> torch {torch.__version__}, device {ctx.device}, {ctx.world_size} process(es), run folder "
                 f"{run_dir}")
+    # One run per folder: a second one (e.g. a resume while the first still runs) stops here, naming the holder.
+    lock = RunLock(run_dir).acquire() if ctx.is_main else None
+    try:
+        return _train(args, ctx, log, run_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(args, ctx, log, run_dir):
     resume_path = from_main(ctx, lambda: resume_source(args, run_dir, log))
     train_set, val_set = build_seg_datasets(args)
     checkpoint = load_checkpoint(resume_path) if resume_path else None

@@ -21,6 +21,7 @@ from lib.data.seg_transforms import SegPipeline, largest_class_ratio, random_cro
 from lib.engine.distributed import DistContext
 from lib.engine.logger import RunLogger
 from lib.engine.poly import PolySchedule
+from lib.engine.run_lock import LOCK_NAME, RunLock
 from lib.engine.segmetrics import all_reduce_confusion, confusion_matrix, segmentation_metrics
 from lib.errors import ConfigError
 from models.segmentation import NonlocalHead, build_segmentor, init_head
@@ -406,6 +407,15 @@ class PixelModel(torch.nn.Module):
 
     def forward(self, x):
         return {"out": self.conv(x)}
+
+
+def test_a_held_run_folder_refuses_a_second_segmentation_run(tmp_path, capsys):
+    run_dir = tmp_path / "fake" / "resnet50" / "snl"
+    with RunLock(str(run_dir)):  # as if another run held the folder
+        assert train_seg.cli_main(TINY + ["--iters", "1", "--output-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"run folder {run_dir} is in use by pid {os.getpid()}" in err
+        assert os.listdir(run_dir) == [LOCK_NAME]  # the refused run wrote nothing
 
 
 def test_evaluation_over_two_processes_equals_one_process(tmp_path):
