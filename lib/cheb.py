@@ -36,7 +36,9 @@ class ChebUnit(NonlocalUnit):
         # one product with [W_1 | ... | W_{K+1}] on the stacked [T_0 Z; ...; T_K Z] instead of K + 1 convolutions
         weight = torch.cat([matrix(w) for w in self.weights()], dim=1)  # (C, (K+1) C')
         stacked = torch.cat(terms, dim=1).flatten(2)  # (B, (K+1) C', N)
-        return torch.matmul(weight, stacked).reshape(z.shape[:1] + (-1,) + z.shape[2:])
+        # bmm on the expanded weight: torch.matmul would fold the batch into rows through a transposed copy
+        out = torch.bmm(weight.expand(stacked.shape[0], -1, -1).to(stacked.dtype), stacked)
+        return out.reshape(z.shape[:1] + (-1,) + z.shape[2:])
 
     def filter_response(self, lam):
         weights = [matrix(w) for w in self.weights()]
