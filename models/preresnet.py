@@ -84,8 +84,8 @@ class PreResNet(nn.Module):
     ARCHS = {20: (PreActBasicBlock, (3, 3, 3)), 56: (PreActBottleneck, (9, 9, 9)),
              110: (PreActBottleneck, (18, 18, 18))}
     NL_NUMS = (0, 1)
-    # Modules the reference's training script bolts onto CIFAR models and never uses (README, "Deviations from the reference code");
-    # their checkpoint entries are dropped on load.
+    # Modules the reference's training script bolts onto CIFAR models and never uses (README, "Deviations from the
+    # reference code"); their checkpoint entries are dropped on load.
     REFERENCE_UNUSED_MODULES = ("conv1", "maxpool", "fc")
 
     def __init__(self, depth: int, num_classes: int, nl_type: Optional[str] = None, nl_nums: int = 1,

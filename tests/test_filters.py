@@ -330,6 +330,7 @@ def test_training_with_cheb_order_3_stores_the_order(tmp_path, capsys):
     finally:
         torch.set_num_threads(previous)
     run_dir = tmp_path / "fake" / "20" / "cheb3"
+    assert "order: 3" in (run_dir / "args.yaml").read_text().splitlines()
     (path,) = [p for p in run_dir.glob("*.pth.tar") if p.name != "model_best.pth.tar"]
     checkpoint = torch.load(path, weights_only=True)
     assert checkpoint["model_args"]["nl_type"] == "cheb" and checkpoint["model_args"]["order"] == 3
