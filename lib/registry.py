@@ -53,6 +53,8 @@ def build_nonlocal(nl_type, inplanes, planes, stage_num=1, is_sys=None, is_norm=
     if nl_type == "cgnl":
         return CGNL(inplanes, planes, zero_init=zero_init, **dim_kwargs)
     if nl_type == "cc":
+        if dim != 2:
+            raise ConfigError(f"cc (criss-cross attention over rows and columns) is 2-D only, got dim={dim}")
         return CCStage(inplanes, planes, stage_num=stage_num, **dim_kwargs)
     kwargs = dict(stage_num=stage_num, is_sys=is_sys, is_norm=is_norm, zero_init=zero_init,
                   affinity_path=affinity_path, dim=dim)

@@ -294,6 +294,11 @@ def test_the_stage_classes_check_their_arguments_too():
         build_nonlocal("cayley", 16, 1)
 
 
+def test_cc_is_2d_only():
+    with pytest.raises(ConfigError, match="cc .* is 2-D only, got dim=3"):
+        build_nonlocal("cc", 16, 8, dim=3)
+
+
 def test_order_only_where_it_applies():
     assert build_nonlocal("cheb", 16, 8, order=4).stages[0].order == 4
     assert build_nonlocal("arma", 16, 8, order=1).stages[0].order == 1
