@@ -1,4 +1,5 @@
-"""Nonlocal blocks (SNL and the blocks it is compared against) and the training utilities around them."""
+"""Nonlocal blocks (SNL, the blocks it is compared against, the spectral filter family of docs/spectral.md) and the
+training utilities around them."""
 from lib.errors import ConfigError
 from lib.registry import NONLOCAL_BLOCKS, build_nonlocal
 

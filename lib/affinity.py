@@ -18,6 +18,7 @@ two batched products through a C' x 2C' matrix, with no ones tensor for the degr
 Everything here runs in float32 (or float64 when given float64) even under autocast: the degrees are sums
 over N products and their inverse square roots lose most of their digits in bf16 / fp16.
 """
+import math
 from contextlib import contextmanager
 
 import torch
@@ -150,7 +151,7 @@ def dense_relu_dot(t, p, is_sys, normalize):
 
 
 def build_affinity(theta, phi, is_sys, is_norm, relu_kernel, path="auto"):
-    """The stage's affinity operator from theta, phi (B, C', H, W).
+    """The stage's affinity operator from theta, phi (B, C', *spatial), N = the product of the spatial sizes.
 
     Args:
         is_sys, is_norm: as in design.md section 1.
@@ -160,14 +161,15 @@ def build_affinity(theta, phi, is_sys, is_norm, relu_kernel, path="auto"):
     """
     if path not in AFFINITY_PATHS:
         raise ValueError(f"affinity path must be one of {AFFINITY_PATHS}, got {path!r}")
-    b, c, h, w = theta.shape
+    b, c = theta.shape[:2]
+    n = math.prod(theta.shape[2:])  # N = product of the spatial sizes (1, 2 or 3 spatial dims)
     if path == "factorized" and not (is_norm or relu_kernel):
         raise ValueError("the softmax affinity has no factorized form; use path 'dense' or 'auto'")
     with full_precision(theta.device.type):
-        theta = upcast(theta).reshape(b, c, h * w)  # (B, C', N)
-        phi = upcast(phi).reshape(b, c, h * w)
+        theta = upcast(theta).reshape(b, c, n)  # (B, C', N)
+        phi = upcast(phi).reshape(b, c, n)
         if is_norm or relu_kernel:
-            if uses_factorized(path, is_norm, relu_kernel, h * w, c):
+            if uses_factorized(path, is_norm, relu_kernel, n, c):
                 return ReluDotAffinity(torch.relu(torch.cat([theta, phi], dim=1)), is_sys, normalize=is_norm)
             return DenseAffinity(dense_relu_dot(torch.relu(theta), torch.relu(phi), is_sys, is_norm))
         m = torch.bmm(theta.transpose(1, 2), phi)  # (B, N, N)

@@ -1,23 +1,24 @@
 """Nonlocal block (Wang et al., CVPR 2018) and the double-attention block A2 (Chen et al., NeurIPS 2018),
-as the SNL paper's comparison builds them: stages of design.md section 1 with the NL unit."""
-import torch
-import torch.nn as nn
-
-from lib.stage import NonlocalStage, NonlocalUnit, pointwise
+as the SNL paper's comparison builds them: stages (docs/blocks.md) with the NL unit."""
+from lib.stage import NonlocalStage, NonlocalUnit, frequencies, matrix, pointwise
 
 
 class NLUnit(NonlocalUnit):
-    """Y = X + relu(BN(W2 (A Z))), Z = g(X)."""
+    """Y = X + relu(BN(W2 (A Z))), Z = g(X). Response W2 (1 - lam) (docs/spectral.md)."""
 
-    def __init__(self, inplanes, planes):
-        super().__init__(inplanes, planes)
-        self.w_2 = nn.Conv2d(planes, inplanes, kernel_size=1, bias=False)
+    def __init__(self, inplanes, planes, dim=2):
+        super().__init__(inplanes, planes, dim)
+        self.w_2 = self.conv(planes, inplanes)
 
     def fused_weights(self):
-        return None, self.w_2.weight.flatten(1)
+        return None, matrix(self.w_2)
 
-    def forward(self, x, att):  # x (B, C, H, W)
-        return x + torch.relu(self.bn(pointwise(self.w_2, self.aggregate(att, pointwise(self.g, x)))))
+    def graph_filter(self, att, z, linear=False):
+        return pointwise(self.w_2, self.aggregate(att, z))
+
+    def filter_response(self, lam):
+        w_2 = matrix(self.w_2)
+        return w_2 * (1 - frequencies(lam, w_2))
 
 
 class NL(NonlocalStage):

@@ -1,29 +1,63 @@
 """Name -> nonlocal block registry and factory."""
+from lib.arma import ARMA
+from lib.cayley import Cayley
 from lib.cc import CCStage
 from lib.cgnl import CGNL
+from lib.cheb import Cheb
 from lib.dnl import DNL
 from lib.errors import ConfigError
+from lib.gsnl import GSNL
 from lib.nl import A2, NL
 from lib.ns import NS
 from lib.snl import SNL
+from lib.stage import NonlocalStage, check_dim, check_optional_bool, check_positive_int
 
-NONLOCAL_BLOCKS = {"snl": SNL, "nl": NL, "a2": A2, "ns": NS, "dnl": DNL, "cgnl": CGNL, "cc": CCStage}
+NONLOCAL_BLOCKS = {"snl": SNL, "nl": NL, "a2": A2, "ns": NS, "dnl": DNL, "cgnl": CGNL, "cc": CCStage,
+                   "cheb": Cheb, "gsnl": GSNL, "cayley": Cayley, "arma": ARMA}
+ORDER_BLOCKS = ("cheb", "arma")  # the blocks with an `order` (cheb: the Chebyshev order K, arma: iterations T)
+DEFAULT_ORDER = 2
+
+
+def stage_based(nl_type):
+    """Whether the block is a NonlocalStage (is_sys / is_norm / affinity_path / filter_response apply)."""
+    return issubclass(NONLOCAL_BLOCKS[nl_type], NonlocalStage)
 
 
 def build_nonlocal(nl_type, inplanes, planes, stage_num=1, is_sys=None, is_norm=None, zero_init=False,
-                   affinity_path="auto"):
-    """Build the nonlocal block `nl_type` mapping (B, inplanes, H, W) to the same shape.
+                   affinity_path="auto", dim=2, order=None):
+    """Build the nonlocal block `nl_type` mapping (B, inplanes, *spatial) to the same shape.
 
     planes is C', the reduced width (the reference uses int(inplanes / div)). is_sys / is_norm choose the
-    affinity of the stage-based blocks (snl, nl, a2, ns, dnl; None = the block's default) and do not
-    apply to cgnl and cc; stage_num does not apply to cgnl. zero_init makes the block start as the
-    identity (zero output-norm weight; cc starts so anyway). affinity_path: see lib/affinity.py.
+    affinity of the stage-based blocks (None = the block's default) and do not apply to cgnl and cc;
+    stage_num does not apply to cgnl. zero_init makes the block start as the identity (zero output-norm weight;
+    cc starts so anyway). affinity_path: see lib/affinity.py. dim: 1 (B, C, L), 2 (B, C, H, W) or
+    3 (B, C, T, H, W); cc is 2-D only. order: the order of cheb (K) and arma (iterations T), None = 2;
+    an error for the other blocks. docs/blocks.md and docs/spectral.md describe the blocks.
     """
     if nl_type not in NONLOCAL_BLOCKS:
         raise ConfigError(f"unknown nonlocal block {nl_type!r}; valid: {', '.join(NONLOCAL_BLOCKS)}")
+    check_positive_int("inplanes (the block's channels C)", inplanes)
+    check_positive_int("planes (the inner width C')", planes)
+    check_positive_int("stage_num", stage_num)
+    check_optional_bool("is_sys", is_sys)
+    check_optional_bool("is_norm", is_norm)
+    check_dim(dim)
+    if not isinstance(zero_init, bool):
+        raise ConfigError(f"zero_init must be True or False, got {zero_init!r}")
+    if order is not None and nl_type not in ORDER_BLOCKS:
+        raise ConfigError(f"order applies to {' and '.join(ORDER_BLOCKS)} only, not to {nl_type!r} "
+                          f"(got order={order!r})")
+    # dim is passed to cgnl and cc only when not 2, so that this works with and without their `dim` argument
+    # (lib/cgnl.py and lib/cc.py gain it separately; cc refuses dim != 2).
+    dim_kwargs = {} if dim == 2 else {"dim": dim}
     if nl_type == "cgnl":
-        return CGNL(inplanes, planes, zero_init=zero_init)
+        return CGNL(inplanes, planes, zero_init=zero_init, **dim_kwargs)
     if nl_type == "cc":
-        return CCStage(inplanes, planes, stage_num=stage_num)
-    return NONLOCAL_BLOCKS[nl_type](inplanes, planes, stage_num=stage_num, is_sys=is_sys, is_norm=is_norm,
-                                    zero_init=zero_init, affinity_path=affinity_path)
+        if dim != 2:
+            raise ConfigError(f"cc (criss-cross attention over rows and columns) is 2-D only, got dim={dim}")
+        return CCStage(inplanes, planes, stage_num=stage_num, **dim_kwargs)
+    kwargs = dict(stage_num=stage_num, is_sys=is_sys, is_norm=is_norm, zero_init=zero_init,
+                  affinity_path=affinity_path, dim=dim)
+    if nl_type in ORDER_BLOCKS:
+        kwargs["order"] = DEFAULT_ORDER if order is None else order
+    return NONLOCAL_BLOCKS[nl_type](inplanes, planes, **kwargs)

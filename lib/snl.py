@@ -1,29 +1,29 @@
 """Spectral Nonlocal Block (Zhu et al., "Unifying Nonlocal Blocks for Neural Networks", ICCV 2021)."""
-import torch
-import torch.nn as nn
-
-from lib.stage import NonlocalStage, NonlocalUnit, pointwise
+from lib.stage import NonlocalStage, NonlocalUnit, frequencies, matrix, pointwise
 
 
 class SNLUnit(NonlocalUnit):
-    """Y = X + relu(BN(W1 Z + W2 (A Z))), Z = g(X)   (design.md section 1).
+    """Y = X + relu(BN(W1 Z + W2 (A Z))), Z = g(X)   (docs/blocks.md; the paper's Eq. 10).
 
     Read as a graph filter on the affinity graph: with L = I - A the normalized Laplacian, a first-order
     Chebyshev filter is theta_0 Z + theta_1 (L - I) Z = W1 Z - W2' A Z; SNL keeps both the 0th-order term
-    (W1 Z) and the 1st-order term (W2 A Z) with free weights.
+    (W1 Z) and the 1st-order term (W2 A Z) with free weights. Response W1 + W2 (1 - lam) (docs/spectral.md).
     """
 
-    def __init__(self, inplanes, planes):
-        super().__init__(inplanes, planes)
-        self.w_1 = nn.Conv2d(planes, inplanes, kernel_size=1, bias=False)
-        self.w_2 = nn.Conv2d(planes, inplanes, kernel_size=1, bias=False)
+    def __init__(self, inplanes, planes, dim=2):
+        super().__init__(inplanes, planes, dim)
+        self.w_1 = self.conv(planes, inplanes)
+        self.w_2 = self.conv(planes, inplanes)
 
     def fused_weights(self):
-        return self.w_1.weight.flatten(1), self.w_2.weight.flatten(1)
+        return matrix(self.w_1), matrix(self.w_2)
 
-    def forward(self, x, att):  # x (B, C, H, W)
-        z = pointwise(self.g, x)  # (B, C', H, W)
-        return x + torch.relu(self.bn(pointwise(self.w_1, z) + pointwise(self.w_2, self.aggregate(att, z))))
+    def graph_filter(self, att, z, linear=False):
+        return pointwise(self.w_1, z) + pointwise(self.w_2, self.aggregate(att, z))
+
+    def filter_response(self, lam):
+        w_1, w_2 = matrix(self.w_1), matrix(self.w_2)
+        return w_1 + w_2 * (1 - frequencies(lam, w_2))
 
 
 class SNL(NonlocalStage):

@@ -1,13 +1,46 @@
-"""The nonlocal "stage" shared by SNL, NL, A2, NS and DNL (design.md section 1)."""
+"""The nonlocal "stage" shared by every stage-based block (docs/blocks.md; the spectral family: docs/spectral.md).
+
+A stage works on inputs with `dim` = 1, 2 or 3 spatial dims, (B, C, L), (B, C, H, W) or (B, C, T, H, W): its 1x1
+convolutions and BatchNorm are those of that dim and the affinity is over all N = L, H W or T H W positions.
+"""
+import math
+
 import torch
 import torch.nn as nn
 
 from lib.affinity import (AFFINITY_PATHS, build_affinity, full_precision, mix, mix_transposed, upcast,
                           uses_factorized)
+from lib.errors import ConfigError
+
+CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+BATCH_NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+INPUT_LAYOUTS = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, T, H, W)"}
+
+
+def conv1x1(dim, in_channels, out_channels):
+    """A bias-free 1x1 convolution of `dim` spatial dims (its weight is (out, in, 1, ..., 1))."""
+    return CONVS[dim](in_channels, out_channels, kernel_size=1, bias=False)
+
+
+def check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_optional_bool(name, value):
+    """None (the block's default) or a real bool: a string such as "False" would otherwise read as True."""
+    if value is not None and not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True, False or None (the block's default), got {value!r}")
+
+
+def check_dim(dim):
+    if isinstance(dim, bool) or dim not in CONVS:
+        raise ConfigError(f"dim must be 1, 2 or 3 (sequences, images, video), got {dim!r}")
 
 
 def pointwise(conv, x):
-    """A 1x1 convolution, as one batched matrix product on the (B, C, N) view of x where that is faster.
+    """A 1x1 convolution (Conv1d/2d/3d), as one batched matrix product on the (B, C, N) view of x where that is
+    faster; x (B, C, *spatial) -> (B, C_out, *spatial).
 
     Measured on a 2-core AVX2 CPU (forward + backward): for C <= 256 channels the product is 1.1-2x faster
     than oneDNN's convolution of these thin maps; at 512 and more channels (ResNet-50 layer3) the convolution
@@ -15,13 +48,13 @@ def pointwise(conv, x):
     """
     if x.device.type != "cpu" or not x.is_contiguous() or max(conv.in_channels, conv.out_channels) > 256:
         return conv(x)
-    b, c, h, w = x.shape
+    b, c = x.shape[:2]
     weight = conv.weight.reshape(conv.out_channels, c).expand(b, -1, -1)
     if conv.bias is None:
-        out = torch.bmm(weight, x.reshape(b, c, h * w))
+        out = torch.bmm(weight, x.flatten(2))
     else:
-        out = torch.baddbmm(conv.bias.unsqueeze(1), weight, x.reshape(b, c, h * w))
-    return out.reshape(b, -1, h, w)
+        out = torch.baddbmm(conv.bias.unsqueeze(1), weight, x.flatten(2))
+    return out.reshape(b, -1, *x.shape[2:])
 
 
 class NonlocalStage(nn.Module):
@@ -34,9 +67,11 @@ class NonlocalStage(nn.Module):
         inplanes: C, channels in and out.
         planes: C', channels of theta, phi and g (the reference uses int(C / div)).
         stage_num: number of units applied one after another with the same A.
-        is_sys, is_norm: affinity options (design.md section 1); None = the block's default.
+        is_sys, is_norm: affinity options (docs/blocks.md); None = the block's default.
         zero_init: zero the units' output BN weight, so the stage starts as the identity.
         affinity_path: 'auto', 'dense' or 'factorized' (how A Z is computed; same numbers).
+        dim: spatial dims of the input: 1 (B, C, L), 2 (B, C, H, W) or 3 (B, C, T, H, W).
+        unit_kwargs: extra arguments of the unit (e.g. `order` of cheb and arma), passed by subclasses.
     """
 
     unit_cls = None
@@ -45,16 +80,22 @@ class NonlocalStage(nn.Module):
     relu_kernel = False  # the plain affinity is relu(theta) relu(phi)^T without softmax (A2)
 
     def __init__(self, inplanes, planes, stage_num=1, is_sys=None, is_norm=None, zero_init=False,
-                 affinity_path="auto"):
+                 affinity_path="auto", dim=2, **unit_kwargs):
         super().__init__()
-        if stage_num < 1:
-            raise ValueError(f"stage_num must be at least 1, got {stage_num}")
-        self.is_sys = self.default_sys if is_sys is None else bool(is_sys)
-        self.is_norm = self.default_norm if is_norm is None else bool(is_norm)
+        check_positive_int("inplanes (the block's channels C)", inplanes)
+        check_positive_int("planes (the inner width C')", planes)
+        check_positive_int("stage_num", stage_num)
+        check_optional_bool("is_sys", is_sys)
+        check_optional_bool("is_norm", is_norm)
+        check_dim(dim)
+        self.dim = dim
+        self.is_sys = self.default_sys if is_sys is None else is_sys
+        self.is_norm = self.default_norm if is_norm is None else is_norm
         self.affinity_path = affinity_path
-        self.t = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
-        self.p = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
-        self.stages = nn.Sequential(*[self.unit_cls(inplanes, planes) for _ in range(stage_num)])
+        self.t = conv1x1(dim, inplanes, planes)
+        self.p = conv1x1(dim, inplanes, planes)
+        self.stages = nn.Sequential(*[self.unit_cls(inplanes, planes, dim=dim, **unit_kwargs)
+                                      for _ in range(stage_num)])
         if zero_init:
             for unit in self.stages:
                 nn.init.zeros_(unit.bn.weight)
@@ -72,11 +113,22 @@ class NonlocalStage(nn.Module):
         self._affinity_path = path
 
     def affinity(self, x):
-        """The affinity operator of input x (B, C, H, W); `.dense()` gives A (B, N, N), e.g. to visualize."""
+        """The affinity operator of input x (B, C, *spatial); `.dense()` gives A (B, N, N), e.g. to visualize."""
         return build_affinity(pointwise(self.t, x), pointwise(self.p, x), self.is_sys, self.is_norm,
                               self.relu_kernel, self.affinity_path)
 
-    def forward(self, x):  # (B, C, H, W) -> (B, C, H, W)
+    def check_input(self, x):
+        """One clear line for an input this block cannot take (instead of a reshape or index error inside)."""
+        channels = self.t.in_channels
+        if x.dim() != self.dim + 2:
+            raise ConfigError(f"{type(self).__name__} with dim={self.dim} expects a {self.dim + 2}-D input "
+                              f"{INPUT_LAYOUTS[self.dim]}, got shape {tuple(x.shape)}")
+        if x.shape[1] != channels:
+            raise ConfigError(f"{type(self).__name__} was built for {channels} input channels, got "
+                              f"{x.shape[1]} (input shape {tuple(x.shape)})")
+
+    def forward(self, x):  # (B, C, *spatial) -> (B, C, *spatial)
+        self.check_input(x)
         if self._fusable(x):
             return self._fused_forward(x)
         att = self.affinity(x)
@@ -84,20 +136,26 @@ class NonlocalStage(nn.Module):
             x = unit(x, att)
         return x
 
+    def filter_response(self, lam):
+        """Each unit's graph-filter response at the Laplacian frequencies lam (L,) in [0, 2]:
+        (stage_num, L, C, Cz), Cz = channels of the unit's Z (docs/spectral.md)."""
+        return torch.stack([unit.filter_response(lam) for unit in self.stages])
+
     def _fusable(self, x):
-        """Whether `FusedReluDotStage` applies: one unit with a fused form, a plain BatchNorm2d (a BN replaced
-        by another module, e.g. SyncBatchNorm for --sync-bn, keeps its own forward), a factorized affinity,
-        and N >= 4C'. The fused form folds W2 into R = (Z Fs^T) S^T (C C' 2C' multiply-adds per sample instead
-        of C C' N) and recomputes two products in the backward; measured on CPU it is 10-15% faster than the
-        module path at N = 8C' and 64C' (PreResNet stages 2 and 1), but 10-30% slower at N = 2C' (stage 3)."""
-        unit, positions, planes = self.stages[0], x.shape[2] * x.shape[3], self.t.out_channels
-        return (len(self.stages) == 1 and unit.fused_weights() is not None and type(unit.bn) is nn.BatchNorm2d
-                and x.numel() > 0 and positions >= 4 * planes
+        """Whether `FusedReluDotStage` applies: one unit with a fused form, a plain BatchNorm of the block's dim
+        (a BN replaced by another module, e.g. SyncBatchNorm for --sync-bn, keeps its own forward), a factorized
+        affinity, and N >= 4C'. The fused form folds W2 into R = (Z Fs^T) S^T (C C' 2C' multiply-adds per sample
+        instead of C C' N) and recomputes two products in the backward; measured on CPU it is 10-15% faster than
+        the module path at N = 8C' and 64C' (PreResNet stages 2 and 1), but 10-30% slower at N = 2C' (stage 3)."""
+        unit, positions, planes = self.stages[0], math.prod(x.shape[2:]), self.t.out_channels
+        return (len(self.stages) == 1 and unit.fused_weights() is not None
+                and type(unit.bn) is BATCH_NORMS[self.dim] and x.numel() > 0 and positions >= 4 * planes
                 and uses_factorized(self.affinity_path, self.is_norm, self.relu_kernel, positions, planes))
 
     def _fused_forward(self, x):
         unit = self.stages[0]
-        if unit.bn.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+        b, c, positions = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+        if unit.bn.training and b * positions == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
         w_1, w_2 = unit.fused_weights()
         weights = torch.cat([unit.g.weight, self.t.weight, self.p.weight]).flatten(1)  # (3C', C)
@@ -105,37 +163,76 @@ class NonlocalStage(nn.Module):
         with full_precision(x.device.type):  # the whole stage in float32 under autocast (see lib/affinity.py)
             dtype = upcast(x).dtype
             cast = [None if v is None else v.to(dtype) for v in (weights, w_1, w_2, unit.bn.weight, unit.bn.bias)]
-            y = fused_relu_dot_stage(x.to(dtype).contiguous(), *cast, running_mean, running_var,
-                                     use_batch_stats, momentum, unit.bn.eps, self.is_sys, self.is_norm)
-        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            x_4d = x.to(dtype).contiguous().reshape(b, c, positions, 1)  # the fused kernel's (B, C, N, 1) view
+            y = fused_relu_dot_stage(x_4d, *cast, running_mean, running_var, use_batch_stats, momentum,
+                                     unit.bn.eps, self.is_sys, self.is_norm).reshape(x.shape)
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
             y = y.contiguous(memory_format=torch.channels_last)  # hand back the layout the caller uses
         return y.to(x.dtype)
 
     def extra_repr(self):
-        return f"is_sys={self.is_sys}, is_norm={self.is_norm}, affinity_path={self.affinity_path!r}"
+        dim = "" if self.dim == 2 else f", dim={self.dim}"
+        return f"is_sys={self.is_sys}, is_norm={self.is_norm}, affinity_path={self.affinity_path!r}{dim}"
 
 
 class NonlocalUnit(nn.Module):
-    """Base of the units: g : C -> C' and the output BatchNorm; `aggregate` gives A Z as (B, C', H, W)."""
+    """Base of the units: g : C -> C' and the output BatchNorm, of the stage's dim.
 
-    def __init__(self, inplanes, planes):
+    A unit computes Y = X + act(BN(pre)) with pre = `graph_filter(att, Z)`, a graph filter of the stage's
+    affinity A applied to Z = g(X) (docs/spectral.md); `filter_response(lam)` is that filter's frequency
+    response (the linear part: any ReLU inside the filter removed). `aggregate` gives A Z.
+    """
+
+    output_relu = True  # Y = X + relu(BN(pre)); gsnl has no ReLU there
+
+    def __init__(self, inplanes, planes, dim=2, z_planes=None):
         super().__init__()
-        self.g = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
-        self.bn = nn.BatchNorm2d(inplanes)
+        self.dim = dim
+        self.g = conv1x1(dim, inplanes, planes if z_planes is None else z_planes)
+        self.bn = BATCH_NORMS[dim](inplanes)
+
+    def conv(self, in_channels, out_channels):
+        return conv1x1(self.dim, in_channels, out_channels)
 
     def fused_weights(self):
         """(W1, W2) (C, C') with pre-BN = W1 Z + W2 (A Z) (W1 None: no Z term), or None if the unit has other
         terms; `FusedReluDotStage` then computes the stage with one unit in one step."""
         return None
 
+    def forward(self, x, att):  # x (B, C, *spatial)
+        pre = self.graph_filter(att, pointwise(self.g, x))
+        out = self.bn(pre)
+        return x + (torch.relu(out) if self.output_relu else out)
+
+    def graph_filter(self, att, z, linear=False):
+        """pre-BN (B, C, *spatial) from Z (B, Cz, *spatial); linear=True drops ReLUs inside the filter (arma)."""
+        raise NotImplementedError
+
+    def filter_response(self, lam):
+        """(L, C, Cz): the matrix the filter applies to the part of Z on an eigenvector of L = I - A with
+        eigenvalue lam (docs/spectral.md)."""
+        raise NotImplementedError
+
     @staticmethod
-    def aggregate(att, z):  # z (B, C', H, W) -> A Z (B, C', H, W)
-        b, c, h, w = z.shape
-        return att.apply_channels_first(z.reshape(b, c, h * w)).reshape(b, c, h, w).to(z.dtype)
+    def aggregate(att, z):  # z (B, C', *spatial) -> A Z (B, C', *spatial)
+        return att.apply_channels_first(z.flatten(2)).reshape(z.shape).to(z.dtype)
+
+
+def matrix(conv):
+    """The (out, in) matrix of a 1x1 convolution of any dim."""
+    return conv.weight.flatten(1)
+
+
+def frequencies(lam, like):
+    """lam as a 1-D tensor of like's dtype and device, shaped (L, 1, 1) to scale (C, Cz) matrices."""
+    lam = torch.as_tensor(lam, dtype=like.dtype, device=like.device)
+    if lam.dim() != 1:
+        raise ValueError(f"filter_response expects a 1-D tensor of frequencies, got shape {tuple(lam.shape)}")
+    return lam.reshape(-1, 1, 1)
 
 
 def batch_norm_arguments(bn):
-    """(running_mean, running_var, use_batch_stats, momentum) as nn.BatchNorm2d's forward would pass them to
+    """(running_mean, running_var, use_batch_stats, momentum) as nn.BatchNorm's forward would pass them to
     F.batch_norm, counting the batch in num_batches_tracked as it does."""
     momentum = 0.0 if bn.momentum is None else bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:

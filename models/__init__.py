@@ -1,7 +1,8 @@
-"""Backbones with nonlocal blocks: a name -> class registry and one factory, build_model (design.md section 4).
+"""Backbones with nonlocal blocks: a name -> class registry and one factory, build_model (README, "Models").
 
     model = build_model("preresnet", 20, num_classes=10, nl_type="snl", is_sys=True, is_norm=True)
     model = build_model("resnet", "50", num_classes=1000, nl_type="snl", nl_nums=5, pretrained=True)
+    model = build_model("preresnet", 20, num_classes=10, nl_type="cheb", order=3)
 
 model.build_args holds the canonical arguments, so build_model(**model.build_args) rebuilds the same network
 (a checkpoint can store them); weights are then restored with load_state_dict_checked.
@@ -12,6 +13,7 @@ from torch import nn
 
 from lib import NONLOCAL_BLOCKS
 from lib.errors import ConfigError
+from lib.registry import DEFAULT_ORDER, ORDER_BLOCKS
 from models.preresnet import PreResNet
 from models.resnet import ResNet
 from models.weights import classifier_size, load_state_dict_checked, load_torchvision_resnet
@@ -55,13 +57,14 @@ def _parse_nl_layer(nl_layer: Union[int, str, Iterable[Union[int, str]]]) -> Tup
 def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type: Optional[str] = None,
                 nl_nums: int = 1, nl_layer: Union[int, str, Iterable] = ("1",), stage_num: int = 1,
                 div: float = 2, is_sys: Optional[bool] = None, is_norm: Optional[bool] = None,
-                pretrained: Union[None, bool, str] = None) -> nn.Module:
-    """Build backbone-arch with nl_type nonlocal blocks at the reference positions (design.md section 4).
+                pretrained: Union[None, bool, str] = None, order: Optional[int] = None) -> nn.Module:
+    """Build backbone-arch with nl_type nonlocal blocks at the reference positions (README, "Models").
 
     backbone: "preresnet" (CIFAR; arch 20, 56, 110) or "resnet" (ImageNet; arch 50, 101, 152).
     nl_type None or nl_nums 0: the plain backbone. nl_nums: preresnet 0 or 1 (one block in each nl_layer
     stage); resnet 0, 1 or 5. nl_layer (preresnet only): stages 1, 2, 3. stage_num, div, is_sys, is_norm:
-    see lib.build_nonlocal (None = the block's default). pretrained (resnet only): None / False = none,
+    see lib.build_nonlocal (None = the block's default). order: of cheb / arma (None = 2; docs/spectral.md),
+    an error for other blocks; build_args holds the resolved value. pretrained (resnet only): None / False = none,
     True = torchvision's ImageNet weights (download), a str = a torchvision-format state_dict file.
     Raises ConfigError for any unknown name or unsupported combination.
     """
@@ -79,11 +82,20 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
         raise ConfigError(f"div must be positive, got {div!r}")
     if num_classes < 1:
         raise ConfigError(f"num_classes must be positive, got {num_classes!r}")
+    for name, value in (("is_sys", is_sys), ("is_norm", is_norm)):
+        if value is not None and not isinstance(value, bool):
+            raise ConfigError(f"{name} must be True, False or None (the block's default), got {value!r}")
     stages = _parse_nl_layer(nl_layer)
     if nl_type is None or nl_nums == 0:
-        nl_type, nl_nums = None, 0  # one canonical spelling of "no blocks", for build_args
+        nl_type, nl_nums, order = None, 0, None  # one canonical spelling of "no blocks", for build_args
+    if nl_type in ORDER_BLOCKS:
+        order = DEFAULT_ORDER if order is None else order
+        if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+            raise ConfigError(f"order must be a positive integer, got {order!r}")
+    elif order is not None:
+        raise ConfigError(f"order applies to {' and '.join(ORDER_BLOCKS)} only, not to {nl_type!r}")
     block_args = dict(nl_type=nl_type, nl_nums=nl_nums, stage_num=stage_num, div=div, is_sys=is_sys,
-                      is_norm=is_norm)
+                      is_norm=is_norm, order=order)
     if backbone == "preresnet":
         if pretrained:
             raise ConfigError("there are no pretrained weights for preresnet; to start from a checkpoint, load "

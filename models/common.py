@@ -12,7 +12,7 @@ def assemble_stage(residual_blocks: Sequence[nn.Module], insert_after: Iterable[
     """Return nn.Sequential of the residual blocks with a nonlocal block after each index in insert_after.
 
     The blocks are inserted into the same Sequential (not wrapped), as the reference does, so the module paths
-    and state_dict keys of the later residual blocks shift by one per inserted block (design.md section 4):
+    and state_dict keys of the later residual blocks shift by one per inserted block (README, "Models"):
     that is what lets a reference checkpoint load unchanged. The path of every inserted block
     ("<stage_name>.<index>") is appended to nonlocal_paths.
     """
@@ -36,7 +36,7 @@ def residual_indices(stage: nn.Sequential, stage_name: str, nonlocal_paths: Sequ
 
 
 def nonlocal_width(channels: int, div: float) -> int:
-    """C' = int(C / div), the reference's inner width of a nonlocal block (design.md notation)."""
+    """C' = int(C / div), the reference's inner width of a nonlocal block (docs/blocks.md)."""
     inner = int(channels / div)
     if inner < 1:
         raise ConfigError(f"div {div} leaves no inner channels for a nonlocal block of width {channels}")

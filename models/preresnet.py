@@ -1,4 +1,4 @@
-"""Pre-activation ResNet for CIFAR with nonlocal blocks (design.md section 4, "PreResNet for CIFAR").
+"""Pre-activation ResNet for CIFAR with nonlocal blocks (README, "Models").
 
 Module names follow the reference code (conv, layer1..3, bn1, fc1, bn2, fc2; blocks bn1, conv1, bn2, conv2,
 bn3, conv3, downsample) so that a reference state_dict loads here once its unused conv1/maxpool/fc entries are
@@ -24,7 +24,7 @@ def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 
 
 class PreActBasicBlock(nn.Module):
-    """BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3, plus the shortcut (design.md section 4)."""
+    """BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3, plus the shortcut (README, "Models")."""
 
     expansion = 1
 
@@ -46,7 +46,7 @@ class PreActBasicBlock(nn.Module):
 
 
 class PreActBottleneck(nn.Module):
-    """BN-ReLU-conv1x1-BN-ReLU-conv3x3(stride)-BN-ReLU-conv1x1(x4), plus the shortcut (design.md section 4)."""
+    """BN-ReLU-conv1x1-BN-ReLU-conv3x3(stride)-BN-ReLU-conv1x1(x4), plus the shortcut (README, "Models")."""
 
     expansion = 4
 
@@ -78,19 +78,19 @@ class PreResNet(nn.Module):
     C = the stage's output width and C' = int(C / div). is_sys / is_norm go to the block (None = the block's
     default; the reference always built normalized + symmetric here, so pass both True to reproduce it).
     No custom init: the reference sets none for PreResNet, so PyTorch's defaults apply, and the nonlocal block
-    is not zero-initialized (design.md gives zero-init for ResNet only).
+    is not zero-initialized (the reference zero-initializes them for ResNet only).
     """
 
     ARCHS = {20: (PreActBasicBlock, (3, 3, 3)), 56: (PreActBottleneck, (9, 9, 9)),
              110: (PreActBottleneck, (18, 18, 18))}
     NL_NUMS = (0, 1)
-    # Modules the reference's training script bolts onto CIFAR models and never uses (design.md section 6);
-    # their checkpoint entries are dropped on load.
+    # Modules the reference's training script bolts onto CIFAR models and never uses (README, "Deviations from the
+    # reference code"); their checkpoint entries are dropped on load.
     REFERENCE_UNUSED_MODULES = ("conv1", "maxpool", "fc")
 
     def __init__(self, depth: int, num_classes: int, nl_type: Optional[str] = None, nl_nums: int = 1,
                  nl_layer: Sequence[int] = (1,), stage_num: int = 1, div: float = 2,
-                 is_sys: Optional[bool] = None, is_norm: Optional[bool] = None):
+                 is_sys: Optional[bool] = None, is_norm: Optional[bool] = None, order: Optional[int] = None):
         super().__init__()
         self.depth = depth
         block, depths = self.ARCHS[depth]
@@ -111,7 +111,7 @@ class PreResNet(nn.Module):
 
             def make_nonlocal():
                 return build_nonlocal(nl_type, outplanes, nonlocal_width(outplanes, div), stage_num=stage_num,
-                                      is_sys=is_sys, is_norm=is_norm)
+                                      is_sys=is_sys, is_norm=is_norm, order=order)
 
             setattr(self, f"layer{stage}",
                     assemble_stage(blocks, insert_after, make_nonlocal, f"layer{stage}", self.nonlocal_paths))

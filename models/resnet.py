@@ -1,4 +1,4 @@
-"""ImageNet ResNet-50/101/152 with nonlocal blocks (design.md section 4, "ResNet for ImageNet").
+"""ImageNet ResNet-50/101/152 with nonlocal blocks (README, "Models").
 
 Module names are torchvision's (conv1, bn1, maxpool, layer1..4, fc; blocks conv1..3, bn1..3, downsample), so a
 torchvision ResNet state_dict loads once its residual-block indices are shifted past the inserted nonlocal
@@ -44,7 +44,7 @@ class Bottleneck(nn.Module):
 
 
 def nonlocal_positions(nl_nums: int, depths: Sequence[int]) -> Dict[str, Tuple[int, ...]]:
-    """Per stage, the 0-based residual-block indices after which a nonlocal block goes (design.md section 4).
+    """Per stage, the 0-based residual-block indices after which a nonlocal block goes (README, "Models").
 
     nl_nums 1: layer3, right before its last residual block (after block n3 - 2).
     nl_nums 5: layer3 after blocks floor(k * n3 / 3) for k = 0, 1, 2, and layer4 after its first and last blocks.
@@ -73,7 +73,7 @@ class ResNet(nn.Module):
 
     def __init__(self, depth: int, num_classes: int, nl_type: Optional[str] = None, nl_nums: int = 1,
                  stage_num: int = 1, div: float = 2, is_sys: Optional[bool] = None,
-                 is_norm: Optional[bool] = None):
+                 is_norm: Optional[bool] = None, order: Optional[int] = None):
         super().__init__()
         self.depth = depth
         depths = self.ARCHS[depth]
@@ -96,7 +96,7 @@ class ResNet(nn.Module):
 
             def make_nonlocal():
                 return build_nonlocal(nl_type, outplanes, nonlocal_width(outplanes, div), stage_num=stage_num,
-                                      is_sys=is_sys, is_norm=is_norm, zero_init=True)
+                                      is_sys=is_sys, is_norm=is_norm, order=order, zero_init=True)
 
             name = f"layer{stage}"
             setattr(self, name, assemble_stage(blocks, positions.get(name, ()), make_nonlocal, name,

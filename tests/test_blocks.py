@@ -8,7 +8,8 @@ import direct_formulas as direct
 from lib import NONLOCAL_BLOCKS, ConfigError, build_nonlocal
 from lib.affinity import DenseAffinity, ReluDotAffinity, build_affinity
 
-STAGE_KINDS = ("snl", "nl", "a2", "ns", "dnl")
+FIRST_STAGE_KINDS = ("snl", "nl", "a2", "ns", "dnl")  # the spectral family's own tests: tests/test_filters.py
+STAGE_KINDS = FIRST_STAGE_KINDS + ("cheb", "gsnl", "cayley", "arma")
 RELU_DOT_KINDS = ("snl", "a2")  # the blocks with a factorized path
 
 
@@ -22,10 +23,10 @@ def randomize_norms(module, seed=0):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in module.modules():
-            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)):
+            if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm)):
                 m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
                 m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
-            if isinstance(m, torch.nn.BatchNorm2d):
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
         for name, p in module.named_parameters():
@@ -83,6 +84,14 @@ PINNED_KEYS = {
     "ns": ["t.weight", "p.weight", "stages.0.g.weight", "stages.0.w_2.weight"],
     "dnl": ["t.weight", "p.weight", "stages.0.g.weight", "stages.0.w_m.weight", "stages.0.w_2.weight"],
     "cgnl": ["t.weight", "p.weight", "g.weight", "z.weight", "gn.weight", "gn.bias"],
+    "cheb": ["t.weight", "p.weight", "stages.0.g.weight", "stages.0.w_1.weight", "stages.0.w_2.weight",
+             "stages.0.w_3.weight"],
+    "gsnl": ["t.weight", "p.weight", "stages.0.g.weight", "stages.0.w_1.weight", "stages.0.w_2.weight",
+             "stages.0.w_3.weight"],
+    "cayley": ["t.weight", "p.weight", "stages.0.g.weight", "stages.0.w_1.weight", "stages.0.w_2.weight",
+               "stages.0.w_h.weight"],
+    "arma": ["t.weight", "p.weight", "stages.0.g.weight", "stages.0.w_a.weight", "stages.0.v.weight",
+             "stages.0.w_o.weight"],
     "cc": ["stages.0.query_conv.weight", "stages.0.query_conv.bias", "stages.0.key_conv.weight",
            "stages.0.key_conv.bias", "stages.0.value_conv.weight", "stages.0.value_conv.bias", "stages.0.gamma"],
 }
@@ -100,11 +109,11 @@ def test_state_dict_keys_are_the_references(kind):
 
 
 def test_unknown_block_lists_the_valid_names():
-    with pytest.raises(ConfigError, match="snl, nl, a2, ns, dnl, cgnl, cc"):
+    with pytest.raises(ConfigError, match="snl, nl, a2, ns, dnl, cgnl, cc, cheb, gsnl, cayley, arma"):
         build_nonlocal("gcnet", 16, 8)
 
 
-# --- the math against design.md ------------------------------------------------------------------------------
+# --- the math against the equations (docs/blocks.md) ------------------------------------------------------------
 
 
 def test_snl_affinity_by_hand():
@@ -123,7 +132,7 @@ def test_snl_affinity_by_hand():
 
 def stage_kwargs():
     cases = []
-    for kind in STAGE_KINDS:
+    for kind in FIRST_STAGE_KINDS:
         for is_sys in (None, True, False):
             for is_norm in (None, True, False):
                 cases.append(pytest.param(kind, is_sys, is_norm, id=f"{kind}-sys{is_sys}-norm{is_norm}"))

@@ -197,7 +197,7 @@ def test_bad_value_in_a_real_process(tmp_path):
     (["--dataset", "cifar11"], "unknown dataset 'cifar11'"),
     (["--dataset", "fake", "--arch", "21"], "unknown arch '21'"),
     (["--dataset", "fake", "--backbone", "vgg"], "unknown backbone 'vgg'"),
-    (["--dataset", "fake", "--nl-type", "gsnl"], "unknown nl_type 'gsnl'"),
+    (["--dataset", "fake", "--nl-type", "gcnet"], "unknown nl_type 'gcnet'"),
     (["--dataset", "fake", "--nl_layer", "4"], "nl_layer"),
     (["--dataset", "fake", "--nl_layer", "a"], "--nl_layer"),
     (["--dataset", "fake", "--device", "gpu"], "--device"),

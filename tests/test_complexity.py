@@ -40,3 +40,15 @@ def test_the_counter_sees_the_affinity_products():
     with torch.device("meta"):
         block = build_nonlocal("snl", c, k)
     assert count(block, (c, 32, 32))[0] == 5 * c * k + 2 * c  # five 1x1 convs and the BN's weight and bias
+
+
+def test_chebyshev_order_k_costs_k_factorized_applications():
+    """cheb at C = 16, C' = 8, N = 32 x 32 in multiply-adds: t, p, g (3 C' C N), the degrees (2 C' N), K
+    applications of A each through the factors (Z F^T and (.) S^T F: 4 C'^2 N), and one product of
+    [W_1 | ... | W_{K+1}] with [T_0 Z; ...; T_K Z] ((K + 1) C C' N): linear in K, never N^2."""
+    c, k, n = 16, 8, 1024
+    counted = block_complexity(paths=("auto",), shapes=("cifar1",))
+    for order in (2, 3):
+        name = "cheb-cifar1" if order == 2 else f"cheb{order}-cifar1"
+        expected = 3 * k * c * n + 2 * k * n + order * 4 * k * k * n + (order + 1) * c * k * n
+        assert counted[name][1] == 2 * expected, order

@@ -8,6 +8,7 @@ every matrix product and convolution (mm, bmm, baddbmm, conv ...), including the
 affinity that a per-layer counter misses; element-wise work (softmax, BN, ReLU) is not counted. Everything runs
 on the meta device (shapes only, no memory, no time). SNL and A2 are counted on both affinity paths; models and
 the pinned numbers use the default ('auto') path. The models run at 32x32 (CIFAR) or 224x224 (ImageNet).
+Every registered block is counted (cheb and arma at their default order 2, cheb also at orders 1 and 3).
 """
 import argparse
 import json
@@ -23,6 +24,7 @@ from models import build_model  # noqa: E402
 
 BLOCK_SHAPES = {"cifar1": (16, 32, 32), "cifar2": (32, 16, 16), "cifar3": (64, 8, 8), "r50-layer3": (1024, 14, 14)}
 TWO_PATH_BLOCKS = ("snl", "a2")
+EXTRA_ORDERS = {"cheb": (1, 3)}  # besides the default order 2; cheb order 1 costs what SNL does
 MODELS = ([("preresnet", arch, nl_type, 1 if nl_type else 0) for arch in (20, 56, 110)
            for nl_type in (None,) + tuple(NONLOCAL_BLOCKS)]
           + [("resnet", 50, None, 0), ("resnet", 50, "snl", 1), ("resnet", 50, "snl", 5)])
@@ -37,8 +39,15 @@ def count(module, input_shape):
     return params, counter.get_total_flops()
 
 
-def block_name(kind, shape, path):
-    return f"{kind}-{shape}" + ("" if path == "auto" else f"-{path}")
+def block_name(kind, shape, path, order=None):
+    label = kind if order is None else f"{kind}{order}"
+    return f"{label}-{shape}" + ("" if path == "auto" else f"-{path}")
+
+
+def block_variants():
+    """(kind, order) of every block counted: order None = the block's default."""
+    return [(kind, None) for kind in NONLOCAL_BLOCKS] + [(kind, order) for kind, orders in EXTRA_ORDERS.items()
+                                                           for order in orders]
 
 
 def model_name(backbone, arch, nl_type, nl_nums):
@@ -50,11 +59,11 @@ def block_complexity(paths=("auto", "dense", "factorized"), shapes=tuple(BLOCK_S
     out = {}
     for shape in shapes:
         c, h, w = BLOCK_SHAPES[shape]
-        for kind in NONLOCAL_BLOCKS:
+        for kind, order in block_variants():
             for path in (paths if kind in TWO_PATH_BLOCKS else ("auto",)):
                 with torch.device("meta"):
-                    block = build_nonlocal(kind, c, c // 2, affinity_path=path)
-                out[block_name(kind, shape, path)] = count(block, (c, h, w))
+                    block = build_nonlocal(kind, c, c // 2, affinity_path=path, order=order)
+                out[block_name(kind, shape, path, order)] = count(block, (c, h, w))
     return out
 
 
@@ -79,10 +88,10 @@ def print_tables():
     blocks = block_complexity()
     print("| block | shape (C, H x W) | params | MFLOPs / image |\n|---|---|---:|---:|")
     for shape, (c, h, w) in BLOCK_SHAPES.items():
-        for kind in NONLOCAL_BLOCKS:
+        for kind, order in block_variants():
             for path in (("auto", "factorized", "dense") if kind in TWO_PATH_BLOCKS else ("auto",)):
-                params, flops = blocks[block_name(kind, shape, path)]
-                label = kind if path == "auto" else f"{kind} ({path})"
+                params, flops = blocks[block_name(kind, shape, path, order)]
+                label = (kind if order is None else f"{kind} order {order}") + ("" if path == "auto" else f" ({path})")
                 print(f"| {label} | {c}, {h}x{w} | {params:,} | {flops / 1e6:.2f} |")
     models = model_complexity()
     print("\n| model | params (M) | +params vs plain | GFLOPs / image | +GFLOPs vs plain |\n|---|---:|---:|---:|---:|")

@@ -7,6 +7,7 @@ No flag uses argparse's bool type (bool("False") is True): bool-ish flags go thr
 import argparse
 
 from lib.errors import ConfigError
+from lib.registry import NONLOCAL_BLOCKS, ORDER_BLOCKS
 
 TRUE_WORDS = ("true", "yes", "y", "on", "1")
 FALSE_WORDS = ("false", "no", "n", "off", "0")
@@ -85,7 +86,10 @@ def _add_reference_flags(parser):
     ref.add_argument("--nl-nums", "--nl_nums", dest="nl_nums", type=int, default=None,
                      help="number of nonlocal blocks: preresnet 0 or 1, resnet 0, 1 or 5 (default 1)")
     ref.add_argument("--nl-type", "--nl_type", dest="nl_type", default=None,
-                     help="snl | nl | a2 | ns | dnl | cgnl | cc | none (default snl)")
+                     help=f"{' | '.join(NONLOCAL_BLOCKS)} | none (default snl)")
+    ref.add_argument("--order", type=int, default=None, metavar="K",
+                     help=f"order of {' and '.join(ORDER_BLOCKS)}: Chebyshev order K / ARMA iterations T (default 2; "
+                     "docs/spectral.md)")
     ref.add_argument("--stage-nums", "--stage_nums", dest="stage_nums", type=int, default=None,
                      help="units per nonlocal stage (default 1)")
     ref.add_argument("--div", type=float, default=None, help="channel reduction C' = int(C / div) (default 2)")
