@@ -21,6 +21,7 @@ over N products and their inverse square roots lose most of their digits in bf16
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 
 AFFINITY_PATHS = ("auto", "dense", "factorized")
 
@@ -138,6 +139,71 @@ class ReluDotAffinity(_Affinity):
         return dense_relu_dot(self.factors[:, :k], self.factors[:, k:], self.is_sys, self.scale is not None)
 
 
+class SoftmaxAffinity(_Affinity):
+    """A = softmax(theta phi^T) over the last axis (NL, NS, DNL), applied by fused attention: A is never stored.
+
+    A Z is scaled-dot-product attention with one head, query theta, key phi, value Z and scale 1 (NL's logits
+    are not divided by sqrt(C')), so `torch.nn.functional.scaled_dot_product_attention` computes it with its fused
+    kernels (flash / memory-efficient, on CPU and GPU), which keep O(N C') memory and recompute the logits in the
+    backward. With is_sys the logits are (theta phi^T + phi theta^T) / 2 = [theta, phi] [phi, theta]^T / 2: the
+    same call with query [theta, phi], key [phi, theta] (channels concatenated) and scale 1/2.
+
+    The kernels want contiguous (B, heads, N, head_dim) tensors with one head_dim for query, key and value:
+    transposed views or unequal widths silently fall back to the unfused path, which forms A. So every operand
+    is written once into that layout (O(N C'), small next to the N^2 work), zero-padded to a common width (zero
+    channels add nothing to the logits and give zero output channels).
+
+    Args:
+        theta, phi: (B, C', N), float32 or float64 (the caller upcasts).
+        is_sys: symmetrize the logits before the softmax.
+    """
+
+    def __init__(self, theta, phi, is_sys):
+        self.scale = 0.5 if is_sys else 1.0
+        self.parts = ([theta, phi], [phi, theta]) if is_sys else ([theta], [phi])  # channel blocks of q, k
+        self.channels = sum(part.shape[1] for part in self.parts[0])
+        self._heads = {}  # head width -> (query, key)
+
+    def heads(self, width):
+        """query, key (B, 1, N, width)."""
+        if width not in self._heads:
+            self._heads[width] = tuple(as_heads(parts, width) for parts in self.parts)
+        return self._heads[width]
+
+    def _apply(self, z):  # (B, C', N) -> (B, C', N)
+        width = head_width(max(z.shape[1], self.channels), z.device)
+        query, key = self.heads(width)
+        value = as_heads([z.to(query.dtype)], width)
+        out = F.scaled_dot_product_attention(query, key, value, scale=self.scale)  # (B, 1, N, width)
+        return out[:, 0, :, :z.shape[1]].transpose(1, 2)
+
+    def dense(self):
+        query, key = self.heads(self.channels)
+        with full_precision(query.device.type):
+            logits = torch.matmul(query[:, 0], key[:, 0].transpose(1, 2))  # (B, N, N)
+            return torch.softmax(logits * self.scale if self.scale != 1 else logits, dim=-1)
+
+
+def as_heads(parts, width):
+    """The channel blocks `parts` (each (B, K_i, N)) side by side as one contiguous head (B, 1, N, width),
+    zero-padded on the right, written in one pass."""
+    b, _, n = parts[0].shape
+    columns = [part.transpose(1, 2) for part in parts]  # (B, N, K_i) views
+    padding = width - sum(part.shape[1] for part in parts)
+    if padding:
+        columns.append(parts[0].new_zeros(()).expand(b, n, padding))  # no memory of its own
+    return torch.cat(columns, dim=2).unsqueeze(1)
+
+
+def head_width(channels, device):
+    """The head_dim used for `channels` channels. CPU: at least 16 (measured on AVX2 with 2 threads at N = 1024:
+    forward + backward with head_dim 8 zero-padded to 16 takes 0.7x the time of head_dim 8, and 4 padded to 16
+    0.75x of 4). CUDA: a multiple of 8, the alignment its fused kernels require (else the unfused path runs)."""
+    if device.type == "cpu":
+        return max(channels, 16)
+    return -(-channels // 8) * 8
+
+
 def dense_relu_dot(t, p, is_sys, normalize):
     """A (B, N, N) from relu(theta), relu(phi) (B, C', N) the way the reference writes it: M, its row sums, A."""
     m = torch.bmm(t.transpose(1, 2), p)  # (B, N, N)
@@ -150,26 +216,33 @@ def dense_relu_dot(t, p, is_sys, normalize):
 
 
 def build_affinity(theta, phi, is_sys, is_norm, relu_kernel, path="auto"):
-    """The stage's affinity operator from theta, phi (B, C', H, W).
+    """The stage's affinity operator from theta, phi (B, C', *spatial), N = the product of the spatial sizes.
 
     Args:
-        is_sys, is_norm: as in design.md section 1.
+        is_sys, is_norm: the affinity options of docs/blocks.md (symmetrize M; normalize it by its degrees).
         relu_kernel: the plain (un-normalized) affinity uses relu(theta) relu(phi)^T without softmax (A2);
             otherwise the plain affinity is softmax(theta phi^T) over the last axis.
-        path: 'dense' forms A; 'factorized' never does (ReLU-dot affinities only); 'auto' picks the cheaper.
+        path: 'dense' forms A. 'auto' never does where it is not cheaper to: the ReLU-dot affinities are kept
+            factored when N >= C', the softmax affinity is applied by fused attention (`SoftmaxAffinity`).
+            'factorized' forces the factored ReLU-dot form and is an error for the softmax affinity, which has
+            no such form ('auto' already avoids the N x N matrix there).
     """
     if path not in AFFINITY_PATHS:
         raise ValueError(f"affinity path must be one of {AFFINITY_PATHS}, got {path!r}")
-    b, c, h, w = theta.shape
     if path == "factorized" and not (is_norm or relu_kernel):
-        raise ValueError("the softmax affinity has no factorized form; use path 'dense' or 'auto'")
+        raise ValueError("the softmax affinity has no factorized form; use path 'auto' (fused attention, no N x N "
+                         "matrix) or 'dense'")
+    b, c = theta.shape[:2]
     with full_precision(theta.device.type):
-        theta = upcast(theta).reshape(b, c, h * w)  # (B, C', N)
-        phi = upcast(phi).reshape(b, c, h * w)
+        theta = upcast(theta).reshape(b, c, -1)  # (B, C', N)
+        phi = upcast(phi).reshape(b, c, -1)
+        positions = theta.shape[2]
         if is_norm or relu_kernel:
-            if uses_factorized(path, is_norm, relu_kernel, h * w, c):
+            if uses_factorized(path, is_norm, relu_kernel, positions, c):
                 return ReluDotAffinity(torch.relu(torch.cat([theta, phi], dim=1)), is_sys, normalize=is_norm)
             return DenseAffinity(dense_relu_dot(torch.relu(theta), torch.relu(phi), is_sys, is_norm))
+        if path == "auto":
+            return SoftmaxAffinity(theta, phi, is_sys)
         m = torch.bmm(theta.transpose(1, 2), phi)  # (B, N, N)
         if is_sys:
             m = (m + m.transpose(1, 2)) / 2

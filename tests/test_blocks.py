@@ -6,7 +6,7 @@ import torch
 
 import direct_formulas as direct
 from lib import NONLOCAL_BLOCKS, ConfigError, build_nonlocal
-from lib.affinity import DenseAffinity, ReluDotAffinity, build_affinity
+from lib.affinity import DenseAffinity, ReluDotAffinity, SoftmaxAffinity, build_affinity
 
 STAGE_KINDS = ("snl", "nl", "a2", "ns", "dnl")
 RELU_DOT_KINDS = ("snl", "a2")  # the blocks with a factorized path
@@ -237,7 +237,7 @@ def test_auto_path_picks_the_factorized_form_when_positions_outnumber_channels()
     assert isinstance(build_affinity(theta, theta, True, True, False, "auto"), ReluDotAffinity)  # N 16 >= 8
     theta = torch.randn(1, 32, 4, 4)
     assert isinstance(build_affinity(theta, theta, True, True, False, "auto"), DenseAffinity)  # N 16 < 32
-    assert isinstance(build_affinity(theta, theta, False, False, False, "auto"), DenseAffinity)  # softmax
+    assert isinstance(build_affinity(theta, theta, False, False, False, "auto"), SoftmaxAffinity)  # fused
 
 
 def test_softmax_affinity_refuses_the_factorized_path():
