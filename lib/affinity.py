@@ -1,22 +1,24 @@
-"""Affinity operators A (B, N, N) of the nonlocal stage (design.md section 1), and two exact ways to apply them.
+"""Affinity operators A (B, N, N) of the nonlocal stage (docs/blocks.md), and exact ways to apply them.
 
 A stage builds one affinity from its input and every unit multiplies its features Z by it. The operators below
-hide how: `DenseAffinity` holds A itself; `ReluDotAffinity` holds the factors T = relu(theta), P = relu(phi)
-and applies A Z without ever forming an N x N tensor:
+hide how: `DenseAffinity` holds A itself; `SoftmaxAffinity` applies softmax(theta phi^T) Z by fused attention;
+`ReluDotAffinity` holds the factors T = relu(theta), P = relu(phi) and applies A Z without ever forming an
+N x N tensor:
 
     M = T P^T                      (is_sys: M = (T P^T + P T^T) / 2)
     d = M 1 = T (P^T 1)            (is_sys: (T (P^T 1) + P (T^T 1)) / 2)
     s = d^(-1/2), 0 where d = 0    (normalized affinities only)
     A Z = s * M (s * Z)            evaluated right to left: O(N C'^2) instead of O(N^2 C')
 
-Internally everything is channel-first, (B, C', N): that is the memory order of a (B, C', H, W) feature map, so
-no transposed copies are made. With the factors stacked as F = [T; P] (B, 2C', N), M = F^T S F for a fixed
+The operators take and return channel-first (B, C', N) features: the memory order of a (B, C', *spatial)
+feature map; the ReLU-dot one works in that order throughout, so it makes no transposed copies. With the factors stacked as F = [T; P] (B, 2C', N), M = F^T S F for a fixed
 2C' x 2C' "mixing" matrix S (is_sys: [[0, I/2], [I/2, 0]]; else [[0, I], [0, 0]]), so that
     (M Z)^T = ((Z^T F^T) S^T) F   and   d^T = ((F 1)^T S^T) F:
 two batched products through a C' x 2C' matrix, with no ones tensor for the degrees.
 
 Everything here runs in float32 (or float64 when given float64) even under autocast: the degrees are sums
-over N products and their inverse square roots lose most of their digits in bf16 / fp16.
+over N products and their inverse square roots lose most of their digits in bf16 / fp16, and the softmax's
+logits are exponentiated.
 """
 from contextlib import contextmanager
 

@@ -83,8 +83,8 @@ PINNED_KEYS = {
     "ns": ["t.weight", "p.weight", "stages.0.g.weight", "stages.0.w_2.weight"],
     "dnl": ["t.weight", "p.weight", "stages.0.g.weight", "stages.0.w_m.weight", "stages.0.w_2.weight"],
     "cgnl": ["t.weight", "p.weight", "g.weight", "z.weight", "gn.weight", "gn.bias"],
-    "cc": ["stages.0.query_conv.weight", "stages.0.query_conv.bias", "stages.0.key_conv.weight",
-           "stages.0.key_conv.bias", "stages.0.value_conv.weight", "stages.0.value_conv.bias", "stages.0.gamma"],
+    "cc": ["0.query_conv.weight", "0.query_conv.bias", "0.key_conv.weight", "0.key_conv.bias",
+           "0.value_conv.weight", "0.value_conv.bias", "0.gamma"],
 }
 BN_KEYS = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
 
@@ -198,7 +198,7 @@ def test_cgnl_matches_the_direct_formula():
 @pytest.mark.parametrize("hw", [(4, 5), (1, 3), (3, 1), (1, 1)])
 def test_criss_cross_matches_the_direct_formula(hw):
     block = make_block("cc").double()
-    module = block.stages[0]
+    module = block[0]
     x = torch.randn(2, 16, *hw, dtype=torch.float64, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_()
     y, y_ref = module(x), direct.criss_cross_forward(module, x_ref)
