@@ -11,8 +11,9 @@ N x N tensor:
     A Z = s * M (s * Z)            evaluated right to left: O(N C'^2) instead of O(N^2 C')
 
 The operators take and return channel-first (B, C', N) features: the memory order of a (B, C', *spatial)
-feature map; the ReLU-dot one works in that order throughout, so it makes no transposed copies. With the factors stacked as F = [T; P] (B, 2C', N), M = F^T S F for a fixed
-2C' x 2C' "mixing" matrix S (is_sys: [[0, I/2], [I/2, 0]]; else [[0, I], [0, 0]]), so that
+feature map; the ReLU-dot one works in that order throughout, so it makes no transposed copies. With the
+factors stacked as F = [T; P] (B, 2C', N), M = F^T S F for a fixed 2C' x 2C' "mixing" matrix S
+(is_sys: [[0, I/2], [I/2, 0]]; else [[0, I], [0, 0]]), so that
     (M Z)^T = ((Z^T F^T) S^T) F   and   d^T = ((F 1)^T S^T) F:
 two batched products through a C' x 2C' matrix, with no ones tensor for the degrees.
 
