@@ -50,7 +50,8 @@ class CrissCross(torch.autograd.Function):
     diagonal (the position itself is counted in the row only). One softmax per position over its W + H energies,
     formed in place in the two energy tensors with a shared maximum and sum (no concatenated copy);
     out_row = P_row v, out_col = P_col v. Backward, with G the output gradients: dv = P^T G, dP = G v^T,
-    dE = P (dP - D) with D = G . out per position (summed over both parts), dq = dE k, dk = dE^T q.
+    dE = P (dP - D) with D = G . out per position (summed over both parts), dq = dE k, dk = dE^T q. Only rows
+    and the two P are kept; cols and the outputs are recomputed there (a copy and two small products).
     """
 
     @staticmethod
@@ -69,21 +70,21 @@ class CrissCross(torch.autograd.Function):
         inverse = (row4.sum(-1) + col4.sum(-1).transpose(1, 2)).reciprocal_()
         row4.mul_(inverse.unsqueeze(-1))
         col4.mul_(inverse.transpose(1, 2).unsqueeze(-1))
-        out_row, out_col = torch.bmm(p_row, v_r), torch.bmm(p_col, v_c)
-        ctx.save_for_backward(rows, cols, p_row, p_col, out_row, out_col)
+        ctx.save_for_backward(rows, p_row, p_col)  # cols and the outputs are recomputed: less memory held
         ctx.planes = planes
-        return out_row, out_col
+        return torch.bmm(p_row, v_r), torch.bmm(p_col, v_c)
 
     @staticmethod
     def backward(ctx, grad_row, grad_col):
-        rows, cols, p_row, p_col, out_row, out_col = ctx.saved_tensors
+        rows, p_row, p_col = ctx.saved_tensors
         b_h, w, _ = rows.shape
-        b_w, h, _ = cols.shape
+        b_w, h = p_col.shape[:2]
         b = b_h // h
+        cols = rows.view(b, h, w, -1).transpose(1, 2).reshape(b_w, h, -1)
         (q_r, k_r, v_r), (q_c, k_c, v_c) = split_qkv(rows, ctx.planes), split_qkv(cols, ctx.planes)
         grad_row, grad_col = grad_row.contiguous(), grad_col.contiguous()
-        d = ((grad_row * out_row).sum(-1).view(b, h, w)
-             + (grad_col * out_col).sum(-1).view(b, w, h).transpose(1, 2))  # (B, H, W)
+        d = ((grad_row * torch.bmm(p_row, v_r)).sum(-1).view(b, h, w)
+             + (grad_col * torch.bmm(p_col, v_c)).sum(-1).view(b, w, h).transpose(1, 2))  # (B, H, W)
         grad_v_r, grad_v_c = torch.bmm(p_row.transpose(1, 2), grad_row), torch.bmm(p_col.transpose(1, 2), grad_col)
         grad_e_row = torch.bmm(grad_row, v_r.transpose(1, 2))  # dP, then dE in place
         grad_e_col = torch.bmm(grad_col, v_c.transpose(1, 2))
