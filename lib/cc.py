@@ -77,22 +77,28 @@ class CrissCross(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_row, grad_col):
         rows, p_row, p_col = ctx.saved_tensors
-        b_h, w, _ = rows.shape
+        b_h, w, channels = rows.shape
         b_w, h = p_col.shape[:2]
-        b = b_h // h
-        cols = rows.view(b, h, w, -1).transpose(1, 2).reshape(b_w, h, -1)
-        (q_r, k_r, v_r), (q_c, k_c, v_c) = split_qkv(rows, ctx.planes), split_qkv(cols, ctx.planes)
+        b, planes = b_h // h, ctx.planes
         grad_row, grad_col = grad_row.contiguous(), grad_col.contiguous()
-        d = ((grad_row * torch.bmm(p_row, v_r)).sum(-1).view(b, h, w)
-             + (grad_col * torch.bmm(p_col, v_c)).sum(-1).view(b, w, h).transpose(1, 2))  # (B, H, W)
-        grad_v_r, grad_v_c = torch.bmm(p_row.transpose(1, 2), grad_row), torch.bmm(p_col.transpose(1, 2), grad_col)
-        grad_e_row = torch.bmm(grad_row, v_r.transpose(1, 2))  # dP, then dE in place
-        grad_e_col = torch.bmm(grad_col, v_c.transpose(1, 2))
-        grad_e_row.view(b, h, w, w).sub_(d.unsqueeze(-1)).mul_(p_row.view(b, h, w, w))
-        grad_e_col.view(b, w, h, h).sub_(d.transpose(1, 2).unsqueeze(-1)).mul_(p_col.view(b, w, h, h))
-        grad_rows = torch.cat([torch.bmm(grad_e_row, k_r), torch.bmm(grad_e_row.transpose(1, 2), q_r), grad_v_r], -1)
-        grad_cols = torch.cat([torch.bmm(grad_e_col, k_c), torch.bmm(grad_e_col.transpose(1, 2), q_c), grad_v_c], -1)
+        q_r, k_r, v_r = split_qkv(rows, planes)
+        in_columns = rows.view(b, h, w, channels).transpose(1, 2)  # (B, W, H, 2C' + C) view
+        v_c = in_columns[..., 2 * planes:].reshape(b_w, h, -1)  # copies: cols is not kept from the forward
+        d = ((grad_row * torch.bmm(p_row, v_r)).sum(-1).view(b, h, w)  # D = G . out over both parts (B, H, W)
+             + (grad_col * torch.bmm(p_col, v_c)).sum(-1).view(b, w, h).transpose(1, 2))
+        grad_rows = part_backward(q_r, k_r, v_r, p_row, grad_row, d)
+        qk_c = in_columns[..., :2 * planes].reshape(b_w, h, -1)  # only now: one part's temporaries at a time
+        grad_cols = part_backward(qk_c[..., :planes], qk_c[..., planes:], v_c, p_col, grad_col, d.transpose(1, 2))
         return grad_rows, grad_cols, None
+
+
+def part_backward(q, k, v, p, grad, d):
+    """dL/d[q; k; v] of one part (rows or columns) of `CrissCross`: dv = P^T G, dE = P (dP - D), dq = dE k,
+    dk = dE^T q. d holds D per position in this part's order: (B, H, W) for rows, (B, W, H) for columns."""
+    grad_e = torch.bmm(grad, v.transpose(1, 2))  # dP, then dE in place
+    grad_e.view(*d.shape, -1).sub_(d.unsqueeze(-1)).mul_(p.view(*d.shape, -1))
+    return torch.cat([torch.bmm(grad_e, k), torch.bmm(grad_e.transpose(1, 2), q), torch.bmm(p.transpose(1, 2), grad)],
+                     dim=-1)
 
 
 def split_qkv(features, planes):
