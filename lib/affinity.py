@@ -1,27 +1,30 @@
-"""Affinity operators A (B, N, N) of the nonlocal stage (design.md section 1), and two exact ways to apply them.
+"""Affinity operators A (B, N, N) of the nonlocal stage (docs/blocks.md), and exact ways to apply them.
 
 A stage builds one affinity from its input and every unit multiplies its features Z by it. The operators below
-hide how: `DenseAffinity` holds A itself; `ReluDotAffinity` holds the factors T = relu(theta), P = relu(phi)
-and applies A Z without ever forming an N x N tensor:
+hide how: `DenseAffinity` holds A itself; `SoftmaxAffinity` applies softmax(theta phi^T) Z by fused attention;
+`ReluDotAffinity` holds the factors T = relu(theta), P = relu(phi) and applies A Z without ever forming an
+N x N tensor:
 
     M = T P^T                      (is_sys: M = (T P^T + P T^T) / 2)
     d = M 1 = T (P^T 1)            (is_sys: (T (P^T 1) + P (T^T 1)) / 2)
     s = d^(-1/2), 0 where d = 0    (normalized affinities only)
     A Z = s * M (s * Z)            evaluated right to left: O(N C'^2) instead of O(N^2 C')
 
-Internally everything is channel-first, (B, C', N): that is the memory order of a (B, C', H, W) feature map, so
-no transposed copies are made. With the factors stacked as F = [T; P] (B, 2C', N), M = F^T S F for a fixed
-2C' x 2C' "mixing" matrix S (is_sys: [[0, I/2], [I/2, 0]]; else [[0, I], [0, 0]]), so that
+The operators take and return channel-first (B, C', N) features: the memory order of a (B, C', *spatial)
+feature map; the ReLU-dot one works in that order throughout, so it makes no transposed copies. With the
+factors stacked as F = [T; P] (B, 2C', N), M = F^T S F for a fixed 2C' x 2C' "mixing" matrix S
+(is_sys: [[0, I/2], [I/2, 0]]; else [[0, I], [0, 0]]), so that
     (M Z)^T = ((Z^T F^T) S^T) F   and   d^T = ((F 1)^T S^T) F:
 two batched products through a C' x 2C' matrix, with no ones tensor for the degrees.
 
 Everything here runs in float32 (or float64 when given float64) even under autocast: the degrees are sums
-over N products and their inverse square roots lose most of their digits in bf16 / fp16.
+over N products and their inverse square roots lose most of their digits in bf16 / fp16, and the softmax's
+logits are exponentiated.
 """
-import math
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 
 AFFINITY_PATHS = ("auto", "dense", "factorized")
 
@@ -139,6 +142,71 @@ class ReluDotAffinity(_Affinity):
         return dense_relu_dot(self.factors[:, :k], self.factors[:, k:], self.is_sys, self.scale is not None)
 
 
+class SoftmaxAffinity(_Affinity):
+    """A = softmax(theta phi^T) over the last axis (NL, NS, DNL), applied by fused attention: A is never stored.
+
+    A Z is scaled-dot-product attention with one head, query theta, key phi, value Z and scale 1 (NL's logits
+    are not divided by sqrt(C')), so `torch.nn.functional.scaled_dot_product_attention` computes it with its fused
+    kernels (flash / memory-efficient, on CPU and GPU), which keep O(N C') memory and recompute the logits in the
+    backward. With is_sys the logits are (theta phi^T + phi theta^T) / 2 = [theta, phi] [phi, theta]^T / 2: the
+    same call with query [theta, phi], key [phi, theta] (channels concatenated) and scale 1/2.
+
+    The kernels want contiguous (B, heads, N, head_dim) tensors with one head_dim for query, key and value:
+    transposed views or unequal widths silently fall back to the unfused path, which forms A. So every operand
+    is written once into that layout (O(N C'), small next to the N^2 work), zero-padded to a common width (zero
+    channels add nothing to the logits and give zero output channels).
+
+    Args:
+        theta, phi: (B, C', N), float32 or float64 (the caller upcasts).
+        is_sys: symmetrize the logits before the softmax.
+    """
+
+    def __init__(self, theta, phi, is_sys):
+        self.scale = 0.5 if is_sys else 1.0
+        self.parts = ([theta, phi], [phi, theta]) if is_sys else ([theta], [phi])  # channel blocks of q, k
+        self.channels = sum(part.shape[1] for part in self.parts[0])
+        self._heads = {}  # head width -> (query, key)
+
+    def heads(self, width):
+        """query, key (B, 1, N, width)."""
+        if width not in self._heads:
+            self._heads[width] = tuple(as_heads(parts, width) for parts in self.parts)
+        return self._heads[width]
+
+    def _apply(self, z):  # (B, C', N) -> (B, C', N)
+        width = head_width(max(z.shape[1], self.channels), z.device)
+        query, key = self.heads(width)
+        value = as_heads([z.to(query.dtype)], width)
+        out = F.scaled_dot_product_attention(query, key, value, scale=self.scale)  # (B, 1, N, width)
+        return out[:, 0, :, :z.shape[1]].transpose(1, 2)
+
+    def dense(self):
+        query, key = self.heads(self.channels)
+        with full_precision(query.device.type):
+            logits = torch.matmul(query[:, 0], key[:, 0].transpose(1, 2))  # (B, N, N)
+            return torch.softmax(logits * self.scale if self.scale != 1 else logits, dim=-1)
+
+
+def as_heads(parts, width):
+    """The channel blocks `parts` (each (B, K_i, N)) side by side as one contiguous head (B, 1, N, width),
+    zero-padded on the right, written in one pass."""
+    b, _, n = parts[0].shape
+    columns = [part.transpose(1, 2) for part in parts]  # (B, N, K_i) views
+    padding = width - sum(part.shape[1] for part in parts)
+    if padding:
+        columns.append(parts[0].new_zeros(()).expand(b, n, padding))  # no memory of its own
+    return torch.cat(columns, dim=2).unsqueeze(1)
+
+
+def head_width(channels, device):
+    """The head_dim used for `channels` channels. CPU: at least 16 (measured on AVX2 with 2 threads at N = 1024:
+    forward + backward with head_dim 8 zero-padded to 16 takes 0.7x the time of head_dim 8, and 4 padded to 16
+    0.75x of 4). CUDA: a multiple of 8, the alignment its fused kernels require (else the unfused path runs)."""
+    if device.type == "cpu":
+        return max(channels, 16)
+    return -(-channels // 8) * 8
+
+
 def dense_relu_dot(t, p, is_sys, normalize):
     """A (B, N, N) from relu(theta), relu(phi) (B, C', N) the way the reference writes it: M, its row sums, A."""
     m = torch.bmm(t.transpose(1, 2), p)  # (B, N, N)
@@ -154,24 +222,30 @@ def build_affinity(theta, phi, is_sys, is_norm, relu_kernel, path="auto"):
     """The stage's affinity operator from theta, phi (B, C', *spatial), N = the product of the spatial sizes.
 
     Args:
-        is_sys, is_norm: as in design.md section 1.
+        is_sys, is_norm: the affinity options of docs/blocks.md (symmetrize M; normalize it by its degrees).
         relu_kernel: the plain (un-normalized) affinity uses relu(theta) relu(phi)^T without softmax (A2);
             otherwise the plain affinity is softmax(theta phi^T) over the last axis.
-        path: 'dense' forms A; 'factorized' never does (ReLU-dot affinities only); 'auto' picks the cheaper.
+        path: 'dense' forms A. 'auto' never does where it is not cheaper to: the ReLU-dot affinities are kept
+            factored when N >= C', the softmax affinity is applied by fused attention (`SoftmaxAffinity`).
+            'factorized' forces the factored ReLU-dot form and is an error for the softmax affinity, which has
+            no such form ('auto' already avoids the N x N matrix there).
     """
     if path not in AFFINITY_PATHS:
         raise ValueError(f"affinity path must be one of {AFFINITY_PATHS}, got {path!r}")
-    b, c = theta.shape[:2]
-    n = math.prod(theta.shape[2:])  # N = product of the spatial sizes (1, 2 or 3 spatial dims)
     if path == "factorized" and not (is_norm or relu_kernel):
-        raise ValueError("the softmax affinity has no factorized form; use path 'dense' or 'auto'")
+        raise ValueError("the softmax affinity has no factorized form; use path 'auto' (fused attention, no N x N "
+                         "matrix) or 'dense'")
+    b, c = theta.shape[:2]
     with full_precision(theta.device.type):
-        theta = upcast(theta).reshape(b, c, n)  # (B, C', N)
-        phi = upcast(phi).reshape(b, c, n)
+        theta = upcast(theta).reshape(b, c, -1)  # (B, C', N)
+        phi = upcast(phi).reshape(b, c, -1)
+        positions = theta.shape[2]
         if is_norm or relu_kernel:
-            if uses_factorized(path, is_norm, relu_kernel, n, c):
+            if uses_factorized(path, is_norm, relu_kernel, positions, c):
                 return ReluDotAffinity(torch.relu(torch.cat([theta, phi], dim=1)), is_sys, normalize=is_norm)
             return DenseAffinity(dense_relu_dot(torch.relu(theta), torch.relu(phi), is_sys, is_norm))
+        if path == "auto":
+            return SoftmaxAffinity(theta, phi, is_sys)
         m = torch.bmm(theta.transpose(1, 2), phi)  # (B, N, N)
         if is_sys:
             m = (m + m.transpose(1, 2)) / 2

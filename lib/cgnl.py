@@ -4,49 +4,127 @@ import math
 import torch
 import torch.nn as nn
 
-from lib.affinity import full_precision
-from lib.stage import pointwise
+from lib.affinity import full_precision, upcast
+from lib.errors import ConfigError
+from lib.pointwise import project
+
+CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+SPATIAL_NAMES = {1: "L", 2: "H, W", 3: "T, H, W"}
+
+
+def check_input(x, name, channels, dim):
+    """One clear line (ConfigError) for an input of the wrong rank or channel count."""
+    if x.dim() != dim + 2 or x.shape[1] != channels:
+        raise ConfigError(f"{name} block expects input (B, {channels}, {SPATIAL_NAMES[dim]}), got {tuple(x.shape)}")
 
 
 class CGNL(nn.Module):
-    """Y = X + GN(z(sum_k a_k T_k)), design.md section 2.
+    """Y = X + GN(z(sum_k a_k T_k)) (docs/blocks.md; the CGNL paper's Taylor-expanded Gaussian kernel).
 
-    t, p, g : C -> C' are flattened over (C', H, W) per sample; T_k = alpha_k t^k, P_k = alpha_k p^k
+    t, p, g : C -> C' are flattened over (C', *spatial) per sample; T_k = alpha_k t^k, P_k = alpha_k p^k
     (element-wise powers, k = 0..order), a_k = <P_k, g>, alpha_k = sqrt(beta (2 gamma)^k / k!),
     beta = exp(-2 gamma). The reference's groups = 1 is the only setting: GroupNorm(1, C). No ReLU.
 
     Args:
         inplanes: C.  planes: C'.  order: Taylor order K.  gamma: the RBF kernel's width.
         zero_init: zero the GroupNorm weight, so the block starts as the identity.
+        dim: spatial dims of the input: 1 (B, C, L), 2 (B, C, H, W) or 3 (B, C, T, H, W); 1x1 convolutions of
+            that dim, the same parameter names (the weights carry dim trailing singleton dims).
     """
 
-    def __init__(self, inplanes, planes, order=2, gamma=1e-4, zero_init=False):
+    def __init__(self, inplanes, planes, order=2, gamma=1e-4, zero_init=False, dim=2):
         super().__init__()
-        self.order = order
-        self.t = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
-        self.p = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
-        self.g = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
-        self.z = nn.Conv2d(planes, inplanes, kernel_size=1, bias=False)
+        if dim not in CONVS:
+            raise ConfigError(f"cgnl block: dim must be 1, 2 or 3, got {dim!r}")
+        self.order, self.dim, self.inplanes = order, dim, inplanes
+        conv = CONVS[dim]
+        self.t = conv(inplanes, planes, kernel_size=1, bias=False)
+        self.p = conv(inplanes, planes, kernel_size=1, bias=False)
+        self.g = conv(inplanes, planes, kernel_size=1, bias=False)
+        self.z = conv(planes, inplanes, kernel_size=1, bias=False)
         self.gn = nn.GroupNorm(num_groups=1, num_channels=inplanes)
         beta = math.exp(-2 * gamma)
-        alpha = [math.sqrt(beta * (2 * gamma) ** k / math.factorial(k)) for k in range(order + 1)]
-        self.register_buffer("alpha", torch.tensor(alpha), persistent=False)  # not in the reference's keys
+        self.alpha = [math.sqrt(beta * (2 * gamma) ** k / math.factorial(k)) for k in range(order + 1)]
         if zero_init:
             nn.init.zeros_(self.gn.weight)
 
-    def kernel(self, t, p, g):
-        """sum_k a_k T_k for t, p, g (B, C', H, W), in full precision (the powers overflow fp16 easily)."""
-        with full_precision(t.device.type):
-            dtype = torch.promote_types(t.dtype, torch.float32)
-            t, p, g = (v.to(dtype).flatten(1) for v in (t, p, g))  # (B, C'HW)
-            powers = torch.arange(self.order + 1, device=t.device, dtype=dtype)
-            alpha = self.alpha.to(dtype)
-            t_k = alpha[:, None] * t.unsqueeze(1).pow(powers[:, None])  # (B, K+1, C'HW)
-            p_k = alpha[:, None] * p.unsqueeze(1).pow(powers[:, None])  # (B, K+1, C'HW)
-            a = torch.bmm(p_k, g.unsqueeze(-1))  # (B, K+1, 1)
-            return (a * t_k).sum(1)  # (B, C'HW)
+    def forward(self, x):  # (B, C, *spatial) -> same
+        check_input(x, "cgnl", self.inplanes, self.dim)
+        weights = torch.cat([self.t.weight, self.p.weight, self.g.weight]).flatten(1)  # (3C', C)
+        features = project(x, weights)  # [t; p; g] (B, 3C', N) from one product
+        with full_precision(x.device.type):
+            out = taylor_kernel(upcast(features), [a * a for a in self.alpha]).to(features.dtype)  # (B, C', N)
+        return x + self.gn(project(out, self.z.weight.flatten(1)).reshape(x.shape))
 
-    def forward(self, x):  # (B, C, H, W) -> (B, C, H, W)
-        t = pointwise(self.t, x)
-        out = self.kernel(t, pointwise(self.p, x), pointwise(self.g, x)).reshape(t.shape).to(t.dtype)
-        return x + self.gn(pointwise(self.z, out))
+    def extra_repr(self):
+        return f"order={self.order}, dim={self.dim}"
+
+
+class TaylorKernel(torch.autograd.Function):
+    """out = sum_k c_k t^k with c_k = alpha_k^2 <p^k, g> per sample, from features [t; p; g] (B, 3C', N).
+
+    The same numbers as the powers written out (a_k T_k = alpha_k^2 <p^k, g> t^k), evaluated by Horner's rule,
+    and a hand-written backward that keeps only the features and the (B, K+1) coefficients: with
+    G = dL/dout, dL/dc_k = <G, t^k> and e_k = alpha_k^2 dL/dc_k,
+        dL/dt = G sum_k k c_k t^(k-1),   dL/dp = g sum_k k e_k p^(k-1),   dL/dg = sum_k e_k p^k.
+    """
+
+    @staticmethod
+    def forward(ctx, features, weights):
+        t, p, g = features.chunk(3, dim=1)
+        moments = torch.stack(powers_dot(p, g, len(weights)), dim=1)  # (B, K+1): <p^k, g>
+        coefficients = moments * moments.new_tensor(weights)
+        ctx.save_for_backward(features, coefficients)
+        ctx.weights = weights
+        return polyval(t, coefficients)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        features, coefficients = ctx.saved_tensors
+        t, p, g = features.chunk(3, dim=1)
+        order = coefficients.shape[1] - 1
+        grad = torch.empty_like(features)
+        grad_t, grad_p, grad_g = grad.chunk(3, dim=1)
+        scaled = torch.stack(powers_dot(t, grad_out, order + 1), dim=1) * coefficients.new_tensor(ctx.weights)
+        polyval(p, scaled, out=grad_g)
+        if order == 0:
+            grad_t.zero_()
+            grad_p.zero_()
+        else:
+            polyval(t, derivative(coefficients), out=grad_t).mul_(grad_out)
+            polyval(p, derivative(scaled), out=grad_p).mul_(g)
+        return grad, None
+
+
+def taylor_kernel(features, weights):
+    """See `TaylorKernel`: features [t; p; g] (B, 3C', N), weights alpha_k^2 (k = 0..K) -> (B, C', N)."""
+    return TaylorKernel.apply(features.contiguous(), list(weights))
+
+
+def powers_dot(x, y, count):
+    """[<x^k, y> per sample for k < count] as (B,) tensors, x, y (B, C', N)."""
+    dots, power = [y.sum(dim=(1, 2))], y
+    for _ in range(1, count):
+        power = power * x
+        dots.append(power.sum(dim=(1, 2)))
+    return dots
+
+
+def derivative(coefficients):
+    """The coefficients (B, K) of d/dx sum_k c_k x^k, from c (B, K+1)."""
+    k = torch.arange(1, coefficients.shape[1], dtype=coefficients.dtype, device=coefficients.device)
+    return coefficients[:, 1:] * k
+
+
+def polyval(x, coefficients, out=None):
+    """sum_k c[:, k] x^k by Horner's rule, x (B, C', N), c (B, K+1); into `out` when given (it may be a view)."""
+    c = coefficients[:, :, None, None]  # (B, K+1, 1, 1): c[:, k] broadcasts over (C', N)
+    order = coefficients.shape[1] - 1
+    if out is None:
+        out = torch.empty_like(x)
+    if order == 0:
+        return out.copy_(c[:, 0].expand_as(x))
+    torch.addcmul(c[:, order - 1], x, c[:, order], out=out)
+    for k in range(order - 2, -1, -1):
+        torch.addcmul(c[:, k], out, x, out=out)
+    return out

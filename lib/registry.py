@@ -47,15 +47,10 @@ def build_nonlocal(nl_type, inplanes, planes, stage_num=1, is_sys=None, is_norm=
     if order is not None and nl_type not in ORDER_BLOCKS:
         raise ConfigError(f"order applies to {' and '.join(ORDER_BLOCKS)} only, not to {nl_type!r} "
                           f"(got order={order!r})")
-    # dim is passed to cgnl and cc only when not 2, so that this works with and without their `dim` argument
-    # (lib/cgnl.py and lib/cc.py gain it separately; cc refuses dim != 2).
-    dim_kwargs = {} if dim == 2 else {"dim": dim}
     if nl_type == "cgnl":
-        return CGNL(inplanes, planes, zero_init=zero_init, **dim_kwargs)
+        return CGNL(inplanes, planes, zero_init=zero_init, dim=dim)
     if nl_type == "cc":
-        if dim != 2:
-            raise ConfigError(f"cc (criss-cross attention over rows and columns) is 2-D only, got dim={dim}")
-        return CCStage(inplanes, planes, stage_num=stage_num, **dim_kwargs)
+        return CCStage(inplanes, planes, stage_num=stage_num, dim=dim)
     kwargs = dict(stage_num=stage_num, is_sys=is_sys, is_norm=is_norm, zero_init=zero_init,
                   affinity_path=affinity_path, dim=dim)
     if nl_type in ORDER_BLOCKS:

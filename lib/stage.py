@@ -11,6 +11,7 @@ import torch.nn as nn
 from lib.affinity import (AFFINITY_PATHS, build_affinity, full_precision, mix, mix_transposed, upcast,
                           uses_factorized)
 from lib.errors import ConfigError
+from lib.pointwise import MAX_PRODUCT_CHANNELS, project
 
 CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 BATCH_NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -39,22 +40,12 @@ def check_dim(dim):
 
 
 def pointwise(conv, x):
-    """A 1x1 convolution (Conv1d/2d/3d), as one batched matrix product on the (B, C, N) view of x where that is
-    faster; x (B, C, *spatial) -> (B, C_out, *spatial).
-
-    Measured on a 2-core AVX2 CPU (forward + backward): for C <= 256 channels the product is 1.1-2x faster
-    than oneDNN's convolution of these thin maps; at 512 and more channels (ResNet-50 layer3) the convolution
-    is 4-30% faster, so it is kept there, on other devices, and for inputs not NCHW-contiguous.
-    """
-    if x.device.type != "cpu" or not x.is_contiguous() or max(conv.in_channels, conv.out_channels) > 256:
+    """A 1x1 convolution (Conv1d/2d/3d) of x (B, C, *spatial) -> (B, C_out, *spatial): one batched matrix product
+    where that is the faster kernel (see `lib.pointwise.project`), else the module's own convolution."""
+    wide = max(conv.in_channels, conv.out_channels) > MAX_PRODUCT_CHANNELS
+    if x.device.type != "cpu" or not x.is_contiguous() or wide:
         return conv(x)
-    b, c = x.shape[:2]
-    weight = conv.weight.reshape(conv.out_channels, c).expand(b, -1, -1)
-    if conv.bias is None:
-        out = torch.bmm(weight, x.flatten(2))
-    else:
-        out = torch.baddbmm(conv.bias.unsqueeze(1), weight, x.flatten(2))
-    return out.reshape(b, -1, *x.shape[2:])
+    return project(x, conv.weight.flatten(1), conv.bias).reshape(x.shape[0], -1, *x.shape[2:])
 
 
 class NonlocalStage(nn.Module):

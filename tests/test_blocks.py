@@ -6,7 +6,7 @@ import torch
 
 import direct_formulas as direct
 from lib import NONLOCAL_BLOCKS, ConfigError, build_nonlocal
-from lib.affinity import DenseAffinity, ReluDotAffinity, build_affinity
+from lib.affinity import DenseAffinity, ReluDotAffinity, SoftmaxAffinity, build_affinity
 
 FIRST_STAGE_KINDS = ("snl", "nl", "a2", "ns", "dnl")  # the spectral family's own tests: tests/test_filters.py
 STAGE_KINDS = FIRST_STAGE_KINDS + ("cheb", "gsnl", "cayley", "arma")
@@ -92,8 +92,8 @@ PINNED_KEYS = {
                "stages.0.w_h.weight"],
     "arma": ["t.weight", "p.weight", "stages.0.g.weight", "stages.0.w_a.weight", "stages.0.v.weight",
              "stages.0.w_o.weight"],
-    "cc": ["stages.0.query_conv.weight", "stages.0.query_conv.bias", "stages.0.key_conv.weight",
-           "stages.0.key_conv.bias", "stages.0.value_conv.weight", "stages.0.value_conv.bias", "stages.0.gamma"],
+    "cc": ["0.query_conv.weight", "0.query_conv.bias", "0.key_conv.weight", "0.key_conv.bias",
+           "0.value_conv.weight", "0.value_conv.bias", "0.gamma"],
 }
 BN_KEYS = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
 
@@ -207,7 +207,7 @@ def test_cgnl_matches_the_direct_formula():
 @pytest.mark.parametrize("hw", [(4, 5), (1, 3), (3, 1), (1, 1)])
 def test_criss_cross_matches_the_direct_formula(hw):
     block = make_block("cc").double()
-    module = block.stages[0]
+    module = block[0]
     x = torch.randn(2, 16, *hw, dtype=torch.float64, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_()
     y, y_ref = module(x), direct.criss_cross_forward(module, x_ref)
@@ -246,7 +246,7 @@ def test_auto_path_picks_the_factorized_form_when_positions_outnumber_channels()
     assert isinstance(build_affinity(theta, theta, True, True, False, "auto"), ReluDotAffinity)  # N 16 >= 8
     theta = torch.randn(1, 32, 4, 4)
     assert isinstance(build_affinity(theta, theta, True, True, False, "auto"), DenseAffinity)  # N 16 < 32
-    assert isinstance(build_affinity(theta, theta, False, False, False, "auto"), DenseAffinity)  # softmax
+    assert isinstance(build_affinity(theta, theta, False, False, False, "auto"), SoftmaxAffinity)  # fused
 
 
 def test_softmax_affinity_refuses_the_factorized_path():

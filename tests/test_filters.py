@@ -295,7 +295,7 @@ def test_the_stage_classes_check_their_arguments_too():
 
 
 def test_cc_is_2d_only():
-    with pytest.raises(ConfigError, match="cc .* is 2-D only, got dim=3"):
+    with pytest.raises(ConfigError, match=r"cc block works on images only \(dim 2\), got dim=3"):
         build_nonlocal("cc", 16, 8, dim=3)
 
 

@@ -85,9 +85,13 @@ def peak_memory_bytes(fn, device):
         prof.export_chrome_trace(path)
         with open(path) as f:
             events = json.load(f)["traceEvents"]
-    totals = [e["args"]["Total Allocated"] for e in events
-              if e.get("name") == "[memory]" and e["args"].get("Device Type", 0) == 0]
-    return max([0] + totals)
+    memory = [e["args"] for e in events if e.get("name") == "[memory]" and e["args"].get("Device Type", 0) == 0]
+    if not memory:
+        return 0
+    # The running total carries over from earlier profiled runs (memory they left allocated, e.g. gradients, is
+    # still counted), so measure from the total before this run's first event.
+    base = memory[0]["Total Allocated"] - memory[0]["Bytes"]
+    return max(0, max(m["Total Allocated"] for m in memory) - base)
 
 
 def block_configs(blocks, shapes):

@@ -2,12 +2,13 @@
 
     python tools/bench_train_step.py                  # all blocks, CPU with 2 threads
     python tools/bench_train_step.py --blocks snl --rounds 20
+    python tools/bench_train_step.py --device cuda --amp bf16 --blocks snl nl
 
 One step = forward, cross-entropy loss, backward, SGD step (momentum 0.9, weight decay 1e-4, lr 0.1: the CIFAR
-recipe). Each round steps, for every block in turn: the plain model once untimed (after a memory-hungry model
-the first step pays for fresh pages), the plain model timed, the model with the block timed. So load from other
-jobs hits both sides of every pair alike; the ratio to the plain backbone is the median over rounds of the
-ratio within the pair.
+recipe), under autocast with --amp (fp16 with a gradient scaler, as train_val.py --amp fp16). Each round steps,
+for every block in turn: the plain model once untimed (after a memory-hungry model the first step pays for fresh
+pages), the plain model timed, the model with the block timed. So load from other jobs hits both sides of every
+pair alike; the ratio to the plain backbone is the median over rounds of the ratio within the pair.
 Peak memory: the most memory allocated during one step above what was held before it (weights, momentum
 buffers, the batch), measured as in tools/bench_blocks.py; its ratio is to the plain backbone's.
 """
@@ -25,17 +26,22 @@ from models import build_model  # noqa: E402
 from tools.bench_blocks import peak_memory_bytes, timed  # noqa: E402
 
 
-def make_train_step(nl_type, arch, batch, device, nl_layer):
+def make_train_step(nl_type, arch, batch, device, nl_layer, amp="off"):
     torch.manual_seed(0)
     model = build_model("preresnet", arch, num_classes=10, nl_type=nl_type, nl_layer=nl_layer).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     images = torch.randn(batch, 3, 32, 32, device=device)
     labels = torch.randint(0, 10, (batch,), device=device)
+    dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(images), labels).backward()
-        optimizer.step()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = F.cross_entropy(model(images), labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     return step
 
 
@@ -48,12 +54,14 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="mixed-precision autocast")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     names = ["plain"] + args.blocks
-    steps = {name: make_train_step(None if name == "plain" else name, args.arch, args.batch, device, (args.stage,))
+    steps = {name: make_train_step(None if name == "plain" else name, args.arch, args.batch, device, (args.stage,),
+                                   args.amp)
              for name in names}
     for step in steps.values():
         for _ in range(args.warmup):
@@ -69,7 +77,8 @@ def main(argv=None):
             ratios[name].append(block / plain)
     peaks = {name: peak_memory_bytes(step, device) / 2 ** 20 for name, step in steps.items()}
     where = f"{torch.cuda.get_device_name(device)}" if device.type == "cuda" else f"CPU, {args.threads} threads"
-    print(f"PreResNet-{args.arch}, batch {args.batch}, block at stage {args.stage}; {where}; "
+    amp = "" if args.amp == "off" else f", autocast {args.amp}"
+    print(f"PreResNet-{args.arch}, batch {args.batch}, block at stage {args.stage}; {where}{amp}; "
           f"{args.rounds} rounds of (plain, block) pairs after {args.warmup} warm-up steps\n")
     print("| model | ms / step (median) | images / s | time vs plain (quartiles) | peak MiB | memory vs plain |")
     print("|---|---:|---:|---:|---:|---:|")
