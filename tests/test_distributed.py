@@ -248,3 +248,25 @@ def test_torchrun_workers_die_with_a_killed_launcher(tmp_path):
     # The dead run's lock does not block the next one.
     with RunLock(str(run_dir)):
         pass
+
+
+def test_a_forked_child_does_not_keep_the_run_folder_locked(tmp_path):
+    # DataLoader workers are forked: their copy of the lock's descriptor must not outlive the run that holds it.
+    lock = RunLock(str(tmp_path / "run")).acquire()
+    ready_read, ready_write = os.pipe()
+    stop_read, stop_write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child stays alive, as a worker would, until the test is done
+        os.write(ready_write, b"x")  # the fork hooks have run by now
+        os.read(stop_read, 1)
+        os._exit(0)
+    try:
+        os.read(ready_read, 1)
+        os.close(lock.handle)  # the holder dies (kill -9): its lock file stays, its descriptor is gone
+        with RunLock(str(tmp_path / "run")):  # free although the child still runs
+            pass
+    finally:
+        os.write(stop_write, b"x")
+        os.waitpid(child, 0)
+        for fd in (ready_read, ready_write, stop_read, stop_write):
+            os.close(fd)

@@ -13,6 +13,7 @@ import errno
 import os
 import socket
 import time
+import weakref
 
 from lib.errors import ConfigError
 
@@ -22,6 +23,23 @@ except ImportError:  # Windows: no flock; the pid check alone
     fcntl = None
 
 LOCK_NAME = "run.lock"
+
+# Locks this process holds. A forked child (a DataLoader worker) inherits the lock's file descriptor, and an flock
+# lasts while any copy of it is open: without closing the copies in the child, the workers of a killed run would
+# keep its folder locked for the seconds they outlive it.
+_HELD = weakref.WeakSet()
+
+
+def _drop_inherited_locks():
+    for lock in list(_HELD):
+        if lock.handle is not None:
+            os.close(lock.handle)  # the child's copy only: the parent keeps its lock
+            lock.handle = None
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 def _pid_alive(pid):
@@ -103,6 +121,7 @@ class RunLock:
         os.write(handle, text.encode("utf-8"))
         os.fsync(handle)
         self.handle = handle
+        _HELD.add(self)
 
     def _flock(self, handle):
         """True if this process now holds the lock, False if another process does."""
@@ -128,6 +147,7 @@ class RunLock:
             pass
         os.close(self.handle)  # drops the flock
         self.handle = None
+        _HELD.discard(self)
         self._remove_created_folders()
 
     def _remove_created_folders(self):
