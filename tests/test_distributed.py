@@ -17,6 +17,7 @@ import train_val
 from lib.engine.distributed import DistContext, launched_by_torchrun
 from lib.engine.logger import RunLogger
 from lib.engine.run_lock import LOCK_NAME, RunLock
+from lib.errors import ConfigError
 from test_resume import one_thread, write_runner  # noqa: F401  (one_thread: autouse fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -245,9 +246,17 @@ def test_torchrun_workers_die_with_a_killed_launcher(tmp_path):
     for pid in filter(alive, workers):
         os.kill(pid, signal.SIGKILL)  # leave no stray process behind a failed test
     assert died, "workers outlived torchrun"
-    # The dead run's lock does not block the next one.
-    with RunLock(str(run_dir)):
-        pass
+    # The dead run's lock does not block the next one. (A killed process shows as a zombie while its last threads
+    # are still exiting, with its files open: the kernel drops the lock a moment later.)
+    assert wait_for(lambda: can_lock(run_dir), 10), "the killed run's lock still blocks"
+
+
+def can_lock(run_dir):
+    try:
+        with RunLock(str(run_dir)):
+            return True
+    except ConfigError:
+        return False
 
 
 def test_a_forked_child_does_not_keep_the_run_folder_locked(tmp_path):
