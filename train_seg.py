@@ -31,13 +31,14 @@ from lib.engine.logger import MetricsFile, RunLogger, open_tensorboard, write_ar
 from lib.engine.metrics import format_seconds
 from lib.engine.poly import PolySchedule
 from lib.engine.run_lock import RunLock
+from lib.engine.runtime import (NonFiniteLoss, autocast, prepare_model, run_cli, seed_everything,
+                                set_cudnn_mode)
 from lib.engine.schedule import set_lr
 from lib.engine.seg_cli import get_args_parser, parse_seg_args, resolve_seg_args  # noqa: F401
 from lib.engine.seg_run import MIoUTracker, drop_records_after, resume_source, run_folder, save_checkpoint
 from lib.engine.segmetrics import all_reduce_confusion, confusion_matrix, json_number, segmentation_metrics
 from lib.errors import ConfigError
 from models.segmentation import build_segmentor, load_segmentor_state
-from train_val import NonFiniteLoss, autocast, prepare_model, seed_everything
 
 NUM_CLASSES = len(CLASSES)
 FAKE_SIZES = {"train": 16, "val": 8}
@@ -322,10 +323,7 @@ def main(args):
     ctx = init_distributed(args.device)
     log = RunLogger(enabled=ctx.is_main).start()
     try:
-        if args.deterministic:
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-        else:
-            torch.backends.cudnn.benchmark = True
+        set_cudnn_mode(args.deterministic)
         seed_everything(args.seed + ctx.rank)
         with torch.device("meta"):  # a bad model flag fails before any data is read, at no cost
             build_segmentor(**model_kwargs(args))
@@ -342,15 +340,7 @@ def main(args):
 
 def cli_main(argv=None):
     """Entry point: returns the exit status (0; 2 for bad input, 3 for a diverged run) with a one-line message."""
-    try:
-        main(parse_seg_args(argv))
-    except ConfigError as error:
-        print(f"train_seg.py: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    except NonFiniteLoss as error:
-        print(f"train_seg.py: error: {error}", file=sys.stderr)
-        return 3
-    return 0
+    return run_cli(main, parse_seg_args, "train_seg.py", argv)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,9 @@ references/classification/train.py: get_args_parser(), train_one_epoch(), evalua
 """
 import math
 import os
-import random
 import sys
 import time
-from contextlib import nullcontext
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,25 +31,15 @@ from lib.engine.run_lock import RunLock
 from lib.engine.run_state import (BestTracker, check_dataset, check_model_flags, load_resumed_state,
                                   load_resumed_weights, model_kwargs, prune_own_checkpoints, restore_epoch_file,
                                   resume_source, run_folder, save_checkpoint, summary_line)
+from lib.engine.runtime import (NonFiniteLoss, autocast, prepare_model, run_cli, seed_everything,
+                                set_cudnn_mode)
 from lib.engine.schedule import WarmupStepSchedule, set_lr
-from lib.engine.sync_bn import convert_sync_batchnorm
 from lib.errors import ConfigError
 from models import build_model, classifier_size, load_state_dict_checked
-
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite: the run stops, and that epoch is never checkpointed."""
 
 
 def build_criterion(args):
     return nn.CrossEntropyLoss()
-
-
-def autocast(device, amp):
-    dtype = AMP_DTYPES[amp]
-    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def _to_device(images, target, ctx, args):
@@ -127,42 +114,6 @@ def evaluate(model, loader, ctx, args, log):
     log.info(f" * Prec@1 {stats['top1']:.3f} Prec@5 {stats['top5']:.3f}  loss {stats['loss']:.4f}  "
              f"({stats['n']} images)")
     return stats
-
-
-def seed_everything(seed):
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def maybe_compile(model, args, log):
-    if not args.compile:
-        return model
-    try:
-        import torch._dynamo
-        torch._dynamo.config.suppress_errors = True  # a graph that fails to compile then runs eagerly, with a warning
-        return torch.compile(model)
-    except Exception as error:  # no compiler toolchain, unsupported platform...: training still works eagerly
-        log.warn(f"--compile failed ({type(error).__name__}: {error}); running the model uncompiled")
-        return model
-
-
-def prepare_model(model, args, ctx, log):
-    """(model_without_ddp, train_model, eval_model): the plain module for checkpoints, the (DDP-)wrapped one for
-    training, and one without DDP for evaluation (DDP's forward is collective; shards differ in length)."""
-    if args.sync_bn and ctx.distributed:
-        model = convert_sync_batchnorm(model, ctx.device)
-    elif args.sync_bn:
-        log.warn("--sync-bn does nothing in a single process")
-    model.to(ctx.device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    compiled = maybe_compile(model, args, log)
-    train_model = compiled
-    if ctx.distributed:
-        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        train_model = torch.nn.parallel.DistributedDataParallel(compiled, device_ids=device_ids)
-    return model, train_model, compiled
 
 
 def load_data(args, ctx):
@@ -354,10 +305,7 @@ def main(args):
     ctx = init_distributed(args.device)
     log = RunLogger(enabled=ctx.is_main).start()
     try:
-        if args.deterministic:
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-        else:
-            torch.backends.cudnn.benchmark = True
+        set_cudnn_mode(args.deterministic)
         seed_everything(args.seed + ctx.rank)
         check_model_flags(args)
         if args.amp == "fp16" and ctx.device.type == "cpu":
@@ -376,15 +324,7 @@ def main(args):
 
 def cli_main(argv=None):
     """Entry point: returns the exit status (0; 2 for bad input, 3 for a diverged run) with a one-line message."""
-    try:
-        main(parse_args(argv))
-    except ConfigError as error:
-        print(f"train_val.py: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    except NonFiniteLoss as error:
-        print(f"train_val.py: error: {error}", file=sys.stderr)
-        return 3
-    return 0
+    return run_cli(main, parse_args, "train_val.py", argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,80 @@
+"""What every entry point does around its model (train_val.py, train_seg.py): seeding, cudnn mode, autocast,
+compiling and wrapping the model for DDP, and turning user errors into one line and an exit status."""
+import random
+import sys
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from lib.engine.sync_bn import convert_sync_batchnorm
+from lib.errors import ConfigError
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite: the run stops, and that step is never checkpointed."""
+
+
+def autocast(device, amp):
+    dtype = AMP_DTYPES[amp]
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def seed_everything(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def set_cudnn_mode(deterministic):
+    """--deterministic: cudnn.deterministic; otherwise cudnn.benchmark (the reference set both at once)."""
+    if deterministic:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def maybe_compile(model, args, log):
+    if not args.compile:
+        return model
+    try:
+        import torch._dynamo
+        torch._dynamo.config.suppress_errors = True  # a graph that fails to compile then runs eagerly, with a warning
+        return torch.compile(model)
+    except Exception as error:  # no compiler toolchain, unsupported platform...: training still works eagerly
+        log.warn(f"--compile failed ({type(error).__name__}: {error}); running the model uncompiled")
+        return model
+
+
+def prepare_model(model, args, ctx, log):
+    """(model_without_ddp, train_model, eval_model): the plain module for checkpoints, the (DDP-)wrapped one for
+    training, and one without DDP for evaluation (DDP's forward is collective; shards differ in length)."""
+    if args.sync_bn and ctx.distributed:
+        model = convert_sync_batchnorm(model, ctx.device)
+    elif args.sync_bn:
+        log.warn("--sync-bn does nothing in a single process")
+    model.to(ctx.device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    compiled = maybe_compile(model, args, log)
+    train_model = compiled
+    if ctx.distributed:
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        train_model = torch.nn.parallel.DistributedDataParallel(compiled, device_ids=device_ids)
+    return model, train_model, compiled
+
+
+def run_cli(main, parse_args, prog, argv=None):
+    """Run main(parse_args(argv)) and return the exit status: 0; 2 for bad input (ConfigError), 3 for a diverged
+    run (NonFiniteLoss), each with its message on one line of stderr instead of a traceback."""
+    try:
+        main(parse_args(argv))
+    except ConfigError as error:
+        print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 3
+    return 0
