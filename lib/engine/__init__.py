@@ -1,5 +1,7 @@
-"""The run machinery every entry point shares (train_val.py, train_seg.py): command line and recipes, checkpoints
-and resume, the run-folder lock (run_lock), logging, metrics, learning-rate schedules, torchrun / DDP and
-synchronized BatchNorm.
+"""The run machinery every entry point shares (train_val.py, train_seg.py): command line and recipes (cli, config,
+recipe; seg_cli for segmentation), checkpoints and resume (checkpoint, run_state; seg_run), the run-folder lock
+(run_lock), logging and metrics (logger, metrics, segmetrics), learning-rate schedules (schedule, poly), seeding /
+autocast / model preparation / exit codes (runtime), torchrun / DDP (distributed) and synchronized BatchNorm
+(sync_bn).
 
 Nothing here is needed to use the blocks themselves (`lib.build_nonlocal`)."""
