@@ -49,7 +49,7 @@ def _coerce(action, key, value):
         # "no-download: true" names the switch, "download: false" names the value it sets.
         names_switch = str(key).lstrip("-") != action.dest
         return not flag if isinstance(action, argparse._StoreFalseAction) and names_switch else flag
-    if action.nargs in ("+", "*"):
+    if action.nargs in ("+", "*") or isinstance(action.nargs, int):  # lists; a fixed count is checked by the recipe
         value = [convert(item) for item in (value if isinstance(value, list) else [value])]
     else:
         value = convert(value)
@@ -82,7 +82,7 @@ def load_config(path, parser):
     names = _option_names(parser)
     unknown = [str(key) for key in data if str(key).lstrip("-") not in names]
     if unknown:
-        raise ConfigError(f"config {path}: unknown key(s) {', '.join(unknown)} (keys are train_val.py flag names)")
+        raise ConfigError(f"config {path}: unknown key(s) {', '.join(unknown)} (keys are {parser.prog} flag names)")
     values = {}
     for key, value in data.items():
         action = names[str(key).lstrip("-")]
@@ -90,23 +90,24 @@ def load_config(path, parser):
     return values
 
 
-def _given_on_command_line(argv):
+def _given_on_command_line(argv, make_parser):
     """dests the command line sets: parse once more with every default suppressed, so only given flags remain."""
-    parser = get_args_parser()
+    parser = make_parser()
     for action in parser._actions:
         action.default = argparse.SUPPRESS
     return set(vars(parser.parse_args(argv)))
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, make_parser=get_args_parser):
     """The Namespace for main(): flags over --config over parser defaults; args.explicit lists what was given.
 
-    The recipe is not applied here (main does it, through lib.engine.recipe.resolve_args), so that a Namespace built
-    by any means can be passed to main().
+    make_parser builds the entry point's parser (train_val.py's by default). The recipe is not applied here (main
+    does it, e.g. through lib.engine.recipe.resolve_args), so that a Namespace built by any means can be passed to
+    main().
     """
-    parser = get_args_parser()
+    parser = make_parser()
     args = parser.parse_args(argv)  # parse errors first: one line, exit 2
-    explicit = _given_on_command_line(argv)
+    explicit = _given_on_command_line(argv, make_parser)
     if args.config:
         values = load_config(args.config, parser)
         parser.set_defaults(**values)

@@ -3,11 +3,10 @@
 Precedence, lowest first: the dataset's recipe (fills only flags left unset) < --config FILE.yaml < command-line
 flags. No flag uses argparse's bool type: bool-ish flags go through parse_bool. See docs/segmentation.md.
 """
-import argparse
 import os
 
 from lib.engine.cli import AMP_MODES, OneLineParser, parse_bool, parse_pretrained
-from lib.engine.config import load_config
+from lib.engine.config import parse_args
 from lib.engine.recipe import CPUS, DEVICE_PATTERN
 from lib.errors import ConfigError
 
@@ -108,23 +107,7 @@ def get_args_parser(add_help=True):
 def parse_seg_args(argv=None):
     """Flags over --config over parser defaults; args.explicit lists the flags given (the recipe fills the rest
     in resolve_seg_args, called by main)."""
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    quiet = get_args_parser()
-    for action in quiet._actions:
-        action.default = argparse.SUPPRESS
-    explicit = set(vars(quiet.parse_args(argv)))
-    if args.config:
-        lists = get_args_parser()  # YAML lists for the two-value flags: read like nargs="+" lists, checked later
-        for action in lists._actions:
-            if action.nargs == 2:
-                action.nargs = "+"
-        values = load_config(args.config, lists)
-        parser.set_defaults(**values)
-        args = parser.parse_args(argv)
-        explicit |= set(values)
-    args.explicit = sorted(explicit - {"config"})
-    return args
+    return parse_args(argv, get_args_parser)
 
 
 def _check(condition, message):
