@@ -14,6 +14,8 @@ from lib.affinity import DenseAffinity, SoftmaxAffinity, build_affinity
 from lib.cc import CCStage
 from lib.cgnl import CGNL
 from models import build_model, load_state_dict_checked
+from test_blocks import saved_bytes
+from tools.gpu_check import randomized
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOFTMAX_KINDS = ("nl", "ns", "dnl")
@@ -21,23 +23,6 @@ SOFTMAX_KINDS = ("nl", "ns", "dnl")
 
 def rel_err(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def randomized(module, seed=0):
-    """Random norm affine parameters / running statistics and a non-zero CC gamma: defaults would hide errors."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-        for name, p in module.named_parameters():
-            if name.endswith("gamma"):
-                p.fill_(0.7)
-    return module
 
 
 def forward_backward(module, x, grad_seed=1):
@@ -81,18 +66,6 @@ def test_fused_softmax_runs_the_fused_kernel(kind, is_sys):
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
         block(x).sum().backward()
     assert torch.isfinite(x.grad).all()
-
-
-def saved_bytes(block, x):
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        block(x)
-    return sum(storages.values())
 
 
 def test_fused_softmax_keeps_no_n_by_n_tensor_for_the_backward():

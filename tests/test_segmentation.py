@@ -11,7 +11,6 @@ import pytest
 import torch
 import torchvision
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import train_seg
 from lib import NONLOCAL_BLOCKS, build_nonlocal
@@ -25,6 +24,7 @@ from lib.engine.run_lock import LOCK_NAME, RunLock
 from lib.engine.segmetrics import all_reduce_confusion, confusion_matrix, segmentation_metrics
 from lib.errors import ConfigError
 from models.segmentation import NonlocalHead, build_segmentor, init_head
+from tools.bench_segmentation import TensorShapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny geometry for the end-to-end runs: fake scenes resized to about 32x64, crops 32x64, batch 2.
@@ -104,28 +104,13 @@ def test_head_init_keeps_the_blocks_zero_init():
     assert model.head.classifier.weight.std() < 0.02  # normal(0, 0.01), as mmseg's classifier
 
 
-class LargestTensor(TorchDispatchMode):
-    """Records the shape of every tensor an op creates."""
-
-    def __init__(self):
-        super().__init__()
-        self.shapes = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for item in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(item, torch.Tensor):
-                self.shapes.append(tuple(item.shape))
-        return out
-
-
 @pytest.mark.parametrize("path, dense", [("auto", False), ("dense", True)])
 def test_snl_head_never_forms_the_n_by_n_affinity(path, dense):
     torch.manual_seed(0)
     n = 16 * 16  # N >= 4 C': the head's SNL takes the factorized path, as at 512x1024 (N = 8192, C' = 256)
     head = NonlocalHead(64, 64, 19, build_nonlocal("snl", 64, 32, zero_init=True, affinity_path=path))
     x = torch.randn(1, 64, 16, 16, requires_grad=True)
-    with LargestTensor() as recorder:
+    with TensorShapes() as recorder:
         head(x).sum().backward()
     square = [shape for shape in recorder.shapes if shape.count(n) >= 2]
     assert bool(square) == dense, square  # the dense path does form it: the check would see it
