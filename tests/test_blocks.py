@@ -7,6 +7,7 @@ import torch
 import direct_formulas as direct
 from lib import NONLOCAL_BLOCKS, ConfigError, build_nonlocal
 from lib.affinity import DenseAffinity, ReluDotAffinity, SoftmaxAffinity, build_affinity
+from tools.gpu_check import randomized
 
 FIRST_STAGE_KINDS = ("snl", "nl", "a2", "ns", "dnl")  # the spectral family's own tests: tests/test_filters.py
 STAGE_KINDS = FIRST_STAGE_KINDS + ("cheb", "gsnl", "cayley", "arma")
@@ -17,27 +18,9 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def randomize_norms(module, seed=0):
-    """Non-trivial BN / GN affine parameters and running stats (defaults would hide mistakes), and a non-zero
-    CC gamma (0 would make the attention branch invisible)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm)):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-        for name, p in module.named_parameters():
-            if name.endswith("gamma"):
-                p.fill_(0.7)
-    return module
-
-
 def make_block(kind, c=16, planes=8, **kwargs):
     torch.manual_seed(0)
-    return randomize_norms(build_nonlocal(kind, c, planes, **kwargs))
+    return randomized(build_nonlocal(kind, c, planes, **kwargs))
 
 
 # --- every registered block --------------------------------------------------------------------------------

@@ -24,20 +24,13 @@ from lib.engine.run_lock import LOCK_NAME, RunLock
 from lib.engine.segmetrics import all_reduce_confusion, confusion_matrix, segmentation_metrics
 from lib.errors import ConfigError
 from models.segmentation import NonlocalHead, build_segmentor, init_head
+from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 from tools.bench_segmentation import TensorShapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny geometry for the end-to-end runs: fake scenes resized to about 32x64, crops 32x64, batch 2.
 TINY = ["--dataset", "fake", "--crop-size", "32", "64", "--img-scale", "64", "32", "-b", "2", "--device", "cpu",
         "--print-freq", "1"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # ----------------------------------------------------------------------------------------------- model

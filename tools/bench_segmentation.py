@@ -19,7 +19,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -28,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lib import NONLOCAL_BLOCKS  # noqa: E402
 from models.segmentation import build_segmentor  # noqa: E402
-from tools.bench_blocks import peak_memory_bytes, synchronize  # noqa: E402
+from tools.bench_blocks import peak_memory_bytes, timed  # noqa: E402
 from train_seg import SegLoss  # noqa: E402
 
 MIB = 2 ** 20
@@ -73,14 +72,6 @@ def step_flops(head, batch, crop):
         loss, _ = SegLoss(0.4)(model(images), target)
         loss.backward()
     return counter.get_total_flops()
-
-
-def timed(fn, device):
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
 
 
 def main(argv=None):
