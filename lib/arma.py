@@ -5,7 +5,7 @@ The SNL authors announced an "ARMA Filter" block and never released one; this de
 """
 import torch
 
-from lib.stage import NonlocalStage, NonlocalUnit, check_positive_int, frequencies, matrix, pointwise
+from .stage import NonlocalStage, NonlocalUnit, check_positive_int, frequencies, matrix, pointwise
 
 
 class ARMAUnit(NonlocalUnit):

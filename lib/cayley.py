@@ -4,8 +4,8 @@ CayleySNLUnit), on SNL's affinity.
 It only carries the name: it is a polynomial filter in L = I - A, NOT the rational Cayley filter of CayleyNets
 (Levie et al., 2018). docs/spectral.md.
 """
-from lib.errors import ConfigError
-from lib.stage import NonlocalStage, NonlocalUnit, frequencies, matrix, pointwise
+from .errors import ConfigError
+from .stage import NonlocalStage, NonlocalUnit, frequencies, matrix, pointwise
 
 
 class CayleyUnit(NonlocalUnit):

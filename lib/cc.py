@@ -2,9 +2,9 @@
 import torch
 import torch.nn as nn
 
-from lib.affinity import full_precision
-from lib.cgnl import check_input
-from lib.errors import ConfigError
+from .affinity import full_precision
+from .cgnl import check_input
+from .errors import ConfigError
 
 
 class CrissCrossAttention(nn.Module):

@@ -4,9 +4,9 @@ import math
 import torch
 import torch.nn as nn
 
-from lib.affinity import full_precision, upcast
-from lib.errors import ConfigError
-from lib.pointwise import project
+from .affinity import full_precision, upcast
+from .errors import ConfigError
+from .pointwise import project
 
 CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 SPATIAL_NAMES = {1: "L", 2: "H, W", 3: "T, H, W"}

@@ -4,7 +4,7 @@ Our definition of the filter the SNL authors announced ("Cheby Filter") and neve
 """
 import torch
 
-from lib.stage import NonlocalStage, NonlocalUnit, check_positive_int, frequencies, matrix
+from .stage import NonlocalStage, NonlocalUnit, check_positive_int, frequencies, matrix
 
 
 class ChebUnit(NonlocalUnit):

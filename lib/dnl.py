@@ -1,7 +1,7 @@
 """Disentangled nonlocal block (Yin et al., ECCV 2020) as the SNL paper's comparison builds it."""
 import torch
 
-from lib.stage import NonlocalStage, NonlocalUnit, frequencies, matrix, pointwise
+from .stage import NonlocalStage, NonlocalUnit, frequencies, matrix, pointwise
 
 
 class DNLUnit(NonlocalUnit):

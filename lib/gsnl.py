@@ -1,6 +1,6 @@
 """Generalized SNL (gSNL) of the SNL authors' earlier release (github zh460045050/spectral-nonlocal-block,
 model/snl_block.py, gSNLStage / gSNLUnit), with its parameter names, default affinity and no output ReLU."""
-from lib.stage import NonlocalStage, NonlocalUnit, frequencies, matrix, pointwise
+from .stage import NonlocalStage, NonlocalUnit, frequencies, matrix, pointwise
 
 
 class GSNLUnit(NonlocalUnit):

@@ -1,6 +1,6 @@
 """Nonlocal block (Wang et al., CVPR 2018) and the double-attention block A2 (Chen et al., NeurIPS 2018),
 as the SNL paper's comparison builds them: stages (docs/blocks.md) with the NL unit."""
-from lib.stage import NonlocalStage, NonlocalUnit, frequencies, matrix, pointwise
+from .stage import NonlocalStage, NonlocalUnit, frequencies, matrix, pointwise
 
 
 class NLUnit(NonlocalUnit):

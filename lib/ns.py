@@ -1,5 +1,5 @@
 """Nonlocal stage with a Laplacian-like unit (NS in the SNL paper's comparison)."""
-from lib.stage import NonlocalStage, NonlocalUnit, frequencies, matrix, pointwise
+from .stage import NonlocalStage, NonlocalUnit, frequencies, matrix, pointwise
 
 
 class NSUnit(NonlocalUnit):

@@ -1,16 +1,16 @@
 """Name -> nonlocal block registry and factory."""
-from lib.arma import ARMA
-from lib.cayley import Cayley
-from lib.cc import CCStage
-from lib.cgnl import CGNL
-from lib.cheb import Cheb
-from lib.dnl import DNL
-from lib.errors import ConfigError
-from lib.gsnl import GSNL
-from lib.nl import A2, NL
-from lib.ns import NS
-from lib.snl import SNL
-from lib.stage import NonlocalStage, check_dim, check_optional_bool, check_positive_int
+from .arma import ARMA
+from .cayley import Cayley
+from .cc import CCStage
+from .cgnl import CGNL
+from .cheb import Cheb
+from .dnl import DNL
+from .errors import ConfigError
+from .gsnl import GSNL
+from .nl import A2, NL
+from .ns import NS
+from .snl import SNL
+from .stage import NonlocalStage, check_dim, check_optional_bool, check_positive_int
 
 NONLOCAL_BLOCKS = {"snl": SNL, "nl": NL, "a2": A2, "ns": NS, "dnl": DNL, "cgnl": CGNL, "cc": CCStage,
                    "cheb": Cheb, "gsnl": GSNL, "cayley": Cayley, "arma": ARMA}

@@ -1,5 +1,5 @@
 """Spectral Nonlocal Block (Zhu et al., "Unifying Nonlocal Blocks for Neural Networks", ICCV 2021)."""
-from lib.stage import NonlocalStage, NonlocalUnit, frequencies, matrix, pointwise
+from .stage import NonlocalStage, NonlocalUnit, frequencies, matrix, pointwise
 
 
 class SNLUnit(NonlocalUnit):

@@ -8,10 +8,10 @@ import math
 import torch
 import torch.nn as nn
 
-from lib.affinity import (AFFINITY_PATHS, build_affinity, full_precision, mix, mix_transposed, upcast,
+from .affinity import (AFFINITY_PATHS, build_affinity, full_precision, mix, mix_transposed, upcast,
                           uses_factorized)
-from lib.errors import ConfigError
-from lib.pointwise import MAX_PRODUCT_CHANNELS, project
+from .errors import ConfigError
+from .pointwise import MAX_PRODUCT_CHANNELS, project
 
 CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 BATCH_NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
