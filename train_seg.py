@@ -31,7 +31,7 @@ from lib.engine.logger import MetricsFile, RunLogger, open_tensorboard, write_ar
 from lib.engine.metrics import format_seconds
 from lib.engine.poly import PolySchedule
 from lib.engine.run_lock import RunLock
-from lib.engine.resume_check import (RESUMABLE, check_resumed_checkpoint, has_work, resume_args_path,
+from lib.engine.resume_check import (RESUMABLE, check_resume_settings, has_work, resume_args_path,
                                      valid_dataset_from_checkpoint)
 from lib.engine.run_state import check_dataset
 from lib.engine.runtime import (NonFiniteLoss, autocast, cpu_threads_note, prepare_model, run_cli, seed_everything,
@@ -253,10 +253,11 @@ def _train(args, ctx, log, run_dir):
     # A resumed model's weights come from its checkpoint: pretrained weights are not loaded again.
     model = build_segmentor(**model_kwargs(args, None if checkpoint else args.pretrained))
     if checkpoint is not None:
-        check_resumed_checkpoint(checkpoint, resume_path, args, log, "segmentation", RESUMABLE)  # not more --iters
+        require_task(checkpoint, resume_path, "segmentation")
         mismatch = model_args_mismatch(checkpoint.get("model_args") or model.build_args, model.build_args)
         if mismatch:
             raise ConfigError(f"cannot resume from {resume_path}, it holds another model: {mismatch}")
+        check_resume_settings(checkpoint, resume_path, args, log, RESUMABLE)  # RESUMABLE: more --iters is a change
         load_segmentor_state(model, checkpoint["state_dict"])
     model, train_model, eval_model = prepare_model(model, args, ctx, log)
     schedule = PolySchedule(args.lr, args.iters, args.power, args.min_lr)

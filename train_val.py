@@ -27,7 +27,7 @@ from lib.engine.distributed import (all_reduce_sums, any_process, cleanup, from_
 from lib.engine.logger import MetricsFile, RunLogger, open_tensorboard, write_args
 from lib.engine.metrics import AverageMeter, format_seconds, percent, topk_correct
 from lib.engine.recipe import RECIPES, recipe_line, resolve_args
-from lib.engine.resume_check import check_resumed_checkpoint, has_work, resume_args_path, valid_dataset_from_checkpoint
+from lib.engine.resume_check import check_resume_settings, has_work, resume_args_path, valid_dataset_from_checkpoint
 from lib.engine.run_lock import RunLock
 from lib.engine.run_state import (BestTracker, check_dataset, check_model_flags, load_resumed_state,
                                   load_resumed_weights, model_kwargs, prune_own_checkpoints, restore_epoch_file,
@@ -211,12 +211,13 @@ def _train(args, ctx, log, run_dir):
     train_set, val_set, info, train_loader, val_loader, train_sampler = load_data(args, ctx)
     checkpoint = load_checkpoint(resume_path) if resume_path else None
     if checkpoint is not None:
+        require_task(checkpoint, resume_path, "classification")
         check_dataset(checkpoint, resume_path, args.dataset)
-        check_resumed_checkpoint(checkpoint, resume_path, args, log, "classification")
     # A resumed model's weights come from its checkpoint: pretrained weights are not loaded again.
     model = build_model(**model_kwargs(args, info.num_classes, None if checkpoint else args.pretrained))
     if checkpoint is not None:
         load_resumed_weights(checkpoint, resume_path, model)
+        check_resume_settings(checkpoint, resume_path, args, log)  # the same model: now the same settings?
     model, train_model, eval_model = prepare_model(model, args, ctx, log)
     scale = args.batch_size * ctx.world_size / RECIPES[args.recipe]["batch_size"] if args.lr_scale == "linear" else 1
     schedule = WarmupStepSchedule(args.lr * scale, args.lr_steps, args.warmup_epochs, args.lr_gamma)

@@ -219,7 +219,8 @@ def test_first_progress_line_of_a_cpu_run_reports_the_threads(finished_run):
 
 @pytest.mark.parametrize("argv,folder", [(["--nl-type", "cheb", "--order", "3"], "cheb3"),
                                          (["--nl-type", "arma", "--order", "4"], "arma4"),
-                                         (["--nl-type", "cheb", "--order", "2"], "cheb"), (["--nl-type", "cheb"], "cheb")])
+                                         (["--nl-type", "cheb", "--order", "2"], "cheb"),
+                                         (["--nl-type", "cheb"], "cheb")])
 def test_runs_of_other_orders_get_their_own_folder(argv, folder):
     assert resolved(["--dataset", "fake"] + argv).checkpoints == folder
 

@@ -131,13 +131,6 @@ def resume_args_path(run_dir, start):
     return path
 
 
-def check_resumed_checkpoint(checkpoint, path, args, log, task, resumable=RESUMABLE | EPOCH_BASED):
-    """Everything a resumed checkpoint must satisfy, in one call: it belongs to `task` (require_task) and was
-    trained with this run's settings (check_resume_settings)."""
-    require_task(checkpoint, path, task)
-    return check_resume_settings(checkpoint, path, args, log, resumable)
-
-
 def valid_dataset_from_checkpoint(args, task):
     """--valid without --dataset: the dataset is the checkpoint's (and the checkpoint must belong to `task`), so
     that the recipe and the data read follow it. Call before the recipe resolves args; returns args."""
