@@ -257,7 +257,7 @@ def _train(args, ctx, log, run_dir):
         mismatch = model_args_mismatch(checkpoint.get("model_args") or model.build_args, model.build_args)
         if mismatch:
             raise ConfigError(f"cannot resume from {resume_path}, it holds another model: {mismatch}")
-        check_resume_settings(checkpoint, resume_path, args, log, RESUMABLE)  # RESUMABLE: more --iters is a change
+        check_resume_settings(checkpoint, resume_path, args, log, RESUMABLE, ctx.world_size)  # not: more --iters
         load_segmentor_state(model, checkpoint["state_dict"])
     model, train_model, eval_model = prepare_model(model, args, ctx, log)
     schedule = PolySchedule(args.lr, args.iters, args.power, args.min_lr)

@@ -217,7 +217,7 @@ def _train(args, ctx, log, run_dir):
     model = build_model(**model_kwargs(args, info.num_classes, None if checkpoint else args.pretrained))
     if checkpoint is not None:
         load_resumed_weights(checkpoint, resume_path, model)
-        check_resume_settings(checkpoint, resume_path, args, log)  # the same model: now the same settings?
+        check_resume_settings(checkpoint, resume_path, args, log, world_size=ctx.world_size)  # same settings?
     model, train_model, eval_model = prepare_model(model, args, ctx, log)
     scale = args.batch_size * ctx.world_size / RECIPES[args.recipe]["batch_size"] if args.lr_scale == "linear" else 1
     schedule = WarmupStepSchedule(args.lr * scale, args.lr_steps, args.warmup_epochs, args.lr_gamma)

@@ -129,6 +129,11 @@ def test_settings_meant_to_change_on_a_resume_pass():
     args = resolved(FAKE[:-1] + ["3", "--workers", "2", "--print-freq", "7", "--eval-freq", "2", "--device", "cpu",
                                  "--keep-checkpoints", "0", "--resume", "auto", "--output-dir", "elsewhere"])
     assert changed_settings(saved, args, RESUMABLE | EPOCH_BASED) == {}
+    # Another number of processes (warned about apart) with the same global batch is the same setting.
+    two = {"args": dict(saved, batch_size=32, sync_bn=True), "world_size": 2}
+    assert check_resume_settings(two, "ckpt", resolved(FAKE), Recorder()) == {}
+    with pytest.raises(ConfigError, match=r"--batch-size 32 x 2 processes -> 64 x 4 processes, --sync-bn True -> "):
+        check_resume_settings(two, "ckpt", resolved(FAKE), Recorder(), world_size=4)
     # A poly schedule spans all iterations: more --iters changes the run, so train_seg.py compares it.
     seg = resolve_seg_args(parse_seg_args(TINY))
     longer = resolve_seg_args(parse_seg_args(TINY + ["--iters", "50000", "--eval-every", "10", "-j", "0"]))

@@ -94,14 +94,28 @@ def changed_settings(saved, args, resumable=RESUMABLE):
     return changed
 
 
-def check_resume_settings(checkpoint, path, args, log, resumable=RESUMABLE | EPOCH_BASED):
+def _across_process_counts(changed, saved, args, saved_world, world_size):
+    """Another number of processes (warned about apart) keeps the run's settings if it keeps the global batch;
+    --sync-bn does nothing in a single process."""
+    if "batch_size" in changed and saved["batch_size"] * saved_world == args.batch_size * world_size:
+        del changed["batch_size"]
+    elif "batch_size" in changed and saved_world != world_size:
+        changed["batch_size"] = (f"{saved['batch_size']} x {saved_world} processes",
+                                 f"{args.batch_size} x {world_size} processes")
+    if "sync_bn" in changed and min(saved_world, world_size) == 1:
+        del changed["sync_bn"]
+
+
+def check_resume_settings(checkpoint, path, args, log, resumable=RESUMABLE | EPOCH_BASED, world_size=1):
     """Refuse to resume `checkpoint` (read from `path`) with settings other than its run's, in one line listing
     them, unless args.allow_changed; then warn and keep the list in args.changed_on_resume (written to
-    args_resume_<n>.yaml). Checkpoints without stored settings (the reference's) pass."""
+    args_resume_<n>.yaml). Checkpoints without stored settings (the reference's) pass. world_size: this run's
+    number of processes (the batch size compared is the global one)."""
     saved = checkpoint.get("args")
     if not isinstance(saved, dict):
         return {}
     changed = changed_settings(saved, args, resumable)
+    _across_process_counts(changed, saved, args, int(checkpoint.get("world_size") or world_size), world_size)
     if not changed:
         return {}
     listed = ", ".join(f"--{name.replace('_', '-')} {_shown(old)} -> {_shown(new)}"
