@@ -245,7 +245,7 @@ def test_no_warmup_line_without_warmup(finished_run):
 
 @pytest.mark.parametrize("argv,message", [
     (["--nl-type", "cheb", "--order", "0"], "--order must be a positive integer, got 0"),
-    (["--nl-type", "snl", "--order", "3"], "--order applies to --nl-type cheb and arma only"),
+    (["--nl-type", "snl", "--order", "3"], "--order applies to cheb and arma only, not to --nl-type snl"),
 ])
 def test_errors_name_the_flag(tmp_path, capsys, argv, message):
     assert exit_status(["--dataset", "fake", "--output-dir", str(tmp_path)] + argv) == 2

@@ -67,8 +67,8 @@ def _check_order(args):
     if args.order is None:
         return
     _check(args.order >= 1, f"--order must be a positive integer, got {args.order}")
-    _check(args.nl_type in ORDER_BLOCKS, f"--order applies to --nl-type {' and '.join(ORDER_BLOCKS)} only, not "
-           f"to {args.nl_type}")
+    _check(args.nl_type in ORDER_BLOCKS, f"--order applies to {' and '.join(ORDER_BLOCKS)} only, not to --nl-type "
+           f"{args.nl_type}")
 
 
 def _pick_recipe(args):
