@@ -7,7 +7,11 @@
   equal the checkpoint's, unless --allow-changed says to go on knowingly (then the differences are recorded in
   args_resume_<n>.yaml as changed_on_resume). Settings meant to change on a resume (more epochs, workers, print
   and evaluation frequency, checkpoints kept, device, paths, performance switches) are not compared.
-- has_work / resume_args_path: a resume with nothing left to do writes no new records.
+  Call it after the model check (another model is not a "changed setting"); it compares the global batch.
+- has_work / resume_args_path: a resume with nothing left to do writes no new records, and a resume never
+  overwrites an earlier resume's args_resume_<n>.yaml.
+- valid_dataset_from_checkpoint: --valid without --dataset evaluates on the checkpoint's dataset.
+The checkpoint's task itself is checked with lib.engine.tasks.require_task, right after loading it.
 """
 import os
 
