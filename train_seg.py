@@ -31,12 +31,16 @@ from lib.engine.logger import MetricsFile, RunLogger, open_tensorboard, write_ar
 from lib.engine.metrics import format_seconds
 from lib.engine.poly import PolySchedule
 from lib.engine.run_lock import RunLock
-from lib.engine.runtime import (NonFiniteLoss, autocast, prepare_model, run_cli, seed_everything,
-                                set_cudnn_mode)
+from lib.engine.resume_check import (RESUMABLE, check_resume_settings, has_work, resume_args_path,
+                                     valid_dataset_from_checkpoint)
+from lib.engine.run_state import check_dataset
+from lib.engine.runtime import (NonFiniteLoss, autocast, cpu_threads_note, prepare_model, run_cli, seed_everything,
+                                set_cudnn_mode, warn_slow_amp)
 from lib.engine.schedule import set_lr
 from lib.engine.seg_cli import get_args_parser, parse_seg_args, resolve_seg_args  # noqa: F401
 from lib.engine.seg_run import MIoUTracker, drop_records_after, resume_source, run_folder, save_checkpoint
 from lib.engine.segmetrics import all_reduce_confusion, confusion_matrix, json_number, segmentation_metrics
+from lib.engine.tasks import require_task
 from lib.errors import ConfigError
 from models.segmentation import build_segmentor, load_segmentor_state
 
@@ -79,13 +83,14 @@ def pipeline_of(args):
                        photometric=args.photometric)
 
 
-def build_seg_datasets(args):
-    """(train_set, val_set) for --dataset; ConfigError, on one line, for a missing or incomplete dataset."""
+def build_seg_datasets(args, train=True):
+    """(train_set, val_set) for --dataset (train=False: (None, val_set), e.g. for --valid, which needs only the
+    validation split); ConfigError, on one line, for a missing or incomplete dataset."""
     pipeline = pipeline_of(args)
     if args.dataset == "fake":
-        return (SegmentationSet(FakeScenes(FAKE_SIZES["train"], "train"), True, pipeline),
+        return (SegmentationSet(FakeScenes(FAKE_SIZES["train"], "train"), True, pipeline) if train else None,
                 SegmentationSet(FakeScenes(FAKE_SIZES["val"], "val"), False, pipeline))
-    return build_cityscapes(args.data_dir, pipeline)
+    return build_cityscapes(args.data_dir, pipeline, train=train)
 
 
 def val_loader_of(val_set, ctx, args):
@@ -153,7 +158,8 @@ def train_iterations(model, criterion, optimizer, scaler, batches, start, stop, 
             shown = "  ".join(f"{name} {value:.4f}" for name, value in parts.items())
             log.info(f"Iter [{done}/{args.iters}]  loss {loss_value:.4f} ({loss_sum / count:.4f})  {shown}  "
                      f"lr {lr:.6g}  {count * args.batch_size * ctx.world_size / max(elapsed, 1e-9):.2f} img/s  "
-                     f"eta {format_seconds(elapsed / count * (args.iters - done))}")
+                     f"eta {format_seconds(elapsed / count * (args.iters - done))}"
+                     + (cpu_threads_note(ctx.device) if count <= args.print_freq else ""))
     loss_sum, count = all_reduce_sums(ctx, [loss_sum, count])
     return loss_sum / max(count, 1)
 
@@ -202,7 +208,9 @@ def validate_checkpoint(args, ctx, log):
     """--valid: evaluate --check_path, rebuilt from its stored constructor arguments (else from the flags)."""
     log.heading("=> validation mode")
     checkpoint = load_checkpoint(args.check_path)
-    _, val_set = build_seg_datasets(args)
+    require_task(checkpoint, args.check_path, "segmentation")
+    check_dataset(checkpoint, args.check_path, args.dataset)
+    _, val_set = build_seg_datasets(args, train=False)
     saved = checkpoint.get("model_args")
     model = build_segmentor(**saved) if saved else build_segmentor(**model_kwargs(args))
     load_segmentor_state(model, checkpoint["state_dict"])
@@ -245,9 +253,11 @@ def _train(args, ctx, log, run_dir):
     # A resumed model's weights come from its checkpoint: pretrained weights are not loaded again.
     model = build_segmentor(**model_kwargs(args, None if checkpoint else args.pretrained))
     if checkpoint is not None:
+        require_task(checkpoint, resume_path, "segmentation")
         mismatch = model_args_mismatch(checkpoint.get("model_args") or model.build_args, model.build_args)
         if mismatch:
             raise ConfigError(f"cannot resume from {resume_path}, it holds another model: {mismatch}")
+        check_resume_settings(checkpoint, resume_path, args, log, RESUMABLE, ctx.world_size)  # not: more --iters
         load_segmentor_state(model, checkpoint["state_dict"])
     model, train_model, eval_model = prepare_model(model, args, ctx, log)
     schedule = PolySchedule(args.lr, args.iters, args.power, args.min_lr)
@@ -273,9 +283,11 @@ def _train(args, ctx, log, run_dir):
         log.attach(os.path.join(run_dir, "log_train.txt"))
         for name in remove_stale_temp_files(run_dir):
             log.warn(f"removed {name}, left by an interrupted checkpoint write")
-        write_args(os.path.join(run_dir, f"args_resume_{start_iter}.yaml" if checkpoint else "args.yaml"), args)
+        if has_work(start_iter, args.iters):  # a resume with nothing to train writes no records
+            write_args(resume_args_path(run_dir, start_iter) if checkpoint else os.path.join(run_dir, "args.yaml"),
+                       args)
         drop_records_after(metrics_path, start_iter)
-    writer = open_tensorboard(run_dir, start_iter, enabled=ctx.is_main)
+    writer = open_tensorboard(run_dir, start_iter, enabled=ctx.is_main and has_work(start_iter, args.iters))
     rng_states = (checkpoint or {}).get("rng_states") or []
     if ctx.rank < len(rng_states):
         restore_rng(rng_states[ctx.rank])
@@ -319,12 +331,13 @@ def _train(args, ctx, log, run_dir):
 
 def main(args):
     """Train (or with --valid, evaluate); returns the final evaluation's stats. Raises ConfigError for bad input."""
-    args = resolve_seg_args(args)
+    args = resolve_seg_args(valid_dataset_from_checkpoint(args, "segmentation"))
     ctx = init_distributed(args.device)
     log = RunLogger(enabled=ctx.is_main).start()
     try:
         set_cudnn_mode(args.deterministic)
         seed_everything(args.seed + ctx.rank)
+        warn_slow_amp(args.amp, ctx.device, log)
         with torch.device("meta"):  # a bad model flag fails before any data is read, at no cost
             build_segmentor(**model_kwargs(args))
         if args.valid:

@@ -15,6 +15,15 @@
 # Flags after the experiment name are appended, so they override the ones below (argparse: last one wins).
 # At the end the classification runs made are compared in one table (tools/compare_runs.py).
 set -eu
+# Relative paths given by the caller (DATA_ROOT, --output-dir, --data_dir) are the caller's, not the repository's.
+CALLER_DIR=$(pwd)
+absolute() {
+    case $1 in
+        /*) printf '%s\n' "$1" ;;
+        *) printf '%s\n' "$CALLER_DIR/$1" ;;
+    esac
+}
+if [ -n "${DATA_ROOT:-}" ]; then DATA_ROOT=$(absolute "$DATA_ROOT"); fi
 cd "$(dirname "$0")"
 DATA_ROOT=${DATA_ROOT:-./data}
 . ./tools/seeded_runs.sh
@@ -25,6 +34,22 @@ case "${1:-}" in
     -*|"") ;;
     *) echo "train_snl.sh: unknown experiment '$1' (cifar10, cifar100, imagenet, all or cityscapes)" >&2; exit 2 ;;
 esac
+
+# The flags' folder values made absolute (each argument is taken from the front and appended at the back).
+path_flag=
+for arg in "$@"; do
+    shift
+    if [ -n "$path_flag" ]; then
+        arg=$(absolute "$arg")
+        path_flag=
+    else
+        case $arg in
+            --output-dir | --output_dir | --data_dir | --data-dir) path_flag=1 ;;
+            --output-dir=* | --output_dir=* | --data_dir=* | --data-dir=*) arg="${arg%%=*}=$(absolute "${arg#*=}")" ;;
+        esac
+    fi
+    set -- "$@" "$arg"
+done
 
 # --is_norm --is_sys: the normalized symmetric affinity that SNL is defined with.
 snl() {

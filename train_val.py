@@ -26,14 +26,16 @@ from lib.engine.distributed import (all_reduce_sums, any_process, cleanup, from_
                                     local_main_first)
 from lib.engine.logger import MetricsFile, RunLogger, open_tensorboard, write_args
 from lib.engine.metrics import AverageMeter, format_seconds, percent, topk_correct
-from lib.engine.recipe import RECIPES, resolve_args
+from lib.engine.recipe import RECIPES, recipe_line, resolve_args
+from lib.engine.resume_check import check_resume_settings, has_work, resume_args_path, valid_dataset_from_checkpoint
 from lib.engine.run_lock import RunLock
 from lib.engine.run_state import (BestTracker, check_dataset, check_model_flags, load_resumed_state,
                                   load_resumed_weights, model_kwargs, prune_own_checkpoints, restore_epoch_file,
                                   resume_source, run_folder, save_checkpoint, summary_line)
-from lib.engine.runtime import (NonFiniteLoss, autocast, prepare_model, run_cli, seed_everything,
-                                set_cudnn_mode)
+from lib.engine.runtime import (NonFiniteLoss, autocast, cpu_threads_note, prepare_model, run_cli, seed_everything,
+                                set_cudnn_mode, warn_slow_amp)
 from lib.engine.schedule import WarmupStepSchedule, set_lr
+from lib.engine.tasks import require_task
 from lib.errors import ConfigError
 from models import build_model, classifier_size, load_state_dict_checked
 
@@ -81,7 +83,8 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr,
                      f"({losses.avg:.4f})  top-1 {percent(batch_correct, target.size(0)):.2f} "
                      f"({percent(correct, losses.count):.2f})  lr {lr:.6g}  "
                      f"{losses.count * ctx.world_size / max(elapsed, 1e-9):.1f} img/s  "
-                     f"eta {format_seconds(elapsed / (i + 1) * (num_batches - i - 1))}")
+                     f"eta {format_seconds(elapsed / (i + 1) * (num_batches - i - 1))}"
+                     + (cpu_threads_note(ctx.device) if i == 0 else ""))
     loss_sum, correct_sum, count = all_reduce_sums(ctx, [losses.sum, correct, losses.count])
     return {"loss": loss_sum / count, "top1": percent(correct_sum, count), "n": int(count)}
 
@@ -131,6 +134,7 @@ def validate_checkpoint(args, ctx, log):
     command-line flags, with the classifier size the checkpoint has)."""
     log.heading("=> validation mode")
     checkpoint = load_checkpoint(args.check_path)
+    require_task(checkpoint, args.check_path, "classification")
     check_dataset(checkpoint, args.check_path, args.dataset)
     _, val_set, info, _, val_loader, _ = load_data(args, ctx)
     saved = checkpoint.get("model_args")
@@ -167,9 +171,11 @@ def log_setup(args, ctx, info, train_set, val_set, model, schedule, log):
     log.info(f"=> data: {args.dataset}, {len(train_set)} train / {len(val_set)} val images, {info.num_classes} "
              f"classes, input {info.input_size}px")
     log.info(f"=> model: {args.backbone}-{args.arch} with {blocks}, {params:.2f}M parameters")
+    warmup = f" ({args.warmup_epochs} warm-up from lr {schedule.warmup_start_lr:.6g})" if args.warmup_epochs else ""
+    log.info(recipe_line(args))
     log.info(f"=> batch size {args.batch_size} per process x {ctx.world_size} process(es) = global batch "
-             f"{global_batch}; {args.epochs} epochs ({args.warmup_epochs} warm-up from lr "
-             f"{schedule.warmup_start_lr:.6g}), lr {schedule.base_lr:.6g} x {args.lr_gamma} at epochs {args.lr_steps}")
+             f"{global_batch}; {args.epochs} epochs{warmup}, lr {schedule.base_lr:.6g} x {args.lr_gamma} at epochs "
+             f"{args.lr_steps}")
     if ctx.world_size > 1 and args.lr_scale == "none":
         log.warn(f"the lr is not rescaled for the global batch {global_batch} (the recipe assumes "
                  f"{RECIPES[args.recipe]['batch_size']}); pass --lr-scale linear to scale it")
@@ -205,11 +211,13 @@ def _train(args, ctx, log, run_dir):
     train_set, val_set, info, train_loader, val_loader, train_sampler = load_data(args, ctx)
     checkpoint = load_checkpoint(resume_path) if resume_path else None
     if checkpoint is not None:
+        require_task(checkpoint, resume_path, "classification")
         check_dataset(checkpoint, resume_path, args.dataset)
     # A resumed model's weights come from its checkpoint: pretrained weights are not loaded again.
     model = build_model(**model_kwargs(args, info.num_classes, None if checkpoint else args.pretrained))
     if checkpoint is not None:
         load_resumed_weights(checkpoint, resume_path, model)
+        check_resume_settings(checkpoint, resume_path, args, log, world_size=ctx.world_size)  # same settings?
     model, train_model, eval_model = prepare_model(model, args, ctx, log)
     scale = args.batch_size * ctx.world_size / RECIPES[args.recipe]["batch_size"] if args.lr_scale == "linear" else 1
     schedule = WarmupStepSchedule(args.lr * scale, args.lr_steps, args.warmup_epochs, args.lr_gamma)
@@ -222,6 +230,7 @@ def _train(args, ctx, log, run_dir):
         _warn_other_world_size(checkpoint, ctx, log)
     log_setup(args, ctx, info, train_set, val_set, model, schedule, log)
     left_to_train = start_epoch < args.epochs
+    work = has_work(start_epoch, args.epochs, (checkpoint or {}).get("pending_eval"))  # else write no records
 
     # Only now, with data, model and checkpoint loaded, is anything written: a failed start leaves no trace.
     metrics = MetricsFile(os.path.join(run_dir, "metrics.jsonl"), enabled=ctx.is_main)
@@ -230,12 +239,14 @@ def _train(args, ctx, log, run_dir):
         log.attach(os.path.join(run_dir, "log_train.txt"))
         for name in remove_stale_temp_files(run_dir):
             log.warn(f"removed {name}, left by an interrupted checkpoint write")
-        write_args(os.path.join(run_dir, f"args_resume_{start_epoch}.yaml" if checkpoint else "args.yaml"), args)
+        if work:
+            write_args(resume_args_path(run_dir, start_epoch) if checkpoint else os.path.join(run_dir, "args.yaml"),
+                       args)
         if left_to_train:  # rows after the checkpoint are recomputed; with nothing to train, every row stays
             metrics.drop_after(start_epoch)
         if checkpoint is not None and restore_epoch_file(run_dir, resume_path, start_epoch, args):
             log.info(f"=> {resume_path} is also the checkpoint of epoch {start_epoch} now")
-    writer = open_tensorboard(run_dir, start_epoch, enabled=ctx.is_main)
+    writer = open_tensorboard(run_dir, start_epoch, enabled=ctx.is_main and work)
     rng_states = (checkpoint or {}).get("rng_states") or []
     if ctx.rank < len(rng_states):
         restore_rng(rng_states[ctx.rank])
@@ -301,16 +312,14 @@ def _train(args, ctx, log, run_dir):
 
 def main(args):
     """Train (or with --valid, evaluate); returns the final evaluation's stats. Raises ConfigError for bad input."""
-    args = resolve_args(args)
+    args = resolve_args(valid_dataset_from_checkpoint(args, "classification"))
     ctx = init_distributed(args.device)
     log = RunLogger(enabled=ctx.is_main).start()
     try:
         set_cudnn_mode(args.deterministic)
         seed_everything(args.seed + ctx.rank)
         check_model_flags(args)
-        if args.amp == "fp16" and ctx.device.type == "cpu":
-            log.warn("--amp fp16 on the CPU runs far slower than fp32 (6-14x measured in training steps): use --amp "
-                     "off, or --amp bf16 on a CPU with native bf16 (AVX512-BF16 / AMX)")
+        warn_slow_amp(args.amp, ctx.device, log)
         if args.valid:
             return validate_checkpoint(args, ctx, log)
         return train(args, ctx, log)

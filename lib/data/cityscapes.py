@@ -105,10 +105,11 @@ def cityscapes_root(data_dir):
     return nested if os.path.isdir(nested) else data_dir
 
 
-def build_cityscapes(data_dir, pipeline: SegPipeline):
-    """(train_set, val_set) of Cityscapes under data_dir; a missing or incomplete dataset is a ConfigError."""
+def build_cityscapes(data_dir, pipeline: SegPipeline, train=True):
+    """(train_set, val_set) of Cityscapes under data_dir (train=False: (None, val_set), the train split is not
+    read); a missing or incomplete dataset is a ConfigError."""
     root = cityscapes_root(data_dir)
     if not os.path.isdir(root):
         raise ConfigError(f"Cityscapes not found: {root} does not exist; {DOWNLOAD_HINT.format(root=root)}")
-    return (SegmentationSet(CityscapesFiles(root, "train"), True, pipeline),
+    return (SegmentationSet(CityscapesFiles(root, "train"), True, pipeline) if train else None,
             SegmentationSet(CityscapesFiles(root, "val"), False, pipeline))

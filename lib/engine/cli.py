@@ -6,6 +6,7 @@ No flag uses argparse's bool type (bool("False") is True): bool-ish flags go thr
 """
 import argparse
 
+from lib.engine.resume_check import add_allow_changed_flag
 from lib.errors import ConfigError
 from lib.registry import NONLOCAL_BLOCKS, ORDER_BLOCKS
 
@@ -153,6 +154,7 @@ def _add_run_flags(parser):
                      help="root of the run folders (default save_model)")
     run.add_argument("--resume", default="", metavar="auto|PATH",
                      help="auto: continue the run folder's last checkpoint (fresh start if none); PATH: that file")
+    add_allow_changed_flag(run)
     run.add_argument("--keep-checkpoints", "--keep_checkpoints", dest="keep_checkpoints", type=int, default=1,
                      help="how many per-epoch checkpoints to keep, newest first (0 = all; default 1)")
     run.add_argument("--no-download", dest="download", action="store_false",

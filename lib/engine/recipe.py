@@ -10,6 +10,7 @@ import re
 
 from lib.engine.cli import AMP_MODES, parse_stages
 from lib.errors import ConfigError
+from lib.registry import DEFAULT_ORDER, ORDER_BLOCKS
 
 RECIPES = {
     # epochs and lr_steps are counted without the warm-up; resolve_args shifts them by --warmup-epochs.
@@ -18,8 +19,9 @@ RECIPES = {
     "imagenet": dict(batch_size=100, lr=0.01, epochs=100, lr_steps=(31, 61, 81), warmup_epochs=10, eval_freq=5,
                      backbone="resnet", arch="50"),
 }
-DATASET_RECIPE = {"cifar10": "cifar", "cifar100": "cifar", "fake": "cifar", "imagenet": "imagenet",
-                  "imagefolder": "imagenet"}
+DATASET_RECIPE = {"cifar10": "cifar", "cifar100": "cifar", "fake": "cifar", "imagenet": "imagenet"}
+# imagefolder holds any images: its recipe (and so its default backbone) follows --input-size (default 224).
+SMALL_IMAGES = 64
 # The reference used 4 loader workers; fewer on a machine with fewer cores (more would only contend).
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 COMMON_DEFAULTS = dict(seed=67, workers=min(4, CPUS), nl_type="snl", nl_nums=1, stage_nums=1, div=2, nl_layer=["1"])
@@ -53,6 +55,45 @@ def _check_output_dir(path):
     _check(os.path.isdir(probe), f"--output-dir {path}: {probe} is a file, not a folder")
 
 
+def _check_data_dir(args):
+    """A --data_dir that is a file would otherwise read as a missing dataset (or a failed download)."""
+    if args.dataset != "fake" and os.path.isfile(args.data_dir):
+        raise ConfigError(f"--data_dir {args.data_dir} is a file, not a folder: pass the folder that holds the "
+                          f"dataset")
+
+
+def _check_order(args):
+    """--order is checked here, so that its error names the flag (the model builder only knows "order")."""
+    if args.order is None:
+        return
+    _check(args.order >= 1, f"--order must be a positive integer, got {args.order}")
+    _check(args.nl_type in ORDER_BLOCKS, f"--order applies to {' and '.join(ORDER_BLOCKS)} only, not to --nl-type "
+           f"{args.nl_type}")
+
+
+def _pick_recipe(args):
+    """--recipe, else the dataset's; imagefolder by its --input-size (32-64 px: the CIFAR recipe and PreResNet-20,
+    larger: the ImageNet recipe and ResNet-50)."""
+    if args.recipe:
+        return args.recipe
+    if args.dataset == "imagefolder":
+        return "cifar" if args.input_size is not None and args.input_size <= SMALL_IMAGES else "imagenet"
+    return DATASET_RECIPE.get(args.dataset, "imagenet")
+
+
+def recipe_line(args):
+    """The log line saying which recipe filled the unset flags, and why."""
+    recipe = RECIPES[args.recipe]
+    if "recipe" in (getattr(args, "explicit", None) or ()):
+        why = "--recipe"
+    elif args.dataset == "imagefolder":
+        why = f"imagefolder at {args.input_size or 224} px; --recipe to choose"
+    else:
+        why = f"--dataset {args.dataset}"
+    return (f"=> recipe {args.recipe} ({why}): unset flags from it, e.g. backbone {recipe['backbone']}-"
+            f"{recipe['arch']}, batch {recipe['batch_size']}, lr {recipe['lr']:g}")
+
+
 def _validate(args):
     for flag, value in (("--lr", args.lr), ("--lr-gamma", args.lr_gamma), ("--weight-decay", args.weight_decay),
                         ("--momentum", args.momentum), ("--div", args.div), ("--hflip", args.hflip)):
@@ -84,6 +125,8 @@ def _validate(args):
     _check(DEVICE_PATTERN.match(str(args.device)) is not None,
            f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
     _check(not (args.valid and not args.check_path), "--valid needs --check_path CHECKPOINT")
+    _check_order(args)
+    _check_data_dir(args)
     _check(not args.pretrained or args.backbone == "resnet", "--pretrained loads torchvision ImageNet weights into "
            "--backbone resnet only; to start from one of our checkpoints use --resume PATH")
     pretrained_file = isinstance(args.pretrained, str)
@@ -101,6 +144,13 @@ def _resolve_resume(args):
         args.resume = "auto"  # nothing named: the run folder's last checkpoint is the only sensible reading
 
 
+def _default_run_name(args):
+    if not (args.nl_nums and args.nl_type):
+        return "base"
+    order = args.order if args.nl_type in ORDER_BLOCKS and args.order is not None else DEFAULT_ORDER
+    return args.nl_type + (str(order) if order != DEFAULT_ORDER else "")
+
+
 def resolve_args(args):
     """Fill unset flags from the recipe of args.dataset, normalize spellings, validate; returns args (changed)."""
     if getattr(args, "resolved", False):
@@ -108,7 +158,7 @@ def resolve_args(args):
     from lib.data import DATASETS  # imported here so that parsing --help stays light
     if args.dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {args.dataset!r}; valid: {', '.join(DATASETS)}")
-    args.recipe = args.recipe or DATASET_RECIPE.get(args.dataset, "imagenet")
+    args.recipe = _pick_recipe(args)
     recipe = RECIPES[args.recipe]
     if args.debug:
         for name, value in DEBUG_DEFAULTS.items():
@@ -124,11 +174,13 @@ def resolve_args(args):
     args.nl_layer = parse_stages(args.nl_layer)
     if str(args.nl_type).lower() in ("none", "base"):
         args.nl_type, args.nl_nums = None, 0
-    # The reference's default was "snl" whatever the block; here the block's name (a deviation, see the README).
-    _fill(args, "checkpoints", args.nl_type if args.nl_nums and args.nl_type else "base")
+    # The reference's default was "snl" whatever the block; here the block's name (a deviation, see the README),
+    # with its order when not the default one (cheb3), so that runs of different orders never share a folder.
+    _fill(args, "checkpoints", _default_run_name(args))
     if float(args.div).is_integer():
         args.div = int(args.div)  # so build_args and file names read 2, not 2.0
     _validate(args)
     _resolve_resume(args)
+    args.task = "classification"  # stored in args.yaml and the checkpoints (lib/engine/tasks.py)
     args.resolved = True
     return args

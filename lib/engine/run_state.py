@@ -10,11 +10,9 @@ from lib.engine.checkpoint import (BEST_NAME, atomic_save, capture_rng, checkpoi
                                    latest_checkpoint, link_checkpoint, model_args_mismatch,
                                    prune_epoch_checkpoints)
 from lib.engine.distributed import gather_objects
-from lib.engine.logger import EVENT_FILE_PREFIX
+from lib.engine.resume_check import check_run_folder
 from lib.errors import ConfigError
 from models import build_model, load_state_dict_checked
-
-RUN_RECORDS = ("args.yaml", "metrics.jsonl", "log_train.txt")
 
 
 def run_folder(args):
@@ -56,31 +54,8 @@ def resume_source(args, run_dir, log):
         elif os.path.basename(path) == BEST_NAME:
             log.warn(f"--resume auto: no newer per-epoch checkpoint in {run_dir}, continuing from {BEST_NAME}")
         return path
-    if args.resume:
-        inside = os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(run_dir)
-        if has_checkpoints(run_dir) and not inside:
-            raise ConfigError(f"run folder {run_dir} already holds checkpoints, which continuing {args.resume} "
-                              f"there would overwrite: choose a new --checkpoints name")
-        if run_outputs(run_dir) and not inside:
-            raise ConfigError(f"run folder {run_dir} holds another run's {', '.join(run_outputs(run_dir))}: "
-                              f"choose a new --checkpoints name")
-        return args.resume
-    if has_checkpoints(run_dir):
-        raise ConfigError(f"run folder {run_dir} already holds checkpoints: pass --resume auto to continue that "
-                          f"run, or choose a new --checkpoints name")
-    if run_outputs(run_dir):  # a run stopped before its first checkpoint: its records are not overwritten either
-        raise ConfigError(f"run folder {run_dir} holds the {', '.join(run_outputs(run_dir))} of an earlier run: "
-                          f"pass --resume auto to continue it, or choose a new --checkpoints name")
-    return None
-
-
-def run_outputs(run_dir):
-    """The records of a run found in run_dir (args.yaml, metrics.jsonl, log_train.txt, event files)."""
-    if not os.path.isdir(run_dir):
-        return []
-    names = sorted(os.listdir(run_dir))
-    found = [name for name in RUN_RECORDS if name in names]
-    return found + (["tensorboard events"] if any(name.startswith(EVENT_FILE_PREFIX) for name in names) else [])
+    check_run_folder(run_dir, args.resume, has_checkpoints(run_dir))
+    return args.resume or None
 
 
 @dataclass

@@ -8,6 +8,7 @@ import os
 from lib.engine.cli import AMP_MODES, OneLineParser, parse_bool, parse_pretrained
 from lib.engine.config import parse_args
 from lib.engine.recipe import CPUS, DEVICE_PATTERN
+from lib.engine.resume_check import add_allow_changed_flag
 from lib.errors import ConfigError
 
 # Iteration schedule, optimizer and pipeline of the config (SNL R50-D8, Cityscapes, 40k iterations).
@@ -86,6 +87,7 @@ def get_args_parser(add_help=True):
     run.add_argument("--valid", nargs="?", const=True, default=False, type=parse_bool, metavar="BOOL",
                      help="only evaluate the checkpoint --check_path and exit")
     run.add_argument("--check_path", "--check-path", dest="check_path", default="", help="checkpoint for --valid")
+    add_allow_changed_flag(run)
     run.add_argument("--keep-checkpoints", "--keep_checkpoints", dest="keep_checkpoints", type=int, default=1,
                      help="how many iteration checkpoints to keep, newest first (0 = all; default 1)")
     run.add_argument("-p", "--print-freq", "--print_freq", dest="print_freq", type=int, default=50, metavar="N",
@@ -152,5 +154,8 @@ def resolve_seg_args(args):
     _check(not (args.valid and not args.check_path), "--valid needs --check_path CHECKPOINT")
     _check(not isinstance(args.pretrained, str) or os.path.isfile(args.pretrained),
            f"--pretrained {args.pretrained}: expected True/False or an existing torchvision ResNet state_dict file")
+    _check(args.dataset == "fake" or not os.path.isfile(args.data_dir),
+           f"--data_dir {args.data_dir} is a file, not a folder: pass the folder that holds Cityscapes")
+    args.task = "segmentation"  # stored in args.yaml and the checkpoints (lib/engine/tasks.py)
     args.resolved = True
     return args

@@ -13,7 +13,7 @@ from typing import Optional
 
 from lib.engine.checkpoint import BEST_NAME, atomic_save, capture_rng
 from lib.engine.distributed import gather_objects
-from lib.errors import ConfigError
+from lib.engine.resume_check import check_run_folder
 
 _ITER_NAME = re.compile(r"^iter_(\d+)\.pth\.tar$")
 
@@ -31,7 +31,7 @@ def iteration_checkpoints(run_dir):
 
 
 def resume_source(args, run_dir, log):
-    """The checkpoint to resume from, or None; refuses to start over a folder holding checkpoints."""
+    """The checkpoint to resume from, or None; refuses to start over a folder holding another run."""
     has_any = bool(iteration_checkpoints(run_dir)) or os.path.isfile(os.path.join(run_dir, BEST_NAME))
     if args.resume == "auto":
         found = iteration_checkpoints(run_dir)
@@ -39,16 +39,8 @@ def resume_source(args, run_dir, log):
             log.warn(f"--resume auto: no checkpoint in {run_dir}, starting from scratch")
             return None
         return found[-1][1]
-    if args.resume:
-        inside = os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(run_dir)
-        if has_any and not inside:
-            raise ConfigError(f"run folder {run_dir} already holds checkpoints, which continuing {args.resume} "
-                              f"there would overwrite: choose a new --checkpoints name")
-        return args.resume
-    if has_any:
-        raise ConfigError(f"run folder {run_dir} already holds checkpoints: pass --resume auto to continue that "
-                          f"run, or choose a new --checkpoints name")
-    return None
+    check_run_folder(run_dir, args.resume, has_any)
+    return args.resume or None
 
 
 @dataclass

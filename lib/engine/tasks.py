@@ -1,9 +1,10 @@
 """Which task (entry point) a checkpoint or a run folder belongs to: classification (train_val.py), segmentation
 (train_seg.py) or video (train_video.py).
 
-Checkpoints and args.yaml written since the video task arrived carry a "task" entry; older ones are recognized by
-what they hold (a segmentor's model arguments have "aux"; a segmentation checkpoint counts iterations, not epochs),
-so every tool can refuse a checkpoint of another kind in one line instead of a TypeError deep inside a builder.
+Checkpoints (in their stored "args") and args.yaml written since the video task arrived carry a "task" entry;
+older ones are recognized by what they hold (a segmentor's model arguments have "aux"; a segmentation checkpoint
+counts iterations, not epochs), so every tool can refuse a checkpoint of another kind in one line instead of a
+TypeError deep inside a builder.
 """
 from lib.errors import ConfigError
 
@@ -12,7 +13,7 @@ VIDEO_BACKBONES = ("resnet3d", "r3d", "mc3", "r2plus1d")
 
 
 def _infer(values, model_args):
-    task = values.get("task")
+    task = values.get("task") or (values.get("args") if isinstance(values.get("args"), dict) else {}).get("task")
     if task in TASKS:
         return task
     if "aux" in model_args or "iteration" in values or "iters" in values:
