@@ -304,7 +304,7 @@ def test_compare_runs_table(runs, capsys, tmp_path):
     assert int(table["snl"]["params"]) - int(table["none"]["params"]) == 672  # README: + 672 for one SNL block
     assert float(table["snl"]["gflops"]) > float(table["none"]["gflops"]) > 0
     # the unfinished run is marked, in the table and in a note; the run without metrics is skipped with a note
-    assert "1 (unfinished: epoch 1/2)" in lines["plain"] and table["none"]["unfinished"] == "1"
+    assert "1 (unfinished: 1/2)" in lines["plain"] and table["none"]["unfinished"] == "1"
     assert f"note: {base / 'base'} is unfinished" in out
     assert f"note: skipped {base / 'not_evaluated'}: no metrics" in out
     assert "sample std (n - 1)" in out
