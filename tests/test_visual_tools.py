@@ -76,11 +76,11 @@ def tool(module, argv, capsys):
 def block_input(checkpoint, image_paths):
     """(model, block name, block, the block's input) as the tools compute them."""
     args = attention_maps.get_parser().parse_args([str(checkpoint)] + [str(p) for p in image_paths])
-    model, dataset, input_size = attention_maps.load_model(args)
-    images = attention_maps.load_images(args, dataset, input_size)
-    name, block = nonlocal_blocks(model)[0]
+    loaded = attention_maps.load_model(args)
+    images = attention_maps.load_images(args, loaded)
+    name, block = nonlocal_blocks(loaded.model)[0]
     batch = torch.stack([tensor for _, tensor, _ in images])
-    return model, name, block, capture_inputs(model, [(name, block)], batch)[name]
+    return loaded.model, name, block, capture_inputs(loaded.model, [(name, block)], batch)[name]
 
 
 # --- attention maps ---------------------------------------------------------------------------------------------
@@ -116,9 +116,10 @@ def test_attention_map_grid_and_query_panels(workdir, capsys, tmp_path):
 def test_heat_map_scales_the_row_to_its_maximum():
     row = np.zeros(4)
     row[3] = 0.5  # weight only on cell (1, 1) of a 2 x 2 grid
-    heat = attention_maps.heat_map(row, 2, 2, 8)
+    heat = attention_maps.heat_map(row, 2, 2, 8, 12)
     jet = cv2.applyColorMap(np.array([[0, 255]], dtype=np.uint8), cv2.COLORMAP_JET)[0]
-    assert (heat[0, 0] == jet[0]).all() and (heat[7, 7] == jet[1]).all()  # 0 -> blue, the maximum -> red
+    assert heat.shape == (8, 12, 3)
+    assert (heat[0, 0] == jet[0]).all() and (heat[7, 11] == jet[1]).all()  # 0 -> blue, the maximum -> red
 
 
 def test_cc_weights_reproduce_the_module_output():
