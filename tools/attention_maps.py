@@ -22,7 +22,6 @@ import sys
 
 import cv2
 import numpy as np
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lib.errors import ConfigError  # noqa: E402

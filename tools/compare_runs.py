@@ -44,6 +44,7 @@ from lib.engine.tasks import TASKS, args_task  # noqa: E402
 from lib.errors import ConfigError  # noqa: E402
 from lib.stage import NonlocalStage  # noqa: E402
 from models import build_model  # noqa: E402
+from tools._checkpoint import check_output_file, image_suffixes  # noqa: E402
 from tools.complexity import count  # noqa: E402
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "fake": 10}
@@ -323,7 +324,8 @@ def summarize(runs):
             base = plain.get(row["plain_key"])
             for key, values in row["metrics"].items():
                 for which in ("final", "best"):
-                    ours, theirs = values[f"{which}_mean"], None if base is None else base["metrics"][key][f"{which}_mean"]
+                    ours = values[f"{which}_mean"]
+                    theirs = None if base is None else base["metrics"][key][f"{which}_mean"]
                     values[f"delta_{which}"] = None if ours is None or theirs is None else ours - theirs
         hidden = varying_hidden_settings(rows)
         for row in rows:
@@ -402,8 +404,8 @@ def seed_label(run):
 
 
 def seeds_label(row):
-    return ", ".join([seed_label(run) for run in row["runs"]]
-                     + [f"{'?' if r['seed'] is None else r['seed']} (duplicate, not counted)" for r in row["duplicates"]])
+    duplicates = [f"{'?' if r['seed'] is None else r['seed']} (duplicate, not counted)" for r in row["duplicates"]]
+    return ", ".join([seed_label(run) for run in row["runs"]] + duplicates)
 
 
 def pm(mean, std):
@@ -552,29 +554,10 @@ def plot(tables, path):
 
 # --- command line -----------------------------------------------------------------------------------------------
 
-def check_output_file(flag, path, suffixes=None):
-    """One line, before any work, when `path` cannot be written as a file; its missing folders are created."""
-    if os.path.isdir(path):
-        raise ConfigError(f"{flag} {path} is a folder: give a file name inside it, e.g. "
-                          f"{os.path.join(path, 'runs.csv' if flag == '--csv' else 'curves.png')}")
-    if suffixes and os.path.splitext(path)[1].lower() not in suffixes:
-        raise ConfigError(f"{flag} {path}: the file name must end in one of {', '.join(suffixes)}")
-    parent = os.path.dirname(os.path.abspath(path))
-    probe = parent
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise ConfigError(f"{flag} {path}: {probe} is a file, not a folder")
-    os.makedirs(parent, exist_ok=True)
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"{flag} {path}: the folder {parent} is not writable")
-
-
-def plot_suffixes():
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-    return tuple(f".{ext}" for ext in Figure().canvas.get_supported_filetypes())
+def check_output(flag, path, suffixes=None):
+    """One line, before any work, when `path` cannot be written; its missing folders are created."""
+    check_output_file(flag, path, suffixes)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
 
 def get_parser():
@@ -596,9 +579,9 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     try:
         if args.csv:
-            check_output_file("--csv", args.csv)
+            check_output("--csv", args.csv)
         if args.plot:
-            check_output_file("--plot", args.plot, plot_suffixes())
+            check_output("--plot", args.plot, image_suffixes())
         notes = []
         runs = [run for run in (read_run(folder, notes) for folder in find_run_folders(args.dirs)) if run]
         if not runs:

@@ -84,7 +84,8 @@ def analyse(loaded, images, points, bins):
         entry = {"block": name, "type": type(module).__name__, "positions": [h * w for h, w in sizes],
                  "feature_size": sizes, "symmetric": symmetric,
                  "method": "eigvalsh" if symmetric else "eigvals (real parts)",
-                 "eigenvalues": [v.tolist() for v in values], "histogram": {"counts": counts.tolist(), "edges": edges.tolist()}}
+                 "eigenvalues": [v.tolist() for v in values],
+                 "histogram": {"counts": counts.tolist(), "edges": edges.tolist()}}
         response = response_norms(module, points)
         if response is None:
             entry["response"], entry["note"] = None, NO_RESPONSE
@@ -151,7 +152,8 @@ def main(argv=None):
 def run(args):
     if args.bins < 1 or args.points < 2 or args.num_images < 1:
         raise ConfigError("--bins and --num-images must be at least 1, --points at least 2")
-    output = args.output or os.path.join(run_folder(args.checkpoint), f"spectrum_{checkpoint_stem(args.checkpoint)}.png")
+    stem = checkpoint_stem(args.checkpoint)
+    output = args.output or os.path.join(run_folder(args.checkpoint), f"spectrum_{stem}.png")
     json_path = args.json or os.path.splitext(output)[0] + ".json"
     check_output_file("--output", output, image_suffixes())
     check_output_file("--json", json_path)
