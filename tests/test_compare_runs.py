@@ -253,3 +253,19 @@ def test_twelve_groups_stay_readable(tmp_path, capsys):
     assert len(legend.get_texts()) == 12 and "lr 0.05" in " ".join(t.get_text() for t in legend.get_texts())
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_a_setting_changed_on_resume_makes_another_experiment(tmp_path, capsys):
+    write_run(tmp_path, "a", seed=1, epochs=3, values=[50.0, 60.0, 70.0])
+    resumed = write_run(tmp_path, "b", seed=2, epochs=2, values=[50.0, 60.0, 70.0])
+    # resumed after epoch 2 with more epochs (meant to change) and another lr (a different experiment)
+    (resumed / "args_resume_2.yaml").write_text(yaml.safe_dump(dict(CLASSIFICATION, seed=2, epochs=3, lr=0.05,
+                                                                    workers=4)))
+    status, out, err = compare([tmp_path, "--csv", tmp_path / "out.csv"], capsys)
+    assert status == 0, err
+    rows = read_csv(tmp_path / "out.csv")
+    assert len(rows) == 2
+    assert sorted(row["differs_in"] for row in rows) == ["changed_on_resume lr 0.1 -> 0.05 at 2",
+                                                         "changed_on_resume none"]
+    (more_epochs,) = [row for row in rows if row["seeds"] == "2"]
+    assert more_epochs["unfinished"] == "0"  # 3 epochs were planned by the resume, and 3 were evaluated

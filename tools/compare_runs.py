@@ -10,8 +10,8 @@ Each task gets its own table: classification (train_val.py: test top-1), segment
 video (train_video.py: clip top-1 and video top-1, each on its own). A group holds the runs of one experiment:
 runs whose every setting that changes what is trained and measured is equal (model arguments, dataset, input
 size, epochs or iterations, batch size per process and number of processes, lr and its schedule, warm-up, weight
-decay, momentum, augmentation, amp, recipe, ...; unset affinity flags resolved to the block's default); only the
-seed may differ. Settings that do not change the experiment (seed, folders, workers, print / evaluation
+decay, momentum, augmentation, amp, recipe, ...; unset affinity flags resolved to the block's default; a run
+resumed with other settings, args_resume_<n>.yaml, is an experiment of its own); only the seed may differ. Settings that do not change the experiment (seed, folders, workers, print / evaluation
 frequency, checkpoints kept, device, compile, channels-last, deterministic) are ignored. Where groups of a table
 differ in settings the table does not show as columns, a "differs in" column gives each group's values.
 
@@ -89,14 +89,35 @@ def read_yaml(path):
         return yaml.safe_load(f) or {}
 
 
-def planned_total(folder, args, key):
-    """--epochs / --iters of the run's latest start: the newest args_resume_<n>.yaml, else args.yaml."""
+def resumed_args(folder):
+    """[(start, values)] of the run's args_resume_<start>.yaml files (one per resume), oldest first."""
     resumes = []
     for path in glob.glob(os.path.join(folder, "args_resume_*.yaml")):
         match = re.search(r"args_resume_(\d+)\.yaml$", path)
         if match:
-            resumes.append((int(match.group(1)), path))
-    return read_yaml(max(resumes)[1]).get(key, args.get(key)) if resumes else args.get(key)
+            values = read_yaml(path)
+            resumes.append((int(match.group(1)), values if isinstance(values, dict) else {}))
+    return sorted(resumes, key=lambda item: item[0])
+
+
+def planned_total(folder, args, key):
+    """--epochs / --iters of the run's latest start: the newest args_resume_<n>.yaml, else args.yaml."""
+    resumes = resumed_args(folder)
+    return resumes[-1][1].get(key, args.get(key)) if resumes else args.get(key)
+
+
+def changed_on_resume(folder, args, planned_key):
+    """('lr 0.1 -> 0.05 at 3', ...): settings a resume changed (knowingly, e.g. with --allow-changed); such a run
+    is another experiment than one trained throughout with either value."""
+    changes = []
+    for start, values in resumed_args(folder):
+        for key in sorted(set(values) | set(args)):
+            if key in IGNORED or key == planned_key:
+                continue
+            before, after = freeze(args.get(key)), freeze(values.get(key))
+            if before != after:
+                changes.append(f"{key} {show(before)} -> {show(after)} at {start}")
+    return tuple(changes)
 
 
 def read_metrics(path, step_key, metric_key):
@@ -170,6 +191,9 @@ def experiment_settings(folder, args, task):
     spec = TASK_SPECS[task]
     settings = {key: freeze(value) for key, value in args.items() if key not in IGNORED}
     settings[spec["planned"]] = planned_total(folder, args, spec["planned"])
+    changes = changed_on_resume(folder, args, spec["planned"])
+    if changes:
+        settings["changed_on_resume"] = changes
     settings["batch_size"] = f"{args.get('batch_size', '?')} x {processes(folder, args) or '?'} process(es)"
     if "arch" in settings:
         settings["arch"] = str(settings["arch"])
@@ -329,7 +353,7 @@ def summarize(runs):
                     values[f"delta_{which}"] = None if ours is None or theirs is None else ours - theirs
         hidden = varying_hidden_settings(rows)
         for row in rows:
-            row["differs"] = {key: row["settings"].get(key, NOT_RECORDED) for key in hidden}
+            row["differs"] = {key: setting(row, key) for key in hidden}
         rows.sort(key=lambda row: (family(row), not row["is_plain"], label_of(row),
                                    tuple(str(v) for v in row["differs"].values())))
     return {task: tables[task] for task in TASKS if task in tables}, sorted({
@@ -342,7 +366,12 @@ def varying_hidden_settings(rows):
     for row in rows:
         keys |= set(row["settings"])
     return sorted(key for key in keys - SHOWN
-                  if len({repr(row["settings"].get(key, NOT_RECORDED)) for row in rows}) > 1)
+                  if len({repr(setting(row, key)) for row in rows}) > 1)
+
+
+def setting(row, key):
+    """A group's value of a setting; a run without a resume that changed settings has 'none' of them."""
+    return row["settings"].get(key, "none" if key == "changed_on_resume" else NOT_RECORDED)
 
 
 # --- formatting -------------------------------------------------------------------------------------------------
@@ -387,6 +416,8 @@ def affinity_label(row):
 
 
 def show(value):
+    if isinstance(value, tuple) and value and all(isinstance(v, str) and " -> " in v for v in value):
+        return "; ".join(value)  # changed_on_resume
     if isinstance(value, tuple):
         return "[" + ", ".join(show(v) for v in value) + "]"
     return str(value)
