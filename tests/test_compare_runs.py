@@ -269,3 +269,15 @@ def test_a_setting_changed_on_resume_makes_another_experiment(tmp_path, capsys):
                                                          "changed_on_resume none"]
     (more_epochs,) = [row for row in rows if row["seeds"] == "2"]
     assert more_epochs["unfinished"] == "0"  # 3 epochs were planned by the resume, and 3 were evaluated
+
+
+def test_differs_in_compares_rows_of_the_same_dataset_and_model(tmp_path, capsys):
+    write_run(tmp_path, "cifar", dataset="cifar10", lr=0.1)
+    write_run(tmp_path, "other", dataset="cifar100", lr=0.05)  # another dataset: its lr is no surprise
+    write_run(tmp_path, "fake3", epochs=3, values=[1.0, 2.0, 3.0])
+    write_run(tmp_path, "fake2", epochs=2)
+    status, out, err = compare([tmp_path, "--csv", tmp_path / "out.csv"], capsys)
+    assert status == 0, err
+    differs = {row["dataset"] + row["differs_in"] for row in read_csv(tmp_path / "out.csv")}
+    assert differs == {"cifar10-", "cifar100-", "fakeepochs 2", "fakeepochs 3"}
+    assert "note: groups differ in settings other than the model: epochs (" in out

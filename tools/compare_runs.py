@@ -11,9 +11,10 @@ video (train_video.py: clip top-1 and video top-1, each on its own). A group hol
 runs whose every setting that changes what is trained and measured is equal (model arguments, dataset, input
 size, epochs or iterations, batch size per process and number of processes, lr and its schedule, warm-up, weight
 decay, momentum, augmentation, amp, recipe, ...; unset affinity flags resolved to the block's default; a run
-resumed with other settings, args_resume_<n>.yaml, is an experiment of its own); only the seed may differ. Settings that do not change the experiment (seed, folders, workers, print / evaluation
-frequency, checkpoints kept, device, compile, channels-last, deterministic) are ignored. Where groups of a table
-differ in settings the table does not show as columns, a "differs in" column gives each group's values.
+resumed with other settings, args_resume_<n>.yaml, is an experiment of its own); only the seed may differ.
+Settings that do not change the experiment (seed, folders, workers, print / evaluation frequency, checkpoints
+kept, device, compile, channels-last, deterministic) are ignored. Where rows of one dataset and model differ in
+settings the table does not show as columns, a "differs in" column gives each row's values.
 
 Per group: seeds, parameters and GFLOPs per image (classification: the model built on the meta device, FLOPs
 counted as tools/complexity.py does), final (the last evaluation) and best (the highest over training: selected
@@ -351,13 +352,17 @@ def summarize(runs):
                     ours = values[f"{which}_mean"]
                     theirs = None if base is None else base["metrics"][key][f"{which}_mean"]
                     values[f"delta_{which}"] = None if ours is None or theirs is None else ours - theirs
-        hidden = varying_hidden_settings(rows)
+        families = {}
         for row in rows:
-            row["differs"] = {key: setting(row, key) for key in hidden}
+            families.setdefault(family(row), []).append(row)
+        for members in families.values():  # otherwise alike: same dataset, model and input
+            hidden = varying_hidden_settings(members)
+            for row in members:
+                row["differs"] = {key: setting(row, key) for key in hidden}
         rows.sort(key=lambda row: (family(row), not row["is_plain"], label_of(row),
                                    tuple(str(v) for v in row["differs"].values())))
     return {task: tables[task] for task in TASKS if task in tables}, sorted({
-        key for rows in tables.values() for key in varying_hidden_settings(rows)})
+        key for rows in tables.values() for row in rows for key in row["differs"]})
 
 
 def varying_hidden_settings(rows):
@@ -455,7 +460,7 @@ def optional(value, fmt):
 
 def markdown(task, rows):
     spec = TASK_SPECS[task]
-    hidden = list(rows[0]["differs"]) if rows else []
+    hidden = any(row["differs"] for row in rows)
     head = ["dataset", "model", "input", "blocks", "stage_nums", "div", "affinity"]
     head += ["differs in"] if hidden else []
     head += ["seeds"] + (["params (M)", "GFLOPs"] if task == "classification" else [])
@@ -635,8 +640,9 @@ def main(argv=None):
         print()
     print(FOOTNOTE)
     if differing:
-        print(f"note: groups differ in settings other than the model: {', '.join(differing)} (column \"differs in\"); "
-              f"they are separate experiments, not seeds of one")
+        print(f"note: groups differ in settings other than the model: {', '.join(differing)} (column "
+              f"\"differs in\"); rows of one dataset and model that differ in them are separate experiments, not "
+              f"seeds of one")
     for rows in tables.values():
         for row in rows:
             for run in row["runs"]:
