@@ -27,6 +27,7 @@ dropped), is marked unfinished and counted with what it has; a run without metri
 """
 import argparse
 import csv
+import functools
 import glob
 import json
 import math
@@ -316,10 +317,16 @@ def complexity(run):
                       div=args.get("div", 2), is_sys=args.get("is_sys"), is_norm=args.get("is_norm"))
         if args.get("order") is not None:
             kwargs["order"] = args["order"]
+    return model_complexity(freeze(kwargs), settings["input_size"])
+
+
+@functools.lru_cache(maxsize=None)
+def model_complexity(kwargs, size):
+    """(parameters, GFLOPs per image) of build_model(**kwargs) at size x size (kwargs frozen); once per model."""
+    kwargs = {key: list(value) if isinstance(value, tuple) else value for key, value in kwargs}
     try:
         with torch.device("meta"):
             model = build_model(**kwargs)
-        size = settings["input_size"]
         params, flops = count(model, (3, size, size))
     except (ConfigError, TypeError, ValueError, KeyError):  # a model this version of the code cannot build
         return None, None
