@@ -382,8 +382,9 @@ def test_default_outputs_go_to_the_checkpoint_run_folder(workdir, capsys, tmp_pa
     assert os.path.isfile(run_dir / "attention_maps" / "1-fake-r-20-w-1snl-block" / "img0_layer1.2.png")
     assert {"spectrum_1-fake-r-20-w-1snl-block.png", "spectrum_1-fake-r-20-w-1snl-block.json"} <= set(
         os.listdir(run_dir))
-    # the title names the run: its folder (relative to here) and the checkpoint, with its epoch
-    assert titles[0].startswith(os.path.join("..", "save_model", "fake", "20", "snl_seed1",
+    # the title names the run: its folder (outside the current one: the last 4 parts) and the checkpoint, with
+    # its epoch
+    assert titles[0].startswith(os.path.join("save_model", "fake", "20", "snl_seed1",
                                              "1-fake-r-20-w-1snl-block.pth.tar (epoch 1)"))
 
 
