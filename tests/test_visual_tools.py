@@ -1,5 +1,6 @@
 """The picture and table tools (tools/attention_maps.py, spectrum.py, compare_runs.py) and the training scripts'
 SEEDS / DRY_RUN handling, on tiny models trained inside the tests and generated images."""
+import argparse
 import contextlib
 import csv
 import io
@@ -8,6 +9,7 @@ import os
 import statistics
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -18,7 +20,11 @@ from PIL import Image
 import train_val
 from direct_formulas import affinity as direct_affinity
 from lib.cc import CrissCrossAttention
+from lib.engine.distributed import DistContext
+from lib.engine.poly import PolySchedule
+from lib.engine.seg_run import MIoUTracker, save_checkpoint
 from models import build_model
+from models.segmentation import build_segmentor
 from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 from tools import attention_maps, compare_runs, spectrum
 from tools._checkpoint import capture_inputs, criss_cross_attention, nonlocal_blocks
@@ -76,11 +82,11 @@ def tool(module, argv, capsys):
 def block_input(checkpoint, image_paths):
     """(model, block name, block, the block's input) as the tools compute them."""
     args = attention_maps.get_parser().parse_args([str(checkpoint)] + [str(p) for p in image_paths])
-    model, dataset, input_size = attention_maps.load_model(args)
-    images = attention_maps.load_images(args, dataset, input_size)
-    name, block = nonlocal_blocks(model)[0]
+    loaded = attention_maps.load_model(args)
+    images = attention_maps.load_images(args, loaded)
+    name, block = nonlocal_blocks(loaded.model)[0]
     batch = torch.stack([tensor for _, tensor, _ in images])
-    return model, name, block, capture_inputs(model, [(name, block)], batch)[name]
+    return loaded.model, name, block, capture_inputs(loaded.model, [(name, block)], batch)[name]
 
 
 # --- attention maps ---------------------------------------------------------------------------------------------
@@ -116,9 +122,10 @@ def test_attention_map_grid_and_query_panels(workdir, capsys, tmp_path):
 def test_heat_map_scales_the_row_to_its_maximum():
     row = np.zeros(4)
     row[3] = 0.5  # weight only on cell (1, 1) of a 2 x 2 grid
-    heat = attention_maps.heat_map(row, 2, 2, 8)
+    heat = attention_maps.heat_map(row, 2, 2, 8, 12)
     jet = cv2.applyColorMap(np.array([[0, 255]], dtype=np.uint8), cv2.COLORMAP_JET)[0]
-    assert (heat[0, 0] == jet[0]).all() and (heat[7, 7] == jet[1]).all()  # 0 -> blue, the maximum -> red
+    assert heat.shape == (8, 12, 3)
+    assert (heat[0, 0] == jet[0]).all() and (heat[7, 11] == jet[1]).all()  # 0 -> blue, the maximum -> red
 
 
 def test_cc_weights_reproduce_the_module_output():
@@ -243,6 +250,160 @@ def test_spectrum_refuses_models_without_an_affinity(workdir, capsys, tmp_path):
     assert not os.listdir(tmp_path)
 
 
+# --- segmentation and video checkpoints, outputs ----------------------------------------------------------------
+
+def write_wide_image(path, height=24, width=48):
+    """A photo twice as wide as high, with a bright disc on the right half."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.stack([xx * 255 // width, yy * 255 // height, np.full_like(xx, 90)], axis=-1)
+    image[(xx - width * 0.75) ** 2 + (yy - height * 0.5) ** 2 < (height / 4) ** 2] = (250, 240, 30)
+    Image.fromarray(image.astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def segmentation_run(tmp_path_factory):
+    """A train_seg.py run folder holding iter_2.pth.tar, written by its save_checkpoint (SNL head, ResNet-50)."""
+    run_dir = tmp_path_factory.mktemp("seg") / "fake" / "resnet50" / "snl"
+    run_dir.mkdir(parents=True)
+    torch.manual_seed(0)
+    model = build_segmentor("resnet", "50", num_classes=19, nl_type="snl")
+    args = argparse.Namespace(dataset="fake", backbone="resnet", arch="50", keep_checkpoints=1, iters=3)
+    save_checkpoint(str(run_dir), 2, False, model, torch.optim.SGD(model.parameters(), lr=0.01), None,
+                    PolySchedule(0.01, 3), MIoUTracker(), args, DistContext(torch.device("cpu")),
+                    SimpleNamespace(info=lambda message: None))
+    return run_dir / "iter_2.pth.tar", model.eval()
+
+
+def head_block_input(model, image_path, short_side):
+    """The input of the segmentor's head block for an image file, computed here from the module's parts."""
+    bgr = np.asarray(Image.open(image_path).convert("RGB"))[:, :, ::-1]
+    height, width = bgr.shape[:2]
+    scale = short_side / min(height, width)
+    resized = cv2.resize(np.ascontiguousarray(bgr), (round(width * scale), round(height * scale)))
+    rgb = resized[:, :, ::-1].astype(np.float32)
+    image = torch.from_numpy(((rgb - [123.675, 116.28, 103.53]) / [58.395, 57.12, 57.375]).astype(np.float32))
+    with torch.no_grad():
+        return model.head.conv_in(model.backbone(image.permute(2, 0, 1)[None].contiguous())[1])
+
+
+def head_affinity(model, photo):
+    """A (1, N, N) of the head's SNL block in float64, from the direct formula (normalized, symmetric)."""
+    x = head_block_input(model, photo, 32).double()
+    block = model.head.block
+    with torch.no_grad():
+        return direct_affinity(torch.nn.functional.conv2d(x, block.t.weight.double()),
+                               torch.nn.functional.conv2d(x, block.p.weight.double()), True, True, False)
+
+
+def test_attention_maps_of_a_segmentation_checkpoint(segmentation_run, capsys, tmp_path):
+    checkpoint, model = segmentation_run
+    photo = write_wide_image(tmp_path / "street.png")
+    display, queries = 40, ("0.1,0.1", "0.8,0.5")
+    status, out, err = tool(attention_maps, [checkpoint, photo, "--input-size", 32, "--display-size", display,
+                                             "--queries", *queries], capsys)
+    assert status == 0, err
+    assert "block head.block: 4x8 positions" in out  # 32 x 64 input, output stride 8
+    path = checkpoint.parent / "attention_maps" / "iter_2" / "street_head.block.png"
+    picture = cv2.imread(str(path))
+    assert picture.shape == (display, 3 * 2 * display + 2 * attention_maps.GAP, 3)  # the photo's 2:1 kept
+    # the panels are the rows of the head block's affinity, computed here from the formula
+    att = head_affinity(model, photo)[0]
+    shown = picture[:, :2 * display]
+    for k, query in enumerate(queries):
+        r, c = attention_maps.query_cell(attention_maps.parse_query(query), 4, 8)
+        expected = attention_maps.panel(shown, att[r * 8 + c].numpy(), (r, c), 4, 8, 0.5)
+        start = (k + 1) * (2 * display + attention_maps.GAP)
+        drawn = picture[:, start:start + 2 * display].astype(int)
+        assert np.abs(drawn - expected).mean() < 1.0
+
+
+def test_spectrum_of_a_segmentation_checkpoint(segmentation_run, capsys, tmp_path, monkeypatch):
+    checkpoint, model = segmentation_run
+    photo = write_wide_image(tmp_path / "street.png")
+    titles = []
+    draw = spectrum.draw
+    monkeypatch.setattr(spectrum, "draw", lambda results, title, path: (titles.append(title),
+                                                                        draw(results, title, path)))
+    status, out, err = tool(spectrum, [checkpoint, photo, "--input-size", 32, "--points", 5], capsys)
+    assert status == 0, err
+    png, numbers = checkpoint.parent / "spectrum_iter_2.png", checkpoint.parent / "spectrum_iter_2.json"
+    assert cv2.imread(str(png)) is not None
+    (entry,) = json.loads(numbers.read_text())["blocks"]
+    assert entry["block"] == "head.block" and entry["positions"] == [32] and entry["symmetric"]
+    att = head_affinity(model, photo)
+    direct = torch.linalg.eigvalsh(torch.eye(32, dtype=torch.float64) - att)[0].numpy()
+    np.testing.assert_allclose(entry["eigenvalues"][0], direct, atol=1e-9)
+    # the title names the run (its folder) and the checkpoint, not only the file
+    (title,) = titles
+    assert os.path.join("fake", "resnet50", "snl", "iter_2.pth.tar") in title and "iteration 2" in title
+
+
+@pytest.mark.parametrize("module", [attention_maps, spectrum])
+def test_a_video_checkpoint_is_one_line(module, capsys, tmp_path):
+    path = tmp_path / "video.pth.tar"
+    torch.save({"task": "video", "epoch": 1, "model_args": {"backbone": "r3d", "arch": 18, "num_classes": 101},
+                "state_dict": {"fc.weight": torch.zeros(101, 512)}}, path)
+    status, out, err = tool(module, [path, "--indices", 0], capsys)
+    assert status == 2 and err.count("\n") == 1 and "is a video checkpoint (train_video.py)" in err
+    assert os.listdir(tmp_path) == ["video.pth.tar"]
+
+
+def test_attention_maps_keep_the_photo_aspect_ratio(workdir, capsys, tmp_path):
+    photo = write_wide_image(tmp_path / "wide.png")
+    status, out, err = tool(attention_maps, [workdir["snl"], photo, "--display-size", 32, "--queries", "0.9,0.5",
+                                             "--output-dir", tmp_path / "maps"], capsys)
+    assert status == 0, err
+    assert f"{SIZE}x{2 * SIZE} positions" in out  # the whole photo, its shorter side at the input size
+    picture = cv2.imread(str(tmp_path / "maps" / "wide_layer1.2.png"))
+    assert picture.shape == (32, 2 * 64 + attention_maps.GAP, 3)
+    # the query on the right half sits in the right half of its panel (the photo is not cropped to a square)
+    panel = picture[:, 64 + attention_maps.GAP:].astype(int)
+    white = np.argwhere((panel == 255).all(axis=2))
+    assert white[:, 1].min() > 48
+
+
+def test_default_outputs_go_to_the_checkpoint_run_folder(workdir, capsys, tmp_path, monkeypatch):
+    run_dir = tmp_path / "save_model" / "fake" / "20" / "snl_seed1"
+    run_dir.mkdir(parents=True)
+    checkpoint = run_dir / "1-fake-r-20-w-1snl-block.pth.tar"
+    checkpoint.write_bytes(open(workdir["snl"], "rb").read())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    titles = []
+    monkeypatch.setattr(spectrum, "draw", lambda results, title, path: (titles.append(title),
+                                                                        open(path, "wb").close()))
+    for module in (attention_maps, spectrum):
+        status, out, err = tool(module, [checkpoint, workdir["images"][0], "--display-size", 16], capsys) \
+            if module is attention_maps else tool(module, [checkpoint, workdir["images"][0]], capsys)
+        assert status == 0, err
+    assert not os.listdir(elsewhere)
+    assert os.path.isfile(run_dir / "attention_maps" / "1-fake-r-20-w-1snl-block" / "img0_layer1.2.png")
+    assert {"spectrum_1-fake-r-20-w-1snl-block.png", "spectrum_1-fake-r-20-w-1snl-block.json"} <= set(
+        os.listdir(run_dir))
+    # the title names the run: its folder (outside the current one: the last 4 parts) and the checkpoint, with
+    # its epoch
+    assert titles[0].startswith(os.path.join("save_model", "fake", "20", "snl_seed1",
+                                             "1-fake-r-20-w-1snl-block.pth.tar (epoch 1)"))
+
+
+@pytest.mark.parametrize("module, argv, expected", [
+    (attention_maps, ["--output-dir", "{file}"], "--output-dir {file} is a file, not a folder"),
+    (attention_maps, ["--output-dir", "{file}/maps"], "is a file, not a folder"),
+    (spectrum, ["--output", "{folder}"], "--output {folder} is a folder"),
+    (spectrum, ["--output", "{folder}/spectrum.txt"], "must end in one of"),
+    (spectrum, ["--output", "{folder}/s.png", "--json", "{file}/s.json"], "is a file, not a folder"),
+])
+def test_outputs_are_checked_before_any_computation(workdir, capsys, tmp_path, monkeypatch, module, argv, expected):
+    (tmp_path / "file").write_text("not a folder")
+    names = {"file": tmp_path / "file", "folder": tmp_path}
+    monkeypatch.setattr(module, "load_model", lambda args: pytest.fail("the model was loaded before the check"))
+    argv = [a.format(**names) for a in argv]
+    status, _, err = tool(module, [workdir["snl"], workdir["images"][0], *argv], capsys)
+    assert status == 2 and err.count("\n") == 1 and expected.format(**names) in err
+
+
 # --- run comparison ---------------------------------------------------------------------------------------------
 
 def train(out, *argv):
@@ -304,7 +465,7 @@ def test_compare_runs_table(runs, capsys, tmp_path):
     assert int(table["snl"]["params"]) - int(table["none"]["params"]) == 672  # README: + 672 for one SNL block
     assert float(table["snl"]["gflops"]) > float(table["none"]["gflops"]) > 0
     # the unfinished run is marked, in the table and in a note; the run without metrics is skipped with a note
-    assert "1 (unfinished: epoch 1/2)" in lines["plain"] and table["none"]["unfinished"] == "1"
+    assert "1 (unfinished: 1/2)" in lines["plain"] and table["none"]["unfinished"] == "1"
     assert f"note: {base / 'base'} is unfinished" in out
     assert f"note: skipped {base / 'not_evaluated'}: no metrics" in out
     assert "sample std (n - 1)" in out

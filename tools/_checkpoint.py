@@ -1,14 +1,23 @@
-"""What the picture tools share: a trained model from a checkpoint, its input images, and its nonlocal blocks.
+"""What the picture tools share: a trained model from a checkpoint, its input images, its nonlocal blocks, and
+where their pictures go.
 
-- Checkpoints: ours are rebuilt from their stored `model_args`; the reference's (no `model_args`) from the model
-  flags, as `train_val.py --valid` does, with the classifier size the checkpoint holds.
-- Images: files, preprocessed as the dataset's validation transform (see README "Data"), or validation-set indices.
+- Checkpoints: of train_val.py (classification) or train_seg.py (segmentation: the decode head's block is drawn);
+  ours are rebuilt from their stored `model_args`; the reference's (no `model_args`) from the model flags, as
+  `train_val.py --valid` does, with the classifier size the checkpoint holds. A video checkpoint is refused in one
+  line (its clips need a video pipeline the tools do not have yet).
+- Images: files or validation-set indices. Classification: the dataset's validation transform (README "Data"), or
+  with keep_aspect (attention maps of files) the whole photo, its shorter side resized to the input size.
+  Segmentation: the whole image, its shorter side resized to --input-size (default 256), as train_seg.py
+  normalizes it.
 - Blocks: every nonlocal block of the model by module name, and the dense attention matrix A (B, N, N) (rows =
   queries) of the stage-based blocks and of criss-cross attention, from the block's input captured by a hook.
+- Outputs: by default in the checkpoint's run folder; checked before any computation.
 """
 import os
 import sys
 
+import cv2
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -16,29 +25,52 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lib.cc import CrissCrossAttention  # noqa: E402
 from lib.cgnl import CGNL  # noqa: E402
 from lib.data import build_datasets  # noqa: E402
+from lib.data.seg_transforms import normalize as seg_normalize  # noqa: E402
 from lib.data.transforms import (CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, SMALL_INPUT_MAX,  # noqa: E402
                                  large_image_transforms, small_image_transforms)
 from lib.engine.checkpoint import load_checkpoint  # noqa: E402
 from lib.engine.cli import OneLineParser, parse_bool, parse_stages  # noqa: E402,F401  (OneLineParser: for the tools)
+from lib.engine.tasks import checkpoint_task  # noqa: E402
 from lib.errors import ConfigError  # noqa: E402
 from lib.stage import NonlocalStage  # noqa: E402
 from models import build_model, classifier_size, load_state_dict_checked  # noqa: E402
+from models.segmentation import build_segmentor, load_segmentor_state  # noqa: E402
 
 SMALL_DATASETS = ("cifar10", "cifar100", "fake")
+SEG_DATASETS = ("cityscapes", "fake")
+SEG_INPUT_SIZE = 256  # shorter image side for segmentation models: a 32 x 64 grid (N = 2048) for a 2:1 image
+CHECKPOINT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar")
+
+
+class LoadedModel:
+    """A model from a checkpoint, in eval mode, with what the tools need to feed and describe it."""
+
+    def __init__(self, model, task, dataset, input_size, path, checkpoint):
+        self.model, self.task, self.dataset, self.input_size, self.path = model, task, dataset, input_size, path
+        progress = ("iteration", checkpoint.get("iteration")) if task == "segmentation" else \
+            ("epoch", checkpoint.get("epoch"))
+        self.progress = f"{progress[0]} {progress[1]}" if progress[1] is not None else None
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
 
 
 def add_input_args(parser):
     """Flags for the checkpoint, the images and (for the reference's checkpoints) the model."""
-    parser.add_argument("checkpoint", help="a checkpoint of train_val.py (ours or the reference's)")
+    parser.add_argument("checkpoint", help="a checkpoint of train_val.py (ours or the reference's) or of "
+                        "train_seg.py (the decode head's block)")
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="image files (any format PIL reads)")
     data = parser.add_argument_group("images from a dataset instead of files")
     data.add_argument("--indices", type=int, nargs="+", metavar="I", help="validation-set indices of --dataset")
-    data.add_argument("--dataset", help="cifar10 | cifar100 | imagenet | imagefolder | fake; sets the "
-                      "preprocessing (default: the one the checkpoint was trained on)")
+    data.add_argument("--dataset", help="cifar10 | cifar100 | imagenet | imagefolder | fake; cityscapes | fake for "
+                      "a segmentation checkpoint; sets the preprocessing (default: the one the checkpoint was "
+                      "trained on)")
     data.add_argument("--data_dir", "--data-dir", dest="data_dir", help="dataset root (default: the one the "
                       "checkpoint was trained with, else ./data)")
     data.add_argument("--input-size", "--input_size", dest="input_size", type=int, help="network input side "
-                      "(default: the checkpoint's, else the dataset's)")
+                      "(default: the checkpoint's, else the dataset's); for a segmentation checkpoint the shorter "
+                      f"image side (default {SEG_INPUT_SIZE}: the N x N matrix grows with its fourth power)")
     model = parser.add_argument_group("model flags, only for the reference's checkpoints (ours store their model)")
     model.add_argument("--backbone", help="preresnet | resnet (default preresnet for CIFAR-size data, else resnet)")
     model.add_argument("--arch", help="preresnet 20, 56, 110; resnet 50, 101, 152 (default 20 / 50)")
@@ -56,29 +88,60 @@ def add_input_args(parser):
 
 
 def load_model(args):
-    """(model in eval mode on args.device, dataset name, input size) from args.checkpoint and the flags."""
+    """LoadedModel from args.checkpoint and the flags (args.data_dir is filled in from the checkpoint)."""
     checkpoint = load_checkpoint(args.checkpoint)
     run_args = checkpoint.get("args") or {}
+    task = checkpoint_task(checkpoint)
+    if task == "video":
+        raise ConfigError(f"{args.checkpoint} is a video checkpoint (train_video.py): attention maps and spectra "
+                          f"take classification and segmentation checkpoints for now")
     dataset = args.dataset or run_args.get("dataset")
     saved = checkpoint.get("model_args")
-    if saved:
-        model = build_model(**saved)
+    if task == "segmentation":
+        if not saved:
+            raise ConfigError(f"{args.checkpoint} is a segmentation checkpoint without model arguments: the tools "
+                              f"read those written by train_seg.py")
+        model = built_from_state(build_segmentor, saved, checkpoint["state_dict"], load_segmentor_state)
+        if dataset not in SEG_DATASETS:
+            raise ConfigError(f"{args.checkpoint} is a segmentation checkpoint: --dataset must be one of "
+                              f"{', '.join(SEG_DATASETS)}, got {dataset!r}")
+        input_size = args.input_size or SEG_INPUT_SIZE
     else:
+        if saved:
+            model = build_model(**saved)
+        else:
+            if not dataset:
+                raise ConfigError(f"{args.checkpoint} stores no model arguments (a reference checkpoint): pass "
+                                  f"--dataset and the model flags it was trained with (--backbone, --arch, "
+                                  f"--nl-type ...)")
+            small = dataset in SMALL_DATASETS
+            model = build_model(backbone=args.backbone or ("preresnet" if small else "resnet"),
+                                arch=args.arch or (20 if small else 50),
+                                num_classes=classifier_size(checkpoint["state_dict"]), nl_type=args.nl_type,
+                                nl_nums=args.nl_nums, nl_layer=parse_stages(args.nl_layer),
+                                stage_num=args.stage_nums, div=args.div, is_sys=args.is_sys, is_norm=args.is_norm)
+        load_state_dict_checked(model, checkpoint["state_dict"])
         if not dataset:
-            raise ConfigError(f"{args.checkpoint} stores no model arguments (a reference checkpoint): pass "
-                              f"--dataset and the model flags it was trained with (--backbone, --arch, --nl-type ...)")
-        small = dataset in SMALL_DATASETS
-        model = build_model(backbone=args.backbone or ("preresnet" if small else "resnet"),
-                            arch=args.arch or (20 if small else 50),
-                            num_classes=classifier_size(checkpoint["state_dict"]), nl_type=args.nl_type,
-                            nl_nums=args.nl_nums, nl_layer=parse_stages(args.nl_layer), stage_num=args.stage_nums,
-                            div=args.div, is_sys=args.is_sys, is_norm=args.is_norm)
-    load_state_dict_checked(model, checkpoint["state_dict"])
-    if not dataset:
-        raise ConfigError(f"{args.checkpoint} does not say which dataset it was trained on: pass --dataset")
-    input_size = args.input_size or run_args.get("input_size")
+            raise ConfigError(f"{args.checkpoint} does not say which dataset it was trained on: pass --dataset")
+        input_size = args.input_size or run_args.get("input_size")
+    if args.input_size is not None and args.input_size < 8:
+        raise ConfigError(f"--input-size must be at least 8, got {args.input_size}")
     args.data_dir = args.data_dir or run_args.get("data_dir") or "./data"
-    return model.to(torch.device(args.device)).eval(), dataset, input_size
+    model = model.to(torch.device(args.device)).eval()
+    return LoadedModel(model, task, dataset, input_size, args.checkpoint, checkpoint)
+
+
+def built_from_state(builder, kwargs, state_dict, load):
+    """builder(**kwargs) with the state_dict's weights, built on the meta device (no time spent initializing
+    weights that are overwritten; a ResNet-50 segmentor: ~0.5 s instead of ~3 s), then filled by load()."""
+    with torch.device("meta"):
+        model = builder(**kwargs)
+    if any(name not in state_dict for name, _ in model.named_buffers()):  # a buffer no state_dict restores
+        model = builder(**kwargs)
+    else:
+        model = model.to_empty(device="cpu")
+    load(model, state_dict)
+    return model
 
 
 def preprocessing(dataset, input_size):
@@ -96,38 +159,95 @@ def preprocessing(dataset, input_size):
     raise ConfigError(f"unknown dataset {dataset!r}: cifar10, cifar100, imagenet, imagefolder or fake")
 
 
-def load_images(args, dataset, input_size, default_count=None):
+def whole_image(dataset, input_size):
+    """(transform PIL -> normalized tensor, mean, std): the whole image, its shorter side resized to the input
+    size (no crop, the aspect ratio kept), normalized as the dataset's validation images."""
+    import torchvision.transforms as T
+    _, mean, std = preprocessing(dataset, input_size)
+    size = input_size or (32 if dataset in SMALL_DATASETS else 224)
+    return T.Compose([T.Resize(size), T.ToTensor(), T.Normalize(mean, std)]), mean, std
+
+
+def read_image(path):
+    """The image file as PIL RGB, or a one-line ConfigError."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise ConfigError(f"cannot read image {path}: {error}") from None
+
+
+def load_images(args, loaded, default_count=None, keep_aspect=False):
     """[(name, image tensor (3, h, w) normalized, display image uint8 BGR (h, w, 3))] for the files or indices.
 
     Without files and --indices, the first default_count validation images (None: an error asking for images).
     """
     if args.images and args.indices:
         raise ConfigError("give image files or --indices, not both")
+    if not args.images and not (args.indices or default_count):
+        raise ConfigError("no images: give image files or --indices of the validation set")
+    if loaded.task == "segmentation":
+        return segmentation_images(args, loaded, default_count)
+    dataset, input_size = loaded.dataset, loaded.input_size
     if args.images:
-        transform, mean, std = preprocessing(dataset, input_size)
+        transform, mean, std = (whole_image if keep_aspect else preprocessing)(dataset, input_size)
         out = []
         for path in args.images:
-            if not os.path.isfile(path):
-                raise ConfigError(f"image file not found: {path}")
-            try:
-                with Image.open(path) as image:
-                    tensor = transform(image.convert("RGB"))
-            except (UnidentifiedImageError, OSError) as error:
-                raise ConfigError(f"cannot read image {path}: {error}") from None
+            tensor = transform(read_image(path))
             out.append((os.path.splitext(os.path.basename(path))[0], tensor, to_display(tensor, mean, std)))
         return out
-    indices = args.indices or (list(range(default_count)) if default_count else None)
-    if not indices:
-        raise ConfigError("no images: give image files or --indices of the validation set")
+    indices = args.indices or list(range(default_count))
     _, val_set, _ = build_datasets(dataset, args.data_dir, input_size, download=False)
     stats = (None, None) if dataset == "fake" else preprocessing(dataset, input_size)[1:]
     out = []
     for index in indices:
-        if not 0 <= index < len(val_set):
-            raise ConfigError(f"index {index} out of range: the {dataset} validation set has {len(val_set)} images")
+        check_index(index, len(val_set), dataset)
         tensor = val_set[index][0]
         out.append((f"{dataset}_{index}", tensor, to_display(tensor, *stats)))
     return out
+
+
+def check_index(index, size, dataset):
+    if not 0 <= index < size:
+        raise ConfigError(f"index {index} out of range: the {dataset} validation set has {size} images")
+
+
+def segmentation_images(args, loaded, default_count):
+    """Segmentation inputs: uint8 BGR images, the shorter side resized to the input size, normalized as
+    train_seg.py does (ImageNet mean / std on the 0-255 scale); the display is the resized image itself."""
+    if args.images:
+        named = [(os.path.splitext(os.path.basename(path))[0], np.asarray(read_image(path))[:, :, ::-1])
+                 for path in args.images]
+    else:
+        source = segmentation_val_source(loaded.dataset, args.data_dir)
+        indices = args.indices or list(range(min(default_count, len(source))))
+        named = []
+        for index in indices:
+            check_index(index, len(source), loaded.dataset)
+            named.append((f"{loaded.dataset}_{index}", source.load(index)[0]))
+    out = []
+    for name, bgr in named:
+        height, width = bgr.shape[:2]
+        scale = loaded.input_size / min(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        resized = np.ascontiguousarray(cv2.resize(np.ascontiguousarray(bgr), size, interpolation=cv2.INTER_LINEAR))
+        out.append((name, torch.from_numpy(seg_normalize(resized)), resized))
+    return out
+
+
+def segmentation_val_source(dataset, data_dir):
+    """The validation images of a segmentation dataset (load(i) -> (BGR image, label))."""
+    if dataset == "fake":
+        from lib.data.fake_scenes import FakeScenes
+        from train_seg import FAKE_SIZES
+        return FakeScenes(FAKE_SIZES["val"], "val")
+    from lib.data.cityscapes import DOWNLOAD_HINT, CityscapesFiles, cityscapes_root
+    root = cityscapes_root(data_dir)
+    if not os.path.isdir(root):
+        raise ConfigError(f"Cityscapes not found: {root} does not exist; {DOWNLOAD_HINT.format(root=root)}")
+    return CityscapesFiles(root, "val")
 
 
 def to_display(tensor, mean=None, std=None):
@@ -152,18 +272,91 @@ def block_kind(module):
     return "cgnl" if isinstance(module, CGNL) else "cc" if isinstance(module, CrissCrossAttention) else "stage"
 
 
+class _AllCaptured(Exception):
+    """Raised by the last hook: the rest of the forward pass is not needed."""
+
+
 def capture_inputs(model, modules, images):
-    """{module name: its input (B, C, H, W)} for one forward of images (B, 3, h, w), through forward pre-hooks."""
+    """{module name: its input (B, C, H, W)} for one forward of images (B, 3, h, w), through forward pre-hooks;
+    the forward stops once every module has seen its input."""
     captured = {}
-    handles = [module.register_forward_pre_hook(lambda m, inputs, name=name: captured.__setitem__(
-        name, inputs[0].detach())) for name, module in modules]
+
+    def hook(module, inputs, name):
+        captured[name] = inputs[0].detach()
+        if len(captured) == len(modules):
+            raise _AllCaptured
+
+    handles = [module.register_forward_pre_hook(lambda m, inputs, name=name: hook(m, inputs, name))
+               for name, module in modules]
     try:
         with torch.no_grad():
             model(images)
+    except _AllCaptured:
+        pass
     finally:
         for handle in handles:
             handle.remove()
     return captured
+
+
+def inputs_per_image(loaded, modules, images):
+    """[{module name: input (1, C, H, W)}] per image: one batch when the images share a size, else one by one."""
+    tensors = [tensor for _, tensor, _ in images]
+    if len({tuple(t.shape) for t in tensors}) == 1:
+        captured = capture_inputs(loaded.model, modules, torch.stack(tensors).to(loaded.device))
+        return [{name: x[k:k + 1] for name, x in captured.items()} for k in range(len(tensors))]
+    return [capture_inputs(loaded.model, modules, t[None].to(loaded.device)) for t in tensors]
+
+
+def checkpoint_stem(path):
+    name = os.path.basename(path)
+    for suffix in CHECKPOINT_SUFFIXES:
+        if name.endswith(suffix):
+            return name[:-len(suffix)] or name
+    return os.path.splitext(name)[0]
+
+
+def run_folder(path):
+    """The folder holding the checkpoint: its run folder."""
+    return os.path.dirname(os.path.abspath(path))
+
+
+def run_label(path):
+    """The run a checkpoint belongs to, for titles: its folder (relative to here where it is below) / file."""
+    folder = run_folder(path)
+    relative = os.path.relpath(folder)
+    shown = relative if not relative.startswith("..") else os.path.join(*folder.split(os.sep)[-4:])
+    return f"{shown}/{os.path.basename(path)}"
+
+
+def check_writable_folder(flag, folder):
+    """One line when `folder` cannot be (created and) written, before any computation."""
+    probe = os.path.abspath(folder)
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        raise ConfigError(f"{flag} {folder} is a file, not a folder")
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ConfigError(f"{flag} {folder}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {folder}: {probe} is not writable (pass {flag} somewhere you can write)")
+
+
+def check_output_file(flag, path, suffixes=None):
+    """One line when `path` cannot be written as a file of one of the suffixes, before any computation."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{flag} {path} is a folder: give a file name inside it")
+    if suffixes and os.path.splitext(path)[1].lower() not in suffixes:
+        raise ConfigError(f"{flag} {path}: the file name must end in one of {', '.join(suffixes)}")
+    check_writable_folder(flag, os.path.dirname(os.path.abspath(path)))
+
+
+def image_suffixes():
+    """The file types matplotlib writes (.png, .pdf, .svg, ...)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    return tuple(f".{ext}" for ext in Figure().canvas.get_supported_filetypes())
 
 
 def criss_cross_attention(module, x):

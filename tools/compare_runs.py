@@ -1,26 +1,36 @@
 #!/usr/bin/env python3
-"""Compare training runs: every run folder under the given folders, grouped by experiment, as one table.
+"""Compare training runs: every run folder under the given folders, grouped by experiment, one table per task.
 
-    python tools/compare_runs.py save_model                        # markdown table on stdout
-    python tools/compare_runs.py save_model --csv runs.csv --plot top1.png
+    python tools/compare_runs.py save_model                        # markdown tables on stdout
+    python tools/compare_runs.py save_model --csv out/runs.csv --plot out/curves.png
     python tools/compare_runs.py save_model/cifar10/20/snl_seed67 save_model/cifar10/20/snl_seed68
 
 A run folder is one that holds args.yaml (README, "What a run writes"); its metrics.jsonl gives the evaluations.
-Runs are grouped by dataset, backbone, arch, input size, block type, number and place of the blocks (nl_nums,
-nl_layer), stage_nums, div, the affinity flags (is_sys, is_norm; unset = the block's default, resolved here) and
-order (where the run has one); the seeds of a group are its repetitions. Per group: seeds, parameters and GFLOPs
-per image (the model built on the meta device, FLOPs counted as tools/complexity.py does), final top-1 (the last
-evaluation) and best top-1 (the highest over training: selected on the test set for CIFAR) as mean +- the sample
-standard deviation over seeds (n - 1 in the denominator; none for one seed), the difference of the means to the
-plain backbone's group (same dataset, backbone, arch and input size, no block), and the mean wall time of an
-evaluated epoch (training + evaluation). A run whose last evaluation is before its last epoch (args.yaml, or
-the newest args_resume_*.yaml) is marked unfinished and counted with what it has; a run without metrics is
-skipped with a note.
+Each task gets its own table: classification (train_val.py: test top-1), segmentation (train_seg.py: mIoU) and
+video (train_video.py: clip top-1 and video top-1, each on its own). A group holds the runs of one experiment:
+runs whose every setting that changes what is trained and measured is equal (model arguments, dataset, input
+size, epochs or iterations, batch size per process and number of processes, lr and its schedule, warm-up, weight
+decay, momentum, augmentation, amp, recipe, ...; unset affinity flags resolved to the block's default; a run
+resumed with other settings, args_resume_<n>.yaml, is an experiment of its own); only the seed may differ.
+Settings that do not change the experiment (seed, folders, workers, print / evaluation frequency, checkpoints
+kept, device, compile, channels-last, deterministic) are ignored. Where rows of one dataset and model differ in
+settings the table does not show as columns, a "differs in" column gives each row's values.
+
+Per group: seeds, parameters and GFLOPs per image (classification: the model built on the meta device, FLOPs
+counted as tools/complexity.py does), final (the last evaluation) and best (the highest over training: selected
+on the test data) as mean ± the sample standard deviation over seeds (n - 1; none for one seed), the difference
+of the means to the plain model's group (the same experiment without a block), and the mean wall time per
+evaluation interval. A second run with a seed already in its group is a duplicate, not a new sample: it is
+flagged and not counted. A run whose last evaluation is before its last epoch / iteration (args.yaml, or the
+newest args_resume_*.yaml), or whose metrics.jsonl ends in a torn line (killed while writing; the line is
+dropped), is marked unfinished and counted with what it has; a run without metrics is skipped with a note.
 """
 import argparse
 import csv
+import functools
 import glob
 import json
+import math
 import os
 import re
 import statistics
@@ -32,17 +42,37 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lib import NONLOCAL_BLOCKS  # noqa: E402
 from lib.engine.cli import OneLineParser  # noqa: E402
+from lib.engine.tasks import TASKS, args_task  # noqa: E402
 from lib.errors import ConfigError  # noqa: E402
 from lib.stage import NonlocalStage  # noqa: E402
 from models import build_model  # noqa: E402
+from tools._checkpoint import check_output_file, image_suffixes  # noqa: E402
 from tools.complexity import count  # noqa: E402
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "fake": 10}
 INPUT_SIZES = {"cifar10": 32, "cifar100": 32, "fake": 32, "imagenet": 224, "imagefolder": 224}
-KEY_FIELDS = ("dataset", "backbone", "arch", "input_size", "block", "nl_nums", "nl_layer", "stage_nums", "div",
-              "is_sys", "is_norm", "order")
 NOT_APPLICABLE = "-"
+NOT_RECORDED = "(not recorded)"
+# Per task: the metrics.jsonl key counting progress, the args.yaml key of its planned total, the metrics of the
+# table (key, label) and what one evaluation interval is called.
+TASK_SPECS = {
+    "classification": dict(step="epoch", planned="epochs", metrics=(("top1", "top-1"),), per="epoch"),
+    "segmentation": dict(step="iteration", planned="iters", metrics=(("mIoU", "mIoU"),), per="eval"),
+    "video": dict(step="epoch", planned="epochs", metrics=(("clip_top1", "clip top-1"), ("video_top1", "video top-1")),
+                  per="epoch"),
+}
+# args.yaml entries that do not change what is trained and measured: where outputs go, how fast, how often logged.
+IGNORED = {"seed", "checkpoints", "output_dir", "resume", "resumename", "isresume", "valid", "check_path", "workers",
+           "print_freq", "eval_freq", "eval_every", "keep_checkpoints", "device", "explicit", "config", "download",
+           "num_gpu", "compile", "channels_last", "deterministic", "debug", "warmup", "task", "allow_changed",
+           "world_size", "data_dir"}
+# Entries that only mean something with a block (dropped for plain runs, so that they group together).
+BLOCK_KEYS = ("nl_nums", "nl_layer", "stage_nums", "div", "is_sys", "is_norm", "order")
+# Entries the table shows as columns; every other setting that varies goes to the "differs in" column.
+SHOWN = {"dataset", "backbone", "arch", "input_size", "crop_size", "clip_len", "frame_size", "nl_type", *BLOCK_KEYS}
 
+
+# --- reading runs -----------------------------------------------------------------------------------------------
 
 def find_run_folders(paths):
     """Every folder holding args.yaml at or below the given paths, sorted."""
@@ -61,29 +91,92 @@ def read_yaml(path):
         return yaml.safe_load(f) or {}
 
 
-def planned_epochs(folder, args):
-    """--epochs of the run's latest start: the newest args_resume_<epoch>.yaml, else args.yaml."""
+def resumed_args(folder):
+    """[(start, values)] of the run's args_resume_<start>.yaml files (one per resume), oldest first."""
     resumes = []
     for path in glob.glob(os.path.join(folder, "args_resume_*.yaml")):
         match = re.search(r"args_resume_(\d+)\.yaml$", path)
         if match:
-            resumes.append((int(match.group(1)), path))
-    return read_yaml(max(resumes)[1]).get("epochs", args.get("epochs")) if resumes else args.get("epochs")
+            values = read_yaml(path)
+            resumes.append((int(match.group(1)), values if isinstance(values, dict) else {}))
+    return sorted(resumes, key=lambda item: item[0])
 
 
-def read_metrics(path):
-    """{epoch: row} of metrics.jsonl; a later row of the same epoch (a resumed run's) replaces the earlier one."""
-    rows = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                    row["top1"] = float(row["top1"])
-                    rows[int(row["epoch"])] = row
-                except (ValueError, KeyError, TypeError):
-                    raise ConfigError(f"{path} line {number} is not a metrics record: {line.strip()[:60]!r}") from None
-    return rows
+def planned_total(folder, args, key):
+    """--epochs / --iters of the run's latest start: the newest args_resume_<n>.yaml, else args.yaml."""
+    resumes = resumed_args(folder)
+    return resumes[-1][1].get(key, args.get(key)) if resumes else args.get(key)
+
+
+def changed_on_resume(folder, args, planned_key):
+    """('lr 0.1 -> 0.05 at 3', ...): settings a resume changed (knowingly, e.g. with --allow-changed); such a run
+    is another experiment than one trained throughout with either value."""
+    changes = []
+    for start, values in resumed_args(folder):
+        for key in sorted(set(values) | set(args)):
+            if key in IGNORED or key == planned_key:
+                continue
+            before, after = freeze(args.get(key)), freeze(values.get(key))
+            if before != after:
+                changes.append(f"{key} {show(before)} -> {show(after)} at {start}")
+    return tuple(changes)
+
+
+def read_metrics(path, step_key, metric_key):
+    """({step: row}, torn) of metrics.jsonl; a later row of the same step (a resumed run's) replaces the earlier.
+
+    A last line that is not a complete record is a run killed while writing it: dropped, torn = True. A bad line
+    anywhere else is a damaged file: ConfigError.
+    """
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+    rows, torn = {}, False
+    for position, (number, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+            step = int(row[step_key])
+            if metric_key not in row:
+                raise KeyError(metric_key)
+        except (ValueError, KeyError, TypeError):
+            if position == len(lines) - 1:
+                torn = True
+                continue
+            raise ConfigError(f"{path} line {number} is not a metrics record of a {step_key}-counting run: "
+                              f"{line.strip()[:60]!r}") from None
+        rows[step] = row
+    return rows, torn
+
+
+def number(value):
+    """A metric value as float, None where absent or not a number (NaN is written as null)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def processes(folder, args):
+    """How many processes trained the run (args.yaml's world_size, else its log's batch line), or None."""
+    if args.get("world_size"):
+        return str(args["world_size"])
+    log = os.path.join(folder, "log_train.txt")
+    if not os.path.isfile(log):
+        return None
+    with open(log, encoding="utf-8", errors="replace") as f:
+        found = re.findall(r"per process x (\d+) process", f.read())
+    return " then ".join(dict.fromkeys(found)) or None  # a resume with another world size shows both
+
+
+def freeze(value):
+    """A YAML value as a hashable, comparable one (lists -> tuples)."""
+    if isinstance(value, list):
+        return tuple(freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, freeze(v)) for k, v in value.items()))
+    return value
 
 
 def affinity_flags(nl_type, is_sys, is_norm):
@@ -95,45 +188,106 @@ def affinity_flags(nl_type, is_sys, is_norm):
                                                                     else bool(is_norm))
 
 
-def group_key(args):
-    """The experiment a run belongs to (KEY_FIELDS); the plain backbone has no block fields."""
-    dataset, backbone = args.get("dataset"), args.get("backbone")
-    input_size = args.get("input_size") or INPUT_SIZES.get(dataset, NOT_APPLICABLE)
+def experiment_settings(folder, args, task):
+    """{setting: value} of everything in args.yaml that changes the experiment (see the module docstring)."""
+    spec = TASK_SPECS[task]
+    settings = {key: freeze(value) for key, value in args.items() if key not in IGNORED}
+    settings[spec["planned"]] = planned_total(folder, args, spec["planned"])
+    changes = changed_on_resume(folder, args, spec["planned"])
+    if changes:
+        settings["changed_on_resume"] = changes
+    settings["batch_size"] = f"{args.get('batch_size', '?')} x {processes(folder, args) or '?'} process(es)"
+    if "arch" in settings:
+        settings["arch"] = str(settings["arch"])
+    if task == "classification":
+        settings["input_size"] = args.get("input_size") or INPUT_SIZES.get(args.get("dataset"), NOT_RECORDED)
+    if args.get("dataset") == "imagefolder":  # the folder is the dataset
+        settings["data_dir"] = os.path.normpath(str(args.get("data_dir")))
     nl_type = args.get("nl_type")
-    if nl_type in (None, "none", "base") or not args.get("nl_nums"):
-        return (dataset, backbone, str(args.get("arch")), input_size, "none", 0) + (NOT_APPLICABLE,) * 6
-    is_sys, is_norm = affinity_flags(nl_type, args.get("is_sys"), args.get("is_norm"))
-    nl_layer = ",".join(sorted(str(s) for s in args.get("nl_layer") or ["1"])) if backbone == "preresnet" else "-"
-    order = args.get("order")
-    return (dataset, backbone, str(args.get("arch")), input_size, nl_type, args.get("nl_nums"), nl_layer,
-            args.get("stage_nums", 1), args.get("div", 2), is_sys, is_norm,
-            NOT_APPLICABLE if order is None else order)
+    if nl_type in (None, "none", "base") or args.get("nl_nums") == 0:
+        settings["nl_type"] = "none"
+        for key in BLOCK_KEYS:
+            settings.pop(key, None)
+    else:
+        settings["is_sys"], settings["is_norm"] = affinity_flags(nl_type, args.get("is_sys"), args.get("is_norm"))
+        if "nl_layer" in settings:
+            settings["nl_layer"] = tuple(sorted(str(s) for s in args.get("nl_layer") or ["1"]))
+    return settings
 
 
 def read_run(folder, notes):
     """One run's numbers, or None (with a note) when it cannot be counted."""
     try:
         args = read_yaml(os.path.join(folder, "args.yaml"))
+        if not isinstance(args, dict):
+            raise yaml.YAMLError("not a mapping of flags")
     except (OSError, yaml.YAMLError) as error:
         notes.append(f"skipped {folder}: unreadable args.yaml ({' '.join(str(error).split())[:80]})")
         return None
+    task = args_task(args)
+    spec = TASK_SPECS[task]
     metrics_path = os.path.join(folder, "metrics.jsonl")
     try:
-        rows = read_metrics(metrics_path) if os.path.isfile(metrics_path) else {}
+        rows, torn = read_metrics(metrics_path, spec["step"], spec["metrics"][0][0]) \
+            if os.path.isfile(metrics_path) else ({}, False)
     except ConfigError as error:
         notes.append(f"skipped {folder}: {error}")
         return None
     if not rows:
-        notes.append(f"skipped {folder}: no metrics (metrics.jsonl missing or empty: no evaluation yet)")
+        notes.append(f"skipped {folder}: no metrics (metrics.jsonl missing or empty: no evaluation yet)"
+                     + (" (its only line is torn)" if torn else ""))
         return None
-    epochs = sorted(rows)
-    planned = planned_epochs(folder, args)
-    return {"folder": folder, "args": args, "key": group_key(args), "seed": args.get("seed"),
-            "curve": [(e, rows[e]["top1"]) for e in epochs], "final": rows[epochs[-1]]["top1"],
-            "best": max(row["top1"] for row in rows.values()), "last_epoch": epochs[-1], "epochs": planned,
-            "unfinished": planned is not None and epochs[-1] < planned,
-            "epoch_time": statistics.fmean(row["time"] for row in rows.values() if "time" in row)
-            if any("time" in row for row in rows.values()) else None}
+    steps = sorted(rows)
+    planned = planned_total(folder, args, spec["planned"])
+    run = {"folder": folder, "args": args, "task": task, "settings": experiment_settings(folder, args, task),
+           "seed": args.get("seed"), "last_step": steps[-1], "planned": planned, "torn": torn,
+           "unfinished": torn or (isinstance(planned, int) and steps[-1] < planned), "curves": {}, "final": {},
+           "best": {}}
+    for key, _ in spec["metrics"]:
+        curve = [(step, number(rows[step].get(key))) for step in steps]
+        curve = [(step, value) for step, value in curve if value is not None]
+        run["curves"][key] = curve
+        run["final"][key] = curve[-1][1] if curve else None
+        run["best"][key] = max(value for _, value in curve) if curve else None
+    times = [number(row.get("time")) for row in rows.values()]
+    times = [t for t in times if t is not None]
+    run["time"] = statistics.fmean(times) if times else None
+    return run
+
+
+# --- grouping ---------------------------------------------------------------------------------------------------
+
+def group_key(run):
+    return run["task"], tuple(sorted(run["settings"].items(), key=lambda item: item[0]))
+
+
+def plain_key(run):
+    """The key of the same experiment without a block."""
+    settings = {k: v for k, v in run["settings"].items() if k not in BLOCK_KEYS}
+    settings["nl_type"] = "none"
+    return run["task"], tuple(sorted(settings.items(), key=lambda item: item[0]))
+
+
+def split_duplicates(members):
+    """(counted, duplicates): one run per seed, the most advanced (finished, then furthest), else the first."""
+    counted, duplicates, by_seed = [], [], {}
+    for run in sorted(members, key=lambda r: (r["unfinished"], -r["last_step"], r["folder"])):
+        seed = run["seed"]
+        if seed is not None and seed in by_seed:
+            run["duplicate_of"] = by_seed[seed]["folder"]
+            duplicates.append(run)
+            continue
+        by_seed.setdefault(seed, run)
+        counted.append(run)
+    return counted, duplicates
+
+
+def mean_std(values):
+    """(mean, sample standard deviation with n - 1, or None for one value); (None, None) for no value."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def num_classes(run):
@@ -151,81 +305,155 @@ def num_classes(run):
 
 
 def complexity(run):
-    """(parameters, GFLOPs per image) of the run's model, built on the meta device; (None, None) if unknown."""
-    args, classes = run["args"], num_classes(run)
-    if classes is None:
+    """(parameters, GFLOPs per image) of a classification run's model, built on the meta device; else (None, None)."""
+    args, settings, classes = run["args"], run["settings"], num_classes(run)
+    if run["task"] != "classification" or classes is None:
         return None, None
-    key = dict(zip(KEY_FIELDS, run["key"]))
-    kwargs = dict(backbone=args["backbone"], arch=args["arch"], num_classes=classes,
-                  nl_type=None if key["block"] == "none" else key["block"], nl_nums=key["nl_nums"])
-    if key["block"] != "none":
+    plain = settings["nl_type"] == "none"
+    kwargs = dict(backbone=args.get("backbone"), arch=args.get("arch"), num_classes=classes,
+                  nl_type=None if plain else settings["nl_type"], nl_nums=0 if plain else args.get("nl_nums", 1))
+    if not plain:
         kwargs.update(nl_layer=args.get("nl_layer") or ["1"], stage_num=args.get("stage_nums", 1),
                       div=args.get("div", 2), is_sys=args.get("is_sys"), is_norm=args.get("is_norm"))
         if args.get("order") is not None:
             kwargs["order"] = args["order"]
+    return model_complexity(freeze(kwargs), settings["input_size"])
+
+
+@functools.lru_cache(maxsize=None)
+def model_complexity(kwargs, size):
+    """(parameters, GFLOPs per image) of build_model(**kwargs) at size x size (kwargs frozen); once per model."""
+    kwargs = {key: list(value) if isinstance(value, tuple) else value for key, value in kwargs}
     try:
         with torch.device("meta"):
             model = build_model(**kwargs)
-        params, flops = count(model, (3, key["input_size"], key["input_size"]))
-    except (ConfigError, TypeError, ValueError):  # a model this version of the code cannot build
+        params, flops = count(model, (3, size, size))
+    except (ConfigError, TypeError, ValueError, KeyError):  # a model this version of the code cannot build
         return None, None
     return params, flops / 1e9
 
 
-def mean_std(values):
-    """(mean, sample standard deviation with n - 1, or None for one value)."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
 def summarize(runs):
-    """One row per group (a dict), plain backbones first within each (dataset, backbone, arch, input size)."""
+    """{task: [group row]}: one row per experiment, plain models first within each model family."""
     groups = {}
     for run in runs:
-        groups.setdefault(run["key"], []).append(run)
-    rows = []
-    for key, members in groups.items():
-        members.sort(key=lambda r: (r["seed"] is None, r["seed"], r["folder"]))
-        final_mean, final_std = mean_std([r["final"] for r in members])
-        best_mean, best_std = mean_std([r["best"] for r in members])
-        params, gflops = complexity(members[0])
-        times = [r["epoch_time"] for r in members if r["epoch_time"] is not None]
-        rows.append(dict(zip(KEY_FIELDS, key), runs=members, final_mean=final_mean, final_std=final_std,
-                         best_mean=best_mean, best_std=best_std, params=params, gflops=gflops,
-                         epoch_time=statistics.fmean(times) if times else None))
-    plain = {row_base(row): row for row in rows if row["block"] == "none"}
+        groups.setdefault(group_key(run), []).append(run)
+    tables = {}
+    for (task, _), members in groups.items():
+        counted, duplicates = split_duplicates(members)
+        counted.sort(key=lambda r: (r["seed"] is None, r["seed"] if isinstance(r["seed"], int) else 0, r["folder"]))
+        row = {"task": task, "settings": counted[0]["settings"], "runs": counted, "duplicates": duplicates,
+               "plain_key": plain_key(counted[0]), "is_plain": counted[0]["settings"]["nl_type"] == "none",
+               "time": mean_std([r["time"] for r in counted])[0], "metrics": {}}
+        for key, _ in TASK_SPECS[task]["metrics"]:
+            row["metrics"][key] = dict(zip(("final_mean", "final_std"), mean_std([r["final"][key] for r in counted])))
+            row["metrics"][key].update(zip(("best_mean", "best_std"), mean_std([r["best"][key] for r in counted])))
+        row["params"], row["gflops"] = complexity(counted[0])
+        tables.setdefault(task, []).append(row)
+    for task, rows in tables.items():
+        plain = {group_key(row["runs"][0]): row for row in rows if row["is_plain"]}
+        for row in rows:
+            base = plain.get(row["plain_key"])
+            for key, values in row["metrics"].items():
+                for which in ("final", "best"):
+                    ours = values[f"{which}_mean"]
+                    theirs = None if base is None else base["metrics"][key][f"{which}_mean"]
+                    values[f"delta_{which}"] = None if ours is None or theirs is None else ours - theirs
+        families = {}
+        for row in rows:
+            families.setdefault(family(row), []).append(row)
+        for members in families.values():  # otherwise alike: same dataset, model and input
+            hidden = varying_hidden_settings(members)
+            for row in members:
+                row["differs"] = {key: setting(row, key) for key in hidden}
+        rows.sort(key=lambda row: (family(row), not row["is_plain"], label_of(row),
+                                   tuple(str(v) for v in row["differs"].values())))
+    return {task: tables[task] for task in TASKS if task in tables}, sorted({
+        key for rows in tables.values() for row in rows for key in row["differs"]})
+
+
+def varying_hidden_settings(rows):
+    """Settings not shown as columns whose value differs between groups of one table, sorted."""
+    keys = set()
     for row in rows:
-        base = plain.get(row_base(row))
-        row["delta_final"] = None if base is None else row["final_mean"] - base["final_mean"]
-        row["delta_best"] = None if base is None else row["best_mean"] - base["best_mean"]
-    rows.sort(key=lambda row: tuple(str(v) for v in row_base(row)) + (row["block"] != "none",)
-              + tuple(str(row[f]) for f in KEY_FIELDS[4:]))
-    return rows
+        keys |= set(row["settings"])
+    return sorted(key for key in keys - SHOWN
+                  if len({repr(setting(row, key)) for row in rows}) > 1)
 
 
-def row_base(row):
-    return row["dataset"], row["backbone"], row["arch"], row["input_size"]
+def setting(row, key):
+    """A group's value of a setting; a run without a resume that changed settings has 'none' of them."""
+    return row["settings"].get(key, "none" if key == "changed_on_resume" else NOT_RECORDED)
+
+
+# --- formatting -------------------------------------------------------------------------------------------------
+
+def family(row):
+    s = row["settings"]
+    return tuple(str(s.get(k, "")) for k in ("dataset", "backbone", "arch", "input_size", "crop_size",
+                                             "clip_len", "frame_size"))
+
+
+def model_label(row):
+    s = row["settings"]
+    return f"{s.get('backbone', '?')}-{s.get('arch', '?')}"
+
+
+def input_label(row):
+    s = row["settings"]
+    if row["task"] == "segmentation":
+        crop = s.get("crop_size")
+        return f"crop {crop[0]}x{crop[1]}" if isinstance(crop, tuple) and len(crop) == 2 else str(crop)
+    if row["task"] == "video":
+        return f"{s.get('clip_len', '?')} x {s.get('frame_size', '?')}px"
+    return str(s.get("input_size"))
+
+
+def label_of(row):
+    """The block column: plain, or 'N x type @ stage S, order K'."""
+    s = row["settings"]
+    if row["is_plain"]:
+        return "plain"
+    count = f"{s['nl_nums']} x " if "nl_nums" in s else ""
+    where = f" @ stage {','.join(s['nl_layer'])}" if s.get("backbone") == "preresnet" and "nl_layer" in s else ""
+    order = f", order {s['order']}" if s.get("order") is not None else ""
+    return f"{count}{s['nl_type']}{where}{order}"
+
+
+def affinity_label(row):
+    s = row["settings"]
+    if row["is_plain"] or s.get("is_sys") == NOT_APPLICABLE:
+        return NOT_APPLICABLE
+    return ("norm" if s.get("is_norm") else "plain") + (" sys" if s.get("is_sys") else "")
+
+
+def show(value):
+    if isinstance(value, tuple) and value and all(isinstance(v, str) and " -> " in v for v in value):
+        return "; ".join(value)  # changed_on_resume
+    if isinstance(value, tuple):
+        return "[" + ", ".join(show(v) for v in value) + "]"
+    return str(value)
+
+
+def settings_label(row):
+    return ", ".join(f"{key} {show(value)}" for key, value in row["differs"].items()) or NOT_APPLICABLE
 
 
 def seed_label(run):
     seed = "?" if run["seed"] is None else str(run["seed"])
-    return seed + (f" (unfinished: epoch {run['last_epoch']}/{run['epochs']})" if run["unfinished"] else "")
+    if run["torn"]:
+        return f"{seed} (unfinished: torn last line, {run['last_step']}/{run['planned']})"
+    return seed + (f" (unfinished: {run['last_step']}/{run['planned']})" if run["unfinished"] else "")
 
 
-def blocks_label(row):
-    if row["block"] == "none":
-        return "plain"
-    where = f" @ stage {row['nl_layer']}" if row["nl_layer"] != NOT_APPLICABLE else ""
-    order = f", order {row['order']}" if row["order"] != NOT_APPLICABLE else ""
-    return f"{row['nl_nums']} x {row['block']}{where}{order}"
-
-
-def affinity_label(row):
-    if row["is_sys"] == NOT_APPLICABLE:
-        return NOT_APPLICABLE
-    return ("norm" if row["is_norm"] else "plain") + (" sys" if row["is_sys"] else "")
+def seeds_label(row):
+    duplicates = [f"{'?' if r['seed'] is None else r['seed']} (duplicate, not counted)" for r in row["duplicates"]]
+    return ", ".join([seed_label(run) for run in row["runs"]] + duplicates)
 
 
 def pm(mean, std):
+    if mean is None:
+        return NOT_APPLICABLE
     return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
@@ -237,114 +465,205 @@ def optional(value, fmt):
     return NOT_APPLICABLE if value is None else format(value, fmt)
 
 
-def markdown(rows):
-    lines = ["| dataset | model | input | blocks | stage_nums | div | affinity | seeds | params (M) | GFLOPs | "
-             "final top-1 | best top-1 | Δ final vs plain | Δ best vs plain | s / epoch |",
-             "|---|---|---:|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+def markdown(task, rows):
+    spec = TASK_SPECS[task]
+    hidden = any(row["differs"] for row in rows)
+    head = ["dataset", "model", "input", "blocks", "stage_nums", "div", "affinity"]
+    head += ["differs in"] if hidden else []
+    head += ["seeds"] + (["params (M)", "GFLOPs"] if task == "classification" else [])
+    for _, name in spec["metrics"]:
+        head += [f"final {name}", f"best {name}"]
+    for _, name in spec["metrics"]:
+        head += [f"Δ final {name} vs plain", f"Δ best {name} vs plain"]
+    head += [f"s / {spec['per']}"]
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join("---:" if h.startswith(("params", "GFLOPs", "final", "best", "Δ", "s /", "stage", "div",
+                                                    "input")) else "---" for h in head) + "|"]
     for row in rows:
-        lines.append(" | ".join([
-            f"| {row['dataset']}", f"{row['backbone']}-{row['arch']}", str(row["input_size"]), blocks_label(row),
-            str(row["stage_nums"]), str(row["div"]), affinity_label(row),
-            ", ".join(seed_label(run) for run in row["runs"]),
-            optional(None if row["params"] is None else row["params"] / 1e6, ".3f"), optional(row["gflops"], ".4f"),
-            pm(row["final_mean"], row["final_std"]), pm(row["best_mean"], row["best_std"]),
-            signed(row["delta_final"]), signed(row["delta_best"]), optional(row["epoch_time"], ".1f")]) + " |")
+        s = row["settings"]
+        cells = [str(s.get("dataset")), model_label(row), input_label(row), label_of(row),
+                 str(s.get("stage_nums", NOT_APPLICABLE)), str(s.get("div", NOT_APPLICABLE)), affinity_label(row)]
+        cells += [settings_label(row)] if hidden else []
+        cells += [seeds_label(row)]
+        if task == "classification":
+            cells += [optional(None if row["params"] is None else row["params"] / 1e6, ".3f"),
+                      optional(row["gflops"], ".4f")]
+        for key, _ in spec["metrics"]:
+            m = row["metrics"][key]
+            cells += [pm(m["final_mean"], m["final_std"]), pm(m["best_mean"], m["best_std"])]
+        for key, _ in spec["metrics"]:
+            cells += [signed(row["metrics"][key]["delta_final"]), signed(row["metrics"][key]["delta_best"])]
+        cells += [optional(row["time"], ".1f")]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-CSV_FIELDS = KEY_FIELDS + ("runs", "seeds", "unfinished", "params", "gflops", "final_mean", "final_std", "best_mean",
-                           "best_std", "delta_final", "delta_best", "sec_per_epoch", "folders")
+TITLES = {"classification": "classification runs (train_val.py): test top-1 (%)",
+          "segmentation": "segmentation runs (train_seg.py): mIoU (%)",
+          "video": "video runs (train_video.py): clip top-1 and video top-1 (%), reported separately"}
+CSV_FIELDS = ("task", "metric", "dataset", "backbone", "arch", "input", "block", "nl_nums", "nl_layer", "stage_nums",
+              "div", "is_sys", "is_norm", "order", "differs_in", "runs", "seeds", "duplicates", "unfinished", "params",
+              "gflops", "final_mean", "final_std", "best_mean", "best_std", "delta_final", "delta_best",
+              "sec_per_interval", "folders", "settings")
 
 
-def write_csv(rows, path):
+def write_csv(tables, path):
+    """One line per group and metric (video groups have two: clip_top1 and video_top1); raw numbers."""
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_FIELDS)
-        for row in rows:
-            runs = row["runs"]
-            writer.writerow([row[field] for field in KEY_FIELDS] + [
-                len(runs), " ".join(str(r["seed"]) for r in runs), sum(r["unfinished"] for r in runs),
-                row["params"], row["gflops"], row["final_mean"], row["final_std"], row["best_mean"], row["best_std"],
-                row["delta_final"], row["delta_best"], row["epoch_time"], " ".join(r["folder"] for r in runs)])
+        for task, rows in tables.items():
+            for row in rows:
+                s, runs = row["settings"], row["runs"]
+                for key, values in row["metrics"].items():
+                    writer.writerow([
+                        task, key, s.get("dataset"), s.get("backbone"), s.get("arch"), input_label(row),
+                        s.get("nl_type"), *(show(s.get(k, NOT_APPLICABLE)) if k == "nl_layer" else
+                                            s.get(k, NOT_APPLICABLE) for k in BLOCK_KEYS),
+                        settings_label(row), len(runs), " ".join(str(r["seed"]) for r in runs),
+                        " ".join(r["folder"] for r in row["duplicates"]), sum(r["unfinished"] for r in runs),
+                        row["params"], row["gflops"], values["final_mean"], values["final_std"], values["best_mean"],
+                        values["best_std"], values["delta_final"], values["delta_best"], row["time"],
+                        " ".join(r["folder"] for r in runs),
+                        json.dumps({k: show(v) for k, v in sorted(s.items())}, default=str)])
 
 
-def mean_curve(runs):
-    """(epochs, mean, sample std or NaN) of test top-1 over the runs that have each epoch."""
-    by_epoch = {}
+# --- curves -----------------------------------------------------------------------------------------------------
+
+def mean_curve(runs, key):
+    """(steps, mean, sample std or NaN) of the metric over the runs that have each step."""
+    by_step = {}
     for run in runs:
-        for epoch, top1 in run["curve"]:
-            by_epoch.setdefault(epoch, []).append(top1)
-    epochs = sorted(by_epoch)
-    stats = [mean_std(by_epoch[e]) for e in epochs]
-    return epochs, [m for m, _ in stats], [float("nan") if s is None else s for _, s in stats]
+        for step, value in run["curves"][key]:
+            by_step.setdefault(step, []).append(value)
+    steps = sorted(by_step)
+    stats = [mean_std(by_step[s]) for s in steps]
+    return steps, [m for m, _ in stats], [float("nan") if s is None else s for _, s in stats]
 
 
-def plot(rows, path):
+LINE_STYLES = ("-", "--", "-.", ":")
+
+
+def figure(tables):
+    """One panel per task, model family and metric; one line per group (mean over seeds, band of ± one sample
+    std), 20 distinct colours x 4 line styles, the legend to the right of the axes, integer x ticks."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
-    panels = {}
-    for row in rows:
-        panels.setdefault(row_base(row), []).append(row)
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-    for ax, (base, members) in zip(axes[0], panels.items()):
-        for row in members:
-            epochs, mean, std = (np.asarray(v, dtype=float) for v in mean_curve(row["runs"]))
-            label = f"{blocks_label(row)}, {affinity_label(row)} (n={len(row['runs'])})".replace(", -", "")
-            line, = ax.plot(epochs, mean, marker="o" if len(epochs) < 12 else None, markersize=3, label=label)
-            ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
-        dataset, backbone, arch, size = base
-        ax.set_title(f"{dataset}, {backbone}-{arch}, {size}px: test top-1 (mean ± sample std over seeds)",
-                     fontsize=9)
-        ax.set_xlabel("epoch")
+    panels = []
+    for task, rows in tables.items():
+        families = {}
+        for row in rows:
+            families.setdefault(family(row), []).append(row)
+        for members in families.values():
+            for key, name in TASK_SPECS[task]["metrics"]:
+                panels.append((task, key, name, members))
+    colours = plt.get_cmap("tab20").colors
+    tallest = max(len(members) for *_, members in panels)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(13, max(3.5, 0.28 * tallest + 1.5) * len(panels)),
+                             squeeze=False)
+    for ax, (task, key, name, members) in zip(axes[:, 0], panels):
+        for k, row in enumerate(members):
+            steps, mean, std = (np.asarray(v, dtype=float) for v in mean_curve(row["runs"], key))
+            if not len(steps):
+                continue
+            colour = colours[(2 * k) % 20 if k < 10 else (2 * k + 1) % 20]  # the dark shades first
+            label = " ".join(part for part in (label_of(row), affinity_label(row).replace(NOT_APPLICABLE, ""),
+                                               settings_label(row).replace(NOT_APPLICABLE, "")) if part)
+            ax.plot(steps, mean, color=colour, linestyle=LINE_STYLES[(k // 10 + k) % len(LINE_STYLES)],
+                    marker="o" if len(steps) < 12 else None, markersize=3, label=f"{label} (n={len(row['runs'])})")
+            ax.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.15, linewidth=0)
+        s = members[0]["settings"]
+        ax.set_title(f"{task}: {s.get('dataset')}, {model_label(members[0])}, {input_label(members[0])}: {name} "
+                     f"(mean ± sample std over seeds)", fontsize=9)
+        ax.set_xlabel(TASK_SPECS[task]["step"])
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("top-1 (%)")
+        ax.set_ylabel(f"{name} (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    return fig
+
+
+def plot(tables, path):
+    import matplotlib.pyplot as plt
+    fig = figure(tables)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
     plt.close(fig)
+
+
+# --- command line -----------------------------------------------------------------------------------------------
+
+def check_output(flag, path, suffixes=None):
+    """One line, before any work, when `path` cannot be written; its missing folders are created."""
+    check_output_file(flag, path, suffixes)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
 
 def get_parser():
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="run folders, or folders to search for them")
-    parser.add_argument("--csv", metavar="FILE", help="also write the table as CSV (raw numbers)")
-    parser.add_argument("--plot", metavar="FILE.png", help="also draw the test top-1 curves")
+    parser.add_argument("--csv", metavar="FILE", help="also write the tables as CSV (raw numbers; missing folders "
+                        "are created)")
+    parser.add_argument("--plot", metavar="FILE.png", help="also draw the curves (any format matplotlib writes: "
+                        ".png, .pdf, .svg, ...; missing folders are created)")
     return parser
+
+
+FOOTNOTE = ("final = the last evaluation, best = the highest during training (selected on the test data); mean ± "
+            "sample std (n - 1) over seeds, no std for one seed; Δ: to the same experiment without a block. "
+            "s / epoch (s / eval): mean wall time of an evaluation interval (training + evaluation).")
 
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
     try:
+        if args.csv:
+            check_output("--csv", args.csv)
+        if args.plot:
+            check_output("--plot", args.plot, image_suffixes())
         notes = []
         runs = [run for run in (read_run(folder, notes) for folder in find_run_folders(args.dirs)) if run]
         if not runs:
             raise ConfigError(f"no run with metrics under {', '.join(args.dirs)}"
-                              + (f" ({len(notes)} run folder(s) skipped)" if notes else ""))
-        rows = summarize(runs)
-    except ConfigError as error:
+                              + (f" ({len(notes)} run folder(s) skipped: {notes[0]})" if notes else ""))
+        tables, differing = summarize(runs)
+        outputs = []
+        if args.csv:
+            write_csv(tables, args.csv)
+            outputs.append(args.csv)
+        if args.plot:
+            plot(tables, args.plot)
+            outputs.append(args.plot)
+    except (ConfigError, OSError) as error:
         print(f"compare_runs.py: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-    print(markdown(rows))
-    print("\nfinal = the last evaluation, best = the highest test top-1 during training (selected on the test set "
-          "for CIFAR); mean ± sample std (n - 1) over seeds, no std for one seed. s / epoch: mean wall time of an "
-          "evaluated epoch (training + evaluation).")
-    unfinished = [run for run in runs if run["unfinished"]]
-    for run in unfinished:
-        print(f"note: {run['folder']} is unfinished: last evaluation at epoch {run['last_epoch']} of "
-              f"{run['epochs']}; its numbers are counted as they are")
+    for task, rows in tables.items():
+        print(f"{TITLES[task]}\n")
+        print(markdown(task, rows))
+        print()
+    print(FOOTNOTE)
+    if differing:
+        print(f"note: groups differ in settings other than the model: {', '.join(differing)} (column "
+              f"\"differs in\"); rows of one dataset and model that differ in them are separate experiments, not "
+              f"seeds of one")
+    for rows in tables.values():
+        for row in rows:
+            for run in row["runs"]:
+                if run["unfinished"]:
+                    why = "its metrics.jsonl ends in a torn line (dropped)" if run["torn"] else "last evaluation"
+                    print(f"note: {run['folder']} is unfinished: {why} at {TASK_SPECS[run['task']]['step']} "
+                          f"{run['last_step']} of {run['planned']}; its numbers are counted as they are")
+            for run in row["duplicates"]:
+                print(f"note: {run['folder']} has seed {run['seed']}, as {run['duplicate_of']} in the same "
+                      f"experiment: a duplicate, not another sample; not counted")
     for note in notes:
         print(f"note: {note}")
-    if args.csv:
-        write_csv(rows, args.csv)
-        print(f"wrote {args.csv}")
-    if args.plot:
-        plot(rows, args.plot)
-        print(f"wrote {args.plot}")
+    for path in outputs:
+        print(f"wrote {path}")
     return 0
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The spectral view of a trained model: graph spectra of its nonlocal blocks and their learned filter responses.
 
-    python tools/spectrum.py save_model/cifar10/20/snl/model_best.pth.tar --indices 0 1 2 3 --output snl.png
-    python tools/spectrum.py CHECKPOINT img1.png img2.png --json spectra.json
+    python tools/spectrum.py save_model/cifar10/20/snl/model_best.pth.tar --indices 0 1 2 3
+    python tools/spectrum.py CHECKPOINT img1.png img2.png --output spectra/snl.pdf --json spectra/snl.json
+    python tools/spectrum.py save_model/cityscapes/resnet50/snl/model_best.pth.tar street.png  # the head's block
 
 A stage-based block builds a graph over the N positions of its input with adjacency A (B, N, N); with SNL's
 normalized symmetric A, the Laplacian L = I - A has its eigenvalues in [0, 2] (README, "What SNL computes"). For
@@ -11,7 +12,8 @@ torch.linalg.eigvalsh when A is symmetric, else torch.linalg.eigvals, real parts
 the batch. Where the block has `filter_response(lam)` (the frequency response of each unit's linear part, a
 (C, C') matrix per lam), the second panel shows its Frobenius norm over lam in [0, 2], one curve per unit.
 Criss-cross attention gets the spectrum of I - A with A its row + column softmax weights; CGNL has no A and is
-skipped. Writes one PNG (matplotlib) and a JSON of every number drawn.
+skipped. Writes one picture (matplotlib: .png, .pdf, .svg, ...) and a JSON of every number drawn, by default
+spectrum_<checkpoint name>.png / .json in the checkpoint's run folder; the title names the run and the checkpoint.
 """
 import argparse
 import copy
@@ -29,7 +31,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lib.errors import ConfigError  # noqa: E402
 from tools._checkpoint import (OneLineParser, add_input_args, attention_matrix, block_kind,  # noqa: E402
-                               capture_inputs, load_images, load_model, nonlocal_blocks, parse_error_exit)
+                               check_output_file, checkpoint_stem, image_suffixes, inputs_per_image, load_images,
+                               load_model, nonlocal_blocks, parse_error_exit, run_folder, run_label)
 
 DEFAULT_IMAGES = 8
 NO_RESPONSE = "no filter_response: spectrum only"
@@ -57,9 +60,9 @@ def response_norms(block, points):
     return lam.cpu(), response.flatten(2).norm(dim=-1).double().cpu()
 
 
-def analyse(model, images, points, bins):
+def analyse(loaded, images, points, bins):
     """The JSON-ready numbers of every block (and the blocks skipped, with why)."""
-    blocks = nonlocal_blocks(model)
+    blocks = nonlocal_blocks(loaded.model)
     if not blocks:
         raise ConfigError("the checkpoint's model has no nonlocal block: no graph to take the spectrum of")
     drawable = [(name, module) for name, module in blocks if block_kind(module) != "cgnl"]
@@ -68,18 +71,21 @@ def analyse(model, images, points, bins):
     if not drawable:
         raise ConfigError("the model's only nonlocal blocks are CGNL, which has no affinity matrix A and so no "
                           "graph spectrum")
-    inputs = capture_inputs(model, drawable, images)
+    inputs = inputs_per_image(loaded, drawable, images)
     results = []
     for name, module in drawable:
-        x = inputs[name]
-        eigenvalues, symmetric = laplacian_eigenvalues(module, x)
-        values = eigenvalues.numpy()
-        low, high = min(0.0, float(values.min())), max(2.0, float(values.max()))
-        counts, edges = np.histogram(values.ravel(), bins=bins, range=(low, high))
-        entry = {"block": name, "type": type(module).__name__, "positions": int(x.shape[2] * x.shape[3]),
-                 "feature_size": list(x.shape[2:]), "symmetric": symmetric,
+        per_image = [laplacian_eigenvalues(module, captured[name]) for captured in inputs]
+        symmetric = all(sym for _, sym in per_image)
+        values = [eigenvalues[0].numpy() for eigenvalues, _ in per_image]  # one (N,) per image; N may differ
+        flat = np.concatenate(values)
+        low, high = min(0.0, float(flat.min())), max(2.0, float(flat.max()))
+        counts, edges = np.histogram(flat, bins=bins, range=(low, high))
+        sizes = [list(captured[name].shape[2:]) for captured in inputs]
+        entry = {"block": name, "type": type(module).__name__, "positions": [h * w for h, w in sizes],
+                 "feature_size": sizes, "symmetric": symmetric,
                  "method": "eigvalsh" if symmetric else "eigvals (real parts)",
-                 "eigenvalues": values.tolist(), "histogram": {"counts": counts.tolist(), "edges": edges.tolist()}}
+                 "eigenvalues": [v.tolist() for v in values],
+                 "histogram": {"counts": counts.tolist(), "edges": edges.tolist()}}
         response = response_norms(module, points)
         if response is None:
             entry["response"], entry["note"] = None, NO_RESPONSE
@@ -96,8 +102,9 @@ def draw(results, title, path):
         hist = entry["histogram"]
         edges = np.asarray(hist["edges"])
         hist_ax.bar(edges[:-1], hist["counts"], width=np.diff(edges), align="edge", color="tab:blue")
-        hist_ax.set_title(f"{entry['block']} ({entry['type']}): eigenvalues of L = I - A, N = {entry['positions']}",
-                          fontsize=9)
+        positions = sorted(set(entry["positions"]))
+        hist_ax.set_title(f"{entry['block']} ({entry['type']}): eigenvalues of L = I - A, N = "
+                          f"{', '.join(map(str, positions))}", fontsize=9)
         hist_ax.set_xlabel("lambda" + ("" if entry["symmetric"] else " (real part)"))
         hist_ax.set_yscale("log")  # A has rank <= 2C' < N, so most eigenvalues of L sit at exactly 1
         hist_ax.set_ylabel("count over the batch (log)")
@@ -128,8 +135,9 @@ def get_parser():
                         "range if wider (default 41: an odd number keeps lambda = 1 inside one bin)")
     parser.add_argument("--points", type=int, default=201, help="lambda samples in [0, 2] for the responses "
                         "(default 201)")
-    parser.add_argument("--output", default="spectrum.png", help="the PNG (default spectrum.png)")
-    parser.add_argument("--json", help="the numbers (default: the PNG's name with .json)")
+    parser.add_argument("--output", help="the picture: .png, .pdf, .svg, ... (default: spectrum_<checkpoint "
+                        "name>.png in the checkpoint's run folder)")
+    parser.add_argument("--json", help="the numbers (default: the picture's name with .json)")
     return parser
 
 
@@ -144,26 +152,29 @@ def main(argv=None):
 def run(args):
     if args.bins < 1 or args.points < 2 or args.num_images < 1:
         raise ConfigError("--bins and --num-images must be at least 1, --points at least 2")
-    model, dataset, input_size = load_model(args)
-    images = load_images(args, dataset, input_size, default_count=args.num_images)
-    batch = torch.stack([tensor for _, tensor, _ in images]).to(next(model.parameters()).device)
-    results, skipped = analyse(model, batch, args.points, args.bins)
+    stem = checkpoint_stem(args.checkpoint)
+    output = args.output or os.path.join(run_folder(args.checkpoint), f"spectrum_{stem}.png")
+    json_path = args.json or os.path.splitext(output)[0] + ".json"
+    check_output_file("--output", output, image_suffixes())
+    check_output_file("--json", json_path)
+    loaded = load_model(args)
+    images = load_images(args, loaded, default_count=args.num_images)
+    results, skipped = analyse(loaded, images, args.points, args.bins)
     for entry in skipped:
         print(f"note: skipped {entry['block']}: {entry['reason']}")
     for entry in results:
-        values = np.asarray(entry["eigenvalues"])
-        print(f"{entry['block']} ({entry['type']}, N = {entry['positions']}, {entry['method']}): eigenvalues in "
-              f"[{values.min():.6f}, {values.max():.6f}] over {values.shape[0]} image(s)"
-              + (f"; note: {entry['note']}" if entry.get("note") else ""))
-    json_path = args.json or os.path.splitext(args.output)[0] + ".json"
-    for path in (args.output, json_path):
-        if os.path.dirname(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+        values = np.concatenate([np.asarray(v) for v in entry["eigenvalues"]])
+        print(f"{entry['block']} ({entry['type']}, N = {', '.join(map(str, sorted(set(entry['positions']))))}, "
+              f"{entry['method']}): eigenvalues in [{values.min():.6f}, {values.max():.6f}] over "
+              f"{len(entry['eigenvalues'])} image(s)" + (f"; note: {entry['note']}" if entry.get("note") else ""))
+    for path in (output, json_path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(json_path, "w") as f:
-        json.dump({"checkpoint": args.checkpoint, "images": [name for name, _, _ in images], "blocks": results,
-                   "skipped": skipped}, f)
-    draw(results, f"{os.path.basename(args.checkpoint)}: {len(images)} image(s)", args.output)
-    print(f"wrote {args.output} and {json_path}")
+        json.dump({"checkpoint": args.checkpoint, "task": loaded.task, "images": [name for name, _, _ in images],
+                   "blocks": results, "skipped": skipped}, f)
+    progress = f" ({loaded.progress})" if loaded.progress else ""
+    draw(results, f"{run_label(args.checkpoint)}{progress}: {len(images)} image(s)", output)
+    print(f"wrote {output} and {json_path}")
     return 0
 
 
