@@ -108,6 +108,10 @@ class RunGuard:
     def step_done(self):
         self.steps_since_save += 1
 
+    def stop_agreed(self):
+        """True in every process if a signal reached any of them (a collective: all processes call it)."""
+        return any_flags(self.ctx, [self.stop_requested])[0]
+
     def _agree(self, error):
         """(error somewhere, stop, due by time) agreed over all processes."""
         due = self.save_seconds > 0 and self.clock() - self._last_save >= self.save_seconds
