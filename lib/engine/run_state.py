@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from lib.engine.checkpoint import (BEST_NAME, WriteFailed, atomic_save, capture_rng, checkpoint_name,
-                                   has_checkpoints, latest_checkpoint, link_checkpoint, mid_epoch_checkpoints,
+                                   epoch_checkpoints, has_checkpoints, latest_checkpoint, link_checkpoint, mid_epoch_checkpoints,
                                    mid_epoch_name, model_args_mismatch, prune_epoch_checkpoints, write_failure)
 from lib.engine.distributed import from_main, gather_objects
 from lib.engine.preemption import EpochProgress
@@ -145,8 +145,13 @@ def _own_name(args):
 
 
 def prune_own_checkpoints(run_dir, args):
-    """Apply --keep-checkpoints to this run's per-epoch files (files of other runs in the folder are kept)."""
-    return prune_epoch_checkpoints(run_dir, args.keep_checkpoints, _own_name(args))
+    """Apply --keep-checkpoints to this run's per-epoch files (files of other runs in the folder are kept), and
+    remove its mid-epoch files that the newest per-epoch file supersedes."""
+    removed = prune_epoch_checkpoints(run_dir, args.keep_checkpoints, _own_name(args))
+    own = [index for index, path in epoch_checkpoints(run_dir) if os.path.basename(path) == _own_name(args)(index)]
+    if own:
+        _prune_mid_epoch(run_dir, args, keep=None, before=own[-1] + 1)
+    return removed
 
 
 def restore_epoch_file(run_dir, resume_path, finished, args):
@@ -200,7 +205,8 @@ def save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedu
         try:
             if progress is None:
                 prune_own_checkpoints(run_dir, args)
-            _prune_mid_epoch(run_dir, args, keep=path)
+            else:
+                _prune_mid_epoch(run_dir, args, keep=path)
         except OSError as error:  # the new checkpoint is complete: a file left over is no reason to stop
             log.warn(f"could not remove an old checkpoint ({error})")
         log.info(f"=> saved {path}" + (f" and {BEST_NAME}" if is_best else ""))
@@ -212,11 +218,12 @@ def save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedu
     return path
 
 
-def _prune_mid_epoch(run_dir, args, keep):
-    """Remove this run's mid-epoch checkpoints other than `keep` that it no longer needs: all older ones."""
+def _prune_mid_epoch(run_dir, args, keep, before=None):
+    """Remove this run's mid-epoch checkpoints other than `keep` (only those inside epochs < `before`, if given)."""
     own = _own_name(args)
     for index, iterations, path in mid_epoch_checkpoints(run_dir):
-        if path != keep and os.path.basename(path) == mid_epoch_name(own(index), iterations):
+        if path != keep and os.path.basename(path) == mid_epoch_name(own(index), iterations) and \
+                (before is None or index < before):
             os.remove(path)
 
 
