@@ -28,7 +28,8 @@ def one_thread():
 
 # train_val.py with test-only faults injected from outside (nothing of this lives in the training code):
 # KILL_AT_BATCH=k SIGKILLs the process as its k-th training batch starts; SIGNAL_AT_BATCH=k sends it SIGNAL
-# (default SIGTERM) there instead, in the process of rank SIGNAL_RANK only (default 0); KILL_BEFORE_RENAME=name SIGKILLs it
+# (default SIGTERM) there instead, in the process of rank SIGNAL_RANK only (default 0); SLEEP_PER_BATCH=s slows
+# every training step by s seconds; KILL_BEFORE_RENAME=name SIGKILLs it
 # when a fully written temporary file is about to be renamed to `name`; NO_DROPOUT=1 sets every dropout to p=0;
 # MARK_INIT and PID_DIR leave marks for the tests that kill a launcher (see below).
 RUNNER = """
@@ -55,6 +56,15 @@ if kill_at_batch or signal_at_batch:
                 os.kill(os.getpid(), getattr(signal, os.environ.get("SIGNAL", "SIGTERM")))
             return super().forward(output, target)
     train_val.build_criterion = lambda args: DyingLoss()
+
+sleep_per_batch = float(os.environ.get("SLEEP_PER_BATCH", "0"))
+if sleep_per_batch:  # slow training steps, for a signal sent from outside at a known point
+    import time
+    class SlowLoss(torch.nn.CrossEntropyLoss):
+        def forward(self, output, target):
+            time.sleep(sleep_per_batch)
+            return super().forward(output, target)
+    train_val.build_criterion = lambda args: SlowLoss()
 
 kill_before_rename = os.environ.get("KILL_BEFORE_RENAME")
 if kill_before_rename:
