@@ -138,13 +138,13 @@ def any_process(ctx: DistContext, flag: bool) -> bool:
     return bool(tensor.item() > 0)
 
 
-def any_flags(ctx: DistContext, flags):
-    """[flag is True in any process, for each flag]: several agreements for the price of one all_reduce."""
+def max_values(ctx: DistContext, values):
+    """Element-wise maximum of a few small numbers over all processes: several agreements, one all_reduce."""
     if not ctx.distributed:
-        return [bool(flag) for flag in flags]
-    tensor = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=_comm_device(ctx))
+        return [float(v) for v in values]
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device(ctx))
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return [bool(value > 0) for value in tensor.tolist()]
+    return tensor.tolist()
 
 
 def gather_objects(ctx: DistContext, obj):

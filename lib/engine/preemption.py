@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-from lib.engine.distributed import any_flags, gather_objects
+from lib.engine.distributed import gather_objects, max_values
 from lib.errors import ConfigError
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name))
@@ -108,14 +108,24 @@ class RunGuard:
     def step_done(self):
         self.steps_since_save += 1
 
+    def _signal_number(self):
+        return int(signal.Signals[self.received[0]]) if self.received else 0
+
+    def _agreed_signal(self, number):
+        """Adopt the signal that stopped another process (so that every process names it)."""
+        if number and not self.received:
+            self.received.append(signal.Signals(int(number)).name)
+        return bool(number)
+
     def stop_agreed(self):
         """True in every process if a signal reached any of them (a collective: all processes call it)."""
-        return any_flags(self.ctx, [self.stop_requested])[0]
+        return self._agreed_signal(max_values(self.ctx, [self._signal_number()])[0])
 
     def _agree(self, error):
         """(error somewhere, stop, due by time) agreed over all processes."""
         due = self.save_seconds > 0 and self.clock() - self._last_save >= self.save_seconds
-        return any_flags(self.ctx, [error is not None, self.stop_requested, due])
+        failed, number, due = max_values(self.ctx, [error is not None, self._signal_number(), due])
+        return failed > 0, self._agreed_signal(number), due > 0
 
     def at_boundary(self, iteration, save, where, error=None):
         """Between two iterations (before the one numbered `iteration`, counted from the run's start): raise an
@@ -132,7 +142,7 @@ class RunGuard:
 
     def stop(self, where):
         """Raise Preempted with the one line that says where the run stopped and how to continue it."""
-        name = self.received[0] if self.received else "a signal of another process"
+        name = self.received[0] if self.received else "a signal"
         kept = f"checkpoint {self.last_path}" if self.last_path else "no checkpoint yet (nothing was trained)"
         raise Preempted(f"stopped by {name} at {where}; {kept}; continue with --resume auto")
 
