@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from lib.data import LOADER_TIMEOUT_SECONDS
 from lib.data.cityscapes import CLASSES, SegmentationSet, build_cityscapes
 from lib.data.fake_scenes import FakeScenes
 from lib.data.iteration_sampler import IterationBatchSampler
@@ -33,7 +34,7 @@ from lib.engine.distributed import all_reduce_sums, any_process, cleanup, from_m
 from lib.engine.logger import MetricsFile, RunLogger, open_tensorboard, write_args
 from lib.engine.metrics import format_seconds
 from lib.engine.poly import PolySchedule
-from lib.engine.preemption import EpochProgress, Preempted, RunGuard, fetch_batch
+from lib.engine.preemption import EpochProgress, Preempted, RunGuard, fetch_batch, stopped_writing
 from lib.engine.run_lock import RunLock
 from lib.engine.runtime import (NonFiniteLoss, autocast, prepare_model, run_cli, seed_everything,
                                 set_cudnn_mode)
@@ -96,9 +97,13 @@ def build_seg_datasets(args):
 def val_loader_of(val_set, ctx, args):
     # Batch 1: validation images may differ in size; each process evaluates a contiguous shard, no padding.
     sampler = ContiguousShardSampler(val_set, ctx.world_size, ctx.rank)
-    return DataLoader(val_set, batch_size=1, sampler=sampler, num_workers=args.workers,
+    return DataLoader(val_set, batch_size=1, sampler=sampler, num_workers=args.workers, timeout=loader_timeout(args),
                       pin_memory=torch.cuda.is_available(), persistent_workers=args.workers > 0,
                       generator=torch.Generator().manual_seed(args.seed))
+
+
+def loader_timeout(args):
+    return LOADER_TIMEOUT_SECONDS if args.workers > 0 else 0  # a hung worker stops the run with one line
 
 
 def train_loader_of(train_set, ctx, args, start_iter):
@@ -106,7 +111,7 @@ def train_loader_of(train_set, ctx, args, start_iter):
                                     ctx.world_size, args.seed)
     # Own generator: the loader draws its workers' base seed from it, not from the global RNG (which then stays
     # exactly as the checkpoint restored it: the dropout draws of a resumed run match the uninterrupted run's).
-    return DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers,
+    return DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers, timeout=loader_timeout(args),
                       pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(args.seed))
 
 
@@ -253,7 +258,7 @@ def train(args, ctx, log):
     lock = RunLock(run_dir).acquire() if ctx.is_main else None
     try:
         # From here on a preemption signal only marks the run to stop at the next iteration, after a checkpoint.
-        with RunGuard(ctx, log, args.save_every, args.save_every_minutes) as guard:
+        with RunGuard(ctx, log, args.save_every, args.save_every_minutes) as guard, stopped_writing(guard):
             return _train(args, ctx, log, run_dir, guard)
     finally:
         if lock is not None:

@@ -29,7 +29,7 @@ from lib.engine.distributed import (all_reduce_sums, any_process, cleanup, from_
                                     local_main_first)
 from lib.engine.logger import MetricsFile, RunLogger, open_tensorboard, write_args
 from lib.engine.metrics import format_seconds, percent, topk_correct
-from lib.engine.preemption import EpochProgress, Preempted, RunGuard, fetch_batch
+from lib.engine.preemption import EpochProgress, Preempted, RunGuard, fetch_batch, loader_failure, stopped_writing
 from lib.engine.recipe import RECIPES, resolve_args
 from lib.engine.run_lock import RunLock
 from lib.engine.run_state import (BestTracker, check_dataset, check_model_flags, load_resumed_state,
@@ -128,6 +128,10 @@ def evaluate(model, loader, ctx, args, log):
                          f"top-5 {percent(correct5, count):.3f}")
     except ConfigError as caught:  # e.g. an unreadable image in this process's shard
         error = caught
+    except RuntimeError as caught:  # a loader worker that died or hung: one line, as bad input
+        error = loader_failure(caught)
+        if error is None:
+            raise
     # Agreed by all processes, so that all stop together (a lone raise would leave the others waiting).
     if any_process(ctx, error is not None):
         raise error or ConfigError("the evaluation failed in another process (its error is printed above)")
@@ -211,7 +215,7 @@ def train(args, ctx, log):
     lock = RunLock(run_dir).acquire() if ctx.is_main else None
     try:
         # From here on a preemption signal only marks the run to stop at the next iteration, after a checkpoint.
-        with RunGuard(ctx, log, args.save_every, args.save_every_minutes) as guard:
+        with RunGuard(ctx, log, args.save_every, args.save_every_minutes) as guard, stopped_writing(guard):
             return _train(args, ctx, log, run_dir, guard)
     finally:
         if lock is not None:

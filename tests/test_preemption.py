@@ -228,3 +228,22 @@ def test_a_worker_whose_launcher_died_during_its_start_ends():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "still running" not in result.stdout
     assert "the launcher (pid -1) ended while this process started" in result.stderr
+
+
+def test_a_failed_metrics_write_is_one_line_naming_the_file_and_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    import lib.engine.logger
+    real_open = open
+
+    def full_disk(path, mode="r", *args, **kwargs):
+        if str(path).endswith("metrics.jsonl") and "a" in mode:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write would, without a file name
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(lib.engine.logger, "open", full_disk, raising=False)
+    run_dir = run_dir_of(tmp_path)
+    assert train_val.cli_main(FAKE + ["--output-dir", str(tmp_path), "--save-every", "10"]) == 2
+    err = capsys.readouterr().err
+    line = (f"cannot write {run_dir / 'metrics.jsonl'}: No space left on device (ENOSPC); the last good checkpoint "
+            f"is {run_dir / '0-fake-r-20-w-1snl-block.iter10.pth.tar'}")
+    assert err.count("\n") == 1 and line in err, err
+    assert line in (run_dir / "log_train.txt").read_text()

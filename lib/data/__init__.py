@@ -28,6 +28,9 @@ DATASETS = {
     "imagefolder": build_imagefolder,
     "fake": build_fake,
 }
+# A loader worker that delivers no batch for this long is taken as hung: the run stops with one line instead of
+# waiting forever (DataLoader's own default).
+LOADER_TIMEOUT_SECONDS = 600
 
 __all__ = ["DATASETS", "DatasetInfo", "build_datasets", "build_loaders", "CifarDataset", "FakeDataset",
            "ListFileDataset", "read_list_file", "EpochShuffleSampler", "SeededAugmentation",
@@ -74,7 +77,7 @@ def build_loaders(train_set, val_set, batch_size, workers, distributed=False, se
     val_sampler = ContiguousShardSampler(val_set, num_replicas, rank)
     # Own generators: the loaders draw their worker base seeds from these, not from the global RNG.
     loader = partial(DataLoader, batch_size=batch_size, num_workers=workers, pin_memory=torch.cuda.is_available(),
-                     persistent_workers=workers > 0)
+                     persistent_workers=workers > 0, timeout=LOADER_TIMEOUT_SECONDS if workers > 0 else 0)
     train_loader = loader(SeededAugmentation(train_set), sampler=train_sampler, drop_last=False,
                           generator=torch.Generator().manual_seed(seed))
     val_loader = loader(val_set, sampler=val_sampler, generator=torch.Generator().manual_seed(seed))

@@ -16,17 +16,19 @@ Preempted after the checkpoint when a signal asked the run to stop. A signal han
 signal: a second signal while the checkpoint is being written changes nothing (the third SIGINT interrupts, for a
 user at a terminal; every write is atomic, so that corrupts nothing either).
 """
+import errno
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
+from lib.engine.checkpoint import write_failure
 from lib.engine.distributed import gather_objects, max_values
 from lib.errors import ConfigError
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name))
 PREEMPTED_STATUS = 75  # EX_TEMPFAIL of <sysexits.h>: a temporary failure, run the same command again
-LOADER_TIMEOUT_SECONDS = 600  # a worker that delivers no batch for this long is taken as hung
 
 
 @dataclass
@@ -145,6 +147,23 @@ class RunGuard:
         name = self.received[0] if self.received else "a signal"
         kept = f"checkpoint {self.last_path}" if self.last_path else "no checkpoint yet (nothing was trained)"
         raise Preempted(f"stopped by {name} at {where}; {kept}; continue with --resume auto")
+
+
+# Errors of a write that the user can fix: a full disk or quota, an I/O error, permissions, a read-only file system.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
+
+
+@contextmanager
+def stopped_writing(guard):
+    """A failed write of the run's records (metrics.jsonl, tensorboard, log_train.txt) becomes one line naming
+    the file, the error and the last good checkpoint (WriteFailed, exit status 2). Checkpoint writes do so
+    themselves."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in WRITE_ERRNOS:
+            raise
+        raise write_failure(error.filename or "a file of the run", error, guard.last_path) from None
 
 
 def raise_agreed_error(ctx, error):
