@@ -34,7 +34,7 @@ from lib.engine.distributed import all_reduce_sums, any_process, cleanup, from_m
 from lib.engine.logger import MetricsFile, RunLogger, open_tensorboard, write_args
 from lib.engine.metrics import format_seconds
 from lib.engine.poly import PolySchedule
-from lib.engine.preemption import EpochProgress, Preempted, RunGuard, fetch_batch, stopped_writing
+from lib.engine.preemption import EpochProgress, Preempted, RunGuard, fetch_batch, reported_errors
 from lib.engine.run_lock import RunLock
 from lib.engine.runtime import (NonFiniteLoss, autocast, prepare_model, run_cli, seed_everything,
                                 set_cudnn_mode)
@@ -258,7 +258,8 @@ def train(args, ctx, log):
     lock = RunLock(run_dir).acquire() if ctx.is_main else None
     try:
         # From here on a preemption signal only marks the run to stop at the next iteration, after a checkpoint.
-        with RunGuard(ctx, log, args.save_every, args.save_every_minutes) as guard, stopped_writing(guard):
+        with RunGuard(ctx, log, args.save_every, args.save_every_minutes) as guard, \
+                reported_errors(guard, os.path.join(run_dir, "log_train.txt")):
             return _train(args, ctx, log, run_dir, guard)
     finally:
         if lock is not None:

@@ -29,7 +29,8 @@ from lib.engine.distributed import (all_reduce_sums, any_process, cleanup, from_
                                     local_main_first)
 from lib.engine.logger import MetricsFile, RunLogger, open_tensorboard, write_args
 from lib.engine.metrics import format_seconds, percent, topk_correct
-from lib.engine.preemption import EpochProgress, Preempted, RunGuard, fetch_batch, loader_failure, stopped_writing
+from lib.engine.preemption import (EpochProgress, Preempted, RunGuard, fetch_batch, loader_failure,
+                                    reported_errors)
 from lib.engine.recipe import RECIPES, resolve_args
 from lib.engine.run_lock import RunLock
 from lib.engine.run_state import (BestTracker, check_dataset, check_model_flags, load_resumed_state,
@@ -215,7 +216,8 @@ def train(args, ctx, log):
     lock = RunLock(run_dir).acquire() if ctx.is_main else None
     try:
         # From here on a preemption signal only marks the run to stop at the next iteration, after a checkpoint.
-        with RunGuard(ctx, log, args.save_every, args.save_every_minutes) as guard, stopped_writing(guard):
+        with RunGuard(ctx, log, args.save_every, args.save_every_minutes) as guard, \
+                reported_errors(guard, os.path.join(run_dir, "log_train.txt")):
             return _train(args, ctx, log, run_dir, guard)
     finally:
         if lock is not None:

@@ -247,3 +247,18 @@ def test_a_failed_metrics_write_is_one_line_naming_the_file_and_the_last_checkpo
             f"is {run_dir / '0-fake-r-20-w-1snl-block.iter10.pth.tar'}")
     assert err.count("\n") == 1 and line in err, err
     assert line in (run_dir / "log_train.txt").read_text()
+
+
+def test_an_unexpected_error_of_another_rank_is_appended_to_the_log(tmp_path):
+    from lib.engine.preemption import reported_errors
+    log = tmp_path / "log_train.txt"
+    log.write_text("rank 0 was here\n")
+    guard = RunGuard(DistContext(torch.device("cpu"), rank=1, world_size=2), RunLogger(enabled=False))
+    with pytest.raises(RuntimeError):
+        with reported_errors(guard, str(log)):
+            raise RuntimeError("CUDA error: an illegal memory access\nwas encountered")
+    with pytest.raises(ConfigError):  # agreed errors are logged by rank 0, not twice
+        with reported_errors(guard, str(log)):
+            raise ConfigError("cannot read image x.png")
+    assert log.read_text() == ("rank 0 was here\n"
+                               "ERROR: rank 1: RuntimeError: CUDA error: an illegal memory access was encountered\n")

@@ -17,6 +17,7 @@ signal: a second signal while the checkpoint is being written changes nothing (t
 user at a terminal; every write is atomic, so that corrupts nothing either).
 """
 import errno
+import os
 import signal
 import threading
 import time
@@ -154,16 +155,35 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EACCES, errno.EPERM
 
 
 @contextmanager
-def stopped_writing(guard):
-    """A failed write of the run's records (metrics.jsonl, tensorboard, log_train.txt) becomes one line naming
-    the file, the error and the last good checkpoint (WriteFailed, exit status 2). Checkpoint writes do so
-    themselves."""
+def reported_errors(guard, log_path):
+    """Around a run's training: a failed write of its records (metrics.jsonl, tensorboard, log_train.txt) becomes
+    one line naming the file, the error and the last good checkpoint (WriteFailed, exit status 2; checkpoint
+    writes do so themselves). An unexpected error (a bug, a CUDA error) of a process other than rank 0, which the
+    ranks could not agree on, is appended to log_path as "rank k: ..." before it ends that process: the others
+    then fail in their next collective, and the log says where it started."""
     try:
         yield
     except OSError as error:
         if error.errno not in WRITE_ERRNOS:
             raise
         raise write_failure(error.filename or "a file of the run", error, guard.last_path) from None
+    except Exception as error:
+        from lib.engine.runtime import NonFiniteLoss  # here: runtime imports this module
+        if guard.ctx.rank != 0 and not isinstance(error, (ConfigError, Preempted, NonFiniteLoss)):
+            note_error(log_path, f"ERROR: rank {guard.ctx.rank}: {type(error).__name__}: {error}")
+        raise
+
+
+def note_error(path, text):
+    """Append one line to path in one write (O_APPEND: whole, even while rank 0 writes the same file)."""
+    try:
+        handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError:
+        return  # e.g. an output folder this node does not share: the line is on this process's stderr anyway
+    try:
+        os.write(handle, (" ".join(text.split()) + "\n").encode("utf-8"))
+    finally:
+        os.close(handle)
 
 
 def raise_agreed_error(ctx, error):
