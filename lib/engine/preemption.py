@@ -1,12 +1,17 @@
 """Stopping and checkpointing a run between two iterations: preemption signals, --save-every N iterations,
 --save-every-minutes M, and errors of one process that every process must hear about.
 
-    guard = RunGuard(ctx, log, save_every=args.save_every, save_every_minutes=args.save_every_minutes)
-    with guard:                                   # SIGTERM / SIGUSR1 / SIGINT now only set a flag
-        for iteration ...:
-            batch, error = fetch_batch(batches)   # a bad image or a dead loader worker is returned, not raised
-            guard.at_boundary(iteration, save, where=f"epoch {e}, iteration {i}", error=error)
+    with RunGuard(ctx, log, args.save_every, args.save_every_minutes) as guard:  # signals now only set a flag
+        ...
+        progress = resumed or EpochProgress()        # partial sums; a mid-epoch checkpoint stores every rank's
+        for i in range(progress.iterations, num_batches):
+            batch, error = fetch_batch(batches)      # a bad image, a dead loader worker: returned, not raised
+            guard.at_boundary(epoch * num_batches + i, lambda: save(progress), f"epoch {epoch + 1}, iteration {i}",
+                              error)
             ...train on batch...
+            progress.add(loss_value, correct, batch_size)
+            guard.step_done()
+        guard.saved(save_checkpoint(...))           # the end-of-epoch checkpoint restarts the minutes budget
 
 at_boundary is called by every process at the same point. It agrees with the other processes (one all_reduce
 of three flags: an error, a stop signal, a checkpoint due by time), then, in this order: raises the error of the
