@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lib.data import LOADER_TIMEOUT_SECONDS
+from lib.data import LOADER_TIMEOUT_SECONDS, shield_worker
 from lib.data.cityscapes import CLASSES, SegmentationSet, build_cityscapes
 from lib.data.fake_scenes import FakeScenes
 from lib.data.iteration_sampler import IterationBatchSampler
@@ -98,6 +98,7 @@ def val_loader_of(val_set, ctx, args):
     # Batch 1: validation images may differ in size; each process evaluates a contiguous shard, no padding.
     sampler = ContiguousShardSampler(val_set, ctx.world_size, ctx.rank)
     return DataLoader(val_set, batch_size=1, sampler=sampler, num_workers=args.workers, timeout=loader_timeout(args),
+                      worker_init_fn=shield_worker,
                       pin_memory=torch.cuda.is_available(), persistent_workers=args.workers > 0,
                       generator=torch.Generator().manual_seed(args.seed))
 
@@ -112,6 +113,7 @@ def train_loader_of(train_set, ctx, args, start_iter):
     # Own generator: the loader draws its workers' base seed from it, not from the global RNG (which then stays
     # exactly as the checkpoint restored it: the dropout draws of a resumed run match the uninterrupted run's).
     return DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers, timeout=loader_timeout(args),
+                      worker_init_fn=shield_worker,
                       pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(args.seed))
 
 

@@ -60,15 +60,17 @@ def straight(tmp_path_factory):
 def test_sigterm_checkpoints_inside_the_epoch_exits_75_and_the_resume_is_exact(tmp_path, straight, capsys):
     runner = write_runner(str(tmp_path))
     run_dir = run_dir_of(tmp_path)
-    process = subprocess.Popen([sys.executable, runner, *FAKE, "--output-dir", str(tmp_path)], cwd=ROOT,
+    # A loader worker too: SLURM signals every process of the job, and a worker must outlive the signal until the
+    # checkpoint is written (it would otherwise stop the run as "a data-loader worker died").
+    process = subprocess.Popen([sys.executable, runner, *FAKE, "-j", "1", "--output-dir", str(tmp_path)], cwd=ROOT,
                                env=dict(os.environ, OMP_NUM_THREADS="1", SLEEP_PER_BATCH="0.2"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         log = run_dir / "log_train.txt"
         deadline = time.time() + 120
         while not (log.is_file() and "Epoch [1/2][3/16]" in log.read_text()) and time.time() < deadline:
             time.sleep(0.05)
-        os.kill(process.pid, signal.SIGTERM)
+        os.killpg(process.pid, signal.SIGTERM)  # the process and its loader worker
         out, err = process.communicate(timeout=60)
     finally:
         process.kill()
