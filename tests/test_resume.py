@@ -148,16 +148,17 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
     assert "1-cifar10-r-20-w-1snl-block.iter1.pth.tar" in os.listdir(run_dir)
     # Resumed inside epoch 2, then killed while writing the epoch-3 checkpoint (its temporary file is complete),
     # after the checkpoint of epoch 3, iteration 2.
-    third = run_runner(runner, killed_args + ["--resume", "auto"], KILL_BEFORE_RENAME="2-cifar10-r-20-w-1snl-block.pth.tar")
+    third = run_runner(runner, killed_args + ["--resume", "auto"],
+                       KILL_BEFORE_RENAME="2-cifar10-r-20-w-1snl-block.pth.tar")
     assert third.returncode == -9
     assert "resuming" in third.stdout and "1 iteration(s) of epoch 2 done" in third.stdout
     names = os.listdir(run_dir)
     assert [name for name in names if name.endswith(".tmp")] and "2-cifar10-r-20-w-1snl-block.iter2.pth.tar" in names
     assert "1-cifar10-r-20-w-1snl-block.iter1.pth.tar" not in names  # pruned once the newer one was complete
-    third = run_runner(runner, killed_args + ["--resume", "auto"])
-    assert third.returncode == 0, third.stderr
+    last = run_runner(runner, killed_args + ["--resume", "auto"])
+    assert last.returncode == 0, last.stderr
     assert not [name for name in os.listdir(run_dir) if ".iter" in name]  # the epoch's file replaced it
-    assert "left by an interrupted checkpoint write" in third.stdout
+    assert "left by an interrupted checkpoint write" in last.stdout
     assert not [name for name in os.listdir(run_dir) if name.endswith(".tmp")]
 
     name = "2-cifar10-r-20-w-1snl-block.pth.tar"

@@ -7,8 +7,9 @@ from typing import Optional
 import torch
 
 from lib.engine.checkpoint import (BEST_NAME, WriteFailed, atomic_save, capture_rng, checkpoint_name,
-                                   epoch_checkpoints, has_checkpoints, latest_checkpoint, link_checkpoint, mid_epoch_checkpoints,
-                                   mid_epoch_name, model_args_mismatch, prune_epoch_checkpoints, write_failure)
+                                   epoch_checkpoints, has_checkpoints, latest_checkpoint, link_checkpoint,
+                                   mid_epoch_checkpoints, mid_epoch_name, model_args_mismatch,
+                                   prune_epoch_checkpoints, write_failure)
 from lib.engine.distributed import from_main, gather_objects
 from lib.engine.preemption import EpochProgress
 from lib.engine.logger import EVENT_FILE_PREFIX
