@@ -71,6 +71,9 @@ def test_a_signal_to_one_rank_stops_both_at_one_iteration_and_the_resume_is_exac
     assert line in (run_dir / "log_train.txt").read_text()
     assert sorted(name for name in os.listdir(run_dir) if name.endswith(".pth.tar")) == [mid.name]
     assert len(torch.load(mid, weights_only=True)["epoch_progress"]) == 2
+    # Its position counts iterations of 2 processes: one process cannot continue it.
+    with pytest.raises(ConfigError, match="written inside an epoch by 2 process"):
+        train_val.main(train_val.parse_args(list(map(str, argv + ["--resume", "auto"]))))
     resumed = torchrun(two_process_run["runner"], argv + ["--resume", "auto"], NO_DROPOUT="1")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = torch.load(run_dir / "0-fake-r-20-w-1snl-block.pth.tar", weights_only=True)["state_dict"]
