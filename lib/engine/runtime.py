@@ -1,5 +1,6 @@
 """What every entry point does around its model (train_val.py, train_seg.py): seeding, cudnn mode, autocast,
 compiling and wrapping the model for DDP, and turning user errors into one line and an exit status."""
+import os
 import random
 import sys
 from contextlib import nullcontext
@@ -81,6 +82,7 @@ def run_cli(main, parse_args, prog, argv=None):
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 3
     except Preempted as error:
-        print(f"{prog}: {error}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops, one says so
+            print(f"{prog}: {error}", file=sys.stderr)
         return PREEMPTED_STATUS
     return 0
