@@ -264,3 +264,28 @@ def test_an_unexpected_error_of_another_rank_is_appended_to_the_log(tmp_path):
             raise ConfigError("cannot read image x.png")
     assert log.read_text() == ("rank 0 was here\n"
                                "ERROR: rank 1: RuntimeError: CUDA error: an illegal memory access was encountered\n")
+
+
+def test_a_signal_in_the_last_iteration_checkpoints_before_the_evaluation(tmp_path, straight, capsys, monkeypatch):
+    class SignalledLoss(torch.nn.CrossEntropyLoss):
+        calls = 0
+
+        def forward(self, output, target):
+            SignalledLoss.calls += 1
+            if SignalledLoss.calls == 16:  # the last iteration of epoch 1
+                os.kill(os.getpid(), signal.SIGUSR1)
+            return super().forward(output, target)
+
+    monkeypatch.setattr(train_val, "build_criterion", lambda args: SignalledLoss())
+    argv = FAKE + ["--output-dir", str(tmp_path)]
+    assert train_val.cli_main(argv) == PREEMPTED_STATUS
+    monkeypatch.undo()
+    run_dir = run_dir_of(tmp_path)
+    epoch_file = run_dir / "0-fake-r-20-w-1snl-block.pth.tar"
+    assert (f"stopped by SIGUSR1 at the end of epoch 1, before its evaluation; checkpoint {epoch_file}"
+            in capsys.readouterr().err)
+    assert torch.load(epoch_file, weights_only=True)["pending_eval"]["lr"] == 0.1
+    assert not (run_dir / "model_best.pth.tar").exists()  # written only after an evaluation
+    assert train_val.cli_main(argv + ["--resume", "auto"]) == 0
+    assert "evaluating epoch 1 first" in capsys.readouterr().out
+    assert_same_run(run_dir, straight)
