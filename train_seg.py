@@ -10,8 +10,11 @@ Iteration-based, with the authors' mmsegmentation recipe (lib/engine/seg_cli.py)
 <output-dir>/<dataset>/<backbone><arch>/<checkpoints>/. Layout as train_val.py: get_args_parser(),
 train_one_step() / train_iterations(), evaluate(), main(args). See docs/segmentation.md.
 """
-import math
 import os
+
+LAUNCHER_PID = os.getppid()  # first thing: under torchrun, a launcher that dies during the imports is noticed
+
+import math  # noqa: E402  (these imports follow the launcher's pid)
 import sys
 import time
 
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from lib.data import LOADER_TIMEOUT_SECONDS, shield_worker
 from lib.data.cityscapes import CLASSES, SegmentationSet, build_cityscapes
 from lib.data.fake_scenes import FakeScenes
 from lib.data.iteration_sampler import IterationBatchSampler
@@ -30,6 +34,7 @@ from lib.engine.distributed import all_reduce_sums, any_process, cleanup, from_m
 from lib.engine.logger import MetricsFile, RunLogger, open_tensorboard, write_args
 from lib.engine.metrics import format_seconds
 from lib.engine.poly import PolySchedule
+from lib.engine.preemption import EpochProgress, Preempted, RunGuard, fetch_batch, reported_errors
 from lib.engine.run_lock import RunLock
 from lib.engine.resume_check import (RESUMABLE, check_resume_settings, has_work, resume_args_path,
                                      valid_dataset_from_checkpoint)
@@ -38,7 +43,8 @@ from lib.engine.runtime import (NonFiniteLoss, autocast, cpu_threads_note, prepa
                                 set_cudnn_mode, warn_slow_amp)
 from lib.engine.schedule import set_lr
 from lib.engine.seg_cli import get_args_parser, parse_seg_args, resolve_seg_args  # noqa: F401
-from lib.engine.seg_run import MIoUTracker, drop_records_after, resume_source, run_folder, save_checkpoint
+from lib.engine.seg_run import (MIoUTracker, drop_records_after, resume_source, resumed_interval, run_folder,
+                                save_checkpoint)
 from lib.engine.segmetrics import all_reduce_confusion, confusion_matrix, json_number, segmentation_metrics
 from lib.engine.tasks import require_task
 from lib.errors import ConfigError
@@ -96,9 +102,14 @@ def build_seg_datasets(args, train=True):
 def val_loader_of(val_set, ctx, args):
     # Batch 1: validation images may differ in size; each process evaluates a contiguous shard, no padding.
     sampler = ContiguousShardSampler(val_set, ctx.world_size, ctx.rank)
-    return DataLoader(val_set, batch_size=1, sampler=sampler, num_workers=args.workers,
+    return DataLoader(val_set, batch_size=1, sampler=sampler, num_workers=args.workers, timeout=loader_timeout(args),
+                      worker_init_fn=shield_worker,
                       pin_memory=torch.cuda.is_available(), persistent_workers=args.workers > 0,
                       generator=torch.Generator().manual_seed(args.seed))
+
+
+def loader_timeout(args):
+    return LOADER_TIMEOUT_SECONDS if args.workers > 0 else 0  # a hung worker stops the run with one line
 
 
 def train_loader_of(train_set, ctx, args, start_iter):
@@ -106,7 +117,8 @@ def train_loader_of(train_set, ctx, args, start_iter):
                                     ctx.world_size, args.seed)
     # Own generator: the loader draws its workers' base seed from it, not from the global RNG (which then stays
     # exactly as the checkpoint restored it: the dropout draws of a resumed run match the uninterrupted run's).
-    return DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers,
+    return DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers, timeout=loader_timeout(args),
+                      worker_init_fn=shield_worker,
                       pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(args.seed))
 
 
@@ -142,25 +154,40 @@ def train_one_step(model, criterion, optimizer, scaler, images, target, ctx, arg
     return loss_value, {name: value.item() for name, value in parts.items()}
 
 
-def train_iterations(model, criterion, optimizer, scaler, batches, start, stop, schedule, ctx, args, log):
-    """Iterations [start, stop) from the batch iterator; returns their mean loss over all processes."""
+def train_iterations(model, criterion, optimizer, scaler, batches, start, stop, schedule, ctx, args, log,
+                     guard=None, progress=None, save=None):
+    """Iterations [start, stop) from the batch iterator; returns the mean loss over all processes of the iterations
+    since the last evaluation (progress: those done before start, by a run resumed between evaluations).
+
+    guard: a RunGuard consulted before every iteration; it may call save(iteration, progress) (a checkpoint
+    between evaluations) and stop the run (Preempted). Without one, an error reading a batch is raised at once.
+    """
     model.train()
-    loss_sum, count, began = 0.0, 0, time.time()
+    progress = progress or EpochProgress()
+    count, began, seconds_before = 0, time.time(), progress.seconds
     for iteration in range(start, stop):
         lr = schedule.lr_at(iteration)
         set_lr(optimizer, lr)
-        images, target = next(batches)
+        batch, error = fetch_batch(batches)
+        if guard is not None:
+            guard.at_boundary(iteration, lambda: save(iteration, progress), f"iteration {iteration}", error)
+        elif error is not None:
+            raise error
+        images, target = batch
         loss_value, parts = train_one_step(model, criterion, optimizer, scaler, images, target, ctx, args, iteration)
-        loss_sum, count = loss_sum + loss_value, count + 1
+        progress.add(loss_value, 0, 1)
+        count, elapsed = count + 1, time.time() - began
+        progress.seconds = seconds_before + elapsed
+        if guard is not None:
+            guard.step_done()
         done = iteration + 1
         if done % args.print_freq == 0 or done == stop:
-            elapsed = time.time() - began
             shown = "  ".join(f"{name} {value:.4f}" for name, value in parts.items())
-            log.info(f"Iter [{done}/{args.iters}]  loss {loss_value:.4f} ({loss_sum / count:.4f})  {shown}  "
-                     f"lr {lr:.6g}  {count * args.batch_size * ctx.world_size / max(elapsed, 1e-9):.2f} img/s  "
-                     f"eta {format_seconds(elapsed / count * (args.iters - done))}"
+            log.info(f"Iter [{done}/{args.iters}]  loss {loss_value:.4f} ({progress.loss_sum / progress.count:.4f})"
+                     f"  {shown}  lr {lr:.6g}  {count * args.batch_size * ctx.world_size / max(elapsed, 1e-9):.2f} "
+                     f"img/s  eta {format_seconds(elapsed / count * (args.iters - done))}"
                      + (cpu_threads_note(ctx.device) if count <= args.print_freq else ""))
-    loss_sum, count = all_reduce_sums(ctx, [loss_sum, count])
+    loss_sum, count = all_reduce_sums(ctx, [progress.loss_sum, progress.count])
     return loss_sum / max(count, 1)
 
 
@@ -240,13 +267,16 @@ def train(args, ctx, log):
     # One run per folder: a second one (e.g. a resume while the first still runs) stops here, naming the holder.
     lock = RunLock(run_dir).acquire() if ctx.is_main else None
     try:
-        return _train(args, ctx, log, run_dir)
+        # From here on a preemption signal only marks the run to stop at the next iteration, after a checkpoint.
+        with RunGuard(ctx, log, args.save_every, args.save_every_minutes) as guard, \
+                reported_errors(guard, os.path.join(run_dir, "log_train.txt")):
+            return _train(args, ctx, log, run_dir, guard)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(args, ctx, log, run_dir):
+def _train(args, ctx, log, run_dir, guard):
     resume_path = from_main(ctx, lambda: resume_source(args, run_dir, log))
     train_set, val_set = build_seg_datasets(args)
     checkpoint = load_checkpoint(resume_path) if resume_path else None
@@ -264,7 +294,7 @@ def _train(args, ctx, log, run_dir):
     optimizer = torch.optim.SGD(model.parameters(), lr=schedule.lr_at(0), momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(ctx.device.type) if args.amp == "fp16" else None
-    start_iter, tracker = 0, MIoUTracker()
+    start_iter, tracker, resumed_inside = 0, MIoUTracker(), None
     if checkpoint is not None:
         if checkpoint.get("optimizer"):
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -273,6 +303,8 @@ def _train(args, ctx, log, run_dir):
         start_iter, tracker = int(checkpoint.get("iteration", 0)), MIoUTracker.from_checkpoint(checkpoint)
         log.heading(f"=> resuming {resume_path}: {start_iter} iteration(s) done, best mIoU "
                     f"{tracker.best or 0:.2f} (iteration {tracker.best_iter})")
+        resumed_inside = resumed_interval(checkpoint, resume_path, ctx, args)
+        guard.saved(resume_path)
     log_setup(args, ctx, train_set, val_set, model, log)
 
     # Only now, with data, model and checkpoint loaded, is anything written: a failed start leaves no trace.
@@ -298,12 +330,18 @@ def _train(args, ctx, log, run_dir):
     val_loader = val_loader_of(val_set, ctx, args)
     batches = iter(train_loader_of(train_set, ctx, args, start_iter))
     iteration = start_iter
+
+    def save_between(done, progress):
+        return save_checkpoint(run_dir, done, False, model, optimizer, scaler, schedule, tracker, args, ctx, log,
+                               progress=progress)
     try:
         while iteration < args.iters:
             started = time.time()
             stop = min((iteration // args.eval_every + 1) * args.eval_every, args.iters)
+            progress = resumed_inside if iteration == start_iter else None
+            started -= progress.seconds if progress else 0
             train_loss = train_iterations(train_model, criterion, optimizer, scaler, batches, iteration, stop,
-                                          schedule, ctx, args, log)
+                                          schedule, ctx, args, log, guard, progress, save_between)
             lr, iteration = schedule.lr_at(stop - 1), stop
             stats = evaluate(eval_model, val_loader, ctx, args, log)
             is_best = tracker.update(iteration, stats)
@@ -318,8 +356,8 @@ def _train(args, ctx, log, run_dir):
                         writer.add_scalar(f"IoU/{name}", value, iteration)
                 writer.flush()
             metrics.append(metrics_record(stats, iteration, train_loss, lr, time.time() - started))
-            save_checkpoint(run_dir, iteration, is_best, model, optimizer, scaler, schedule, tracker, args, ctx,
-                            log)
+            guard.saved(save_checkpoint(run_dir, iteration, is_best, model, optimizer, scaler, schedule, tracker,
+                                        args, ctx, log))
     finally:
         if writer is not None:
             writer.close()
@@ -332,7 +370,7 @@ def _train(args, ctx, log, run_dir):
 def main(args):
     """Train (or with --valid, evaluate); returns the final evaluation's stats. Raises ConfigError for bad input."""
     args = resolve_seg_args(valid_dataset_from_checkpoint(args, "segmentation"))
-    ctx = init_distributed(args.device)
+    ctx = init_distributed(args.device, LAUNCHER_PID)
     log = RunLogger(enabled=ctx.is_main).start()
     try:
         set_cudnn_mode(args.deterministic)
@@ -346,13 +384,17 @@ def main(args):
     except (ConfigError, NonFiniteLoss) as error:
         log.record(f"ERROR: {error}")
         raise
+    except Preempted as error:
+        log.record(str(error))
+        raise
     finally:
         log.close()
         cleanup(ctx)
 
 
 def cli_main(argv=None):
-    """Entry point: returns the exit status (0; 2 for bad input, 3 for a diverged run) with a one-line message."""
+    """Entry point: returns the exit status (0; 2 for bad input or a failed write, 3 for a diverged run, 75 when
+    stopped by a signal after a checkpoint) with a one-line message."""
     return run_cli(main, parse_seg_args, "train_seg.py", argv)
 
 

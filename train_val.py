@@ -9,8 +9,11 @@ The reference's command lines keep working (lib/engine/cli.py); the per-dataset 
 (lib/engine/recipe.py). Outputs go to <output-dir>/<dataset>/<arch>/<checkpoints>/. Layout as torchvision's
 references/classification/train.py: get_args_parser(), train_one_epoch(), evaluate(), main(args).
 """
-import math
 import os
+
+LAUNCHER_PID = os.getppid()  # first thing: under torchrun, a launcher that dies during the imports is noticed
+
+import math  # noqa: E402  (these imports follow the launcher's pid)
 import sys
 import time
 
@@ -25,13 +28,15 @@ from lib.engine.config import parse_args
 from lib.engine.distributed import (all_reduce_sums, any_process, cleanup, from_main, init_distributed,
                                     local_main_first)
 from lib.engine.logger import MetricsFile, RunLogger, open_tensorboard, write_args
-from lib.engine.metrics import AverageMeter, format_seconds, percent, topk_correct
+from lib.engine.metrics import format_seconds, percent, topk_correct
+from lib.engine.preemption import (EpochProgress, Preempted, RunGuard, fetch_batch, loader_failure,
+                                    reported_errors)
 from lib.engine.recipe import RECIPES, recipe_line, resolve_args
 from lib.engine.resume_check import check_resume_settings, has_work, resume_args_path, valid_dataset_from_checkpoint
 from lib.engine.run_lock import RunLock
 from lib.engine.run_state import (BestTracker, check_dataset, check_model_flags, load_resumed_state,
                                   load_resumed_weights, model_kwargs, prune_own_checkpoints, restore_epoch_file,
-                                  resume_source, run_folder, save_checkpoint, summary_line)
+                                  resume_source, resumed_progress, run_folder, save_checkpoint, summary_line)
 from lib.engine.runtime import (NonFiniteLoss, autocast, cpu_threads_note, prepare_model, run_cli, seed_everything,
                                 set_cudnn_mode, warn_slow_amp)
 from lib.engine.schedule import WarmupStepSchedule, set_lr
@@ -51,13 +56,29 @@ def _to_device(images, target, ctx, args):
     return images, target.to(ctx.device, non_blocking=True)
 
 
-def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr, args, log):
-    """One pass over the training data; returns the epoch's mean loss and top-1 over all processes' images."""
+def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr, args, log, guard=None,
+                    progress=None, save=None):
+    """One pass over the training data; returns the epoch's mean loss and top-1 over all processes' images.
+
+    progress: an EpochProgress to continue (a run resumed inside the epoch: the loader yields only the rest).
+    guard: a RunGuard consulted before every batch; it may call save(progress) (a mid-epoch checkpoint) and stop
+    the run (Preempted). Without one, an error reading a batch is raised at once.
+    """
     model.train()
-    losses, correct = AverageMeter(), 0
-    num_batches, start = len(loader), time.time()
-    for i, (images, target) in enumerate(loader):
-        images, target = _to_device(images, target, ctx, args)
+    progress = progress or EpochProgress()
+    first, seconds_before = progress.iterations, progress.seconds
+    num_batches, start, images_seen = first + len(loader), time.time(), 0
+    batches = iter(loader)
+    for i in range(first, num_batches + 1):
+        batch, error = fetch_batch(batches) if i < num_batches else (None, None)
+        if batch is None and error is None:
+            break  # every process has as many batches: all leave here together
+        if guard is not None:
+            guard.at_boundary(epoch * num_batches + i, lambda: save(progress), f"epoch {epoch + 1}, iteration {i}",
+                              error)
+        elif error is not None:
+            raise error
+        images, target = _to_device(*batch, ctx, args)
         with autocast(ctx.device, args.amp):
             output = model(images)
             loss = criterion(output, target)
@@ -75,18 +96,21 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr,
             loss.backward()
             optimizer.step()
         batch_correct = topk_correct(output, target, (1,))[0]
-        losses.update(loss_value, target.size(0))
-        correct += batch_correct
+        progress.add(loss_value, batch_correct, target.size(0))
+        elapsed = time.time() - start
+        progress.seconds, images_seen = seconds_before + elapsed, images_seen + target.size(0)
+        if guard is not None:
+            guard.step_done()
         if i % args.print_freq == 0 or i == num_batches - 1:
-            elapsed = time.time() - start
             log.info(f"Epoch [{epoch + 1}/{args.epochs}][{i + 1}/{num_batches}]  loss {loss_value:.4f} "
-                     f"({losses.avg:.4f})  top-1 {percent(batch_correct, target.size(0)):.2f} "
-                     f"({percent(correct, losses.count):.2f})  lr {lr:.6g}  "
-                     f"{losses.count * ctx.world_size / max(elapsed, 1e-9):.1f} img/s  "
-                     f"eta {format_seconds(elapsed / (i + 1) * (num_batches - i - 1))}"
-                     + (cpu_threads_note(ctx.device) if i == 0 else ""))
-    loss_sum, correct_sum, count = all_reduce_sums(ctx, [losses.sum, correct, losses.count])
-    return {"loss": loss_sum / count, "top1": percent(correct_sum, count), "n": int(count)}
+                     f"({progress.loss_sum / progress.count:.4f})  top-1 {percent(batch_correct, target.size(0)):.2f} "
+                     f"({percent(progress.correct, progress.count):.2f})  lr {lr:.6g}  "
+                     f"{images_seen * ctx.world_size / max(elapsed, 1e-9):.1f} img/s  "
+                     f"eta {format_seconds(elapsed / (i + 1 - first) * (num_batches - i - 1))}"
+                     + (cpu_threads_note(ctx.device) if i == first else ""))
+    loss_sum, correct_sum, count = all_reduce_sums(ctx, [progress.loss_sum, progress.correct, progress.count])
+    return {"loss": loss_sum / count, "top1": percent(correct_sum, count), "n": int(count),
+            "seconds": progress.seconds}
 
 
 @torch.no_grad()
@@ -108,6 +132,10 @@ def evaluate(model, loader, ctx, args, log):
                          f"top-5 {percent(correct5, count):.3f}")
     except ConfigError as caught:  # e.g. an unreadable image in this process's shard
         error = caught
+    except RuntimeError as caught:  # a loader worker that died or hung: one line, as bad input
+        error = loader_failure(caught)
+        if error is None:
+            raise
     # Agreed by all processes, so that all stop together (a lone raise would leave the others waiting).
     if any_process(ctx, error is not None):
         raise error or ConfigError("the evaluation failed in another process (its error is printed above)")
@@ -193,7 +221,10 @@ def train(args, ctx, log):
     # One run per folder: a second one (e.g. a resume while the first still runs) stops here, naming the holder.
     lock = RunLock(run_dir).acquire() if ctx.is_main else None
     try:
-        return _train(args, ctx, log, run_dir)
+        # From here on a preemption signal only marks the run to stop at the next iteration, after a checkpoint.
+        with RunGuard(ctx, log, args.save_every, args.save_every_minutes) as guard, \
+                reported_errors(guard, os.path.join(run_dir, "log_train.txt")):
+            return _train(args, ctx, log, run_dir, guard)
     finally:
         if lock is not None:
             lock.release()
@@ -206,7 +237,7 @@ def _warn_other_world_size(checkpoint, ctx, log):
                  f"continues, but not as the same run (the data sharding and the BatchNorm batches change)")
 
 
-def _train(args, ctx, log, run_dir):
+def _train(args, ctx, log, run_dir, guard):
     resume_path = from_main(ctx, lambda: resume_source(args, run_dir, log))
     train_set, val_set, info, train_loader, val_loader, train_sampler = load_data(args, ctx)
     checkpoint = load_checkpoint(resume_path) if resume_path else None
@@ -224,10 +255,12 @@ def _train(args, ctx, log, run_dir):
     optimizer = torch.optim.SGD(model.parameters(), lr=schedule.lr_at(0), momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(ctx.device.type) if args.amp == "fp16" else None
-    start_epoch, best = 0, BestTracker()
+    start_epoch, best, resumed_inside = 0, BestTracker(), None
     if checkpoint is not None:
         start_epoch, best = load_resumed_state(checkpoint, resume_path, optimizer, scaler, log)
+        resumed_inside = resumed_progress(checkpoint, resume_path, ctx, args)
         _warn_other_world_size(checkpoint, ctx, log)
+        guard.saved(resume_path)
     log_setup(args, ctx, info, train_set, val_set, model, schedule, log)
     left_to_train = start_epoch < args.epochs
     work = has_work(start_epoch, args.epochs, (checkpoint or {}).get("pending_eval"))  # else write no records
@@ -260,6 +293,10 @@ def _train(args, ctx, log, run_dir):
         unreadable image), the trained epoch is checkpointed all the same, marked as awaiting its evaluation,
         which a resumed run does first."""
         is_best = False
+        if due and guard.stop_agreed():  # stopped before a long evaluation: the resumed run evaluates first
+            guard.saved(save_checkpoint(run_dir, finished, False, model, optimizer, scaler, schedule, best, args,
+                                        ctx, log, pending_eval=dict(record, time=time.time() - started)))
+            guard.stop(f"the end of epoch {finished}, before its evaluation")
         if due:
             try:
                 stats = evaluate(eval_model, val_loader, ctx, args, log)
@@ -279,7 +316,12 @@ def _train(args, ctx, log, run_dir):
             metrics.append(dict(stats, epoch=finished, **record, time=time.time() - started))
         if writer is not None:
             writer.flush()
-        save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedule, best, args, ctx, log)
+        guard.saved(save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedule, best, args,
+                                    ctx, log))
+
+    def save_inside(epoch, progress):
+        return save_checkpoint(run_dir, epoch, False, model, optimizer, scaler, schedule, best, args, ctx, log,
+                               progress=progress)
 
     try:
         pending = (checkpoint or {}).get("pending_eval")
@@ -288,11 +330,13 @@ def _train(args, ctx, log, run_dir):
             record = {key: pending[key] for key in ("train_loss", "train_top1", "lr")}
             finish_epoch(start_epoch, record, time.time() - pending.get("time", 0), due=True)
         for epoch in range(start_epoch, args.epochs):
-            started, lr = time.time(), schedule.lr_at(epoch)
+            progress = resumed_inside if epoch == start_epoch else None
+            started, lr = time.time() - (progress.seconds if progress else 0), schedule.lr_at(epoch)
             set_lr(optimizer, lr)
-            train_sampler.set_epoch(epoch)
+            train_sampler.set_epoch(epoch, skip=progress.iterations * args.batch_size if progress else 0)
             train_stats = train_one_epoch(train_model, criterion, optimizer, scaler, train_loader, ctx, epoch, lr,
-                                          args, log)
+                                          args, log, guard=guard, progress=progress,
+                                          save=lambda progress, epoch=epoch: save_inside(epoch, progress))
             finished = epoch + 1
             if writer is not None:
                 writer.add_scalar("Train Loss", train_stats["loss"], finished)
@@ -313,7 +357,7 @@ def _train(args, ctx, log, run_dir):
 def main(args):
     """Train (or with --valid, evaluate); returns the final evaluation's stats. Raises ConfigError for bad input."""
     args = resolve_args(valid_dataset_from_checkpoint(args, "classification"))
-    ctx = init_distributed(args.device)
+    ctx = init_distributed(args.device, LAUNCHER_PID)
     log = RunLogger(enabled=ctx.is_main).start()
     try:
         set_cudnn_mode(args.deterministic)
@@ -326,13 +370,17 @@ def main(args):
     except (ConfigError, NonFiniteLoss) as error:
         log.record(f"ERROR: {error}")
         raise
+    except Preempted as error:
+        log.record(str(error))
+        raise
     finally:
         log.close()
         cleanup(ctx)
 
 
 def cli_main(argv=None):
-    """Entry point: returns the exit status (0; 2 for bad input, 3 for a diverged run) with a one-line message."""
+    """Entry point: returns the exit status (0; 2 for bad input or a failed write, 3 for a diverged run, 75 when
+    stopped by a signal after a checkpoint) with a one-line message."""
     return run_cli(main, parse_args, "train_val.py", argv)
 
 

@@ -46,7 +46,61 @@ def two_process_run(tmp_path_factory):
                              runner, *COMMON, *SYNC_RUN, "-b", "16", "--sync-bn", "--output-dir", str(folder / "out")],
                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return dict(folder=folder, runner=runner, stdout=result.stdout, run_dir=folder / "out" / "fake" / "20" / "snl")
+    run_dir = folder / "out" / "fake" / "20" / "snl"
+    weights = torch.load(run_dir / "0-fake-r-20-w-1snl-block.pth.tar", weights_only=True)["state_dict"]
+    return dict(folder=folder, runner=runner, stdout=result.stdout, run_dir=run_dir, weights=weights)
+
+
+def torchrun(runner, argv, timeout=300, **env):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           runner, *map(str, argv)], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", **env))
+
+
+def test_a_signal_to_one_rank_stops_both_at_one_iteration_and_the_resume_is_exact(two_process_run, tmp_path):
+    """SIGUSR1 reaches rank 1 alone (as `scancel --signal` of one task would): both ranks agree to stop after the
+    same iteration, rank 0 writes the checkpoint, both exit with status 75; resumed, the run ends with the weights
+    of the uninterrupted run (the module's 2-process run, same flags), bit for bit."""
+    argv = [*COMMON, *SYNC_RUN, "-b", "16", "--sync-bn", "--output-dir", tmp_path]
+    stopped = torchrun(two_process_run["runner"], argv, NO_DROPOUT="1", SIGNAL_AT_BATCH="3", SIGNAL="SIGUSR1",
+                       SIGNAL_RANK="1")
+    run_dir = tmp_path / "fake" / "20" / "snl"
+    mid = run_dir / "0-fake-r-20-w-1snl-block.iter3.pth.tar"
+    line = f"stopped by SIGUSR1 at epoch 1, iteration 3; checkpoint {mid}; continue with --resume auto"
+    assert stopped.returncode != 0 and "exitcode  : 75" in stopped.stderr, stopped.stderr[-3000:]
+    assert line in (run_dir / "log_train.txt").read_text()
+    assert sorted(name for name in os.listdir(run_dir) if name.endswith(".pth.tar")) == [mid.name]
+    assert len(torch.load(mid, weights_only=True)["epoch_progress"]) == 2
+    # Its position counts iterations of 2 processes: one process cannot continue it.
+    with pytest.raises(ConfigError, match="written inside an epoch by 2 process"):
+        train_val.main(train_val.parse_args(list(map(str, argv + ["--resume", "auto"]))))
+    resumed = torchrun(two_process_run["runner"], argv + ["--resume", "auto"], NO_DROPOUT="1")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = torch.load(run_dir / "0-fake-r-20-w-1snl-block.pth.tar", weights_only=True)["state_dict"]
+    for key, value in two_process_run["weights"].items():
+        assert torch.equal(value, final[key]), key
+    assert [dict(row, time=0) for row in records(run_dir)] == \
+        [dict(row, time=0) for row in records(two_process_run["run_dir"])[:1]]
+
+
+def test_an_unreadable_image_of_rank_1_reaches_the_log_and_both_ranks_stop(tmp_path):
+    from datagen import write_imagefolder
+    from lib.data import EpochShuffleSampler, build_datasets
+    write_imagefolder(tmp_path / "data", classes=("a", "b"), n_per_class=(8, 2), size=16)
+    train_set = build_datasets("imagefolder", tmp_path / "data", 16)[0]
+    sampler = EpochShuffleSampler(train_set, num_replicas=2, rank=1, seed=67)
+    sampler.set_epoch(0)
+    bad = train_set.samples[next(iter(sampler))[0]][0]  # the first image of rank 1's shard
+    with open(bad, "wb"):
+        pass
+    started = time.time()
+    result = torchrun(write_runner(str(tmp_path)), ["--dataset", "imagefolder", "--data_dir", tmp_path / "data",
+                                                   "--input-size", "16", "--backbone", "preresnet", "--arch", "20",
+                                                   "--epochs", "1", "-b", "4", "-j", "0", "--output-dir",
+                                                   tmp_path / "out"], timeout=120)
+    assert result.returncode != 0 and time.time() - started < 100
+    log = (tmp_path / "out" / "imagefolder" / "20" / "snl" / "log_train.txt").read_text()
+    assert f"ERROR: rank 1: cannot read image {bad}" in log, result.stderr[-3000:]
 
 
 def test_rank0_alone_writes_one_set_of_outputs(two_process_run):

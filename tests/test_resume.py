@@ -27,7 +27,9 @@ def one_thread():
     torch.set_num_threads(previous)
 
 # train_val.py with test-only faults injected from outside (nothing of this lives in the training code):
-# KILL_AT_BATCH=k SIGKILLs the process as its k-th training batch starts; KILL_BEFORE_RENAME=name SIGKILLs it
+# KILL_AT_BATCH=k SIGKILLs the process as its k-th training batch starts; SIGNAL_AT_BATCH=k sends it SIGNAL
+# (default SIGTERM) there instead, in the process of rank SIGNAL_RANK only (default 0); SLEEP_PER_BATCH=s slows
+# every training step by s seconds; KILL_BEFORE_RENAME=name SIGKILLs it
 # when a fully written temporary file is about to be renamed to `name`; NO_DROPOUT=1 sets every dropout to p=0;
 # MARK_INIT and PID_DIR leave marks for the tests that kill a launcher (see below).
 RUNNER = """
@@ -40,15 +42,29 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 kill_at_batch = int(os.environ.get("KILL_AT_BATCH", "0"))
-if kill_at_batch:
+signal_at_batch = int(os.environ.get("SIGNAL_AT_BATCH", "0"))
+if os.environ.get("RANK", "0") != os.environ.get("SIGNAL_RANK", "0"):
+    signal_at_batch = 0
+if kill_at_batch or signal_at_batch:
     class DyingLoss(torch.nn.CrossEntropyLoss):
         calls = 0
         def forward(self, output, target):
             DyingLoss.calls += 1
             if DyingLoss.calls == kill_at_batch:
                 die()
+            if DyingLoss.calls == signal_at_batch:
+                os.kill(os.getpid(), getattr(signal, os.environ.get("SIGNAL", "SIGTERM")))
             return super().forward(output, target)
     train_val.build_criterion = lambda args: DyingLoss()
+
+sleep_per_batch = float(os.environ.get("SLEEP_PER_BATCH", "0"))
+if sleep_per_batch:  # slow training steps, for a signal sent from outside at a known point
+    import time
+    class SlowLoss(torch.nn.CrossEntropyLoss):
+        def forward(self, output, target):
+            time.sleep(sleep_per_batch)
+            return super().forward(output, target)
+    train_val.build_criterion = lambda args: SlowLoss()
 
 kill_before_rename = os.environ.get("KILL_BEFORE_RENAME")
 if kill_before_rename:
@@ -108,9 +124,9 @@ def metrics(run_dir):
 
 
 def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
-    write_cifar(tmp_path / "data", "cifar10", n_train=32, n_test=16)  # random crops and flips: the RNG matters
+    write_cifar(tmp_path / "data", "cifar10", n_train=48, n_test=16)  # random crops and flips: the RNG matters
     runner = write_runner(tmp_path)
-    # 2 batches per epoch; warm-up epoch at lr 0.01, then 0.1, then a decay to 0.01 for the last epoch.
+    # 3 batches per epoch; warm-up epoch at lr 0.01, then 0.1, then a decay to 0.01 for the last epoch.
     common = ["--dataset", "cifar10", "--data_dir", tmp_path / "data", "--epochs", "3", "-b", "16", "--eval-freq", "1",
               "--warmup-epochs", "1", "--lr-steps", "2", "--print-freq", "2"]
     straight = run_runner(runner, common + ["-j", "0", "--output-dir", tmp_path / "straight"])
@@ -119,18 +135,30 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
     out = tmp_path / "killed"
     run_dir = out / "cifar10" / "20" / "snl"
     # The data order and augmentation are functions of (seed, epoch, index): the worker count does not matter.
-    killed_args = common + ["-j", "2", "--output-dir", out]
-    first = run_runner(runner, killed_args, KILL_AT_BATCH="4")  # epoch 2, batch 2
+    # --save-every 2: checkpoints after iterations 2, 4 and 8 of the run too (3 and 6 end epochs).
+    killed_args = common + ["-j", "2", "--output-dir", out, "--save-every", "2"]
+    first = run_runner(runner, killed_args, KILL_AT_BATCH="4")  # epoch 2, batch 1: resumed from an epoch's end
     assert first.returncode == -9
-    assert sorted(os.listdir(run_dir)).count("0-cifar10-r-20-w-1snl-block.pth.tar") == 1
-    assert "1-cifar10-r-20-w-1snl-block.pth.tar" not in os.listdir(run_dir)
-    # Resumed, then killed again while writing the epoch-3 checkpoint (its temporary file is complete).
-    second = run_runner(runner, killed_args + ["--resume", "auto"], KILL_BEFORE_RENAME="2-cifar10-r-20-w-1snl-block.pth.tar")
+    names = os.listdir(run_dir)
+    assert names.count("0-cifar10-r-20-w-1snl-block.pth.tar") == 1 and not [n for n in names if ".iter" in n]
+    assert "1-cifar10-r-20-w-1snl-block.pth.tar" not in names
+    # Killed in epoch 2, batch 3: resumed inside the epoch, after its first iteration.
+    second = run_runner(runner, killed_args + ["--resume", "auto"], KILL_AT_BATCH="3")
     assert second.returncode == -9
-    assert [name for name in os.listdir(run_dir) if name.endswith(".tmp")]
-    third = run_runner(runner, killed_args + ["--resume", "auto"])
-    assert third.returncode == 0, third.stderr
-    assert "left by an interrupted checkpoint write" in third.stdout
+    assert "1-cifar10-r-20-w-1snl-block.iter1.pth.tar" in os.listdir(run_dir)
+    # Resumed inside epoch 2, then killed while writing the epoch-3 checkpoint (its temporary file is complete),
+    # after the checkpoint of epoch 3, iteration 2.
+    third = run_runner(runner, killed_args + ["--resume", "auto"],
+                       KILL_BEFORE_RENAME="2-cifar10-r-20-w-1snl-block.pth.tar")
+    assert third.returncode == -9
+    assert "resuming" in third.stdout and "1 iteration(s) of epoch 2 done" in third.stdout
+    names = os.listdir(run_dir)
+    assert [name for name in names if name.endswith(".tmp")] and "2-cifar10-r-20-w-1snl-block.iter2.pth.tar" in names
+    assert "1-cifar10-r-20-w-1snl-block.iter1.pth.tar" not in names  # pruned once the newer one was complete
+    last = run_runner(runner, killed_args + ["--resume", "auto"])
+    assert last.returncode == 0, last.stderr
+    assert not [name for name in os.listdir(run_dir) if ".iter" in name]  # the epoch's file replaced it
+    assert "left by an interrupted checkpoint write" in last.stdout
     assert not [name for name in os.listdir(run_dir) if name.endswith(".tmp")]
 
     name = "2-cifar10-r-20-w-1snl-block.pth.tar"

@@ -333,11 +333,13 @@ def test_train_evaluate_outputs_and_exact_resume_after_a_kill(tmp_path, capsys):
     assert train_seg.cli_main(TINY + ["-j", "0", "--valid", "--check_path", str(run_dir / "iter_3.pth.tar")]) == 0
     assert f" * mIoU {rows[-1]['mIoU']:.2f}" in capsys.readouterr().out
 
+    # Killed in iteration 2, with a checkpoint after iteration 1 (--save-every 1), between two evaluations: the
+    # resumed run's first evaluation reports the training loss of iterations 1 and 2, as the uninterrupted run's.
     killed = tmp_path / "killed"
-    first = run_runner(tmp_path, common + ["-j", "1", "--output-dir", killed], KILL_AT_ITER="3")
+    first = run_runner(tmp_path, common + ["-j", "1", "--output-dir", killed, "--save-every", "1"], KILL_AT_ITER="2")
     assert first.returncode == -9, first.stderr[-2000:]
     killed_dir = killed / "fake" / "resnet50" / "snl"
-    assert os.path.isfile(killed_dir / "iter_2.pth.tar") and not os.path.exists(killed_dir / "iter_3.pth.tar")
+    assert os.path.isfile(killed_dir / "iter_1.pth.tar") and not os.path.exists(killed_dir / "iter_2.pth.tar")
     assert train_seg.cli_main(common + ["-j", "1", "--output-dir", str(killed), "--resume", "auto"]) == 0
     assert "resuming" in capsys.readouterr().out
     expected = checkpoint["state_dict"]

@@ -65,7 +65,7 @@ TASK_SPECS = {
 IGNORED = {"seed", "checkpoints", "output_dir", "resume", "resumename", "isresume", "valid", "check_path", "workers",
            "print_freq", "eval_freq", "eval_every", "keep_checkpoints", "device", "explicit", "config", "download",
            "num_gpu", "compile", "channels_last", "deterministic", "debug", "warmup", "task", "allow_changed",
-           "world_size", "data_dir"}
+           "world_size", "data_dir", "save_every", "save_every_minutes"}
 # Entries that only mean something with a block (dropped for plain runs, so that they group together).
 BLOCK_KEYS = ("nl_nums", "nl_layer", "stage_nums", "div", "is_sys", "is_norm", "order")
 # Entries the table shows as columns; every other setting that varies goes to the "differs in" column.

@@ -7,6 +7,7 @@
         ...
 """
 import os
+import signal
 from functools import partial
 
 import torch
@@ -28,6 +29,19 @@ DATASETS = {
     "imagefolder": build_imagefolder,
     "fake": build_fake,
 }
+# A loader worker that delivers no batch for this long is taken as hung: the run stops with one line instead of
+# waiting forever (DataLoader's own default).
+LOADER_TIMEOUT_SECONDS = 600
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+
+
+def shield_worker(worker_id):
+    """worker_init_fn of every loader: a worker ignores the stop signals (a cluster sends them to every process of a
+    job, Ctrl-C to the terminal's process group). They are for the training process, which checkpoints and then
+    ends its workers; a worker that died of one first would stop the run as a failure."""
+    for name in STOP_SIGNALS:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 __all__ = ["DATASETS", "DatasetInfo", "build_datasets", "build_loaders", "CifarDataset", "FakeDataset",
            "ListFileDataset", "read_list_file", "EpochShuffleSampler", "SeededAugmentation",
@@ -74,7 +88,8 @@ def build_loaders(train_set, val_set, batch_size, workers, distributed=False, se
     val_sampler = ContiguousShardSampler(val_set, num_replicas, rank)
     # Own generators: the loaders draw their worker base seeds from these, not from the global RNG.
     loader = partial(DataLoader, batch_size=batch_size, num_workers=workers, pin_memory=torch.cuda.is_available(),
-                     persistent_workers=workers > 0)
+                     persistent_workers=workers > 0, timeout=LOADER_TIMEOUT_SECONDS if workers > 0 else 0,
+                     worker_init_fn=shield_worker)
     train_loader = loader(SeededAugmentation(train_set), sampler=train_sampler, drop_last=False,
                           generator=torch.Generator().manual_seed(seed))
     val_loader = loader(val_set, sampler=val_sampler, generator=torch.Generator().manual_seed(seed))

@@ -17,23 +17,33 @@ class EpochShuffleSampler(DistributedSampler):
     Call set_epoch(epoch) before each epoch: the order is then a pure function of (seed, epoch, num_replicas,
     rank). If an epoch is iterated without set_epoch, the sampler moves on to the next epoch by itself (so a
     forgotten call still reshuffles, like the reference's shuffle=True), but only set_epoch makes a resume exact.
+    set_epoch(epoch, skip=n) leaves out this rank's first n samples of that epoch, once: a run resumed inside an
+    epoch continues with exactly the samples the uninterrupted run saw next.
     As DistributedSampler, with several ranks it pads the order by repeating indices so all ranks get as many.
     """
 
     def __init__(self, dataset, num_replicas=1, rank=0, seed=0):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
         self._epoch_set = True  # epoch 0 is in effect until set_epoch is called
+        self.skip = 0
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch, skip=0):
+        if not 0 <= skip <= self.num_samples:
+            raise ValueError(f"skip must be in [0, {self.num_samples}], got {skip}")
         super().set_epoch(epoch)
         self._epoch_set = True
+        self.skip = skip
+
+    def __len__(self):
+        return self.num_samples - self.skip
 
     def __iter__(self):
         # A generator: nothing (not even the epoch bump) happens until the DataLoader asks for the first index.
         if not self._epoch_set:
             self.epoch += 1
         self._epoch_set = False
-        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        indices = list(super().__iter__())[skip:]
         # 32-bit seeds: torch's CPU generator keeps only the low 32 bits of a seed anyway.
         aug_seeds = np.random.default_rng([self.seed, self.epoch]).integers(0, 2**32, size=len(self.dataset))
         for index in indices:

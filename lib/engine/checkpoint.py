@@ -3,9 +3,13 @@
 A run folder holds one file per finished epoch (only the newest --keep-checkpoints are kept), named as the
 reference did: <epoch>-<dataset>-r-<arch>-w-<nl_nums><nl_type>-block.pth.tar, or <dataset>-r-<arch>-<epoch>-base
 .pth.tar without blocks (<epoch> 0-based; the file's "epoch" entry counts finished epochs, i.e. <epoch> + 1), and
-model_best.pth.tar. Writes go to a temporary file in the same folder, are fsync'ed, then renamed over the target:
-a kill at any moment leaves either the old or the new file, never a truncated one.
+model_best.pth.tar. A checkpoint written inside an epoch (--save-every, --save-every-minutes, a preemption signal)
+is named after the epoch in progress and the iterations done in it: <epoch file name>.iter<I>.pth.tar (only the
+newest is kept; the epoch's own file replaces it). Writes go to a temporary file in the same folder, are fsync'ed,
+then renamed over the target: a kill at any moment leaves either the old or the new file, never a truncated one,
+and a failed write (a full disk) leaves the previous files as they were.
 """
+import errno
 import os
 import random
 import re
@@ -21,6 +25,7 @@ BEST_NAME = "model_best.pth.tar"
 TEMP_SUFFIX = ".tmp"
 _BLOCK_NAME = re.compile(r"^(\d+)-.+-r-.+-w-\d+.+-block\.pth\.tar$")
 _BASE_NAME = re.compile(r"^.+-r-.+-(\d+)-base\.pth\.tar$")
+_MID_NAME = re.compile(r"^(.+)\.iter(\d+)(\.pth\.tar)$")
 # mkstemp creates files readable by the owner only; checkpoints get the permissions of any other new file.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -36,6 +41,39 @@ def checkpoint_name(epoch_index, dataset, arch, nl_nums, nl_type):
 def _epoch_index(filename):
     match = _BLOCK_NAME.match(filename) or _BASE_NAME.match(filename)
     return int(match.group(1)) if match else None
+
+
+class WriteFailed(ConfigError):
+    """A checkpoint, metrics or log write failed (full disk, I/O error, permissions, read-only file system): the run
+    stops with one line (exit status 2, as any input the user has to fix); nothing written before is lost."""
+
+
+def write_failure(path, error, last_good):
+    """The WriteFailed for OSError `error` while writing path: the path, the error, the last good checkpoint."""
+    code = errno.errorcode.get(error.errno, "") if error.errno else ""
+    reason = " ".join(str(error.strerror or error).split()) + (f" ({code})" if code else "")
+    kept = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
+    return WriteFailed(f"cannot write {path}: {reason}; {kept}; free space (or fix the folder's permissions) "
+                       f"and continue with --resume auto")
+
+
+def mid_epoch_name(epoch_file_name, iterations):
+    """The name of a checkpoint after `iterations` iterations of the epoch whose own file is epoch_file_name."""
+    stem = epoch_file_name[:-len(".pth.tar")] if epoch_file_name.endswith(".pth.tar") else epoch_file_name
+    return f"{stem}.iter{iterations}.pth.tar"
+
+
+def mid_epoch_checkpoints(run_dir):
+    """[(epoch_index, iterations, path)] of the mid-epoch checkpoints in run_dir, oldest first."""
+    if not os.path.isdir(run_dir):
+        return []
+    found = []
+    for name in os.listdir(run_dir):
+        match = _MID_NAME.match(name)
+        index = _epoch_index(match.group(1) + match.group(3)) if match else None
+        if index is not None:
+            found.append((index, int(match.group(2)), os.path.join(run_dir, name)))
+    return sorted(found)
 
 
 def epoch_checkpoints(run_dir):
@@ -66,12 +104,15 @@ def stored_epoch(path):
 
 def latest_checkpoint(run_dir):
     """The newest complete checkpoint of run_dir, model_best.pth.tar included (it may be all that is left of a
-    run), or None. At equal epochs the per-epoch file wins; unreadable files are skipped. Per-epoch files are
-    probed newest first, and only down to the best's epoch."""
+    run), or None. Files are ordered by (finished epochs, iterations into the next one), so a mid-epoch file
+    beats the file of the epoch before it; at equal positions the per-epoch file wins over model_best; unreadable
+    files are skipped. Files are probed newest first, and only down to the best's epoch."""
     best = os.path.join(run_dir, BEST_NAME)
     best_epoch = stored_epoch(best) if os.path.isfile(best) else None
-    for index, path in reversed(epoch_checkpoints(run_dir)):
-        if best_epoch is not None and index + 1 < best_epoch:
+    candidates = [((index + 1, 0), path) for index, path in epoch_checkpoints(run_dir)]
+    candidates += [((index, iterations), path) for index, iterations, path in mid_epoch_checkpoints(run_dir)]
+    for position, path in sorted(candidates, reverse=True):
+        if best_epoch is not None and position < (best_epoch, 0):
             break  # model_best is newer than every file left
         if stored_epoch(path) is not None:
             return path
@@ -79,7 +120,8 @@ def latest_checkpoint(run_dir):
 
 
 def has_checkpoints(run_dir):
-    return bool(epoch_checkpoints(run_dir)) or os.path.isfile(os.path.join(run_dir, BEST_NAME))
+    return (bool(epoch_checkpoints(run_dir)) or bool(mid_epoch_checkpoints(run_dir))
+            or os.path.isfile(os.path.join(run_dir, BEST_NAME)))
 
 
 def atomic_save(obj, *paths):
@@ -100,10 +142,17 @@ def atomic_save(obj, *paths):
             _place_link(temp_path, path, folder)
         os.replace(temp_path, paths[-1])
     except BaseException:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
+        _remove_quietly(temp_path)
         raise
     _fsync_folder(folder)
+
+
+def _remove_quietly(path):
+    # Cleaning up after a failed write: the failure itself is what gets reported.
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _place_link(source, path, folder):
@@ -111,10 +160,14 @@ def _place_link(source, path, folder):
     extra = _temp_file(folder, path)
     os.remove(extra)  # os.link needs a free name
     try:
-        os.link(source, extra)
-    except OSError:
-        shutil.copyfile(source, extra)
-    os.replace(extra, path)
+        try:
+            os.link(source, extra)
+        except OSError:
+            shutil.copyfile(source, extra)
+        os.replace(extra, path)
+    except BaseException:
+        _remove_quietly(extra)  # e.g. a copy that filled the disk: no partial file is left
+        raise
 
 
 def link_checkpoint(source, path):

@@ -145,6 +145,16 @@ def _add_recipe_flags(parser):
                         help="network input side (default: the dataset's, 32 CIFAR / 224 ImageNet)")
 
 
+def add_save_flags(group):
+    """--save-every / --save-every-minutes: checkpoints between iterations (both entry points)."""
+    group.add_argument("--save-every", "--save_every", dest="save_every", type=int, default=0, metavar="N",
+                       help="also checkpoint every N training iterations (0 = off, the default); a signal "
+                       "(SIGTERM, SIGUSR1, SIGINT) always checkpoints and stops with exit status 75")
+    group.add_argument("--save-every-minutes", "--save_every_minutes", dest="save_every_minutes", type=float,
+                       default=None, metavar="M", help="also checkpoint when M minutes have passed since the last "
+                       "checkpoint (0 = off; recipe: 30 for ImageNet and Cityscapes, off for CIFAR and fake)")
+
+
 def _add_run_flags(parser):
     run = parser.add_argument_group("run, output and performance")
     run.add_argument("-j", "--workers", type=int, default=None, help="data loader processes per process "
@@ -157,6 +167,7 @@ def _add_run_flags(parser):
     add_allow_changed_flag(run)
     run.add_argument("--keep-checkpoints", "--keep_checkpoints", dest="keep_checkpoints", type=int, default=1,
                      help="how many per-epoch checkpoints to keep, newest first (0 = all; default 1)")
+    add_save_flags(run)
     run.add_argument("--no-download", dest="download", action="store_false",
                      help="never download CIFAR (fail if it is not under --data_dir)")
     run.add_argument("--deterministic", action="store_true",

@@ -61,7 +61,7 @@ def pick_device(flag: str, local_rank: int = 0, distributed: bool = False) -> to
     return torch.device(flag)
 
 
-def die_with_launcher(poll_seconds: float = LAUNCHER_POLL_SECONDS) -> None:
+def die_with_launcher(poll_seconds: float = LAUNCHER_POLL_SECONDS, launcher_pid=None) -> None:
     """Make this process end when its parent (torchrun's agent, which starts each worker in a session of its own)
     ends, however it ends: otherwise a kill -9 of torchrun leaves the workers training, or waiting up to 30 min in
     init_process_group for a store that is gone.
@@ -69,8 +69,14 @@ def die_with_launcher(poll_seconds: float = LAUNCHER_POLL_SECONDS) -> None:
     Two means: on Linux the kernel's parent-death signal (prctl PR_SET_PDEATHSIG, SIGKILL), and everywhere a daemon
     thread that polls the parent pid (an orphan is re-parented, so its parent pid changes). A kill leaves nothing
     half-written: checkpoint writes are atomic.
+
+    launcher_pid: the parent pid as the entry point saw it first thing, before its imports (seconds, in which the
+    launcher may die): a parent already different from it now means the launcher is gone, and this process ends.
     """
     parent = os.getppid()
+    if launcher_pid is not None and parent != launcher_pid:
+        print(f"the launcher (pid {launcher_pid}) ended while this process started: exiting", file=sys.stderr)
+        os._exit(1)
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -82,16 +88,18 @@ def die_with_launcher(poll_seconds: float = LAUNCHER_POLL_SECONDS) -> None:
             time.sleep(poll_seconds)
         os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))  # no SIGKILL on Windows
 
-    # (A launcher that died before this point goes unnoticed; parent pid 1 is no sign of it: in a container the
-    # launcher itself may be pid 1.)
+    # (Parent pid 1 is no sign of a dead launcher: in a container the launcher itself may be pid 1. Hence the
+    # comparison with the pid seen at start above.)
     threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
 
 
-def init_distributed(device_flag: str) -> DistContext:
-    """Join the torchrun process group if launched by torchrun, else describe the single process."""
+def init_distributed(device_flag: str, launcher_pid=None) -> DistContext:
+    """Join the torchrun process group if launched by torchrun, else describe the single process.
+
+    launcher_pid: os.getppid() taken first thing in the entry point (see die_with_launcher)."""
     if not launched_by_torchrun():
         return DistContext(device=pick_device(device_flag))
-    die_with_launcher()
+    die_with_launcher(launcher_pid=launcher_pid)
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     device = pick_device(device_flag, local_rank, distributed=True)
@@ -128,6 +136,15 @@ def any_process(ctx: DistContext, flag: bool) -> bool:
     tensor = torch.tensor([1.0 if flag else 0.0], device=_comm_device(ctx))
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item() > 0)
+
+
+def max_values(ctx: DistContext, values):
+    """Element-wise maximum of a few small numbers over all processes: several agreements, one all_reduce."""
+    if not ctx.distributed:
+        return [float(v) for v in values]
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device(ctx))
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
 
 
 def gather_objects(ctx: DistContext, obj):

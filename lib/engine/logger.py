@@ -7,12 +7,23 @@ import os
 import re
 import sys
 import time
+from contextlib import contextmanager
 
 import yaml
 from termcolor import colored
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 EVENT_FILE_PREFIX = "events.out.tfevents."
+
+
+@contextmanager
+def naming_failures(path):
+    """An OSError of a write (e.g. ENOSPC, which names no file) leaves this block naming the file it was for."""
+    try:
+        yield
+    except OSError as error:
+        error.filename = error.filename or path
+        raise
 
 
 class RunLogger:
@@ -26,7 +37,7 @@ class RunLogger:
 
     def __init__(self, enabled=True):
         self.enabled = enabled
-        self.file = None
+        self.file = self.path = None
         self.pending = []
         self.terminal = None  # the real sys.stdout while started
 
@@ -54,7 +65,7 @@ class RunLogger:
     def flush(self):
         self.terminal.flush()
         if self.file is not None:
-            self.file.flush()
+            self._to_file(self.file.flush)
 
     def isatty(self):  # termcolor colours only for a terminal
         return self.terminal.isatty()
@@ -78,14 +89,23 @@ class RunLogger:
             return
         text = text + "\n" if newline else text
         if self.file is not None:
-            self.file.write(text)
+            self._to_file(lambda: self.file.write(text))
         else:
             self.pending.append(text)
+
+    def _to_file(self, operation):
+        try:
+            with naming_failures(self.path):
+                operation()
+        except OSError:
+            self.file = None  # a full disk: nothing more goes there (the failure's one line goes to stderr)
+            raise
 
     def attach(self, path):
         """Append from now on to path (log_train.txt accumulates over resumes), starting with the buffered output."""
         if not self.enabled:
             return
+        self.path = path
         self.file = open(path, "a", encoding="utf-8")
         self.file.write(f"===== {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n")
         self.file.writelines(self.pending)
@@ -120,7 +140,7 @@ class MetricsFile:
     def append(self, record):
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
+        with naming_failures(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
             f.flush()
 
@@ -159,10 +179,12 @@ class ScalarWriter:
         self._writer.write_event(event)
 
     def add_scalar(self, tag, value, step):
-        self._write(self._event(step=int(step), summary=self._scalar(tag, float(value))))
+        with naming_failures(self._writer._file_name):
+            self._write(self._event(step=int(step), summary=self._scalar(tag, float(value))))
 
     def flush(self):
-        self._writer.flush()
+        with naming_failures(self._writer._file_name):
+            self._writer.flush()
 
     def close(self):
         self._writer.close()

@@ -15,9 +15,9 @@ from lib.registry import DEFAULT_ORDER, ORDER_BLOCKS
 RECIPES = {
     # epochs and lr_steps are counted without the warm-up; resolve_args shifts them by --warmup-epochs.
     "cifar": dict(batch_size=128, lr=0.1, epochs=300, lr_steps=(150, 250), warmup_epochs=10, eval_freq=5,
-                  backbone="preresnet", arch="20"),
+                  backbone="preresnet", arch="20", save_every_minutes=0),
     "imagenet": dict(batch_size=100, lr=0.01, epochs=100, lr_steps=(31, 61, 81), warmup_epochs=10, eval_freq=5,
-                     backbone="resnet", arch="50"),
+                     backbone="resnet", arch="50", save_every_minutes=30),
 }
 DATASET_RECIPE = {"cifar10": "cifar", "cifar100": "cifar", "fake": "cifar", "imagenet": "imagenet"}
 # imagefolder holds any images: its recipe (and so its default backbone) follows --input-size (default 224).
@@ -113,6 +113,8 @@ def _validate(args):
     _check(args.workers >= 0, f"--workers must be >= 0, got {args.workers}")
     _check(args.seed >= 0, f"--seed must be >= 0, got {args.seed}")
     _check(args.keep_checkpoints >= 0, f"--keep-checkpoints must be >= 0, got {args.keep_checkpoints}")
+    _check(args.save_every >= 0 and args.save_every_minutes >= 0,
+           f"--save-every and --save-every-minutes must be >= 0, got {args.save_every}, {args.save_every_minutes}")
     _check(args.input_size is None or args.input_size >= 1, f"--input-size must be >= 1, got {args.input_size}")
     _check(args.nl_nums >= 0, f"--nl-nums must be >= 0, got {args.nl_nums}")
     _check(args.stage_nums >= 1, f"--stage-nums must be >= 1, got {args.stage_nums}")
@@ -163,7 +165,7 @@ def resolve_args(args):
     if args.debug:
         for name, value in DEBUG_DEFAULTS.items():
             _fill(args, name, value)
-    for name in ("batch_size", "lr", "warmup_epochs", "eval_freq", "backbone", "arch"):
+    for name in ("batch_size", "lr", "warmup_epochs", "eval_freq", "backbone", "arch", "save_every_minutes"):
         _fill(args, name, recipe[name])
     for name, value in COMMON_DEFAULTS.items():
         _fill(args, name, value)

@@ -26,7 +26,8 @@ RESUMABLE = frozenset({
     "workers", "print_freq", "eval_freq", "eval_every", "keep_checkpoints", "device", "data_dir", "output_dir",
     "checkpoints", "resume", "isresume", "resumename", "valid", "check_path", "config", "explicit", "resolved",
     "allow_changed", "changed_on_resume", "download", "num_gpu", "debug", "compile", "channels_last",
-    "deterministic", "pretrained",  # a resumed model's weights come from its checkpoint, never from --pretrained
+    "deterministic", "save_every", "save_every_minutes",  # when to checkpoint does not change the run
+    "pretrained",  # a resumed model's weights come from its checkpoint, never from --pretrained
 })
 EPOCH_BASED = frozenset({"epochs"})  # train_val.py / train_video.py: more epochs continue the same schedule
 

@@ -4,8 +4,10 @@
         ...train...
 
 The lock is an flock(2) on <run_dir>/run.lock, which the kernel drops when its holder dies, however it dies
-(kill -9 included): a lock of a dead process never blocks. The file names its holder (pid, host, start time) for
-the error message. Where flock is not available (some network filesystems), the holder's pid is checked instead
+(kill -9 included): a lock of a dead process never blocks. The kernel drops it only once every thread of the holder
+has ended, a moment after a kill -9: while the holder (same host) is exiting, acquire() waits for it, up to
+EXITING_HOLDER_WAIT seconds, instead of refusing. The file names its holder (pid, host, start time) for the error
+message. Where flock is not available (some network filesystems), the holder's pid is checked instead
 (same host only). A folder the lock had to create is removed again on release if the run left nothing in it, so a
 run that fails at its start leaves no trace.
 """
@@ -23,6 +25,8 @@ except ImportError:  # Windows: no flock; the pid check alone
     fcntl = None
 
 LOCK_NAME = "run.lock"
+EXITING_HOLDER_WAIT = 10.0  # seconds
+SIGKILL_BIT = 1 << 8  # signal 9 in /proc/<pid>/status signal masks
 
 # Locks this process holds. A forked child (a DataLoader worker) inherits the lock's file descriptor, and an flock
 # lasts while any copy of it is open: without closing the copies in the child, the workers of a killed run would
@@ -50,6 +54,21 @@ def _pid_alive(pid):
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+def _exiting(pid):
+    """True if process pid (on this host) is ending: its main thread has exited (a zombie, its other threads still
+    being torn down) or a SIGKILL is pending for it. Linux only (/proc); elsewhere False."""
+    try:
+        with open(f"/proc/{pid}/stat", "r") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        if state in ("Z", "X", "x"):
+            return True
+        with open(f"/proc/{pid}/status", "r") as f:
+            pending = [int(line.split()[1], 16) for line in f if line.startswith(("SigPnd:", "ShdPnd:"))]
+    except (OSError, IndexError, ValueError):
+        return False
+    return any(mask & SIGKILL_BIT for mask in pending)
 
 
 def _read_holder(path):
@@ -101,11 +120,16 @@ class RunLock:
         return self
 
     def _take(self):
+        deadline = time.monotonic() + EXITING_HOLDER_WAIT
         while True:
             handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             if not self._flock(handle):
                 os.close(handle)
-                raise ConfigError(f"run folder {self.run_dir} is in use by {_describe(_read_holder(self.path))}: "
+                holder = _read_holder(self.path)
+                if self._holder_exiting(holder) and time.monotonic() < deadline:
+                    time.sleep(0.1)  # a killed run's lock goes with its last thread, a moment from now
+                    continue
+                raise ConfigError(f"run folder {self.run_dir} is in use by {_describe(holder)}: "
                                   f"wait for that run to end, or choose another --checkpoints name")
             # The previous holder may have removed the file between our open and our flock: then we hold a lock on
             # a file nobody else sees, and must start over.
@@ -122,6 +146,11 @@ class RunLock:
         os.fsync(handle)
         self.handle = handle
         _HELD.add(self)
+
+    @staticmethod
+    def _holder_exiting(holder):
+        pid = holder.get("pid", "")
+        return holder.get("host") == socket.gethostname() and pid.isdigit() and _exiting(int(pid))
 
     def _flock(self, handle):
         """True if this process now holds the lock, False if another process does."""

@@ -6,10 +6,12 @@ from typing import Optional
 
 import torch
 
-from lib.engine.checkpoint import (BEST_NAME, atomic_save, capture_rng, checkpoint_name, has_checkpoints,
-                                   latest_checkpoint, link_checkpoint, model_args_mismatch,
-                                   prune_epoch_checkpoints)
-from lib.engine.distributed import gather_objects
+from lib.engine.checkpoint import (BEST_NAME, WriteFailed, atomic_save, capture_rng, checkpoint_name,
+                                   epoch_checkpoints, has_checkpoints, latest_checkpoint, link_checkpoint,
+                                   mid_epoch_checkpoints, mid_epoch_name, model_args_mismatch,
+                                   prune_epoch_checkpoints, write_failure)
+from lib.engine.distributed import from_main, gather_objects
+from lib.engine.preemption import EpochProgress
 from lib.engine.resume_check import check_run_folder
 from lib.errors import ConfigError
 from models import build_model, load_state_dict_checked
@@ -119,8 +121,13 @@ def _own_name(args):
 
 
 def prune_own_checkpoints(run_dir, args):
-    """Apply --keep-checkpoints to this run's per-epoch files (files of other runs in the folder are kept)."""
-    return prune_epoch_checkpoints(run_dir, args.keep_checkpoints, _own_name(args))
+    """Apply --keep-checkpoints to this run's per-epoch files (files of other runs in the folder are kept), and
+    remove its mid-epoch files that the newest per-epoch file supersedes."""
+    removed = prune_epoch_checkpoints(run_dir, args.keep_checkpoints, _own_name(args))
+    own = [index for index, path in epoch_checkpoints(run_dir) if os.path.basename(path) == _own_name(args)(index)]
+    if own:
+        _prune_mid_epoch(run_dir, args, keep=None, before=own[-1] + 1)
+    return removed
 
 
 def restore_epoch_file(run_dir, resume_path, finished, args):
@@ -136,33 +143,78 @@ def restore_epoch_file(run_dir, resume_path, finished, args):
 
 
 def save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedule, best, args, ctx, log,
-                    pending_eval=None):
-    """Write the checkpoint of `finished` epochs (and model_best.pth.tar if is_best) from rank 0.
+                    pending_eval=None, progress=None):
+    """Write the checkpoint of `finished` epochs (and model_best.pth.tar if is_best) from rank 0; returns its path
+    in every process. Every process calls it (it gathers their states).
 
-    pending_eval: the epoch's training record (train_loss, train_top1, lr, time) when its due evaluation failed;
-    a resumed run then evaluates this checkpoint before training on.
+    pending_eval: the epoch's training record (train_loss, train_top1, lr, time) when its due evaluation was not
+    run (it failed on bad input, or a signal stopped the run first); a resumed run evaluates this checkpoint first.
+    progress: this process's EpochProgress inside epoch `finished` + 1, for a mid-epoch checkpoint
+    (<epoch file>.iter<I>.pth.tar); every process's is stored, and a resumed run continues at that iteration.
 
-    The RNG states are gathered from every process at this point, which is exactly where the next epoch starts,
-    so a resumed run draws the same random numbers as an uninterrupted one. model_best (a hard link to the same
-    file) is renamed into place first: a kill in between leaves a best that the resumed run rewrites, never a best
-    older than what the last checkpoint claims.
+    The RNG states are gathered from every process at this point, which is exactly where training continues, so a
+    resumed run draws the same random numbers as an uninterrupted one. model_best (a hard link to the same file)
+    is renamed into place first: a kill in between leaves a best that the resumed run rewrites, never a best older
+    than what the last checkpoint claims. Older files are pruned only once the new one is complete and renamed.
+    A failed write (OSError: full disk...) leaves no partial file and raises WriteFailed in every process.
     """
     rng_states = gather_objects(ctx, capture_rng())
-    if not ctx.is_main:
-        return
-    checkpoint = {
-        "epoch": finished, "arch": f"{args.backbone}-{args.arch}", "model_args": dict(model.build_args),
-        "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "lr": schedule.lr_at(finished - 1), "lr_schedule": schedule.state_dict(),
-        "rng_states": rng_states, "world_size": ctx.world_size, "dataset": args.dataset,
-        "args": {key: value for key, value in vars(args).items() if key != "resolved"},
-        "pending_eval": pending_eval, **best.checkpoint_entries(),
-    }
-    path = os.path.join(run_dir, _own_name(args)(finished - 1))
-    atomic_save(checkpoint, *([os.path.join(run_dir, BEST_NAME)] if is_best else []), path)
-    prune_own_checkpoints(run_dir, args)
-    log.info(f"=> saved {path}" + (f" and {BEST_NAME}" if is_best else ""))
+    progress_states = gather_objects(ctx, progress.state_dict()) if progress is not None else None
+
+    def write():
+        checkpoint = {
+            "epoch": finished, "arch": f"{args.backbone}-{args.arch}", "model_args": dict(model.build_args),
+            "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "lr": schedule.lr_at(finished if progress is not None else finished - 1),
+            "lr_schedule": schedule.state_dict(), "rng_states": rng_states, "world_size": ctx.world_size,
+            "dataset": args.dataset, "args": {key: value for key, value in vars(args).items() if key != "resolved"},
+            "pending_eval": pending_eval, "epoch_progress": progress_states, **best.checkpoint_entries(),
+        }
+        name = _own_name(args)(finished - 1)
+        path = os.path.join(run_dir, mid_epoch_name(_own_name(args)(finished), progress.iterations)
+                            if progress is not None else name)
+        try:
+            atomic_save(checkpoint, *([os.path.join(run_dir, BEST_NAME)] if is_best else []), path)
+        except OSError as error:
+            return None, str(write_failure(path, error, latest_checkpoint(run_dir)))
+        try:
+            if progress is None:
+                prune_own_checkpoints(run_dir, args)
+            else:
+                _prune_mid_epoch(run_dir, args, keep=path)
+        except OSError as error:  # the new checkpoint is complete: a file left over is no reason to stop
+            log.warn(f"could not remove an old checkpoint ({error})")
+        log.info(f"=> saved {path}" + (f" and {BEST_NAME}" if is_best else ""))
+        return path, None
+
+    path, failure = from_main(ctx, write)
+    if failure:
+        raise WriteFailed(failure if ctx.is_main else f"rank 0: {failure}")
+    return path
+
+
+def _prune_mid_epoch(run_dir, args, keep, before=None):
+    """Remove this run's mid-epoch checkpoints other than `keep` (only those inside epochs < `before`, if given)."""
+    own = _own_name(args)
+    for index, iterations, path in mid_epoch_checkpoints(run_dir):
+        if path != keep and os.path.basename(path) == mid_epoch_name(own(index), iterations) and \
+                (before is None or index < before):
+            os.remove(path)
+
+
+def resumed_progress(checkpoint, path, ctx, args):
+    """This process's EpochProgress inside the epoch a mid-epoch checkpoint stopped in, or None (an epoch's
+    checkpoint). The position counts iterations of this many processes and images each: those must not change."""
+    states = checkpoint.get("epoch_progress")
+    if not states:
+        return None
+    saved = (checkpoint.get("world_size"), (checkpoint.get("args") or {}).get("batch_size"))
+    if saved != (ctx.world_size, args.batch_size):
+        raise ConfigError(f"{path} was written inside an epoch by {saved[0]} process(es) of batch {saved[1]}: "
+                          f"continue it with the same (this run: {ctx.world_size} x {args.batch_size}), or resume "
+                          f"from the checkpoint of the epoch before it")
+    return EpochProgress.from_state(states[ctx.rank])
 
 
 def check_dataset(checkpoint, path, dataset):
@@ -192,6 +244,9 @@ def load_resumed_state(checkpoint, path, optimizer, scaler, log):
         scaler.load_state_dict(checkpoint["scaler"])
     best = BestTracker.from_checkpoint(checkpoint)
     finished = int(checkpoint.get("epoch", 0))
-    log.heading(f"=> resuming {path}: {finished} epoch(s) done, best top-1 {best.top1 or 0:.3f} "
+    inside = (checkpoint.get("epoch_progress") or [{}])[0].get("iterations")
+    done = f"{finished} epoch(s) and {inside} iteration(s) of epoch {finished + 1}" if inside else \
+        f"{finished} epoch(s)"
+    log.heading(f"=> resuming {path}: {done} done, best top-1 {best.top1 or 0:.3f} "
                 f"(epoch {best.top1_epoch}), best top-5 {best.top5 or 0:.3f} (epoch {best.top5_epoch})")
     return finished, best

@@ -1,5 +1,6 @@
 """What every entry point does around its model (train_val.py, train_seg.py): seeding, cudnn mode, autocast,
 compiling and wrapping the model for DDP, and turning user errors into one line and an exit status."""
+import os
 import random
 import sys
 from contextlib import nullcontext
@@ -7,6 +8,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from lib.engine.preemption import PREEMPTED_STATUS, Preempted
 from lib.engine.sync_bn import convert_sync_batchnorm
 from lib.errors import ConfigError
 
@@ -99,8 +101,10 @@ def prepare_model(model, args, ctx, log):
 
 
 def run_cli(main, parse_args, prog, argv=None):
-    """Run main(parse_args(argv)) and return the exit status: 0; 2 for bad input (ConfigError), 3 for a diverged
-    run (NonFiniteLoss), each with its message on one line of stderr instead of a traceback."""
+    """Run main(parse_args(argv)) and return the exit status, with a one-line message on stderr instead of a
+    traceback: 0 done; 2 bad input or a failed write (ConfigError: missing data, a wrong flag, a full disk...: fix
+    it, then --resume auto); 3 a diverged run (NonFiniteLoss); 75 (EX_TEMPFAIL) stopped by a signal after a
+    checkpoint (Preempted: run the same command with --resume auto)."""
     try:
         main(parse_args(argv))
     except ConfigError as error:
@@ -109,4 +113,8 @@ def run_cli(main, parse_args, prog, argv=None):
     except NonFiniteLoss as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 3
+    except Preempted as error:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops, one says so
+            print(f"{prog}: {error}", file=sys.stderr)
+        return PREEMPTED_STATUS
     return 0

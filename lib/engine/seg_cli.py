@@ -5,7 +5,7 @@ flags. No flag uses argparse's bool type: bool-ish flags go through parse_bool. 
 """
 import os
 
-from lib.engine.cli import AMP_MODES, OneLineParser, parse_bool, parse_pretrained
+from lib.engine.cli import AMP_MODES, OneLineParser, add_save_flags, parse_bool, parse_pretrained
 from lib.engine.config import parse_args
 from lib.engine.recipe import CPUS, DEVICE_PATTERN
 from lib.engine.resume_check import add_allow_changed_flag
@@ -14,11 +14,11 @@ from lib.errors import ConfigError
 # Iteration schedule, optimizer and pipeline of the config (SNL R50-D8, Cityscapes, 40k iterations).
 _CITYSCAPES = dict(iters=40000, batch_size=4, lr=0.01, min_lr=1e-4, power=0.9, momentum=0.9, weight_decay=5e-4,
                    eval_every=4000, crop_size=[512, 1024], img_scale=[2048, 1024], ratio_range=[0.5, 2.0],
-                   cat_max_ratio=0.75, hflip=0.5, aux_weight=0.4, pretrained=True)
+                   cat_max_ratio=0.75, hflip=0.5, aux_weight=0.4, pretrained=True, save_every_minutes=30)
 SEG_RECIPES = {
     "cityscapes": _CITYSCAPES,
     # Smoke runs: the same schedule on 128x256 synthetic scenes (fake_scenes.SIZE), no pretrained weights.
-    "fake": dict(_CITYSCAPES, crop_size=[64, 128], img_scale=[256, 128], pretrained=False),
+    "fake": dict(_CITYSCAPES, crop_size=[64, 128], img_scale=[256, 128], pretrained=False, save_every_minutes=0),
 }
 COMMON_DEFAULTS = dict(seed=67, workers=min(4, CPUS), nl_type="snl", stage_nums=1, div=2, backbone="resnet",
                        arch="50")
@@ -90,6 +90,7 @@ def get_args_parser(add_help=True):
     add_allow_changed_flag(run)
     run.add_argument("--keep-checkpoints", "--keep_checkpoints", dest="keep_checkpoints", type=int, default=1,
                      help="how many iteration checkpoints to keep, newest first (0 = all; default 1)")
+    add_save_flags(run)
     run.add_argument("-p", "--print-freq", "--print_freq", dest="print_freq", type=int, default=50, metavar="N",
                      help="progress line every N iterations (default 50)")
     run.add_argument("-j", "--workers", type=int, default=None, help="data loader processes per process "
@@ -148,6 +149,8 @@ def resolve_seg_args(args):
     _check(args.aux_weight >= 0, f"--aux-weight must be >= 0, got {args.aux_weight}")
     _check(args.workers >= 0 and args.seed >= 0, "--workers and --seed must be >= 0")
     _check(args.keep_checkpoints >= 0, f"--keep-checkpoints must be >= 0, got {args.keep_checkpoints}")
+    _check(args.save_every >= 0 and args.save_every_minutes >= 0,
+           f"--save-every and --save-every-minutes must be >= 0, got {args.save_every}, {args.save_every_minutes}")
     _check(args.stage_nums >= 1 and args.div > 0, "--stage-nums must be >= 1 and --div positive")
     _check(DEVICE_PATTERN.match(str(args.device)) is not None,
            f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")

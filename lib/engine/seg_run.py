@@ -1,8 +1,10 @@
 """Bookkeeping of one segmentation run: its folder, its checkpoints, what to resume from, the best mIoU.
 
 A run folder (<output-dir>/<dataset>/<backbone><arch>/<checkpoints>) holds iter_<n>.pth.tar, written after n
-iterations (only the newest --keep-checkpoints kept), and model_best.pth.tar (best mIoU), both written atomically
-by lib.engine.checkpoint.atomic_save; log_train.txt, metrics.jsonl, tensorboard events and args.yaml.
+iterations (only the newest --keep-checkpoints kept; also between evaluations, with --save-every,
+--save-every-minutes or on a preemption signal), and model_best.pth.tar (best mIoU, only after an evaluation), both
+written atomically by lib.engine.checkpoint.atomic_save; log_train.txt, metrics.jsonl, tensorboard events and
+args.yaml.
 """
 import json
 import math
@@ -11,9 +13,11 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from lib.engine.checkpoint import BEST_NAME, atomic_save, capture_rng
-from lib.engine.distributed import gather_objects
+from lib.engine.checkpoint import BEST_NAME, WriteFailed, atomic_save, capture_rng, write_failure
+from lib.engine.distributed import from_main, gather_objects
+from lib.engine.preemption import EpochProgress
 from lib.engine.resume_check import check_run_folder
+from lib.errors import ConfigError
 
 _ITER_NAME = re.compile(r"^iter_(\d+)\.pth\.tar$")
 
@@ -73,25 +77,59 @@ class MIoUTracker:
                 f"best mIoU {self.best:.2f} (iteration {self.best_iter})")
 
 
-def save_checkpoint(run_dir, iteration, is_best, model, optimizer, scaler, schedule, tracker, args, ctx, log):
+def save_checkpoint(run_dir, iteration, is_best, model, optimizer, scaler, schedule, tracker, args, ctx, log,
+                    progress=None):
     """iter_<iteration>.pth.tar (and model_best.pth.tar if is_best) from rank 0, with every process's RNG state
-    gathered at this point, where the next iteration starts."""
+    gathered at this point, where the next iteration starts; returns its path in every process.
+
+    progress: this process's EpochProgress since the last evaluation, for a checkpoint between evaluations (the
+    resumed run's next evaluation then reports the training loss over the whole interval). Older files are pruned
+    only once the new one is complete; a failed write leaves no partial file and raises WriteFailed everywhere.
+    """
     rng_states = gather_objects(ctx, capture_rng())
-    if not ctx.is_main:
-        return
-    checkpoint = {
-        "iteration": iteration, "model_args": dict(model.build_args), "state_dict": model.state_dict(),
-        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-        "lr_schedule": schedule.state_dict(), "rng_states": rng_states, "world_size": ctx.world_size,
-        "args": {key: value for key, value in vars(args).items() if key != "resolved"},
-        **tracker.state_dict(),
-    }
-    path = os.path.join(run_dir, f"iter_{iteration}.pth.tar")
-    atomic_save(checkpoint, *([os.path.join(run_dir, BEST_NAME)] if is_best else []), path)
-    if args.keep_checkpoints > 0:
-        for _, old in iteration_checkpoints(run_dir)[:-args.keep_checkpoints]:
-            os.remove(old)
-    log.info(f"=> saved {path}" + (f" and {BEST_NAME}" if is_best else ""))
+    progress_states = gather_objects(ctx, progress.state_dict()) if progress is not None else None
+
+    def write():
+        checkpoint = {
+            "iteration": iteration, "model_args": dict(model.build_args), "state_dict": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
+            "lr_schedule": schedule.state_dict(), "rng_states": rng_states, "world_size": ctx.world_size,
+            "args": {key: value for key, value in vars(args).items() if key != "resolved"},
+            "interval_progress": progress_states, **tracker.state_dict(),
+        }
+        path = os.path.join(run_dir, f"iter_{iteration}.pth.tar")
+        try:
+            atomic_save(checkpoint, *([os.path.join(run_dir, BEST_NAME)] if is_best else []), path)
+        except OSError as error:
+            found = iteration_checkpoints(run_dir)
+            return None, str(write_failure(path, error, found[-1][1] if found else None))
+        if args.keep_checkpoints > 0:
+            try:
+                for _, old in iteration_checkpoints(run_dir)[:-args.keep_checkpoints]:
+                    os.remove(old)
+            except OSError as error:  # the new checkpoint is complete: a file left over is no reason to stop
+                log.warn(f"could not remove an old checkpoint ({error})")
+        log.info(f"=> saved {path}" + (f" and {BEST_NAME}" if is_best else ""))
+        return path, None
+
+    path, failure = from_main(ctx, write)
+    if failure:
+        raise WriteFailed(failure if ctx.is_main else f"rank 0: {failure}")
+    return path
+
+
+def resumed_interval(checkpoint, path, ctx, args):
+    """This process's EpochProgress since the last evaluation, from a checkpoint written between evaluations,
+    or None. The batches of iteration i depend on the number of processes and the batch size: they must not
+    change."""
+    states = checkpoint.get("interval_progress")
+    if not states:
+        return None
+    saved = (checkpoint.get("world_size"), (checkpoint.get("args") or {}).get("batch_size"))
+    if saved != (ctx.world_size, args.batch_size):
+        raise ConfigError(f"{path} was written between evaluations by {saved[0]} process(es) of batch {saved[1]}: "
+                          f"continue it with the same (this run: {ctx.world_size} x {args.batch_size})")
+    return EpochProgress.from_state(states[ctx.rank])
 
 
 def drop_records_after(path, iteration):
