@@ -184,6 +184,8 @@ def save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedu
         "args": {key: value for key, value in vars(args).items() if key != "resolved"},
         "pending_eval": pending_eval, **best.checkpoint_entries(),
     }
+    if getattr(args, "task", None):  # which entry point the checkpoint belongs to (lib/engine/tasks.py)
+        checkpoint["task"] = args.task
     path = os.path.join(run_dir, _own_name(args)(finished - 1))
     atomic_save(checkpoint, *([os.path.join(run_dir, BEST_NAME)] if is_best else []), path)
     prune_own_checkpoints(run_dir, args)
