@@ -60,6 +60,8 @@ class NonlocalStage(nn.Module):
         stage_num: number of units applied one after another with the same A.
         is_sys, is_norm: affinity options (docs/blocks.md); None = the block's default.
         zero_init: zero the units' output BN weight, so the stage starts as the identity.
+        output_relu: Y = X + relu(BN(pre)) (True) or X + BN(pre) (False); None = the unit's default (True for
+            every unit but gsnl's). False gives the earlier release's space-time units (docs/blocks.md).
         affinity_path: 'auto', 'dense' or 'factorized' (how A Z is computed; same numbers).
         dim: spatial dims of the input: 1 (B, C, L), 2 (B, C, H, W) or 3 (B, C, T, H, W).
         unit_kwargs: extra arguments of the unit (e.g. `order` of cheb and arma), passed by subclasses.
@@ -71,13 +73,14 @@ class NonlocalStage(nn.Module):
     relu_kernel = False  # the plain affinity is relu(theta) relu(phi)^T without softmax (A2)
 
     def __init__(self, inplanes, planes, stage_num=1, is_sys=None, is_norm=None, zero_init=False,
-                 affinity_path="auto", dim=2, **unit_kwargs):
+                 affinity_path="auto", dim=2, output_relu=None, **unit_kwargs):
         super().__init__()
         check_positive_int("inplanes (the block's channels C)", inplanes)
         check_positive_int("planes (the inner width C')", planes)
         check_positive_int("stage_num", stage_num)
         check_optional_bool("is_sys", is_sys)
         check_optional_bool("is_norm", is_norm)
+        check_optional_bool("output_relu", output_relu)
         check_dim(dim)
         self.dim = dim
         self.is_sys = self.default_sys if is_sys is None else is_sys
@@ -87,6 +90,10 @@ class NonlocalStage(nn.Module):
         self.p = conv1x1(dim, inplanes, planes)
         self.stages = nn.Sequential(*[self.unit_cls(inplanes, planes, dim=dim, **unit_kwargs)
                                       for _ in range(stage_num)])
+        if output_relu is not None:  # an instance attribute shadows the unit class's default
+            for unit in self.stages:
+                unit.output_relu = output_relu
+        self.output_relu = self.stages[0].output_relu
         if zero_init:
             for unit in self.stages:
                 nn.init.zeros_(unit.bn.weight)
@@ -133,13 +140,14 @@ class NonlocalStage(nn.Module):
         return torch.stack([unit.filter_response(lam) for unit in self.stages])
 
     def _fusable(self, x):
-        """Whether `FusedReluDotStage` applies: one unit with a fused form, a plain BatchNorm of the block's dim
+        """Whether `FusedReluDotStage` applies: one unit with a fused form and an output ReLU (the fused kernel
+        computes X + relu(BN(pre)) only), a plain BatchNorm of the block's dim
         (a BN replaced by another module, e.g. SyncBatchNorm for --sync-bn, keeps its own forward), a factorized
         affinity, and N >= 4C'. The fused form folds W2 into R = (Z Fs^T) S^T (C C' 2C' multiply-adds per sample
         instead of C C' N) and recomputes two products in the backward; measured on CPU it is 10-15% faster than
         the module path at N = 8C' and 64C' (PreResNet stages 2 and 1), but 10-30% slower at N = 2C' (stage 3)."""
         unit, positions, planes = self.stages[0], math.prod(x.shape[2:]), self.t.out_channels
-        return (len(self.stages) == 1 and unit.fused_weights() is not None
+        return (len(self.stages) == 1 and unit.fused_weights() is not None and unit.output_relu
                 and type(unit.bn) is BATCH_NORMS[self.dim] and x.numel() > 0 and positions >= 4 * planes
                 and uses_factorized(self.affinity_path, self.is_norm, self.relu_kernel, positions, planes))
 
@@ -163,7 +171,8 @@ class NonlocalStage(nn.Module):
 
     def extra_repr(self):
         dim = "" if self.dim == 2 else f", dim={self.dim}"
-        return f"is_sys={self.is_sys}, is_norm={self.is_norm}, affinity_path={self.affinity_path!r}{dim}"
+        relu = "" if self.output_relu == self.unit_cls.output_relu else f", output_relu={self.output_relu}"
+        return f"is_sys={self.is_sys}, is_norm={self.is_norm}, affinity_path={self.affinity_path!r}{dim}{relu}"
 
 
 class NonlocalUnit(nn.Module):
@@ -174,7 +183,7 @@ class NonlocalUnit(nn.Module):
     response (the linear part: any ReLU inside the filter removed). `aggregate` gives A Z.
     """
 
-    output_relu = True  # Y = X + relu(BN(pre)); gsnl has no ReLU there
+    output_relu = True  # Y = X + relu(BN(pre)); gsnl has no ReLU there. The stage's output_relu overrides it.
 
     def __init__(self, inplanes, planes, dim=2, z_planes=None):
         super().__init__()
@@ -191,7 +200,10 @@ class NonlocalUnit(nn.Module):
         return None
 
     def forward(self, x, att):  # x (B, C, *spatial)
-        pre = self.graph_filter(att, pointwise(self.g, x))
+        return self.residual(x, self.graph_filter(att, pointwise(self.g, x)))
+
+    def residual(self, x, pre):
+        """Y = X + act(BN(pre)), act = relu or the identity (`output_relu`)."""
         out = self.bn(pre)
         return x + (torch.relu(out) if self.output_relu else out)
 
