@@ -67,7 +67,8 @@ video() {
         launch train_video.py "$@" --seed "$seed" --checkpoints "${name}_seed$seed"
     done
 }
-ucf101() { video --dataset ucf101 --pretrained "${PRETRAINED:-False}" "$@"; }
+# The 3D-ResNets Kinetics checkpoints of 2017 (resnet-50-kinetics.pth) expect ActivityNet mean subtraction.
+ucf101() { video --dataset ucf101 ${PRETRAINED:+--normalization activitynet} --pretrained "${PRETRAINED:-False}" "$@"; }
 kinetics() { video --dataset kinetics --pretrained False "$@"; }
 
 case $experiment in

@@ -29,6 +29,10 @@ def _add_data_flags(parser):
                       help="side of the square crop fed to the network (default 112; fake 32)")
     data.add_argument("--test-clips", "--test_clips", dest="test_clips", type=int, default=None,
                       help="evenly spaced clips per video in the test, softmax scores averaged (default 10)")
+    data.add_argument("--normalization", default=None, choices=("kinetics", "activitynet"),
+                      help="pixel normalization: kinetics ((x - mean) / std, Kinetics statistics; default) or "
+                      "activitynet (x - mean on 0-255 pixels: the input of the 2017 3D-ResNets Kinetics checkpoints "
+                      "such as resnet-50-kinetics.pth)")
     data.add_argument("--hflip", type=float, default=None, metavar="P",
                       help="probability of a horizontal flip of a training clip (default 0.5). A mirror swaps "
                       "left and right motion: 0 for classes defined by a direction")

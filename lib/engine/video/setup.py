@@ -76,9 +76,10 @@ def to_device(clips, target, ctx, args):
 def build_data(args, ctx):
     """(train_set, val_set, test_set, info) of --dataset; ConfigError, on one line, for missing data."""
     from lib.data.video import build_video_datasets
+    options = {"normalization": args.normalization} if args.normalization else {}
     return local_main_first(ctx, lambda: build_video_datasets(
         args.dataset, args.data_dir, split=args.split, clip_len=args.clip_len, frame_step=args.frame_step,
-        frame_size=args.frame_size, hflip=args.hflip, test_clips=args.test_clips))
+        frame_size=args.frame_size, hflip=args.hflip, test_clips=args.test_clips, **options))
 
 
 def test_loader_of(test_set, ctx, args):
