@@ -30,14 +30,14 @@ from lib.engine.run_lock import RunLock
 from lib.engine.run_state import (BestTracker, check_dataset, load_resumed_state, load_resumed_weights,
                                   prune_own_checkpoints, restore_epoch_file, resume_source, save_checkpoint)
 from lib.engine.runtime import NonFiniteLoss, autocast, run_cli, seed_everything, set_cudnn_mode
-from lib.engine.schedule import WarmupStepSchedule
+from lib.engine.schedule import WarmupStepSchedule, set_lr
 from lib.engine.tasks import require_task
 from lib.engine.video.cli import get_args_parser, parse_video_args  # noqa: F401  (torchvision-style entry point)
 from lib.engine.video.multiclip import evaluate_videos
 from lib.engine.video.recipe import VIDEO_RECIPES, resolve_video_args
-from lib.engine.video.setup import (build_data, check_model_flags, frozen_parameter_count, model_kwargs,
-                                    parameter_groups, prepare_video_model, run_folder, set_lr, test_loader_of,
-                                    to_device)
+from lib.engine.video.setup import (build_data, check_model_flags, freeze_for_fine_tuning, frozen_parameter_count,
+                                    model_kwargs, prepare_video_model, run_folder, test_loader_of, to_device,
+                                    trainable_parameters)
 from lib.errors import ConfigError
 from models import build_model, load_state_dict_checked
 
@@ -179,15 +179,15 @@ def summary_line(best):
             f"(epoch {best.top5_epoch})")
 
 
-def log_setup(args, ctx, data, model, optimizer, schedule, log):
+def log_setup(args, ctx, data, model, schedule, log):
     info, global_batch = data["info"], args.batch_size * ctx.world_size
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    frozen = frozen_parameter_count(optimizer) / 1e6
+    frozen = frozen_parameter_count(model) / 1e6
     blocks = f"{args.nl_nums} {args.nl_type} block(s)" if args.nl_nums else "no nonlocal block"
     log.info(f"=> data: {args.dataset} split {args.split}, {len(data['train_set'])} train / {len(data['val_set'])} "
              f"test videos, {info.num_classes} classes; clips of {args.clip_len} frames every {args.frame_step} at "
              f"{args.frame_size}px, {args.test_clips} clips per test video")
-    log.info(f"=> model: {args.backbone}-{args.arch} with {blocks}, {params:.2f}M parameters ({frozen:.2f}M at lr 0: "
+    log.info(f"=> model: {args.backbone}-{args.arch} with {blocks}, {params:.2f}M parameters ({frozen:.2f}M frozen: "
              f"--ft-begin-index {args.ft_begin_index})")
     log.info(f"=> batch size {args.batch_size} per process x {ctx.world_size} process(es) = global batch "
              f"{global_batch}; {args.epochs} epochs, lr {schedule.base_lr:.6g} x {args.lr_gamma} at epochs "
@@ -228,18 +228,19 @@ def _train(args, ctx, log, run_dir):
     model = build_model(**model_kwargs(args, data["info"].num_classes, None if checkpoint else args.pretrained))
     if checkpoint is not None:
         load_resumed_weights(checkpoint, resume_path, model)
+    freeze_for_fine_tuning(model, args.ft_begin_index)
     model, train_model, eval_model = prepare_video_model(model, args, ctx, log)
     recipe_batch = VIDEO_RECIPES[args.recipe]["batch_size"]
     scale = args.batch_size * ctx.world_size / recipe_batch if args.lr_scale == "linear" else 1
     schedule = WarmupStepSchedule(args.lr * scale, args.lr_steps, args.warmup_epochs, args.lr_gamma)
-    optimizer = torch.optim.SGD(parameter_groups(model, args.ft_begin_index), lr=schedule.lr_at(0),
+    optimizer = torch.optim.SGD(trainable_parameters(model), lr=schedule.lr_at(0),
                                 momentum=args.momentum, dampening=args.dampening, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(ctx.device.type) if args.amp == "fp16" else None
     start_epoch, best = 0, BestTracker()
     if checkpoint is not None:
         start_epoch, best = load_resumed_state(checkpoint, resume_path, optimizer, scaler, log)
         _warn_other_world_size(checkpoint, ctx, log)
-    log_setup(args, ctx, data, model, optimizer, schedule, log)
+    log_setup(args, ctx, data, model, schedule, log)
     left_to_train = start_epoch < args.epochs
 
     # Only now, with data, model and checkpoint loaded, is anything written: a failed start leaves no trace.

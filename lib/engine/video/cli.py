@@ -62,6 +62,9 @@ def _add_model_flags(parser):
                "block's own)")
     _bool_flag(model, "--output-relu", "--output_relu", default=None, help="ReLU after each unit of a stage block "
                "(default: the block's own; False = the earlier release's space-time units, X + BN(...))")
+    model.add_argument("--shortcut-type", "--shortcut_type", dest="shortcut_type", default=None, choices=("A", "B"),
+                       help="resnet3d's shortcut: B (1x1x1 conv + BN; default) or A (zero channels; the 3D-ResNets "
+                       "resnet-18/34-kinetics.pth)")
     model.add_argument("--pretrained", type=parse_pretrained, default=False, metavar="BOOL|PATH",
                        help="False (default); a 3D-ResNets checkpoint (resnet3d, e.g. resnet-50-kinetics.pth) or a "
                        "torchvision-format state_dict file; True: torchvision's Kinetics-400 weights (r3d, mc3, "

@@ -22,7 +22,7 @@ def model_kwargs(args, num_classes, pretrained=None):
                   nl_type=args.nl_type if args.nl_nums else None, nl_nums=args.nl_nums, stage_num=args.stage_nums,
                   div=args.div, is_sys=args.is_sys, is_norm=args.is_norm, order=args.order,
                   pretrained=pretrained or None)
-    for name in ("nl_layer", "output_relu"):
+    for name in ("nl_layer", "output_relu", "shortcut_type"):
         if getattr(args, name) is not None:
             kwargs[name] = getattr(args, name)
     return kwargs
@@ -34,28 +34,21 @@ def check_model_flags(args, build_model):
         build_model(**model_kwargs(args, num_classes=2))
 
 
-def parameter_groups(model, ft_begin_index):
-    """SGD parameter groups: with ft_begin_index K > 0, the layers before layer K train at lr 0 (3D-ResNets'
-    fine-tuning). Each group carries lr_scale (0 or 1), which set_lr keeps when the schedule sets the lr."""
+def freeze_for_fine_tuning(model, ft_begin_index):
+    """3D-ResNets' fine-tuning: with ft_begin_index K > 0 only layer K..4, the fc and the nonlocal blocks train (the
+    rest gets requires_grad False; models.video.fine_tuning_parameters). Call before the model is wrapped for DDP,
+    which registers the parameters that receive gradients."""
     from models.video import fine_tuning_parameters
-    groups = fine_tuning_parameters(model, ft_begin_index)
-    groups = [dict(group) if isinstance(group, dict) else {"params": [group]} for group in groups]
-    for group in groups:
-        group["params"] = list(group["params"])
-        group["lr_scale"] = 0.0 if group.get("lr") == 0 else 1.0
-        group.pop("lr", None)
-    return [group for group in groups if group["params"]]
+    fine_tuning_parameters(model, ft_begin_index)
 
 
-def set_lr(optimizer, lr):
-    """The schedule's lr into every group, times the group's lr_scale (frozen layers stay at 0)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+def trainable_parameters(model):
+    """The parameters the optimizer updates (a resumed run selects the same ones, in the same order)."""
+    return [param for param in model.parameters() if param.requires_grad]
 
 
-def frozen_parameter_count(optimizer):
-    return sum(p.numel() for group in optimizer.param_groups if group.get("lr_scale", 1.0) == 0
-               for p in group["params"])
+def frozen_parameter_count(model):
+    return sum(param.numel() for param in model.parameters() if not param.requires_grad)
 
 
 def prepare_video_model(model, args, ctx, log):
