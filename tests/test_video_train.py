@@ -177,3 +177,27 @@ def test_two_processes_count_every_test_video_once(ucf_run, tmp_path):
     log = (run_dir / "log_train.txt").read_text()
     assert log.count("Epoch [1/1][1/1]") == 1  # 6 videos / (3 x 2) = 1 step, printed by rank 0 only
     assert "batch size 3 per process x 2 process(es) = global batch 6" in log
+
+
+def test_fine_tuning_from_kinetics_weights_trains_only_layer4_fc_and_the_block(ucf_run, tmp_path, capsys):
+    """--pretrained FILE (a torchvision mc3_18 state_dict of 400 classes, as Kinetics weights) sets
+    --ft-begin-index 4: the stem and layer1-3 keep the file's weights, layer4, the new fc and the block train."""
+    import torchvision
+    torch.manual_seed(5)
+    kinetics = torchvision.models.video.mc3_18(num_classes=400).state_dict()
+    torch.save(kinetics, tmp_path / "mc3_18_kinetics.pth")
+    argv = COMMON + ["--data_dir", ucf_run["data"], "--output-dir", tmp_path / "out", "-j", "0", "--epochs", "1",
+                     "--pretrained", tmp_path / "mc3_18_kinetics.pth"]
+    assert train_video.cli_main([str(a) for a in argv]) == 0
+    assert "frozen: --ft-begin-index 4" in capsys.readouterr().out
+    trained = torch.load(tmp_path / "out" / RUN / "0-ucf101-r-18-w-1snl-block.pth.tar", weights_only=True)
+    weights = trained["state_dict"]
+    # The block sits in layer3 before its last residual block, which moves from index 1 to 2.
+    frozen = {key.replace("layer3.1.", "layer3.2."): key for key in kinetics
+              if key.split(".")[0] in ("stem", "layer1", "layer2", "layer3")
+              and not key.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    assert len(frozen) > 40 and all(torch.equal(weights[ours], kinetics[theirs]) for ours, theirs in frozen.items())
+    assert not torch.equal(weights["layer4.1.conv2.0.weight"], kinetics["layer4.1.conv2.0.weight"])
+    assert weights["fc.weight"].shape[0] == 3
+    block = [key for key in weights if key not in kinetics and key.endswith("weight")]
+    assert block and trained["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.05)
