@@ -8,7 +8,7 @@ Video files are read sequentially up to the last needed frame (grab() skips the 
 conversion), after a seek when the first needed frame lies far into the video: a 16-frame clip never decodes a
 whole long video. OpenCV's frame count comes from the container and can be wrong (e.g. dropped frames in AVI,
 estimated durations in MKV/WebM): when fewer frames decode than it promised, the reader counts what really
-decodes, remembers it, and the caller samples again with the true count (`ShortRead`). A file that cannot be
+decodes and the caller samples again with the true count (`ShortRead`, read_clip_frames). A file that cannot be
 opened, has no decodable frame, or is much shorter than its header says (a truncated download) is a ConfigError
 naming it, on one line, also from a DataLoader worker (lib/errors.py).
 """
@@ -49,23 +49,21 @@ def _unreadable(path, reason):
 
 
 class VideoFileReader:
-    """Frames of a video file; `true_counts` (path -> decodable frames) is shared by a dataset's readers so that a
-    wrong container count is discovered once per process."""
+    """Frames of a video file. num_frames: the container's frame count (counted by decoding when the container
+    has none); after a ShortRead, the true count."""
 
-    def __init__(self, path, true_counts=None, seek_min=SEEK_MIN_FRAMES):
+    def __init__(self, path, seek_min=SEEK_MIN_FRAMES):
         _one_thread_in_workers()
         self.path = path
         self.seek_min = seek_min
-        self.true_counts = {} if true_counts is None else true_counts
         if not os.path.isfile(path):
             raise ConfigError(f"video {path} does not exist (the split file names it)")
         self.capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
         if not self.capture.isOpened():
             reason = "empty file" if os.path.getsize(path) == 0 else "not a video OpenCV can open"
             raise _unreadable(path, reason)
-        claimed = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        self.claimed = claimed
-        self.num_frames = self.true_counts.get(path, claimed)
+        self.claimed = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.num_frames = self.claimed
         self.position = 0  # index of the frame the next grab() decodes
         if self.num_frames <= 0:  # no count in the container: count by decoding, once
             self._accept_count(self._count_by_decoding())
@@ -98,7 +96,6 @@ class VideoFileReader:
                 and count < 0.9 * promised - 2):
             raise _unreadable(self.path, f"truncated or corrupt: the header promises {promised} frames, "
                                          f"only {count} decode")
-        self.true_counts[self.path] = count
         self.num_frames = count
         return count
 
@@ -143,7 +140,7 @@ class VideoFileReader:
 class FrameFolderReader:
     """Frames of a folder holding image_00001.jpg ... image_NNNNN.jpg (numbered from 1, without gaps)."""
 
-    def __init__(self, folder, true_counts=None):
+    def __init__(self, folder):
         _one_thread_in_workers()
         self.folder = folder
         try:
@@ -184,23 +181,30 @@ class FrameFolderReader:
         return np.stack([frames[int(i)] for i in indices])
 
 
-def open_video(path, true_counts=None):
+def open_video(path):
     """A reader for `path`: a frame folder if path is a directory, else a video file."""
-    if os.path.isdir(path):
-        return FrameFolderReader(path, true_counts)
-    return VideoFileReader(path, true_counts)
+    return FrameFolderReader(path) if os.path.isdir(path) else VideoFileReader(path)
 
 
 def read_clip_frames(path, choose_indices, true_counts=None):
     """frames = read_clip_frames(path, choose_indices): choose_indices(num_frames) -> frame indices (a list or a
-    list of lists); the returned uint8 array has the same nesting, (..., H, W, 3). When the container's frame count
-    proves wrong, choose_indices is called again with the true count."""
-    with open_video(path, true_counts) as reader:
-        for _ in range(2):
-            indices = np.asarray(choose_indices(reader.num_frames))
-            try:
-                frames = reader.read(indices.reshape(-1))
-            except ShortRead:
-                continue  # reader.num_frames now holds the true count
-            return frames.reshape(indices.shape + frames.shape[1:])
-    raise RuntimeError(f"{path}: frame count still wrong after recounting")  # a bug: recounting is exact
+    list of lists); the returned uint8 array has the same nesting, (..., H, W, 3).
+
+    The indices are chosen with the container's frame count; only if they reach past the frames that really
+    decode are they chosen again with the true count. true_counts (path -> true count, filled in here) saves the
+    failed read next time without changing which frames are returned: the clip is a function of the video and
+    choose_indices alone, whichever process (DataLoader worker) read the video before.
+    """
+    true_counts = {} if true_counts is None else true_counts
+    with open_video(path) as reader:
+        indices = np.asarray(choose_indices(reader.num_frames))
+        known = true_counts.get(path)
+        if known is not None and indices.max() >= known:
+            indices = np.asarray(choose_indices(known))
+        try:
+            frames = reader.read(indices.reshape(-1))
+        except ShortRead as short:
+            true_counts[path] = short.num_frames
+            indices = np.asarray(choose_indices(short.num_frames))
+            frames = reader.read(indices.reshape(-1))
+    return frames.reshape(indices.shape + frames.shape[1:])
