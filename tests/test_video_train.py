@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -201,3 +202,31 @@ def test_fine_tuning_from_kinetics_weights_trains_only_layer4_fc_and_the_block(u
     assert weights["fc.weight"].shape[0] == 3
     block = [key for key in weights if key not in kinetics and key.endswith("weight")]
     assert block and trained["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("experiment", ["ucf101", "kinetics"])
+def test_train_snl_video_modes_are_the_example_configs(experiment):
+    """sh train_snl.sh ucf101 / kinetics run train_video.py with the arguments of configs/<experiment>_*.yaml;
+    PRETRAINED=PATH makes the UCF-101 run a fine-tuning from that checkpoint (layer4 + fc + block)."""
+    from lib.engine.video.recipe import resolve_video_args
+
+    def commands(**env):
+        out = subprocess.run(["sh", os.path.join(ROOT, "train_snl.sh"), experiment], capture_output=True, text=True,
+                             check=True, env=dict(os.environ, DRY_RUN="1", DATA_ROOT="./data", **env)).stdout
+        lines = [shlex.split(line) for line in out.splitlines()]
+        assert all(line[:2] == ["python3", "train_video.py"] for line in lines)
+        return [resolve_video_args(train_video.parse_video_args(line[2:])) for line in lines]
+
+    (script,) = commands()
+    config, = [name for name in os.listdir(os.path.join(ROOT, "configs")) if name.startswith(experiment + "_")]
+    from_config = resolve_video_args(train_video.parse_video_args(["--config", os.path.join(ROOT, "configs",
+                                                                                             config)]))
+    ignored = {"explicit", "config"}
+    assert {k: v for k, v in vars(from_config).items() if k not in ignored} == \
+        {k: v for k, v in vars(script).items() if k not in ignored}
+    assert (script.backbone, script.arch, script.nl_type, script.nl_nums, script.ft_begin_index) == \
+        ("resnet3d", "50", "snl", 1, 0)
+    if experiment == "ucf101":
+        weights = os.path.join(ROOT, "README.md")  # any existing file: only resolved here, never loaded
+        (tuned,) = commands(PRETRAINED=weights)
+        assert (tuned.pretrained, tuned.ft_begin_index, tuned.normalization) == (weights, 4, "activitynet")
