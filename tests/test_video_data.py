@@ -266,7 +266,7 @@ def test_train_pixels_are_the_chosen_crop_flipped_and_normalized():
     clip = transform.pixels(frames, 0.5, "br", False)
     mean, std = (torch.tensor(v).view(3, 1, 1, 1) for v in NORMALIZATIONS["kinetics"])
     expected = (torch.from_numpy(frames[:, 16:, 24:]).permute(3, 0, 1, 2).float() - mean) / std
-    assert clip.shape == (3, 4, 16, 16) and torch.allclose(clip, expected)
+    assert clip.shape == (3, 4, 16, 16) and torch.allclose(clip, expected, atol=1e-6)
     assert torch.equal(transform.pixels(frames, 0.5, "br", True), clip.flip(-1))
     # scale 1: the centred 32 x 32 square, shrunk to 16 x 16 by averaging 2 x 2 blocks (rounded to uint8)
     blocks = frames[:, :, 4:36].reshape(4, 16, 2, 16, 2, 3).mean(axis=(2, 4))
