@@ -241,7 +241,8 @@ def test_random_temporal_crops_cover_every_start_inside_the_video(num_frames, cl
 
 
 def test_centre_and_evenly_spaced_clips():
-    assert center_start(24, 8, 1) == 8 and center_start(24, 8, 2) == 4 and center_start(5, 8, 1) == 0
+    assert center_start(24, 8, 1) == 8 and center_start(24, 8, 2) == 5 and center_start(5, 8, 1) == 0
+    assert center_start(23, 8, 1) == 7 and center_start(24, 7, 1) == 9  # middle frame 12 (11) minus half a clip
     assert even_starts(24, 8, 1, 3) == [0, 8, 16] and even_starts(24, 8, 1, 1) == [8]
     assert even_starts(6, 8, 1, 4) == [0, 0, 0, 0]
     test = EvalClips(clip_len=8, count=3)
@@ -367,3 +368,20 @@ def test_fake_video_clips_are_deterministic_shaped_and_class_dependent():
     assert square.any() and (rows[1].min() - rows[0].min()) % 16 == 2  # class 1 moves down 2 pixels per frame
     with pytest.raises(ConfigError):
         build_video_datasets("fake", None, num_classes=1)
+
+
+# ---- tools -------------------------------------------------------------------------------------------------------
+
+def test_extract_frames_builds_the_tree_the_datasets_then_read(tmp_path, capsys):
+    from tools.extract_frames import get_args_parser, main
+    write_ucf101(str(tmp_path), groups=2)
+    from_videos = build_video_datasets("ucf101", tmp_path, **SMALL)[1]
+    args = get_args_parser().parse_args(["--dataset", "ucf101", "--data-dir", str(tmp_path)])
+    assert main(args) == 0
+    assert sorted(os.listdir(tmp_path)) == ["UCF-101", "UCF-101_jpg", "ucfTrainTestlist"]
+    from_frames = build_video_datasets("ucf101", tmp_path, **SMALL)[1]
+    assert from_frames.samples[0][0].endswith(os.path.join("UCF-101_jpg", "ApplyEyeMakeup", "v_ApplyEyeMakeup_g01_c01"))
+    assert len(os.listdir(from_frames.samples[0][0])) == 24
+    assert (from_frames[0][0] - from_videos[0][0]).abs().mean() < 0.05  # JPEG quality 95
+    assert main(get_args_parser().parse_args(["--dataset", "hmdb51", "--data-dir", str(tmp_path / "x")])) == 2
+    assert "does not exist" in capsys.readouterr().err

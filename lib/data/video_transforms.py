@@ -47,14 +47,16 @@ def clip_indices(num_frames, start, clip_len, frame_step):
 
 def random_start(num_frames, clip_len, frame_step, u):
     """Start of a training clip for a uniform draw u in [0, 1): every start that keeps the clip inside the video
-    is equally likely (0 when the video is shorter than a clip)."""
+    is equally likely (0 when the video is shorter than a clip). 3D-ResNets' TemporalRandomCrop never picks the
+    last one (its randint bound is one short); here it is as likely as the others."""
     choices = max(1, num_frames - clip_span(clip_len, frame_step) + 1)
     return min(int(u * choices), choices - 1)
 
 
 def center_start(num_frames, clip_len, frame_step):
-    """Start of the clip centred in the video (validation)."""
-    return max(0, (num_frames - clip_span(clip_len, frame_step)) // 2)
+    """Start of the clip centred in the video (validation): half a clip before the middle frame, as 3D-ResNets'
+    TemporalCenterCrop."""
+    return max(0, num_frames // 2 - clip_span(clip_len, frame_step) // 2)
 
 
 def even_starts(num_frames, clip_len, frame_step, count):
