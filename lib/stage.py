@@ -140,14 +140,13 @@ class NonlocalStage(nn.Module):
         return torch.stack([unit.filter_response(lam) for unit in self.stages])
 
     def _fusable(self, x):
-        """Whether `FusedReluDotStage` applies: one unit with a fused form and an output ReLU (the fused kernel
-        computes X + relu(BN(pre)) only), a plain BatchNorm of the block's dim
+        """Whether `FusedReluDotStage` applies: one unit with a fused form, a plain BatchNorm of the block's dim
         (a BN replaced by another module, e.g. SyncBatchNorm for --sync-bn, keeps its own forward), a factorized
         affinity, and N >= 4C'. The fused form folds W2 into R = (Z Fs^T) S^T (C C' 2C' multiply-adds per sample
         instead of C C' N) and recomputes two products in the backward; measured on CPU it is 10-15% faster than
         the module path at N = 8C' and 64C' (PreResNet stages 2 and 1), but 10-30% slower at N = 2C' (stage 3)."""
         unit, positions, planes = self.stages[0], math.prod(x.shape[2:]), self.t.out_channels
-        return (len(self.stages) == 1 and unit.fused_weights() is not None and unit.output_relu
+        return (len(self.stages) == 1 and unit.fused_weights() is not None
                 and type(unit.bn) is BATCH_NORMS[self.dim] and x.numel() > 0 and positions >= 4 * planes
                 and uses_factorized(self.affinity_path, self.is_norm, self.relu_kernel, positions, planes))
 
@@ -164,7 +163,7 @@ class NonlocalStage(nn.Module):
             cast = [None if v is None else v.to(dtype) for v in (weights, w_1, w_2, unit.bn.weight, unit.bn.bias)]
             x_4d = x.to(dtype).contiguous().reshape(b, c, positions, 1)  # the fused kernel's (B, C, N, 1) view
             y = fused_relu_dot_stage(x_4d, *cast, running_mean, running_var, use_batch_stats, momentum,
-                                     unit.bn.eps, self.is_sys, self.is_norm).reshape(x.shape)
+                                     unit.bn.eps, self.is_sys, self.is_norm, unit.output_relu).reshape(x.shape)
         if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
             y = y.contiguous(memory_format=torch.channels_last)  # hand back the layout the caller uses
         return y.to(x.dtype)
@@ -248,7 +247,8 @@ def batch_norm_arguments(bn):
 
 
 class FusedReluDotStage(torch.autograd.Function):
-    """Y = X + relu(BN(W1 Z + W2 (A Z))) for a one-unit stage with a factorized ReLU-dot affinity.
+    """Y = X + relu(BN(W1 Z + W2 (A Z))) (or X + BN(.) without the output ReLU) for a one-unit stage with a
+    factorized ReLU-dot affinity.
 
     The same numbers as the module-by-module path, with about a quarter of its memory kept for the backward
     and fewer operations: it saves only X and (B, N)- or (B, C, 3C')-sized tensors and recomputes [Z; F] and
@@ -264,7 +264,7 @@ class FusedReluDotStage(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w_gtp, w_1, w_2, bn_weight, bn_bias, running_mean, running_var, use_batch_stats,
-                momentum, eps, is_sys, normalize):
+                momentum, eps, is_sys, normalize, relu=True):
         b, c, h, w = x.shape
         x_flat = x.reshape(b, c, h * w)
         features, z, factors = _features(x_flat, w_gtp)
@@ -280,13 +280,13 @@ class FusedReluDotStage(torch.autograd.Function):
                                                     use_batch_stats, momentum, eps)
         ctx.save_for_backward(x, w_gtp, w_1, w_2, bn_weight, bn_bias, q, scale, mixed, mean, invstd)
         ctx.running = (running_mean, running_var)  # read by the backward only in eval mode, never changed there
-        ctx.options = (use_batch_stats, eps, is_sys)
-        return out.relu_().add_(x_flat).reshape(b, c, h, w)
+        ctx.options = (use_batch_stats, eps, is_sys, relu)
+        return (out.relu_() if relu else out).add_(x_flat).reshape(b, c, h, w)
 
     @staticmethod
     def backward(ctx, grad_y):
         x, w_gtp, w_1, w_2, bn_weight, bn_bias, q, scale, mixed, mean, invstd = ctx.saved_tensors
-        use_batch_stats, eps, is_sys = ctx.options
+        use_batch_stats, eps, is_sys, relu = ctx.options
         b, c, h, w = x.shape
         k = w_gtp.shape[0] // 3
         x_flat, grad_y = x.reshape(b, c, h * w), grad_y.reshape(b, c, h * w)
@@ -297,8 +297,10 @@ class FusedReluDotStage(torch.autograd.Function):
             scaled[:, k:].mul_(scale)
         weights = _unit_weights(w_1, w_2, mixed)
         pre = torch.bmm(weights, scaled)
-        grad_out = _relu_backward(grad_y, pre, bn_weight, bn_bias, *ctx.running, mean, invstd, use_batch_stats,
-                                  eps)
+        grad_out = grad_y
+        if relu:
+            grad_out = _relu_backward(grad_y, pre, bn_weight, bn_bias, *ctx.running, mean, invstd, use_batch_stats,
+                                      eps)
         grad_pre, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
             grad_out, pre, bn_weight, *ctx.running, mean, invstd, use_batch_stats, eps,
             [True, bn_weight is not None, bn_bias is not None])
@@ -321,7 +323,7 @@ class FusedReluDotStage(torch.autograd.Function):
         torch.ops.aten.threshold_backward.grad_input(grad_f, factors, 0, grad_input=grad_f)  # the ReLU, in place
         grad_x = torch.baddbmm(grad_y, w_gtp.t().expand(b, -1, -1), grad_features).reshape(b, c, h, w)
         grad_w_gtp = torch.bmm(grad_features, x_flat.transpose(1, 2)).sum(0)
-        return (grad_x, grad_w_gtp, grad_w_1, grad_w_2, grad_bn_weight, grad_bn_bias) + (None,) * 7
+        return (grad_x, grad_w_gtp, grad_w_1, grad_w_2, grad_bn_weight, grad_bn_bias) + (None,) * 8
 
 
 def _features(x_flat, w_gtp):
@@ -352,7 +354,8 @@ def _unit_weights(w_1, w_2, mixed):
 
 
 def fused_relu_dot_stage(x, w_gtp, w_1, w_2, bn_weight, bn_bias, running_mean, running_var, use_batch_stats,
-                         momentum, eps, is_sys, normalize):
-    """See `FusedReluDotStage`; x (B, C, H, W) NCHW-contiguous, w_gtp = [W_g; W_t; W_p] (3C', C)."""
+                         momentum, eps, is_sys, normalize, relu=True):
+    """See `FusedReluDotStage`; x (B, C, H, W) NCHW-contiguous, w_gtp = [W_g; W_t; W_p] (3C', C); relu: the
+    output ReLU."""
     return FusedReluDotStage.apply(x, w_gtp, w_1, w_2, bn_weight, bn_bias, running_mean, running_var,
-                                   use_batch_stats, momentum, eps, is_sys, normalize)
+                                   use_batch_stats, momentum, eps, is_sys, normalize, relu)

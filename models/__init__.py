@@ -74,7 +74,8 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
     Video (models/video.py): backbone "resnet3d" (arch 18, 34, 50, 101), "r3d", "mc3" or "r2plus1d" (arch 18),
     input (B, 3, T, H, W), blocks with dim=3. nl_nums 0, 1 (layer3, before its last residual block) or 5
     (resnet3d 50 / 101: as resnet); nl_layer 2 puts the one block after layer2's first residual block instead.
-    output_relu (stage-based blocks; None = the block's default): see lib.build_nonlocal. shortcut_type (resnet3d):
+    output_relu (stage-based blocks): see lib.build_nonlocal; None = False for video (a block with the ReLU cannot
+    start as the identity and learn; explicitly True: its BN starts at weight 1). shortcut_type (resnet3d):
     'B' (default) or 'A'. pretrained: True = torchvision's Kinetics-400 weights (r3d / mc3 / r2plus1d), a str = a
     torchvision-format state_dict or a 3D-ResNets checkpoint.
     Raises ConfigError for any unknown name or unsupported combination.

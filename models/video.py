@@ -12,7 +12,9 @@ README "Models" and docs/video.md.
   Kinetics-400 weights load.
 
 Blocks are inserted into the layer Sequentials like the image ResNets' (models/common.py), so later residual
-blocks shift by one index per block; `load_video_weights` maps plain-backbone checkpoints onto that.
+blocks shift by one index per block; `load_video_weights` maps plain-backbone checkpoints onto that. The blocks
+have dim 3 (N = T H W positions) and start as the identity (their norm layers at 0), without the output ReLU by
+default: with it, such a block would get no gradient at all (docs/blocks.md, "output_relu").
 """
 import os
 from typing import Dict, Iterable, List, Optional, Tuple, Union
@@ -24,6 +26,7 @@ from torch import nn
 
 from lib import build_nonlocal
 from lib.errors import ConfigError
+from lib.registry import stage_based
 from models.common import assemble_stage, nonlocal_width
 from models.resnet import nonlocal_positions
 from models.weights import _read_state_dict, load_backbone_weights
@@ -117,8 +120,8 @@ def video_positions(nl_nums: int, nl_layer: int, depths: Tuple[int, ...]) -> Dic
 class ResNet3d(nn.Module):
     """The 3D-ResNets framework's 3-D ResNet (module docstring) with nonlocal blocks at `positions`.
 
-    Init as that framework: kaiming normal (fan_out) for every conv, BN weight 1 / bias 0; then every norm layer
-    inside a nonlocal block gets weight 0 and bias 0, so each block starts as the identity.
+    Init as that framework: kaiming normal (fan_out) for every conv, BN weight 1 / bias 0 (the blocks' identity
+    start is then set by `init_nonlocal_blocks`).
     """
 
     ARCHS = {18: (BasicBlock3d, (2, 2, 2, 2)), 34: (BasicBlock3d, (3, 4, 6, 3)),
@@ -158,7 +161,6 @@ class ResNet3d(nn.Module):
             elif isinstance(module, nn.BatchNorm3d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        init_nonlocal_blocks(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, T, H, W) -> (B, num_classes)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -166,9 +168,9 @@ class ResNet3d(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def init_nonlocal_blocks(model: nn.Module) -> None:
-    """The blocks' convs kaiming normal (fan_out; biases 0), their norm layers weight 0 and bias 0: each block
-    starts as the identity, so a pretrained backbone keeps its outputs."""
+def init_nonlocal_blocks(model: nn.Module, identity: bool = True) -> None:
+    """The blocks' convs kaiming normal (fan_out; biases 0); with `identity` their norm layers get weight 0 and
+    bias 0, so each block starts as the identity and a pretrained backbone keeps its outputs (else weight 1)."""
     for path in model.nonlocal_paths:
         for module in model.get_submodule(path).modules():
             if isinstance(module, nn.Conv3d):
@@ -176,7 +178,7 @@ def init_nonlocal_blocks(model: nn.Module) -> None:
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
-                nn.init.zeros_(module.weight)
+                (nn.init.zeros_ if identity else nn.init.ones_)(module.weight)
                 nn.init.zeros_(module.bias)
 
 
@@ -191,7 +193,6 @@ def torchvision_video_resnet(backbone: str, num_classes: int, positions: Dict[st
         setattr(model, name, assemble_stage(list(getattr(model, name)), positions.get(name, ()),
                                             lambda c=planes: make_nonlocal(c), name, paths))
     model.nonlocal_paths = tuple(paths)
-    init_nonlocal_blocks(model)
     return model
 
 
@@ -227,8 +228,12 @@ def build_video_model(backbone: str, depth: int, num_classes: int, nl_type: Opti
                               f"got {shortcut_type!r}")
     elif shortcut_type is not None:
         raise ConfigError(f"shortcut_type applies to resnet3d only, not to {backbone} (got {shortcut_type!r})")
-    if nl_type is None and output_relu is not None:
+    if nl_type is None:
         output_relu = None  # no blocks: one canonical spelling for build_args
+    elif output_relu is None and stage_based(nl_type):
+        # A zero-initialized block with the output ReLU never learns (relu(0) has gradient 0 for all its
+        # parameters); without it, it starts as the identity and learns, as the earlier release's space-time units.
+        output_relu = False
     positions = video_positions(nl_nums, layer, ResNet3d.ARCHS[depth][1] if backbone == "resnet3d"
                                 else (2, 2, 2, 2))
     div = block_kwargs["div"]
@@ -242,6 +247,7 @@ def build_video_model(backbone: str, depth: int, num_classes: int, nl_type: Opti
         model = ResNet3d(depth, num_classes, positions, make_nonlocal, shortcut_type)
     else:
         model = torchvision_video_resnet(backbone, num_classes, positions, make_nonlocal)
+    init_nonlocal_blocks(model, identity=not output_relu)  # an explicit output ReLU: weight 1, so the block learns
     if pretrained:
         load_video_weights(model, backbone, pretrained)
     return model, dict(nl_layer=[layer], output_relu=output_relu, shortcut_type=shortcut_type)

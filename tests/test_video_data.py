@@ -241,7 +241,8 @@ def test_random_temporal_crops_cover_every_start_inside_the_video(num_frames, cl
 
 
 def test_centre_and_evenly_spaced_clips():
-    assert center_start(24, 8, 1) == 8 and center_start(24, 8, 2) == 4 and center_start(5, 8, 1) == 0
+    assert center_start(24, 8, 1) == 8 and center_start(24, 8, 2) == 5 and center_start(5, 8, 1) == 0
+    assert center_start(23, 8, 1) == 7 and center_start(24, 7, 1) == 9  # middle frame 12 (11) minus half a clip
     assert even_starts(24, 8, 1, 3) == [0, 8, 16] and even_starts(24, 8, 1, 1) == [8]
     assert even_starts(6, 8, 1, 4) == [0, 0, 0, 0]
     test = EvalClips(clip_len=8, count=3)
@@ -266,7 +267,7 @@ def test_train_pixels_are_the_chosen_crop_flipped_and_normalized():
     clip = transform.pixels(frames, 0.5, "br", False)
     mean, std = (torch.tensor(v).view(3, 1, 1, 1) for v in NORMALIZATIONS["kinetics"])
     expected = (torch.from_numpy(frames[:, 16:, 24:]).permute(3, 0, 1, 2).float() - mean) / std
-    assert clip.shape == (3, 4, 16, 16) and torch.allclose(clip, expected)
+    assert clip.shape == (3, 4, 16, 16) and torch.allclose(clip, expected, atol=1e-6)
     assert torch.equal(transform.pixels(frames, 0.5, "br", True), clip.flip(-1))
     # scale 1: the centred 32 x 32 square, shrunk to 16 x 16 by averaging 2 x 2 blocks (rounded to uint8)
     blocks = frames[:, :, 4:36].reshape(4, 16, 2, 16, 2, 3).mean(axis=(2, 4))
@@ -367,3 +368,20 @@ def test_fake_video_clips_are_deterministic_shaped_and_class_dependent():
     assert square.any() and (rows[1].min() - rows[0].min()) % 16 == 2  # class 1 moves down 2 pixels per frame
     with pytest.raises(ConfigError):
         build_video_datasets("fake", None, num_classes=1)
+
+
+# ---- tools -------------------------------------------------------------------------------------------------------
+
+def test_extract_frames_builds_the_tree_the_datasets_then_read(tmp_path, capsys):
+    from tools.extract_frames import get_args_parser, main
+    write_ucf101(str(tmp_path), groups=2)
+    from_videos = build_video_datasets("ucf101", tmp_path, **SMALL)[1]
+    args = get_args_parser().parse_args(["--dataset", "ucf101", "--data-dir", str(tmp_path)])
+    assert main(args) == 0
+    assert sorted(os.listdir(tmp_path)) == ["UCF-101", "UCF-101_jpg", "ucfTrainTestlist"]
+    from_frames = build_video_datasets("ucf101", tmp_path, **SMALL)[1]
+    assert from_frames.samples[0][0].endswith(os.path.join("UCF-101_jpg", "ApplyEyeMakeup", "v_ApplyEyeMakeup_g01_c01"))
+    assert len(os.listdir(from_frames.samples[0][0])) == 24
+    assert (from_frames[0][0] - from_videos[0][0]).abs().mean() < 0.05  # JPEG quality 95
+    assert main(get_args_parser().parse_args(["--dataset", "hmdb51", "--data-dir", str(tmp_path / "x")])) == 2
+    assert "does not exist" in capsys.readouterr().err

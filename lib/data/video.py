@@ -53,8 +53,9 @@ UCF_DOWNLOAD = ("download UCF101.rar and UCF101TrainTestSplits-RecognitionTask.z
 HMDB_DOWNLOAD = ("download hmdb51_org.rar and test_train_splits.rar from https://serre-lab.clps.brown.edu/resource/"
                  "hmdb-a-large-human-motion-database/ and extract them into {dir}, so that {dir}/hmdb51/<class>/"
                  "*.avi (each class's own .rar extracted there) and {dir}/testTrainMulti_7030_splits/ exist")
-FOLDER_HINT = ("put the videos in {dir}/train/<class>/*.mp4 and {dir}/val/<class>/*.mp4 (Kinetics: the "
-               "cvdfoundation/kinetics-dataset download scripts give this layout)")
+FOLDER_HINT = ("put the videos in {dir}/train/<class>/*.mp4 and {dir}/val/<class>/*.mp4 (Kinetics: run "
+               "github.com/cvdfoundation/kinetics-dataset's download, extract and arrange_by_classes.py scripts "
+               "and pass their videos/ folder)")
 
 
 @dataclass(frozen=True)

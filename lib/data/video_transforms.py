@@ -47,14 +47,16 @@ def clip_indices(num_frames, start, clip_len, frame_step):
 
 def random_start(num_frames, clip_len, frame_step, u):
     """Start of a training clip for a uniform draw u in [0, 1): every start that keeps the clip inside the video
-    is equally likely (0 when the video is shorter than a clip)."""
+    is equally likely (0 when the video is shorter than a clip). 3D-ResNets' TemporalRandomCrop never picks the
+    last one (its randint bound is one short); here it is as likely as the others."""
     choices = max(1, num_frames - clip_span(clip_len, frame_step) + 1)
     return min(int(u * choices), choices - 1)
 
 
 def center_start(num_frames, clip_len, frame_step):
-    """Start of the clip centred in the video (validation)."""
-    return max(0, (num_frames - clip_span(clip_len, frame_step)) // 2)
+    """Start of the clip centred in the video (validation): half a clip before the middle frame, as 3D-ResNets'
+    TemporalCenterCrop."""
+    return max(0, num_frames // 2 - clip_span(clip_len, frame_step) // 2)
 
 
 def even_starts(num_frames, clip_len, frame_step, count):
@@ -88,11 +90,21 @@ def crop_resize(frames, box, size):
     return np.stack([cv2.resize(crop, (size, size), interpolation=interpolation) for crop in crops])
 
 
+def _lookup_tables(normalization):
+    """float32 (3, 256): the normalized value of every uint8 pixel value, per channel (computed in float64)."""
+    mean, std = (np.asarray(v, dtype=np.float64)[:, None] for v in NORMALIZATIONS[normalization])
+    return ((np.arange(256)[None, :] - mean) / std).astype(np.float32)
+
+
+_TABLES = {name: _lookup_tables(name) for name in NORMALIZATIONS}
+
+
 def to_normalized_tensor(frames, normalization=DEFAULT_NORMALIZATION):
-    """uint8 (T, H, W, 3) -> float32 (3, T, H, W), (pixel - mean) / std per channel (pixel units 0-255)."""
-    mean, std = NORMALIZATIONS[normalization]
-    clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float()
-    return (clip - torch.tensor(mean).view(3, 1, 1, 1)) / torch.tensor(std).view(3, 1, 1, 1)
+    """uint8 (T, H, W, 3) -> float32 (3, T, H, W), (pixel - mean) / std per channel (pixel units 0-255).
+
+    By table lookup: twice as fast as converting and normalizing the array, and rounded once."""
+    table = _TABLES[normalization]
+    return torch.from_numpy(np.stack([table[c][frames[..., c]] for c in range(3)]))
 
 
 class TrainClip:
