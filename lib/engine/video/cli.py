@@ -61,7 +61,7 @@ def _add_model_flags(parser):
     _bool_flag(model, "--is_norm", "--is-norm", default=None, help="normalized ReLU affinity (switch; default: the "
                "block's own)")
     _bool_flag(model, "--output-relu", "--output_relu", default=None, help="ReLU after each unit of a stage block "
-               "(default: the block's own; False = the earlier release's space-time units, X + BN(...))")
+               "(default False in video models, the earlier release's space-time units X + BN(...); docs/blocks.md)")
     model.add_argument("--shortcut-type", "--shortcut_type", dest="shortcut_type", default=None, choices=("A", "B"),
                        help="resnet3d's shortcut: B (1x1x1 conv + BN; default) or A (zero channels; the 3D-ResNets "
                        "resnet-18/34-kinetics.pth)")
