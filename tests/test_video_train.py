@@ -161,23 +161,31 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(ucf_run, tmp
     assert [{key: value for key, value in row.items() if key != "time"} for row in records(run_dir)] == strip
 
 
-def test_two_processes_count_every_test_video_once(ucf_run, tmp_path):
+def test_two_processes_count_every_test_video_once_and_sync_bn_matches_one_process(ucf_run, tmp_path, capsys):
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         os.path.join(ROOT, "train_video.py"), *map(str, COMMON), "--epochs", "1", "-j", "0", "--data_dir",
-         ucf_run["data"], "--output-dir", tmp_path / "out"],
+         os.path.join(ROOT, "train_video.py"), *map(str, COMMON), "--epochs", "1", "-j", "0", "--sync-bn",
+         "--data_dir", ucf_run["data"], "--output-dir", tmp_path / "ddp"],
         capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    run_dir = tmp_path / "out" / RUN
+    run_dir = tmp_path / "ddp" / RUN
     test = ucf_run["splits"][1][1]
-    row, = records(run_dir)
+    double, = records(run_dir)
     checkpoint = torch.load(run_dir / "model_best.pth.tar", weights_only=True)
     # 3 test videos over 2 shards (2 + 1): each counted once, in the clip validation and in the video test.
     assert (checkpoint["last_eval"]["n"], checkpoint["last_eval"]["videos"]) == (len(test), len(test))
-    assert "video_top1" in row and checkpoint["world_size"] == 2 and len(checkpoint["rng_states"]) == 2
+    assert "video_top1" in double and checkpoint["world_size"] == 2 and len(checkpoint["rng_states"]) == 2
     log = (run_dir / "log_train.txt").read_text()
     assert log.count("Epoch [1/1][1/1]") == 1  # 6 videos / (3 x 2) = 1 step, printed by rank 0 only
     assert "batch size 3 per process x 2 process(es) = global batch 6" in log
+    # One process with the same global batch (same clips: drawn per (seed, epoch, index)): with BatchNorm3d
+    # synchronized, the same statistics and the same averaged gradient, up to float rounding.
+    argv = COMMON + ["--epochs", "1", "-j", "0", "-b", "6", "--data_dir", ucf_run["data"], "--output-dir",
+                     tmp_path / "one"]
+    assert train_video.cli_main([str(a) for a in argv]) == 0
+    single, = records(tmp_path / "one" / RUN)
+    assert double["train_loss"] == pytest.approx(single["train_loss"], rel=1e-4)
+    assert double["loss"] == pytest.approx(single["loss"], rel=1e-3)
 
 
 def test_fine_tuning_from_kinetics_weights_trains_only_layer4_fc_and_the_block(ucf_run, tmp_path, capsys):

@@ -53,9 +53,6 @@ def frozen_parameter_count(model):
 
 def prepare_video_model(model, args, ctx, log):
     """lib.engine.runtime.prepare_model for 5-D inputs: --channels-last means channels_last_3d here."""
-    if args.sync_bn and ctx.distributed and ctx.device.type != "cuda":
-        log.warn("--sync-bn on the CPU synchronizes BatchNorm2d only (lib/engine/sync_bn.py): the video model's "
-                 "BatchNorm3d layers keep per-process statistics")
     if not args.channels_last:
         return prepare_model(model, args, ctx, log)
     model = model.to(memory_format=torch.channels_last_3d)
