@@ -128,6 +128,16 @@ def test_reader_returns_the_frames_at_the_indices(tmp_path, fourcc, seek_min):
 
 
 @pytest.mark.parametrize("fourcc", ["XVID", "MJPG"])
+def test_seeking_far_into_a_long_video_lands_on_the_right_frames(tmp_path, fourcc):
+    path = write_video(str(tmp_path / "long.avi"), class_video(0, num_frames=300, height=16, width=24), fourcc)
+    every = decode_video(path)
+    assert len({frame.tobytes() for frame in every}) == 300  # a wrong frame cannot pass for the right one
+    with VideoFileReader(path) as reader:  # seeks past the default 48 frames
+        for indices in ([250, 251, 290], [60, 61], [280, 299]):
+            assert np.array_equal(reader.read(indices), every[indices])
+
+
+@pytest.mark.parametrize("fourcc", ["XVID", "MJPG"])
 def test_frame_folders_give_the_same_clips_as_the_videos(tmp_path, fourcc):
     write_ucf101(str(tmp_path), groups=2, fourcc=fourcc)
     from_videos = build_video_datasets("ucf101", tmp_path, **SMALL)
@@ -214,9 +224,12 @@ def test_broken_videos_are_one_line_errors_naming_the_file(tmp_path, damage):
         assert "truncated" in message and "24 frames" in message
     _one_line_error(test, 1, bad)
     val[0]  # the good video still reads
-    loader = torch.utils.data.DataLoader(val, batch_size=1, num_workers=1)
-    with pytest.raises(ConfigError) as caught:
-        list(loader)
+    batches = iter(torch.utils.data.DataLoader(val, batch_size=1, num_workers=1))
+    try:
+        with pytest.raises(ConfigError) as caught:
+            list(batches)
+    finally:  # now: a failed loader left to the garbage collector waits 5 s for its worker
+        batches._shutdown_workers()
     assert str(caught.value).startswith(f"cannot read video {bad}") and "Traceback" not in str(caught.value)
 
 
