@@ -72,9 +72,11 @@ def test_hmdb51_marks_1_train_2_test_0_unused(hmdb, split):
 def test_video_folder_trees_use_the_training_classes(tmp_path, name):
     write_video_folder(str(tmp_path), classes=("jump", "run", "swim"), n_per_class=(2, 1))
     shutil.rmtree(tmp_path / "val" / "run")  # val may lack a class; labels still follow train/
+    write_video(str(tmp_path / "train" / "swim" / "2.mp4"), class_video(2), "mp4v")  # other containers count
     (tmp_path / "val" / "swim" / "notes.txt").write_text("not a video")
     train, val, test, info = build_video_datasets(name, tmp_path, **SMALL)
-    assert info.classes == ("jump", "run", "swim") and len(train) == 6
+    assert info.classes == ("jump", "run", "swim") and len(train) == 7
+    assert train.samples[-1][0].endswith("2.mp4") and train[6][0].shape == (3, 8, 16, 16)
     assert [(os.path.basename(p), label) for p, label in val.samples] == [("0.avi", 0), ("0.avi", 2)]
     os.makedirs(tmp_path / "val" / "fly")
     with pytest.raises(ConfigError, match="fly"):
@@ -151,6 +153,22 @@ def test_frame_folders_give_the_same_clips_as_the_videos(tmp_path, fourcc):
             clip, label = videos[index]
             torch.manual_seed(index)
             assert torch.equal(frames[index][0], clip) and frames[index][1] == label
+
+
+@pytest.mark.parametrize("frame_step", [1, 2])
+def test_eval_clips_are_the_expected_frames_of_the_decoded_video(ucf, frame_step):
+    root, _ = ucf
+    _, val, test, _ = build_video_datasets("ucf101", root, frame_step=frame_step, **SMALL)
+    path, label = val.samples[2]
+    every = decode_video(path)  # 24 frames; a clip spans 8 (step 1) or 15 (step 2) of them
+    centre = [12 - (7 * frame_step + 1) // 2 + frame_step * k for k in range(8)]
+    clip, got_label = val[2]
+    assert got_label == label and torch.equal(clip, EvalClips(8, frame_step, 16).pixels(every[centre]))
+    last = 24 - (7 * frame_step + 1)
+    starts = [0, last // 2, last]
+    clips = test[2][0]
+    for clip, start in zip(clips, starts, strict=True):
+        assert torch.equal(clip, EvalClips(8, frame_step, 16).pixels(every[start:start + 7 * frame_step + 1:frame_step]))
 
 
 def test_jpeg_frame_folders_are_found(tmp_path):
