@@ -72,9 +72,11 @@ def test_hmdb51_marks_1_train_2_test_0_unused(hmdb, split):
 def test_video_folder_trees_use_the_training_classes(tmp_path, name):
     write_video_folder(str(tmp_path), classes=("jump", "run", "swim"), n_per_class=(2, 1))
     shutil.rmtree(tmp_path / "val" / "run")  # val may lack a class; labels still follow train/
+    write_video(str(tmp_path / "train" / "swim" / "2.mp4"), class_video(2), "mp4v")  # other containers count
     (tmp_path / "val" / "swim" / "notes.txt").write_text("not a video")
     train, val, test, info = build_video_datasets(name, tmp_path, **SMALL)
-    assert info.classes == ("jump", "run", "swim") and len(train) == 6
+    assert info.classes == ("jump", "run", "swim") and len(train) == 7
+    assert train.samples[-1][0].endswith("2.mp4") and train[6][0].shape == (3, 8, 16, 16)
     assert [(os.path.basename(p), label) for p, label in val.samples] == [("0.avi", 0), ("0.avi", 2)]
     os.makedirs(tmp_path / "val" / "fly")
     with pytest.raises(ConfigError, match="fly"):
@@ -128,6 +130,16 @@ def test_reader_returns_the_frames_at_the_indices(tmp_path, fourcc, seek_min):
 
 
 @pytest.mark.parametrize("fourcc", ["XVID", "MJPG"])
+def test_seeking_far_into_a_long_video_lands_on_the_right_frames(tmp_path, fourcc):
+    path = write_video(str(tmp_path / "long.avi"), class_video(0, num_frames=300, height=16, width=24), fourcc)
+    every = decode_video(path)
+    assert len({frame.tobytes() for frame in every}) == 300  # a wrong frame cannot pass for the right one
+    with VideoFileReader(path) as reader:  # seeks past the default 48 frames
+        for indices in ([250, 251, 290], [60, 61], [280, 299]):
+            assert np.array_equal(reader.read(indices), every[indices])
+
+
+@pytest.mark.parametrize("fourcc", ["XVID", "MJPG"])
 def test_frame_folders_give_the_same_clips_as_the_videos(tmp_path, fourcc):
     write_ucf101(str(tmp_path), groups=2, fourcc=fourcc)
     from_videos = build_video_datasets("ucf101", tmp_path, **SMALL)
@@ -141,6 +153,22 @@ def test_frame_folders_give_the_same_clips_as_the_videos(tmp_path, fourcc):
             clip, label = videos[index]
             torch.manual_seed(index)
             assert torch.equal(frames[index][0], clip) and frames[index][1] == label
+
+
+@pytest.mark.parametrize("frame_step", [1, 2])
+def test_eval_clips_are_the_expected_frames_of_the_decoded_video(ucf, frame_step):
+    root, _ = ucf
+    _, val, test, _ = build_video_datasets("ucf101", root, frame_step=frame_step, **SMALL)
+    path, label = val.samples[2]
+    every = decode_video(path)  # 24 frames; a clip spans 8 (step 1) or 15 (step 2) of them
+    centre = [12 - (7 * frame_step + 1) // 2 + frame_step * k for k in range(8)]
+    clip, got_label = val[2]
+    assert got_label == label and torch.equal(clip, EvalClips(8, frame_step, 16).pixels(every[centre]))
+    last = 24 - (7 * frame_step + 1)
+    starts = [0, last // 2, last]
+    clips = test[2][0]
+    for clip, start in zip(clips, starts, strict=True):
+        assert torch.equal(clip, EvalClips(8, frame_step, 16).pixels(every[start:start + 7 * frame_step + 1:frame_step]))
 
 
 def test_jpeg_frame_folders_are_found(tmp_path):
@@ -214,9 +242,12 @@ def test_broken_videos_are_one_line_errors_naming_the_file(tmp_path, damage):
         assert "truncated" in message and "24 frames" in message
     _one_line_error(test, 1, bad)
     val[0]  # the good video still reads
-    loader = torch.utils.data.DataLoader(val, batch_size=1, num_workers=1)
-    with pytest.raises(ConfigError) as caught:
-        list(loader)
+    batches = iter(torch.utils.data.DataLoader(val, batch_size=1, num_workers=1))
+    try:
+        with pytest.raises(ConfigError) as caught:
+            list(batches)
+    finally:  # now: a failed loader left to the garbage collector waits 5 s for its worker
+        batches._shutdown_workers()
     assert str(caught.value).startswith(f"cannot read video {bad}") and "Traceback" not in str(caught.value)
 
 

@@ -3,6 +3,8 @@
 Every numerical check is against formulas written here or in tests/direct_formulas.py, in float64.
 """
 import math
+import socket
+import urllib.error
 from unittest import mock
 
 import pytest
@@ -16,6 +18,7 @@ from lib.errors import ConfigError
 from lib.engine.tasks import VIDEO_BACKBONES
 from lib.registry import stage_based
 from models import build_model
+from models.video import fine_tuning_parameters
 from tools.gpu_check import randomized
 
 STAGE_KINDS = [kind for kind in NONLOCAL_BLOCKS if stage_based(kind)]
@@ -315,3 +318,85 @@ def test_bad_video_arguments_raise_one_line_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message) as error:
         build_model(num_classes=10, **kwargs)
     assert "\n" not in str(error.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Weights: 3D-ResNets checkpoints, torchvision files, downloads; fine-tuning.
+# ---------------------------------------------------------------------------------------------------------------
+def test_3d_resnets_checkpoint_loads_with_the_index_shift(tmp_path, capsys):
+    """A checkpoint as the 3D-ResNets framework saves it (a dict with arch, epoch, state_dict under 'module.',
+    optimizer), 400 Kinetics classes, into resnet3d-18 with a block in layer3 and layer2: same logits as the plain
+    network when the classes agree; for another class count the fc is skipped with a notice."""
+    torch.manual_seed(0)
+    plain = randomized(build_model("resnet3d", 18, 400)).eval()
+    checkpoint = {"epoch": 200, "arch": "resnet-18", "optimizer": {"state": {}, "param_groups": []},
+                  "state_dict": {"module." + k: v for k, v in plain.state_dict().items()}}
+    path = tmp_path / "resnet-18-kinetics.pth"
+    torch.save(checkpoint, path)
+    model = build_model("resnet3d", 18, 400, nl_type="snl", pretrained=str(path)).eval()
+    assert torch.equal(model.layer3[2].conv2.weight, plain.layer3[1].conv2.weight)  # layer3.1 -> layer3.2
+    x = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+    capsys.readouterr()
+    ucf = build_model("resnet3d", 18, 101, nl_type="nl", nl_layer=2, pretrained=path)
+    assert "400 classes" in capsys.readouterr().out and ucf.fc.out_features == 101
+    assert torch.equal(ucf.layer2[2].bn1.running_var, plain.layer2[1].bn1.running_var)  # layer2.1 -> layer2.2
+    with pytest.raises(ConfigError, match="not a 3D-ResNets resnet-34 checkpoint.*missing keys"):
+        build_model("resnet3d", 34, 400, pretrained=path)
+
+
+@pytest.mark.parametrize("backbone,builder", [("r3d", "r3d_18"), ("r2plus1d", "r2plus1d_18")])
+def test_torchvision_format_file_gives_torchvision_logits(tmp_path, backbone, builder):
+    torch.manual_seed(0)
+    reference = randomized(getattr(torchvision.models.video, builder)(num_classes=400)).eval()
+    path = tmp_path / f"{builder}.pth"
+    torch.save(reference.state_dict(), path)
+    model = build_model(backbone, 18, 400, nl_type="snl", nl_layer=2, pretrained=str(path)).eval()
+    x = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+    other, other_builder = ("mc3", "mc3_18") if backbone == "r3d" else ("r3d", "r3d_18")
+    with pytest.raises(ConfigError, match=f"not a torchvision {other_builder} state_dict.*shape mismatches"):
+        build_model(other, 18, 400, pretrained=str(path))
+
+
+def test_kinetics_download_offline_gives_one_line_error(monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(torchvision.models.video.MC3_18_Weights, "get_state_dict", offline)
+    with pytest.raises(ConfigError) as error:
+        build_model("mc3", 18, 101, nl_type="snl", pretrained=True)
+    message = str(error.value)
+    assert "could not download" in message and "local path" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("ft_begin_index", [0, 3, 5])
+def test_fine_tuning_parameters_freeze_what_they_should(ft_begin_index):
+    """k = 0 trains everything; k = 3: layer3, layer4, fc and the block (here in layer2, among frozen residual
+    blocks) train; k = 5: only fc and the block. Frozen: requires_grad False, no gradient, not in the optimizer,
+    unchanged by a step."""
+    torch.manual_seed(0)
+    model = build_model("resnet3d", 18, 5, nl_type="snl", nl_layer=2)
+    groups = fine_tuning_parameters(model, ft_begin_index)
+    trained_prefixes = {0: ("",), 3: ("layer3.", "layer4.", "fc.", "layer2.1."), 5: ("fc.", "layer2.1.")}
+    expected = {name for name, _ in model.named_parameters() if name.startswith(trained_prefixes[ft_begin_index])}
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert {names[id(p)] for group in groups for p in group["params"]} == expected
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=1e-3)
+    torch.nn.functional.cross_entropy(model(torch.randn(*TINY_CLIP)), torch.tensor([0, 4])).backward()
+    optimizer.step()
+    for name, p in model.named_parameters():
+        trained = name in expected
+        assert p.requires_grad is trained and (p.grad is not None) is trained, name
+        assert torch.equal(p, before[name]) is not trained, name  # weight decay moves every trained one
+
+
+def test_fine_tuning_index_is_checked():
+    model = build_model("r3d", 18, 5)
+    with pytest.raises(ConfigError, match="ft_begin_index must be 0"):
+        fine_tuning_parameters(model, 6)
+    assert len(fine_tuning_parameters(model, 1)[0]["params"]) == sum(
+        1 for name, _ in model.named_parameters() if not name.startswith("stem."))

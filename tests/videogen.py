@@ -16,14 +16,15 @@ FPS = 25
 def class_video(label, num_frames=24, height=32, width=40, seed=0):
     """uint8 RGB frames (num_frames, height, width, 3): a horizontal gradient (so that flips and crops show) and
     an 8 x 8 square of the class's colour moving down 1 + label % 3 pixels per frame, starting where `seed` says.
-    Every frame differs from the others, so frame indices can be told apart after decoding."""
+    Up to 15 x width frames all differ, so frame indices can be told apart after decoding."""
     rng = np.random.default_rng([label, seed])
     colour = np.random.default_rng([1234, label]).integers(60, 256, size=3)
     top, left = int(rng.integers(0, height - 8)), int(rng.integers(0, width - 8))
     gradient = np.linspace(0, 120, width)[None, :, None]
     frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
     for t in range(num_frames):
-        frame = np.broadcast_to(gradient + 2 * t, (height, width, 3)).copy()
+        # the gradient turns by one column per frame and brightens a step per turn: no two frames alike
+        frame = np.broadcast_to(np.roll(gradient, t, axis=1) + 9 * (t // width), (height, width, 3)).copy()
         row = (top + (1 + label % 3) * t) % (height - 8)
         frame[row:row + 8, left:left + 8] = colour
         frames[t] = np.clip(frame, 0, 255)

@@ -291,7 +291,13 @@ FAKE_DEFAULTS = dict(num_train=64, num_val=32, num_classes=6, frames=None)
 
 def build_video_datasets(name, data_dir, split=1, clip_len=16, frame_step=1, frame_size=112, hflip=0.5,
                          test_clips=10, **options):
-    """(train_set, val_set, test_set, info) of video dataset `name` under data_dir; see the module docstring."""
+    """(train_set, val_set, test_set, info) of video dataset `name` under data_dir; see the module docstring.
+
+    split: the official split (ucf101, hmdb51; ignored otherwise). clip_len frames taken every frame_step frames,
+    frame_size x frame_size pixels. hflip: probability of mirroring a training clip; a mirror turns "moving left"
+    into "moving right" and clockwise into counter-clockwise, so classes defined by direction need hflip 0.
+    test_clips: clips per video in test_set. Bad values are ConfigErrors.
+    """
     if name not in VIDEO_DATASETS:
         raise ConfigError(f"unknown video dataset '{name}': choose one of {', '.join(sorted(VIDEO_DATASETS))}")
     problems = check_clip_options(clip_len, frame_step, frame_size, hflip, test_clips)

@@ -58,7 +58,10 @@ class VideoFileReader:
         self.seek_min = seek_min
         if not os.path.isfile(path):
             raise ConfigError(f"video {path} does not exist (the split file names it)")
+        # FFmpeg with one decoding thread (the loader's workers are the parallelism); any backend otherwise.
         self.capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
+        if not self.capture.isOpened():
+            self.capture = cv2.VideoCapture(path)
         if not self.capture.isOpened():
             reason = "empty file" if os.path.getsize(path) == 0 else "not a video OpenCV can open"
             raise _unreadable(path, reason)
