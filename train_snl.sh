@@ -5,8 +5,11 @@
 #   imagenet            ResNet-50,    one SNL block
 #   all                 the three, ImageNet first as in the reference script
 #   cityscapes          semantic segmentation: ResNet-50 FCN head with an SNL block (train_seg.py)
+#   ucf101              action recognition: ResNet-50 3-D, one SNL block (train_video.py); fine-tuned from the
+#                       Kinetics checkpoint PRETRAINED=PATH (e.g. resnet-50-kinetics.pth), from scratch without it
+#   kinetics            action recognition: ResNet-50 3-D, one SNL block, trained on Kinetics (train_video.py)
 #
-# Usage: sh train_snl.sh [cifar10|cifar100|imagenet|all|cityscapes] [more flags ...]
+# Usage: sh train_snl.sh [cifar10|cifar100|imagenet|all|cityscapes|ucf101|kinetics] [more flags ...]
 #   DATA_ROOT=/data sh train_snl.sh cifar100
 #   sh train_snl.sh cifar10 --dataset fake --epochs 1 --output-dir /tmp/smoke   (smoke run, no data needed)
 #   LAUNCH="torchrun --standalone --nproc_per_node 8" sh train_snl.sh imagenet  (several GPUs)
@@ -30,9 +33,10 @@ DATA_ROOT=${DATA_ROOT:-./data}
 
 experiment=cifar10
 case "${1:-}" in
-    cifar10|cifar100|imagenet|all|cityscapes) experiment=$1; shift ;;
+    cifar10|cifar100|imagenet|all|cityscapes|ucf101|kinetics) experiment=$1; shift ;;
     -*|"") ;;
-    *) echo "train_snl.sh: unknown experiment '$1' (cifar10, cifar100, imagenet, all or cityscapes)" >&2; exit 2 ;;
+    *) echo "train_snl.sh: unknown experiment '$1' (cifar10 cifar100 imagenet all cityscapes ucf101 kinetics)" >&2
+       exit 2 ;;
 esac
 
 # The flags' folder values made absolute (each argument is taken from the front and appended at the back).
@@ -74,6 +78,23 @@ cityscapes() {
         launch train_seg.py "$@" --seed "$seed" --checkpoints "${name}_seed$seed"
     done
 }
+
+# Video writes clip and video top-1 (train_video.py, docs/video.md): not part of the comparison table either.
+video() {
+    set -- --data_dir "$DATA_ROOT" --backbone resnet3d --arch 50 --nl-type snl --nl-nums 1 --is_norm --is_sys \
+        --checkpoints snl "$@"
+    if [ -z "${SEEDS:-}" ]; then
+        launch train_video.py "$@"
+        return
+    fi
+    name=$(last_value snl --checkpoints --checkpoints "$@")
+    for seed in $SEEDS; do
+        launch train_video.py "$@" --seed "$seed" --checkpoints "${name}_seed$seed"
+    done
+}
+# The 3D-ResNets Kinetics checkpoints of 2017 (resnet-50-kinetics.pth) expect ActivityNet mean subtraction.
+ucf101() { video --dataset ucf101 ${PRETRAINED:+--normalization activitynet} --pretrained "${PRETRAINED:-False}" "$@"; }
+kinetics() { video --dataset kinetics --pretrained False "$@"; }
 
 case $experiment in
     all) imagenet "$@"; cifar100 "$@"; cifar10 "$@" ;;

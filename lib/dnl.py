@@ -22,7 +22,7 @@ class DNLUnit(NonlocalUnit):
         u = torch.softmax(pointwise(self.w_m, x).flatten(1), dim=1)  # (B, N): weights over positions
         c = torch.bmm(z.flatten(2), u.unsqueeze(2))  # (B, C', 1) = sum_n u_n Z_n, broadcast over positions
         c = c.reshape(c.shape[:2] + (1,) * (z.dim() - 2))
-        return x + torch.relu(self.bn(pointwise(self.w_2, c + self.aggregate(att, z))))
+        return self.residual(x, pointwise(self.w_2, c + self.aggregate(att, z)))
 
     def graph_filter(self, att, z, linear=False):
         return pointwise(self.w_2, self.aggregate(att, z))

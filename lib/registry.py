@@ -24,7 +24,7 @@ def stage_based(nl_type):
 
 
 def build_nonlocal(nl_type, inplanes, planes, stage_num=1, is_sys=None, is_norm=None, zero_init=False,
-                   affinity_path="auto", dim=2, order=None):
+                   affinity_path="auto", dim=2, order=None, output_relu=None):
     """Build the nonlocal block `nl_type` mapping (B, inplanes, *spatial) to the same shape.
 
     planes is C', the reduced width (the reference uses int(inplanes / div)). is_sys / is_norm choose the
@@ -32,7 +32,9 @@ def build_nonlocal(nl_type, inplanes, planes, stage_num=1, is_sys=None, is_norm=
     stage_num does not apply to cgnl. zero_init makes the block start as the identity (zero output-norm weight;
     cc starts so anyway). affinity_path: see lib/affinity.py. dim: 1 (B, C, L), 2 (B, C, H, W) or
     3 (B, C, T, H, W); cc is 2-D only. order: the order of cheb (K) and arma (iterations T), None = 2;
-    an error for the other blocks. docs/blocks.md and docs/spectral.md describe the blocks.
+    an error for the other blocks. output_relu (stage-based blocks only): True = Y = X + relu(BN(.)), False =
+    X + BN(.), None = the block's default (False for gsnl, True for the others). docs/blocks.md and
+    docs/spectral.md describe the blocks.
     """
     if nl_type not in NONLOCAL_BLOCKS:
         raise ConfigError(f"unknown nonlocal block {nl_type!r}; valid: {', '.join(NONLOCAL_BLOCKS)}")
@@ -41,18 +43,22 @@ def build_nonlocal(nl_type, inplanes, planes, stage_num=1, is_sys=None, is_norm=
     check_positive_int("stage_num", stage_num)
     check_optional_bool("is_sys", is_sys)
     check_optional_bool("is_norm", is_norm)
+    check_optional_bool("output_relu", output_relu)
     check_dim(dim)
     if not isinstance(zero_init, bool):
         raise ConfigError(f"zero_init must be True or False, got {zero_init!r}")
     if order is not None and nl_type not in ORDER_BLOCKS:
         raise ConfigError(f"order applies to {' and '.join(ORDER_BLOCKS)} only, not to {nl_type!r} "
                           f"(got order={order!r})")
+    if output_relu is not None and not stage_based(nl_type):
+        raise ConfigError(f"output_relu applies to the stage-based blocks only, not to {nl_type!r} (got "
+                          f"output_relu={output_relu!r}; leave it None)")
     if nl_type == "cgnl":
         return CGNL(inplanes, planes, zero_init=zero_init, dim=dim)
     if nl_type == "cc":
         return CCStage(inplanes, planes, stage_num=stage_num, dim=dim)
     kwargs = dict(stage_num=stage_num, is_sys=is_sys, is_norm=is_norm, zero_init=zero_init,
-                  affinity_path=affinity_path, dim=dim)
+                  affinity_path=affinity_path, dim=dim, output_relu=output_relu)
     if nl_type in ORDER_BLOCKS:
         kwargs["order"] = DEFAULT_ORDER if order is None else order
     return NONLOCAL_BLOCKS[nl_type](inplanes, planes, **kwargs)

@@ -60,6 +60,8 @@ class NonlocalStage(nn.Module):
         stage_num: number of units applied one after another with the same A.
         is_sys, is_norm: affinity options (docs/blocks.md); None = the block's default.
         zero_init: zero the units' output BN weight, so the stage starts as the identity.
+        output_relu: Y = X + relu(BN(pre)) (True) or X + BN(pre) (False); None = the unit's default (True for
+            every unit but gsnl's). False gives the earlier release's space-time units (docs/blocks.md).
         affinity_path: 'auto', 'dense' or 'factorized' (how A Z is computed; same numbers).
         dim: spatial dims of the input: 1 (B, C, L), 2 (B, C, H, W) or 3 (B, C, T, H, W).
         unit_kwargs: extra arguments of the unit (e.g. `order` of cheb and arma), passed by subclasses.
@@ -71,13 +73,14 @@ class NonlocalStage(nn.Module):
     relu_kernel = False  # the plain affinity is relu(theta) relu(phi)^T without softmax (A2)
 
     def __init__(self, inplanes, planes, stage_num=1, is_sys=None, is_norm=None, zero_init=False,
-                 affinity_path="auto", dim=2, **unit_kwargs):
+                 affinity_path="auto", dim=2, output_relu=None, **unit_kwargs):
         super().__init__()
         check_positive_int("inplanes (the block's channels C)", inplanes)
         check_positive_int("planes (the inner width C')", planes)
         check_positive_int("stage_num", stage_num)
         check_optional_bool("is_sys", is_sys)
         check_optional_bool("is_norm", is_norm)
+        check_optional_bool("output_relu", output_relu)
         check_dim(dim)
         self.dim = dim
         self.is_sys = self.default_sys if is_sys is None else is_sys
@@ -87,6 +90,10 @@ class NonlocalStage(nn.Module):
         self.p = conv1x1(dim, inplanes, planes)
         self.stages = nn.Sequential(*[self.unit_cls(inplanes, planes, dim=dim, **unit_kwargs)
                                       for _ in range(stage_num)])
+        if output_relu is not None:  # an instance attribute shadows the unit class's default
+            for unit in self.stages:
+                unit.output_relu = output_relu
+        self.output_relu = self.stages[0].output_relu
         if zero_init:
             for unit in self.stages:
                 nn.init.zeros_(unit.bn.weight)
@@ -156,14 +163,15 @@ class NonlocalStage(nn.Module):
             cast = [None if v is None else v.to(dtype) for v in (weights, w_1, w_2, unit.bn.weight, unit.bn.bias)]
             x_4d = x.to(dtype).contiguous().reshape(b, c, positions, 1)  # the fused kernel's (B, C, N, 1) view
             y = fused_relu_dot_stage(x_4d, *cast, running_mean, running_var, use_batch_stats, momentum,
-                                     unit.bn.eps, self.is_sys, self.is_norm).reshape(x.shape)
+                                     unit.bn.eps, self.is_sys, self.is_norm, unit.output_relu).reshape(x.shape)
         if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
             y = y.contiguous(memory_format=torch.channels_last)  # hand back the layout the caller uses
         return y.to(x.dtype)
 
     def extra_repr(self):
         dim = "" if self.dim == 2 else f", dim={self.dim}"
-        return f"is_sys={self.is_sys}, is_norm={self.is_norm}, affinity_path={self.affinity_path!r}{dim}"
+        relu = "" if self.output_relu == self.unit_cls.output_relu else f", output_relu={self.output_relu}"
+        return f"is_sys={self.is_sys}, is_norm={self.is_norm}, affinity_path={self.affinity_path!r}{dim}{relu}"
 
 
 class NonlocalUnit(nn.Module):
@@ -174,7 +182,7 @@ class NonlocalUnit(nn.Module):
     response (the linear part: any ReLU inside the filter removed). `aggregate` gives A Z.
     """
 
-    output_relu = True  # Y = X + relu(BN(pre)); gsnl has no ReLU there
+    output_relu = True  # Y = X + relu(BN(pre)); gsnl has no ReLU there. The stage's output_relu overrides it.
 
     def __init__(self, inplanes, planes, dim=2, z_planes=None):
         super().__init__()
@@ -191,7 +199,10 @@ class NonlocalUnit(nn.Module):
         return None
 
     def forward(self, x, att):  # x (B, C, *spatial)
-        pre = self.graph_filter(att, pointwise(self.g, x))
+        return self.residual(x, self.graph_filter(att, pointwise(self.g, x)))
+
+    def residual(self, x, pre):
+        """Y = X + act(BN(pre)), act = relu or the identity (`output_relu`)."""
         out = self.bn(pre)
         return x + (torch.relu(out) if self.output_relu else out)
 
@@ -236,7 +247,8 @@ def batch_norm_arguments(bn):
 
 
 class FusedReluDotStage(torch.autograd.Function):
-    """Y = X + relu(BN(W1 Z + W2 (A Z))) for a one-unit stage with a factorized ReLU-dot affinity.
+    """Y = X + relu(BN(W1 Z + W2 (A Z))) (or X + BN(.) without the output ReLU) for a one-unit stage with a
+    factorized ReLU-dot affinity.
 
     The same numbers as the module-by-module path, with about a quarter of its memory kept for the backward
     and fewer operations: it saves only X and (B, N)- or (B, C, 3C')-sized tensors and recomputes [Z; F] and
@@ -252,7 +264,7 @@ class FusedReluDotStage(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w_gtp, w_1, w_2, bn_weight, bn_bias, running_mean, running_var, use_batch_stats,
-                momentum, eps, is_sys, normalize):
+                momentum, eps, is_sys, normalize, relu=True):
         b, c, h, w = x.shape
         x_flat = x.reshape(b, c, h * w)
         features, z, factors = _features(x_flat, w_gtp)
@@ -268,13 +280,13 @@ class FusedReluDotStage(torch.autograd.Function):
                                                     use_batch_stats, momentum, eps)
         ctx.save_for_backward(x, w_gtp, w_1, w_2, bn_weight, bn_bias, q, scale, mixed, mean, invstd)
         ctx.running = (running_mean, running_var)  # read by the backward only in eval mode, never changed there
-        ctx.options = (use_batch_stats, eps, is_sys)
-        return out.relu_().add_(x_flat).reshape(b, c, h, w)
+        ctx.options = (use_batch_stats, eps, is_sys, relu)
+        return (out.relu_() if relu else out).add_(x_flat).reshape(b, c, h, w)
 
     @staticmethod
     def backward(ctx, grad_y):
         x, w_gtp, w_1, w_2, bn_weight, bn_bias, q, scale, mixed, mean, invstd = ctx.saved_tensors
-        use_batch_stats, eps, is_sys = ctx.options
+        use_batch_stats, eps, is_sys, relu = ctx.options
         b, c, h, w = x.shape
         k = w_gtp.shape[0] // 3
         x_flat, grad_y = x.reshape(b, c, h * w), grad_y.reshape(b, c, h * w)
@@ -285,8 +297,10 @@ class FusedReluDotStage(torch.autograd.Function):
             scaled[:, k:].mul_(scale)
         weights = _unit_weights(w_1, w_2, mixed)
         pre = torch.bmm(weights, scaled)
-        grad_out = _relu_backward(grad_y, pre, bn_weight, bn_bias, *ctx.running, mean, invstd, use_batch_stats,
-                                  eps)
+        grad_out = grad_y
+        if relu:
+            grad_out = _relu_backward(grad_y, pre, bn_weight, bn_bias, *ctx.running, mean, invstd, use_batch_stats,
+                                      eps)
         grad_pre, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
             grad_out, pre, bn_weight, *ctx.running, mean, invstd, use_batch_stats, eps,
             [True, bn_weight is not None, bn_bias is not None])
@@ -309,7 +323,7 @@ class FusedReluDotStage(torch.autograd.Function):
         torch.ops.aten.threshold_backward.grad_input(grad_f, factors, 0, grad_input=grad_f)  # the ReLU, in place
         grad_x = torch.baddbmm(grad_y, w_gtp.t().expand(b, -1, -1), grad_features).reshape(b, c, h, w)
         grad_w_gtp = torch.bmm(grad_features, x_flat.transpose(1, 2)).sum(0)
-        return (grad_x, grad_w_gtp, grad_w_1, grad_w_2, grad_bn_weight, grad_bn_bias) + (None,) * 7
+        return (grad_x, grad_w_gtp, grad_w_1, grad_w_2, grad_bn_weight, grad_bn_bias) + (None,) * 8
 
 
 def _features(x_flat, w_gtp):
@@ -340,7 +354,8 @@ def _unit_weights(w_1, w_2, mixed):
 
 
 def fused_relu_dot_stage(x, w_gtp, w_1, w_2, bn_weight, bn_bias, running_mean, running_var, use_batch_stats,
-                         momentum, eps, is_sys, normalize):
-    """See `FusedReluDotStage`; x (B, C, H, W) NCHW-contiguous, w_gtp = [W_g; W_t; W_p] (3C', C)."""
+                         momentum, eps, is_sys, normalize, relu=True):
+    """See `FusedReluDotStage`; x (B, C, H, W) NCHW-contiguous, w_gtp = [W_g; W_t; W_p] (3C', C); relu: the
+    output ReLU."""
     return FusedReluDotStage.apply(x, w_gtp, w_1, w_2, bn_weight, bn_bias, running_mean, running_var,
-                                   use_batch_stats, momentum, eps, is_sys, normalize)
+                                   use_batch_stats, momentum, eps, is_sys, normalize, relu)

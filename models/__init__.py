@@ -3,6 +3,7 @@
     model = build_model("preresnet", 20, num_classes=10, nl_type="snl", is_sys=True, is_norm=True)
     model = build_model("resnet", "50", num_classes=1000, nl_type="snl", nl_nums=5, pretrained=True)
     model = build_model("preresnet", 20, num_classes=10, nl_type="cheb", order=3)
+    model = build_model("resnet3d", "50", num_classes=101, nl_type="snl")      # video: (B, 3, T, H, W)
 
 model.build_args holds the canonical arguments, so build_model(**model.build_args) rebuilds the same network
 (a checkpoint can store them); weights are then restored with load_state_dict_checked.
@@ -13,9 +14,11 @@ from torch import nn
 
 from lib import NONLOCAL_BLOCKS
 from lib.errors import ConfigError
+from lib.engine.tasks import VIDEO_BACKBONES
 from lib.registry import DEFAULT_ORDER, ORDER_BLOCKS
 from models.preresnet import PreResNet
 from models.resnet import ResNet
+from models.video import VIDEO_ARCHS, build_video_model
 from models.weights import classifier_size, load_state_dict_checked, load_torchvision_resnet
 
 BACKBONES = {"preresnet": PreResNet, "resnet": ResNet}
@@ -29,7 +32,7 @@ def _valid(names: Iterable) -> str:
 
 
 def _parse_arch(backbone: str, arch: Union[int, str]) -> int:
-    archs = BACKBONES[backbone].ARCHS
+    archs = VIDEO_ARCHS[backbone] if backbone in VIDEO_ARCHS else BACKBONES[backbone].ARCHS
     try:
         depth = int(str(arch).strip())
     except ValueError:
@@ -57,7 +60,8 @@ def _parse_nl_layer(nl_layer: Union[int, str, Iterable[Union[int, str]]]) -> Tup
 def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type: Optional[str] = None,
                 nl_nums: int = 1, nl_layer: Union[int, str, Iterable] = ("1",), stage_num: int = 1,
                 div: float = 2, is_sys: Optional[bool] = None, is_norm: Optional[bool] = None,
-                pretrained: Union[None, bool, str] = None, order: Optional[int] = None) -> nn.Module:
+                pretrained: Union[None, bool, str] = None, order: Optional[int] = None,
+                output_relu: Optional[bool] = None, shortcut_type: Optional[str] = None) -> nn.Module:
     """Build backbone-arch with nl_type nonlocal blocks at the reference positions (README, "Models").
 
     backbone: "preresnet" (CIFAR; arch 20, 56, 110) or "resnet" (ImageNet; arch 50, 101, 152).
@@ -66,16 +70,24 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
     see lib.build_nonlocal (None = the block's default). order: of cheb / arma (None = 2; docs/spectral.md),
     an error for other blocks; build_args holds the resolved value. pretrained (resnet only): None / False = none,
     True = torchvision's ImageNet weights (download), a str = a torchvision-format state_dict file.
+
+    Video (models/video.py): backbone "resnet3d" (arch 18, 34, 50, 101), "r3d", "mc3" or "r2plus1d" (arch 18),
+    input (B, 3, T, H, W), blocks with dim=3. nl_nums 0, 1 (layer3, before its last residual block) or 5
+    (resnet3d 50 / 101: as resnet); nl_layer 2 puts the one block after layer2's first residual block instead.
+    output_relu (stage-based blocks): see lib.build_nonlocal; None = False for video (a block with the ReLU cannot
+    start as the identity and learn; explicitly True: its BN starts at weight 1). shortcut_type (resnet3d):
+    'B' (default) or 'A'. pretrained: True = torchvision's Kinetics-400 weights (r3d / mc3 / r2plus1d), a str = a
+    torchvision-format state_dict or a 3D-ResNets checkpoint.
     Raises ConfigError for any unknown name or unsupported combination.
     """
-    if backbone not in BACKBONES:
-        raise ConfigError(f"unknown backbone {backbone!r}; valid: {_valid(BACKBONES)}")
-    cls = BACKBONES[backbone]
+    if backbone not in BACKBONES and backbone not in VIDEO_BACKBONES:
+        raise ConfigError(f"unknown backbone {backbone!r}; valid: {_valid(list(BACKBONES) + list(VIDEO_BACKBONES))}")
+    video = backbone in VIDEO_BACKBONES
     depth = _parse_arch(backbone, arch)
     if nl_type is not None and nl_type not in NONLOCAL_BLOCKS:
         raise ConfigError(f"unknown nl_type {nl_type!r}; valid: {_valid(NONLOCAL_BLOCKS)} (or None for none)")
-    if nl_nums not in cls.NL_NUMS:
-        raise ConfigError(f"nl_nums {nl_nums!r} is not supported for {backbone}; valid: {_valid(cls.NL_NUMS)}")
+    if not video and nl_nums not in BACKBONES[backbone].NL_NUMS:
+        raise ConfigError(f"nl_nums {nl_nums!r} is not supported for {backbone}; valid: {_valid(BACKBONES[backbone].NL_NUMS)}")
     if isinstance(stage_num, bool) or not isinstance(stage_num, int) or stage_num < 1:
         raise ConfigError(f"stage_num must be a positive integer, got {stage_num!r}")
     if not div > 0:
@@ -85,7 +97,11 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
     for name, value in (("is_sys", is_sys), ("is_norm", is_norm)):
         if value is not None and not isinstance(value, bool):
             raise ConfigError(f"{name} must be True, False or None (the block's default), got {value!r}")
-    stages = _parse_nl_layer(nl_layer)
+    if not video and (output_relu is not None or shortcut_type is not None):
+        raise ConfigError(f"output_relu and shortcut_type apply to the video backbones only, not to {backbone}")
+    if output_relu is not None and not isinstance(output_relu, bool):
+        raise ConfigError(f"output_relu must be True, False or None (the block's default), got {output_relu!r}")
+    stages = None if video else _parse_nl_layer(nl_layer)  # video: models/video.py parses its own
     if nl_type is None or nl_nums == 0:
         nl_type, nl_nums, order = None, 0, None  # one canonical spelling of "no blocks", for build_args
     if nl_type in ORDER_BLOCKS:
@@ -96,6 +112,11 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
         raise ConfigError(f"order applies to {' and '.join(ORDER_BLOCKS)} only, not to {nl_type!r}")
     block_args = dict(nl_type=nl_type, nl_nums=nl_nums, stage_num=stage_num, div=div, is_sys=is_sys,
                       is_norm=is_norm, order=order)
+    if video:
+        model, video_args = build_video_model(backbone, depth, num_classes, nl_type, nl_nums, nl_layer, block_args,
+                                              output_relu, shortcut_type, pretrained)
+        model.build_args = dict(backbone=backbone, arch=depth, num_classes=num_classes, **block_args, **video_args)
+        return model
     if backbone == "preresnet":
         if pretrained:
             raise ConfigError("there are no pretrained weights for preresnet; to start from a checkpoint, load "

@@ -130,6 +130,15 @@ def load_torchvision_resnet(model: nn.Module, pretrained: Union[bool, str, os.Pa
     depth = model.depth
     from_file = isinstance(pretrained, (str, os.PathLike))
     source = _read_state_dict(pretrained) if from_file else _download_torchvision(depth)
+    load_backbone_weights(model, source, f"a torchvision ResNet-{depth} state_dict")
+
+
+def load_backbone_weights(model: nn.Module, source: StateDict, what: str) -> None:
+    """Load the state_dict of the plain backbone (no nonlocal blocks) into model, whose blocks sit inside its
+    layer1..4 Sequentials (model.nonlocal_paths): the residual block layerL.i of the source is renamed to its
+    shifted index here. The blocks keep their (identity) init, and fc is skipped, with a notice, when its size
+    differs from the model's. Any other mismatch raises a ConfigError saying the file is not `what`.
+    """
     source = strip_module_prefix(source)
     renamed = {}
     index_maps = {name: residual_indices(getattr(model, name), name, model.nonlocal_paths)
@@ -139,7 +148,7 @@ def load_torchvision_resnet(model: nn.Module, pretrained: Union[bool, str, os.Pa
         if parts[0] in index_maps and len(parts) > 2 and parts[1].isdigit():
             indices = index_maps[parts[0]]
             if int(parts[1]) >= len(indices):  # renaming it could collide with a shifted key: stop here
-                raise ConfigError(f"pretrained weights are not a torchvision ResNet-{depth} state_dict: {key} "
+                raise ConfigError(f"pretrained weights are not {what}: {key} "
                                   f"is beyond the {len(indices)} residual blocks of {parts[0]}")
             parts[1] = str(indices[int(parts[1])])
         renamed[".".join(parts)] = value
@@ -152,6 +161,5 @@ def load_torchvision_resnet(model: nn.Module, pretrained: Union[bool, str, os.Pa
         keep_own += ["fc.weight", "fc.bias"]
     problems = _mismatch(model_state, renamed, ignore_missing=set(keep_own))
     if problems:
-        raise ConfigError(f"pretrained weights are not a torchvision ResNet-{depth} state_dict: "
-                          f"{'; '.join(problems)}")
+        raise ConfigError(f"pretrained weights are not {what}: {'; '.join(problems)}")
     model.load_state_dict(renamed, strict=False)

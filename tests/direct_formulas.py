@@ -50,9 +50,11 @@ def aggregate(att, z):
     return (att @ zf).transpose(1, 2).reshape(z.shape)
 
 
-def stage_forward(stage, x, kind):
+def stage_forward(stage, x, kind, output_relu=None):
     """One of our NonlocalStage modules (kind snl / nl / a2 / ns / dnl, or one of the spectral family: cheb /
-    gsnl / cayley / arma) computed from the equations."""
+    gsnl / cayley / arma) computed from the equations. output_relu: Y = X + relu(BN(.)) or X + BN(.); None = the
+    block's default (no ReLU for gsnl only)."""
+    relu = kind != "gsnl" if output_relu is None else output_relu
     att = affinity(conv1x1(x, stage.t.weight), conv1x1(x, stage.p.weight), stage.is_sys, stage.is_norm,
                    relu_kernel=kind == "a2")
     for unit in stage.stages:
@@ -74,7 +76,7 @@ def stage_forward(stage, x, kind):
         else:
             raise ValueError(kind)
         out = batch_norm(pre, unit.bn)
-        x = x + (out if kind == "gsnl" else torch.relu(out))  # gsnl: no ReLU after the BN
+        x = x + (torch.relu(out) if relu else out)
     return x
 
 

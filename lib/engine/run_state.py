@@ -171,6 +171,8 @@ def save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedu
             "dataset": args.dataset, "args": {key: value for key, value in vars(args).items() if key != "resolved"},
             "pending_eval": pending_eval, "epoch_progress": progress_states, **best.checkpoint_entries(),
         }
+        if getattr(args, "task", None):  # which entry point the checkpoint belongs to (lib/engine/tasks.py)
+            checkpoint["task"] = args.task
         name = _own_name(args)(finished - 1)
         path = os.path.join(run_dir, mid_epoch_name(_own_name(args)(finished), progress.iterations)
                             if progress is not None else name)

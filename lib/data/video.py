@@ -1,0 +1,347 @@
+"""Video datasets for action recognition: UCF-101, HMDB-51, Kinetics / any class-per-folder video tree, and fake.
+
+    from lib.data.video import build_video_datasets, video_scores
+    train_set, val_set, test_set, info = build_video_datasets("ucf101", "data", split=1)
+    clip, label = train_set[i]     # (3, clip_len, frame_size, frame_size) float32, int: random crop + flip
+    clip, label = val_set[i]       # the centre clip, centre crop: deterministic (clip accuracy)
+    clips, label = test_set[i]     # (test_clips, 3, clip_len, S, S): evenly spaced clips (video accuracy)
+    probabilities = video_scores(model(clips))   # softmax averaged over the clips -> (num_classes,)
+
+build_video_datasets(name, data_dir, split=1, clip_len=16, frame_step=1, frame_size=112, hflip=0.5,
+test_clips=10, **options) -> (train_set, val_set, test_set, info); name is one of ucf101, hmdb51, kinetics,
+videofolder, fake. Options: normalization ('kinetics', default: (x - mean) / std with Kinetics statistics;
+'activitynet': x - ActivityNet mean on 0-255 pixels, the input of the 2017 3D-ResNets Kinetics checkpoints; see
+lib/data/video_transforms.py), and for fake: num_train, num_val, num_classes, frames. info is a
+VideoDatasetInfo (a DatasetInfo with the class names, counts, clip options and where frames come from).
+
+Layouts (docs/video_data.md), under data_dir:
+    ucf101:      UCF-101/<Class>/v_<Class>_gXX_cYY.avi and ucfTrainTestlist/{classInd.txt, trainlist0{1,2,3}.txt,
+                 testlist0{1,2,3}.txt}; train = trainlist0<split>, val = test = testlist0<split>.
+    hmdb51:      hmdb51/<class>/<video>.avi and testTrainMulti_7030_splits/<class>_test_split<split>.txt (lines
+                 "<video>.avi 1|2|0": 1 train, 2 test, 0 unused); val = test = the videos marked 2.
+    kinetics, videofolder: train/<class>/<video>.{mp4,avi,mkv,webm,...} and val/<class>/...; val = test.
+    Frame folders (3D-ResNets' form: <video>/image_00001.jpg, ...) are read instead of the videos when the frame
+    root exists: the video root with "_jpg" appended, mirroring its tree with one folder per video named as the
+    video without its extension (UCF-101_jpg/<Class>/v_..._c01/, hmdb51_jpg/<class>/<video>/, train_jpg/<class>/
+    <video>/, val_jpg/...).
+Neither UCF-101 nor HMDB-51 has a validation split: the per-epoch validation (centre clips) and the test (every
+video, multi-clip) both run on the split's test list, as in the 3D-ResNets framework.
+
+Training items draw every random choice from torch's default CPU generator (lib/data/video_transforms.py), so
+through lib.data.samplers (EpochShuffleSampler + SeededAugmentation) a clip is a function of (seed, epoch, index).
+Unreadable videos raise a one-line ConfigError naming the file, also from DataLoader workers.
+"""
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from lib.data.info import DatasetInfo
+from lib.data.video_reader import VIDEO_EXTENSIONS, read_clip_frames
+from lib.data.video_transforms import (DEFAULT_NORMALIZATION, NORMALIZATIONS, EvalClips, TrainClip,
+                                       check_clip_options, clip_span, video_scores)
+from lib.errors import ConfigError
+
+__all__ = ["build_video_datasets", "video_scores", "VideoDatasetInfo", "VideoFileDataset", "FakeVideoDataset",
+           "VIDEO_DATASETS"]
+
+FRAME_ROOT_SUFFIX = "_jpg"
+UCF_DOWNLOAD = ("download UCF101.rar and UCF101TrainTestSplits-RecognitionTask.zip from "
+                "https://www.crcv.ucf.edu/data/UCF101.php and extract both into {dir}, so that {dir}/UCF-101/"
+                "<Class>/*.avi and {dir}/ucfTrainTestlist/ exist")
+HMDB_DOWNLOAD = ("download hmdb51_org.rar and test_train_splits.rar from https://serre-lab.clps.brown.edu/resource/"
+                 "hmdb-a-large-human-motion-database/ and extract them into {dir}, so that {dir}/hmdb51/<class>/"
+                 "*.avi (each class's own .rar extracted there) and {dir}/testTrainMulti_7030_splits/ exist")
+FOLDER_HINT = ("put the videos in {dir}/train/<class>/*.mp4 and {dir}/val/<class>/*.mp4 (Kinetics: run "
+               "github.com/cvdfoundation/kinetics-dataset's download, extract and arrange_by_classes.py scripts "
+               "and pass their videos/ folder)")
+
+
+@dataclass(frozen=True)
+class VideoDatasetInfo(DatasetInfo):
+    """DatasetInfo plus: classes (names, index order), num_train / num_val / num_test (videos), clip options,
+    split (1-3 for ucf101 / hmdb51), source ('videos', 'frames' or 'generated') and the normalization name."""
+    classes: tuple = ()
+    num_train: int = 0
+    num_val: int = 0
+    num_test: int = 0
+    clip_len: int = 16
+    frame_step: int = 1
+    test_clips: int = 10
+    split: int = 1
+    source: str = "videos"
+    normalization: str = DEFAULT_NORMALIZATION
+
+
+class _ClipDataset(Dataset):
+    """Clips of videos through a TrainClip (mode 'train') or EvalClips (modes 'val', 'test') transform.
+    Subclasses define __len__, label(index) and frames(index, choose_indices) -> uint8 (..., H, W, 3)."""
+
+    def __init__(self, transform, mode):
+        self.transform = transform
+        self.mode = mode
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} videos")
+        if self.mode == "train":
+            u, scale, position, flip = self.transform.draw()  # all draws first: see video_transforms
+            frames = self.frames(index, lambda num_frames: self.transform.indices(num_frames, u))
+            return self.transform.pixels(frames, scale, position, flip), self.label(index)
+        return self.transform.pixels(self.frames(index, self.transform.indices)), self.label(index)
+
+
+class VideoFileDataset(_ClipDataset):
+    """Videos (files, or frame folders) given as samples [(path, label)]; targets = the labels."""
+
+    def __init__(self, samples, classes, transform, mode):
+        super().__init__(transform, mode)
+        self.samples = samples
+        self.classes = classes
+        self.targets = [label for _, label in samples]
+        self.true_counts = {}  # path -> frames that really decode, where the container's count was wrong
+
+    def __len__(self):
+        return len(self.samples)
+
+    def label(self, index):
+        return self.samples[index][1]
+
+    def frames(self, index, choose_indices):
+        return read_clip_frames(self.samples[index][0], choose_indices, self.true_counts)
+
+
+class FakeVideoDataset(_ClipDataset):
+    """Generated videos (no files), through the same clip transforms as real ones; labels index % num_classes.
+
+    Video i of a split is drawn from its own seed when asked for (no memory, identical in every process). Class c
+    is a square of its own colour moving vertically at 1 + c % 3 pixels per frame (downwards for even c // 3,
+    upwards for odd) over noise: learnable from colour and motion. Nothing depends on left/right, so horizontal
+    flips keep the label right.
+    """
+
+    def __init__(self, num_samples, num_classes, num_frames, height, width, split_index, transform, mode):
+        super().__init__(transform, mode)
+        self.num_samples, self.num_classes, self.num_frames = num_samples, num_classes, num_frames
+        self.height, self.width, self.split_index = height, width, split_index
+        self.palette = np.random.default_rng(1234).integers(40, 216, size=(num_classes, 3)).astype(np.int16)
+        self.targets = [i % num_classes for i in range(num_samples)]
+
+    def __len__(self):
+        return self.num_samples
+
+    def label(self, index):
+        return index % self.num_classes
+
+    def video(self, index):
+        """uint8 (num_frames, height, width, 3) of video `index`."""
+        label = self.label(index)
+        rng = np.random.default_rng([index, self.split_index])
+        frames = rng.integers(60, 190, size=(self.num_frames, self.height, self.width, 3), dtype=np.int16)
+        side = max(2, min(self.height, self.width) // 4)
+        speed = (1 + label % 3) * (1 if (label // 3) % 2 == 0 else -1)
+        top0, left = rng.integers(0, self.height), rng.integers(0, self.width - side + 1)
+        for t in range(self.num_frames):
+            rows = (top0 + speed * t + np.arange(side)) % self.height
+            frames[t, rows, left:left + side] = self.palette[label]
+        return frames.astype(np.uint8)
+
+    def frames(self, index, choose_indices):
+        indices = np.asarray(choose_indices(self.num_frames))
+        return self.video(index)[indices]
+
+
+# ---- layouts ---------------------------------------------------------------------------------------------------
+
+def _read_lines(path, what):
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            return [(n, line.split()) for n, line in enumerate(f, 1) if line.strip()]
+    except OSError as error:
+        raise ConfigError(f"cannot read {what} {path}: {error.strerror or error}") from None
+
+
+def _frame_root(video_root):
+    """The frame-folder root beside video_root when it exists (then frames are read instead of videos), else None."""
+    root = video_root.rstrip(os.sep) + FRAME_ROOT_SUFFIX
+    return root if os.path.isdir(root) else None
+
+
+def _sample_path(video_root, frame_root, relative):
+    """Where the video (or, with a frame root, its frame folder) named `relative` to the video root is."""
+    if frame_root is None:
+        return os.path.join(video_root, relative)
+    return os.path.join(frame_root, os.path.splitext(relative)[0])
+
+
+def _check_first(samples, list_file):
+    """A wrong root shows in the first sample: check one path instead of stat-ing thousands."""
+    path = samples[0][0]
+    if not os.path.exists(path):
+        raise ConfigError(f"{list_file} names a video whose file {path} does not exist")
+
+
+def ucf101_samples(data_dir, split):
+    """(classes, train samples, test samples) of UCF-101's official split `split` (1, 2 or 3)."""
+    video_root = os.path.join(data_dir, "UCF-101")
+    lists = os.path.join(data_dir, "ucfTrainTestlist")
+    frame_root = _frame_root(video_root)
+    if not os.path.isdir(lists) or not (os.path.isdir(video_root) or frame_root):
+        raise ConfigError(f"UCF-101 not found in {data_dir}: " + UCF_DOWNLOAD.format(dir=data_dir))
+    classes = []
+    class_ind = os.path.join(lists, "classInd.txt")
+    for line_no, fields in _read_lines(class_ind, "UCF-101 class list"):
+        if len(fields) != 2 or fields[0] != str(len(classes) + 1):
+            raise ConfigError(f"{class_ind}:{line_no}: expected '<index from 1> <Class>' in order, got "
+                              f"{' '.join(fields)!r}")
+        classes.append(fields[1])
+    # Matched without case: the official lists write HandstandPushups as the folder and HandStandPushups in names.
+    class_index = {name.lower(): i for i, name in enumerate(classes)}
+
+    def read(kind):
+        list_file = os.path.join(lists, f"{kind}list0{split}.txt")
+        samples = []
+        for line_no, fields in _read_lines(list_file, "UCF-101 split file"):
+            relative = fields[0]
+            folder = relative.replace("\\", "/").split("/")[0].lower()
+            if folder not in class_index or len(fields) > 2:
+                raise ConfigError(f"{list_file}:{line_no}: expected '<Class>/<video>.avi' with a class of "
+                                  f"{class_ind}, got {' '.join(fields)!r}")
+            label = class_index[folder]
+            if len(fields) == 2 and fields[1] != str(label + 1):
+                raise ConfigError(f"{list_file}:{line_no}: label {fields[1]} disagrees with {class_ind}, "
+                                  f"where {classes[label]} is {label + 1}")
+            samples.append((_sample_path(video_root, frame_root, relative), label))
+        if not samples:
+            raise ConfigError(f"{list_file} lists no videos")
+        _check_first(samples, list_file)
+        return samples
+
+    return classes, read("train"), read("test"), frame_root is not None
+
+
+def hmdb51_samples(data_dir, split):
+    """(classes, train samples, test samples) of HMDB-51's split `split`: videos marked 1 train, 2 test, 0 unused."""
+    video_root = os.path.join(data_dir, "hmdb51")
+    lists = os.path.join(data_dir, "testTrainMulti_7030_splits")
+    frame_root = _frame_root(video_root)
+    if not os.path.isdir(lists) or not (os.path.isdir(video_root) or frame_root):
+        raise ConfigError(f"HMDB-51 not found in {data_dir}: " + HMDB_DOWNLOAD.format(dir=data_dir))
+    suffix = f"_test_split{split}.txt"
+    classes = sorted(name[:-len(suffix)] for name in os.listdir(lists) if name.endswith(suffix))
+    if not classes:
+        raise ConfigError(f"{lists} holds no <class>{suffix} files: " + HMDB_DOWNLOAD.format(dir=data_dir))
+    train, test = [], []
+    for label, name in enumerate(classes):
+        list_file = os.path.join(lists, name + suffix)
+        for line_no, fields in _read_lines(list_file, "HMDB-51 split file"):
+            if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+                raise ConfigError(f"{list_file}:{line_no}: expected '<video>.avi 0|1|2', got {' '.join(fields)!r}")
+            sample = (_sample_path(video_root, frame_root, os.path.join(name, fields[0])), label)
+            {"1": train, "2": test, "0": []}[fields[1]].append(sample)
+    for samples, kind in ((train, "training (1)"), (test, "test (2)")):
+        if not samples:
+            raise ConfigError(f"the {suffix[1:]} files in {lists} mark no {kind} videos")
+        _check_first(samples, lists)
+    return classes, train, test, frame_root is not None
+
+
+def _folder_split(root, classes=None):
+    """[(path, label)] of root/<class>/<video file or frame folder>; classes (from train/) fix the labels."""
+    try:
+        found = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    except OSError as error:
+        raise ConfigError(f"cannot read {root}: {error.strerror or error}") from None
+    classes = classes or found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise ConfigError(f"{root} has classes not in the training set: {', '.join(unknown[:5])}")
+    frames = root.endswith(FRAME_ROOT_SUFFIX)
+    samples = []
+    for label, name in enumerate(classes):
+        if name not in found:
+            continue
+        for entry in sorted(os.scandir(os.path.join(root, name)), key=lambda e: e.name):
+            if entry.is_dir() if frames else entry.name.lower().endswith(VIDEO_EXTENSIONS):
+                samples.append((entry.path, label))
+    if not samples:
+        kind = "frame folders" if frames else f"videos ({', '.join(VIDEO_EXTENSIONS)})"
+        raise ConfigError(f"{root} holds no {kind} in class folders")
+    return classes, samples
+
+
+def folder_samples(data_dir, split=None):
+    """(classes, train samples, val samples) of data_dir/(train|val)/<class>/* (frames from *_jpg when there)."""
+    roots = []
+    for part in ("train", "val"):
+        video_root = os.path.join(data_dir, part)
+        roots.append(_frame_root(video_root) or video_root)
+    if not all(os.path.isdir(root) for root in roots):
+        raise ConfigError(f"video folders not found in {data_dir}: " + FOLDER_HINT.format(dir=data_dir))
+    classes, train = _folder_split(roots[0])
+    _, val = _folder_split(roots[1], classes)
+    return classes, train, val, roots[0].endswith(FRAME_ROOT_SUFFIX)
+
+
+VIDEO_DATASETS = {"ucf101": ucf101_samples, "hmdb51": hmdb51_samples, "kinetics": folder_samples,
+                  "videofolder": folder_samples, "fake": None}
+FAKE_DEFAULTS = dict(num_train=64, num_val=32, num_classes=6, frames=None)
+
+
+def build_video_datasets(name, data_dir, split=1, clip_len=16, frame_step=1, frame_size=112, hflip=0.5,
+                         test_clips=10, **options):
+    """(train_set, val_set, test_set, info) of video dataset `name` under data_dir; see the module docstring.
+
+    split: the official split (ucf101, hmdb51; ignored otherwise). clip_len frames taken every frame_step frames,
+    frame_size x frame_size pixels. hflip: probability of mirroring a training clip; a mirror turns "moving left"
+    into "moving right" and clockwise into counter-clockwise, so classes defined by direction need hflip 0.
+    test_clips: clips per video in test_set. Bad values are ConfigErrors.
+    """
+    if name not in VIDEO_DATASETS:
+        raise ConfigError(f"unknown video dataset '{name}': choose one of {', '.join(sorted(VIDEO_DATASETS))}")
+    problems = check_clip_options(clip_len, frame_step, frame_size, hflip, test_clips)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    normalization = options.pop("normalization", DEFAULT_NORMALIZATION)
+    if normalization not in NORMALIZATIONS:
+        raise ConfigError(f"unknown normalization '{normalization}': choose one of {', '.join(NORMALIZATIONS)}")
+    allowed = set(FAKE_DEFAULTS) if name == "fake" else set()
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ConfigError(f"video dataset '{name}' takes no option(s) {', '.join(unknown)}")
+    if name in ("ucf101", "hmdb51") and split not in (1, 2, 3):
+        raise ConfigError(f"{name} has official splits 1, 2 and 3, got split {split}")
+    train_tf = TrainClip(clip_len, frame_step, frame_size, hflip, normalization=normalization)
+    val_tf = EvalClips(clip_len, frame_step, frame_size, None, normalization)
+    test_tf = EvalClips(clip_len, frame_step, frame_size, test_clips, normalization)
+    if name == "fake":
+        sets, classes, source = _fake_sets(dict(FAKE_DEFAULTS, **options), clip_len, frame_step, frame_size,
+                                           (train_tf, val_tf, test_tf))
+    else:
+        data_dir = os.fspath(data_dir) if data_dir is not None else ""
+        if not os.path.isdir(data_dir or "."):
+            raise ConfigError(f"data directory {data_dir} does not exist")
+        classes, train, test, frames = VIDEO_DATASETS[name](data_dir, split)
+        sets = (VideoFileDataset(train, classes, train_tf, "train"), VideoFileDataset(test, classes, val_tf, "val"),
+                VideoFileDataset(test, classes, test_tf, "test"))
+        source = "frames" if frames else "videos"
+    info = VideoDatasetInfo(name, len(classes), frame_size, False, classes=tuple(classes), num_train=len(sets[0]),
+                            num_val=len(sets[1]), num_test=len(sets[2]), clip_len=clip_len, frame_step=frame_step,
+                            test_clips=test_clips, split=split, source=source, normalization=normalization)
+    return (*sets, info)
+
+
+def _fake_sets(options, clip_len, frame_step, frame_size, transforms):
+    """FakeVideoDataset train / val / test (test = the val videos, multi-clip), frames of frame_size x 4/3."""
+    num_train, num_val, num_classes = options["num_train"], options["num_val"], options["num_classes"]
+    frames = options["frames"] or clip_span(clip_len, frame_step) + clip_len // 2
+    if min(num_train, num_val, frames) < 1 or num_classes < 2:
+        raise ConfigError(f"fake video data needs num_train, num_val, frames >= 1 and num_classes >= 2, got "
+                          f"{num_train}, {num_val}, {frames}, {num_classes}")
+    height, width = frame_size, frame_size * 4 // 3
+    train_tf, val_tf, test_tf = transforms
+    sets = (FakeVideoDataset(num_train, num_classes, frames, height, width, 0, train_tf, "train"),
+            FakeVideoDataset(num_val, num_classes, frames, height, width, 1, val_tf, "val"),
+            FakeVideoDataset(num_val, num_classes, frames, height, width, 1, test_tf, "test"))
+    return sets, [f"class{c}" for c in range(num_classes)], "generated"

@@ -1,0 +1,189 @@
+"""Clip sampling (which frames) and spatial transforms (which pixels) of the 3D-ResNets recipe.
+
+Source of the numbers: Hara et al.'s 3D-ResNets-PyTorch (github.com/kenshohara/3D-ResNets-PyTorch): clips of
+`sample_duration` 16 frames at `sample_size` 112 (opts.py); training crops `train_crop corner` with `n_scales` 5,
+`initial_scale` 1 and `scale_step` 0.84089641525 = 2^-1/4 (opts.py of the 2017-2019 versions, class
+MultiScaleCornerCrop in spatial_transforms.py: a square of side scale x the short side, at the centre or a corner);
+temporal random crop with loop padding and centre crop for validation (temporal_transforms.py); Kinetics mean and
+std per channel (mean.py).
+
+Randomness: a training clip draws four numbers from torch's default CPU generator, always the same four in the
+same order and before any frame is decoded (temporal offset, scale, position, flip), so with
+lib.data.samplers.SeededAugmentation a clip is a function of (seed, epoch, index) whatever the video, the number
+of workers or a wrong container frame count.
+"""
+import math
+
+import cv2
+import numpy as np
+import torch
+
+# mean.py of 3D-ResNets-PyTorch, in pixel units (0-255), RGB. 'kinetics': per-channel mean and std of Kinetics
+# (10 videos per class), what its current version normalizes with (value_scale 1: (x / 255 - mean) / std).
+# 'activitynet': the 2017 version's default (mean_dataset activitynet, norm_value 1, no std_norm): raw 0-255
+# pixels minus the ActivityNet mean; the inputs its resnet-*-kinetics.pth checkpoints were trained on.
+NORMALIZATIONS = {
+    "kinetics": ((110.63666788, 103.16065604, 96.29023126), (38.7568578, 37.88248729, 40.02898126)),
+    "activitynet": ((114.7748, 107.7354, 99.4750), (1.0, 1.0, 1.0)),
+}
+DEFAULT_NORMALIZATION = "kinetics"
+# 1, 2^-1/4, 2^-1/2, 2^-3/4, 1/2 of the short side.
+CROP_SCALES = tuple(2 ** (-k / 4) for k in range(5))
+# centre first, then the four corners (top-left, top-right, bottom-left, bottom-right).
+CROP_POSITIONS = ("c", "tl", "tr", "bl", "br")
+
+
+def clip_span(clip_len, frame_step):
+    """Frames a clip covers: clip_len frames taken every frame_step frames."""
+    return (clip_len - 1) * frame_step + 1
+
+
+def clip_indices(num_frames, start, clip_len, frame_step):
+    """Indices start, start + step, ... of one clip; frames past the end are replaced by looping over the ones
+    taken so far (3D-ResNets' LoopPadding), so a short video gives e.g. 0 1 2 0 1 2 0 ..."""
+    taken = list(range(start, min(num_frames, start + clip_span(clip_len, frame_step)), frame_step))
+    return [taken[k % len(taken)] for k in range(clip_len)]
+
+
+def random_start(num_frames, clip_len, frame_step, u):
+    """Start of a training clip for a uniform draw u in [0, 1): every start that keeps the clip inside the video
+    is equally likely (0 when the video is shorter than a clip). 3D-ResNets' TemporalRandomCrop never picks the
+    last one (its randint bound is one short); here it is as likely as the others."""
+    choices = max(1, num_frames - clip_span(clip_len, frame_step) + 1)
+    return min(int(u * choices), choices - 1)
+
+
+def center_start(num_frames, clip_len, frame_step):
+    """Start of the clip centred in the video (validation): half a clip before the middle frame, as 3D-ResNets'
+    TemporalCenterCrop."""
+    return max(0, num_frames // 2 - clip_span(clip_len, frame_step) // 2)
+
+
+def even_starts(num_frames, clip_len, frame_step, count):
+    """Starts of `count` clips spread evenly from the first to the last full clip (the multi-clip test); with a
+    video shorter than a clip they all start at 0 (identical, loop-padded clips)."""
+    last = max(0, num_frames - clip_span(clip_len, frame_step))
+    if count == 1:
+        return [last // 2]
+    return [round(k * last / (count - 1)) for k in range(count)]
+
+
+def crop_box(height, width, scale, position):
+    """(top, left, side) of the square of side int(scale x short side) at `position` (c, tl, tr, bl, br)."""
+    side = max(1, int(min(height, width) * scale))
+    top = {"c": (height - side) // 2, "tl": 0, "tr": 0, "bl": height - side, "br": height - side}[position]
+    left = {"c": (width - side) // 2, "tl": 0, "tr": width - side, "bl": 0, "br": width - side}[position]
+    return top, left, side
+
+
+def crop_resize(frames, box, size):
+    """uint8 frames (T, H, W, 3) cropped to box = (top, left, side) and resized to (T, size, size, 3).
+
+    Shrinking averages pixel areas (cv2.INTER_AREA, no aliasing, as PIL's bilinear resize that 3D-ResNets used),
+    enlarging is bilinear; the same box for every frame of the clip.
+    """
+    top, left, side = box
+    crops = frames[:, top:top + side, left:left + side]
+    if side == size:
+        return np.ascontiguousarray(crops)
+    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(crop, (size, size), interpolation=interpolation) for crop in crops])
+
+
+def _lookup_tables(normalization):
+    """float32 (3, 256): the normalized value of every uint8 pixel value, per channel (computed in float64)."""
+    mean, std = (np.asarray(v, dtype=np.float64)[:, None] for v in NORMALIZATIONS[normalization])
+    return ((np.arange(256)[None, :] - mean) / std).astype(np.float32)
+
+
+_TABLES = {name: _lookup_tables(name) for name in NORMALIZATIONS}
+
+
+def to_normalized_tensor(frames, normalization=DEFAULT_NORMALIZATION):
+    """uint8 (T, H, W, 3) -> float32 (3, T, H, W), (pixel - mean) / std per channel (pixel units 0-255).
+
+    By table lookup: twice as fast as converting and normalizing the array, and rounded once."""
+    table = _TABLES[normalization]
+    return torch.from_numpy(np.stack([table[c][frames[..., c]] for c in range(3)]))
+
+
+class TrainClip:
+    """The training transform: random temporal crop, multi-scale corner crop, horizontal flip, normalization.
+
+    hflip: probability of a horizontal flip. A mirror turns "moving left" into "moving right" and clockwise into
+    counter-clockwise: for classes defined by direction use 0. The flip is drawn even when hflip is 0, so the
+    other draws do not shift.
+    """
+
+    def __init__(self, clip_len=16, frame_step=1, size=112, hflip=0.5, scales=CROP_SCALES,
+                 normalization=DEFAULT_NORMALIZATION):
+        self.clip_len, self.frame_step, self.size = clip_len, frame_step, size
+        self.hflip, self.scales, self.normalization = hflip, tuple(scales), normalization
+
+    def draw(self):
+        """The random choices of one clip, from torch's default generator: (u, scale, position, flip)."""
+        u = torch.rand(()).item()
+        scale = self.scales[int(torch.randint(len(self.scales), ()))]
+        position = CROP_POSITIONS[int(torch.randint(len(CROP_POSITIONS), ()))]
+        flip = torch.rand(()).item() < self.hflip
+        return u, scale, position, flip
+
+    def indices(self, num_frames, u):
+        return clip_indices(num_frames, random_start(num_frames, self.clip_len, self.frame_step, u),
+                            self.clip_len, self.frame_step)
+
+    def pixels(self, frames, scale, position, flip):
+        """uint8 frames (T, H, W, 3) of the chosen indices -> the normalized clip (3, T, size, size)."""
+        out = crop_resize(frames, crop_box(frames.shape[1], frames.shape[2], scale, position), self.size)
+        if flip:
+            out = out[:, :, ::-1]
+        return to_normalized_tensor(out, self.normalization)
+
+
+class EvalClips:
+    """Deterministic clips: the centre clip (count None, validation) or `count` evenly spaced clips (test), each
+    the centred square of the short side resized to `size`."""
+
+    def __init__(self, clip_len=16, frame_step=1, size=112, count=None, normalization=DEFAULT_NORMALIZATION):
+        self.clip_len, self.frame_step, self.size = clip_len, frame_step, size
+        self.count, self.normalization = count, normalization
+
+    def indices(self, num_frames):
+        """[clip indices] (count None) or [[clip indices] x count]."""
+        if self.count is None:
+            return clip_indices(num_frames, center_start(num_frames, self.clip_len, self.frame_step),
+                                self.clip_len, self.frame_step)
+        return [clip_indices(num_frames, start, self.clip_len, self.frame_step)
+                for start in even_starts(num_frames, self.clip_len, self.frame_step, self.count)]
+
+    def pixels(self, frames):
+        """uint8 (T, H, W, 3) -> (3, T, size, size), or (count, T, H, W, 3) -> (count, 3, T, size, size)."""
+        if self.count is None:
+            return self._centre(frames)
+        return torch.stack([self._centre(clip) for clip in frames])
+
+    def _centre(self, frames):
+        box = crop_box(frames.shape[1], frames.shape[2], 1.0, "c")
+        return to_normalized_tensor(crop_resize(frames, box, self.size), self.normalization)
+
+
+def video_scores(clip_logits):
+    """Video-level class probabilities: the softmax of each clip's logits, averaged over the clips.
+
+    clip_logits (..., clips, classes) -> (..., classes); e.g. (test_clips, C) -> (C,), (B, test_clips, C) ->
+    (B, C). Computed in float32 at least (half-precision logits are upcast).
+    """
+    logits = clip_logits if clip_logits.dtype == torch.float64 else clip_logits.float()
+    return torch.softmax(logits, dim=-1).mean(dim=-2)
+
+
+def check_clip_options(clip_len, frame_step, frame_size, hflip, test_clips):
+    """Messages for out-of-range clip options (an empty list when all are fine)."""
+    problems = []
+    for name, value in (("clip_len", clip_len), ("frame_step", frame_step), ("frame_size", frame_size),
+                        ("test_clips", test_clips)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            problems.append(f"{name} must be a positive integer, got {value!r}")
+    if not 0 <= hflip <= 1 or math.isnan(hflip):
+        problems.append(f"hflip is a probability in [0, 1], got {hflip}")
+    return problems

@@ -1,0 +1,89 @@
+"""The 3D-ResNets framework's training recipes (Hara et al., 3D-ResNets-PyTorch; docs/video.md), applied to unset flags.
+
+Numbers from that framework's opts.py and README: SGD, lr 0.1, momentum 0.9, dampening 0.9, weight decay 1e-3,
+batch 128, 200 epochs, clips of 16 frames at 112 x 112; fine-tuning a Kinetics model on UCF-101 / HMDB-51 trains
+conv5_x (layer4) and the fc (--ft_begin_index 4). Its lr fell by 10x when the validation loss stopped improving
+(ReduceLROnPlateau, patience 10); here the lr is a fixed function of the epoch, decayed at the epochs of its later
+multistep schedule (50, 100, 150): a resumed run needs no validation history, and no training decision is taken on
+the test split (docs/video.md, "Deviations").
+"""
+import math
+import os
+
+from lib.engine.cli import AMP_MODES, parse_stages
+from lib.engine.recipe import CPUS, DEVICE_PATTERN, _check, _check_output_dir, _check_run_name, _fill
+from lib.engine.video.cli import VIDEO_BACKBONES, VIDEO_DATASETS
+from lib.errors import ConfigError
+
+_FRAMEWORK = dict(batch_size=128, lr=0.1, momentum=0.9, dampening=0.9, weight_decay=1e-3, epochs=200,
+                  lr_steps=[50, 100, 150], warmup_epochs=0, eval_freq=1, clip_len=16, frame_step=1,
+                  frame_size=112, test_clips=10, hflip=0.5, backbone="resnet3d", arch="50", seed=1)
+VIDEO_RECIPES = {
+    # Fine-tuning from Kinetics (--pretrained PATH, --ft-begin-index 4) or, without it, training from scratch.
+    "ucf101": _FRAMEWORK,
+    "hmdb51": _FRAMEWORK,
+    "kinetics": _FRAMEWORK,
+    "videofolder": _FRAMEWORK,
+    # Smoke runs on generated clips: tiny clips, a small network, two epochs.
+    "fake": dict(_FRAMEWORK, batch_size=4, lr=0.01, epochs=2, lr_steps=[1], clip_len=4, frame_size=32,
+                 test_clips=2, arch="18"),
+}
+COMMON_DEFAULTS = dict(workers=min(4, CPUS), nl_type="snl", nl_nums=1, stage_nums=1, div=2)
+
+
+def _validate(args):
+    for flag in ("lr", "lr_gamma", "weight_decay", "momentum", "dampening", "div", "hflip"):
+        _check(math.isfinite(getattr(args, flag)), f"--{flag.replace('_', '-')} must be a finite number, got "
+               f"{getattr(args, flag)}")
+    _check(args.backbone in VIDEO_BACKBONES, f"unknown video backbone {args.backbone!r}; valid: "
+           f"{', '.join(VIDEO_BACKBONES)}")
+    _check(args.epochs >= 1 and args.batch_size >= 1, f"--epochs and --batch-size must be >= 1, got {args.epochs}, "
+           f"{args.batch_size}")
+    _check(args.lr > 0 and args.lr_gamma > 0, f"--lr and --lr-gamma must be positive, got {args.lr}, "
+           f"{args.lr_gamma}")
+    _check(0 <= args.momentum < 1 and 0 <= args.dampening <= 1, f"--momentum must be in [0, 1) and --dampening in "
+           f"[0, 1], got {args.momentum}, {args.dampening}")
+    _check(args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}")
+    _check(0 <= args.hflip <= 1, f"--hflip is a probability in [0, 1], got {args.hflip}")
+    for flag in ("clip_len", "frame_step", "frame_size", "test_clips", "eval_freq", "print_freq", "stage_nums"):
+        _check(getattr(args, flag) >= 1, f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    for flag in ("warmup_epochs", "workers", "seed", "keep_checkpoints", "nl_nums"):
+        _check(getattr(args, flag) >= 0, f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
+    _check(0 <= args.ft_begin_index <= 5, f"--ft-begin-index must be in 0..5, got {args.ft_begin_index}")
+    _check(args.div > 0, f"--div must be positive, got {args.div}")
+    _check(list(args.lr_steps) == sorted(set(args.lr_steps)), f"--lr-steps must increase, got {args.lr_steps}")
+    _check(all(step >= args.warmup_epochs for step in args.lr_steps),
+           f"--lr-steps {args.lr_steps} must not fall inside the {args.warmup_epochs} warm-up epochs")
+    _check(args.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {args.amp!r}")
+    _check(DEVICE_PATTERN.match(str(args.device)) is not None,
+           f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
+    _check(not (args.valid and not args.check_path), "--valid needs --check_path CHECKPOINT")
+    _check(not isinstance(args.pretrained, str) or os.path.isfile(args.pretrained),
+           f"--pretrained {args.pretrained}: expected True/False or an existing checkpoint file")
+    _check_run_name(args.checkpoints)
+    _check_output_dir(args.output_dir)
+
+
+def resolve_video_args(args):
+    """Fill unset flags from the recipe of args.dataset, normalize spellings, validate; returns args (changed)."""
+    if getattr(args, "resolved", False):
+        return args
+    if args.dataset not in VIDEO_RECIPES:
+        raise ConfigError(f"unknown video dataset {args.dataset!r}; valid: {', '.join(VIDEO_DATASETS)}")
+    for name, value in list(VIDEO_RECIPES[args.dataset].items()) + list(COMMON_DEFAULTS.items()):
+        _fill(args, name, value)
+    _fill(args, "ft_begin_index", 4 if args.pretrained else 0)
+    args.lr_steps = [int(step) for step in args.lr_steps]
+    args.arch = str(args.arch)
+    if args.nl_layer is not None:
+        args.nl_layer = parse_stages(args.nl_layer)
+    if str(args.nl_type).lower() in ("none", "base"):
+        args.nl_type, args.nl_nums = None, 0
+    _fill(args, "checkpoints", args.nl_type if args.nl_nums and args.nl_type else "base")
+    if float(args.div).is_integer():
+        args.div = int(args.div)  # so build_args and file names read 2, not 2.0
+    _validate(args)
+    # The recipe a linear --lr-scale refers to, and the task every checkpoint and args.yaml of the run records.
+    args.recipe, args.task = args.dataset, "video"
+    args.resolved = True
+    return args

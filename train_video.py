@@ -1,0 +1,357 @@
+#!/usr/bin/env python3
+"""Train and evaluate action recognition: 3-D ResNets with space-time nonlocal blocks (SNL and the others).
+
+    python train_video.py --dataset ucf101 --data_dir DATA --pretrained resnet-50-kinetics.pth --nl-type snl
+    torchrun --nproc_per_node 8 train_video.py --config configs/kinetics_resnet3d50_snl.yaml --data_dir DATA
+    python train_video.py --valid --check_path CHECKPOINT --dataset ucf101 --data_dir DATA
+    python train_video.py --dataset fake --output-dir /tmp/smoke           # smoke run, no data needed
+
+The 3D-ResNets framework's recipe fills unset flags (lib/engine/video/recipe.py). Each epoch trains on random clips
+and validates on each test video's centre clip (clip top-1); after the last epoch, and with --valid, the multi-clip
+test averages --test-clips clips per video (video top-1). Outputs go to <output-dir>/<dataset>/<backbone><arch>/
+<checkpoints>/. Layout as torchvision's references/video_classification/train.py: get_args_parser(),
+train_one_epoch(), evaluate(), main(args). See docs/video.md.
+"""
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lib.data import build_loaders
+from lib.engine.checkpoint import load_checkpoint, model_args_mismatch, remove_stale_temp_files, restore_rng
+from lib.engine.distributed import all_reduce_sums, any_process, cleanup, from_main, init_distributed
+from lib.engine.logger import MetricsFile, RunLogger, open_tensorboard, write_args
+from lib.engine.metrics import AverageMeter, format_seconds, percent, topk_correct
+from lib.engine.run_lock import RunLock
+from lib.engine.run_state import (BestTracker, check_dataset, load_resumed_state, load_resumed_weights,
+                                  prune_own_checkpoints, restore_epoch_file, resume_source, save_checkpoint)
+from lib.engine.runtime import NonFiniteLoss, autocast, run_cli, seed_everything, set_cudnn_mode
+from lib.engine.schedule import WarmupStepSchedule, set_lr
+from lib.engine.tasks import require_task
+from lib.engine.video.cli import get_args_parser, parse_video_args  # noqa: F401  (torchvision-style entry point)
+from lib.engine.video.multiclip import evaluate_videos
+from lib.engine.video.recipe import VIDEO_RECIPES, resolve_video_args
+from lib.engine.video.setup import (build_data, check_model_flags, freeze_for_fine_tuning, frozen_parameter_count,
+                                    model_kwargs, prepare_video_model, run_folder, test_loader_of, to_device,
+                                    trainable_parameters)
+from lib.errors import ConfigError
+from models import build_model, load_state_dict_checked
+
+
+def build_criterion(args):
+    return nn.CrossEntropyLoss()
+
+
+def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr, args, log):
+    """One pass over the training videos (one random clip each); returns the epoch's mean loss and clip top-1 over
+    all processes' clips."""
+    model.train()
+    losses, correct = AverageMeter(), 0
+    num_batches, start = len(loader), time.time()
+    for i, (clips, target) in enumerate(loader):
+        clips, target = to_device(clips, target, ctx, args)
+        with autocast(ctx.device, args.amp):
+            output = model(clips)
+            loss = criterion(output, target)
+        loss_value = loss.item()
+        # Checked before the update, so no NaN reaches the weights; agreed across processes, so all stop together.
+        if any_process(ctx, not math.isfinite(loss_value)):
+            raise NonFiniteLoss(f"training loss became non-finite ({loss_value}) at epoch {epoch + 1}, iteration "
+                                f"{i + 1}: run stopped, this epoch is not checkpointed (try a lower --lr or --amp off)")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        batch_correct = topk_correct(output, target, (1,))[0]
+        losses.update(loss_value, target.size(0))
+        correct += batch_correct
+        if i % args.print_freq == 0 or i == num_batches - 1:
+            elapsed = time.time() - start
+            log.info(f"Epoch [{epoch + 1}/{args.epochs}][{i + 1}/{num_batches}]  loss {loss_value:.4f} "
+                     f"({losses.avg:.4f})  clip top-1 {percent(batch_correct, target.size(0)):.2f} "
+                     f"({percent(correct, losses.count):.2f})  lr {lr:.6g}  "
+                     f"{losses.count * ctx.world_size / max(elapsed, 1e-9):.1f} clips/s  "
+                     f"eta {format_seconds(elapsed / (i + 1) * (num_batches - i - 1))}")
+    loss_sum, correct_sum, count = all_reduce_sums(ctx, [losses.sum, correct, losses.count])
+    return {"loss": loss_sum / count, "top1": percent(correct_sum, count), "n": int(count)}
+
+
+@torch.no_grad()
+def evaluate(model, loader, ctx, args, log):
+    """Clip top-1 / top-5 / mean loss on each validation video's centre clip: every video once, summed over
+    processes."""
+    model.eval()
+    loss_sum = correct1 = correct5 = count = 0
+    error, start = None, time.time()
+    try:
+        for i, (clips, target) in enumerate(loader):
+            clips, target = to_device(clips, target, ctx, args)
+            with autocast(ctx.device, args.amp):
+                output = model(clips)
+            loss_sum += F.cross_entropy(output.float(), target, reduction="sum").item()
+            hits1, hits5 = topk_correct(output, target, (1, 5))
+            correct1, correct5, count = correct1 + hits1, correct5 + hits5, count + target.size(0)
+            if i % args.print_freq == 0:
+                elapsed = time.time() - start
+                log.info(f"Test [{i + 1}/{len(loader)}]  clip top-1 {percent(correct1, count):.3f}  "
+                         f"clip top-5 {percent(correct5, count):.3f}  "
+                         f"{count * ctx.world_size / max(elapsed, 1e-9):.1f} clips/s  "
+                         f"eta {format_seconds(elapsed / (i + 1) * (len(loader) - i - 1))}")
+    except ConfigError as caught:  # e.g. an unreadable video in this process's shard
+        error = caught
+    # Agreed by all processes, so that all stop together (a lone raise would leave the others waiting).
+    if any_process(ctx, error is not None):
+        raise error or ConfigError("the evaluation failed in another process (its error is printed above)")
+    loss_sum, correct1, correct5, count = all_reduce_sums(ctx, [loss_sum, correct1, correct5, count])
+    stats = {"top1": percent(correct1, count), "top5": percent(correct5, count),
+             "loss": loss_sum / count if count else float("nan"), "n": int(count)}
+    log.info(f" * Clip Prec@1 {stats['top1']:.3f} Clip Prec@5 {stats['top5']:.3f}  loss {stats['loss']:.4f}  "
+             f"({stats['n']} centre clips)")
+    return stats
+
+
+def load_data(args, ctx):
+    train_set, val_set, test_set, info = build_data(args, ctx)
+    train_loader, val_loader, train_sampler = build_loaders(train_set, val_set, args.batch_size, args.workers,
+                                                            distributed=ctx.distributed, seed=args.seed)
+    return dict(train_set=train_set, val_set=val_set, test_set=test_set, info=info, train_loader=train_loader,
+                val_loader=val_loader, train_sampler=train_sampler)
+
+
+def evaluate_all(model, data, ctx, args, log, with_test):
+    """Centre-clip validation; with_test: the multi-clip test too. One stats dict (video_* keys if tested)."""
+    stats = evaluate(model, data["val_loader"], ctx, args, log)
+    if with_test:
+        stats.update(evaluate_videos(model, test_loader_of(data["test_set"], ctx, args), ctx, args, log))
+    return stats
+
+
+def validate_checkpoint(args, ctx, log):
+    """--valid: evaluate --check_path, rebuilt from its stored constructor arguments (flags that ask for another
+    model are refused)."""
+    log.heading("=> validation mode")
+    checkpoint = load_checkpoint(args.check_path)
+    require_task(checkpoint, args.check_path, "video")
+    check_dataset(checkpoint, args.check_path, args.dataset)
+    data = load_data(args, ctx)
+    saved = checkpoint.get("model_args")
+    if not saved:
+        raise ConfigError(f"{args.check_path} has no model arguments: it was not written by train_video.py")
+    given = set(getattr(args, "explicit", None) or ())
+    with torch.device("meta"):
+        requested = build_model(**model_kwargs(args, saved["num_classes"])).build_args
+    flag_of = {"stage_num": "stage_nums"}
+    conflicts = model_args_mismatch({k: saved.get(k) for k in requested if flag_of.get(k, k) in given},
+                                    {k: requested[k] for k in requested if flag_of.get(k, k) in given})
+    if conflicts:
+        raise ConfigError(f"{args.check_path} holds another model than the flags ask for: {conflicts}")
+    model = build_model(**saved)
+    load_state_dict_checked(model, checkpoint["state_dict"])
+    if saved["num_classes"] != data["info"].num_classes:
+        raise ConfigError(f"{args.check_path} has {saved['num_classes']} classes, {args.dataset} "
+                          f"{data['info'].num_classes}")
+    log.info(f"=> loaded {args.check_path} (epoch {checkpoint.get('epoch', '?')}); evaluating "
+             f"{len(data['val_set'])} videos")
+    _, _, eval_model = prepare_video_model(model, args, ctx, log)
+    stats = evaluate_all(eval_model, data, ctx, args, log, with_test=True)
+    log.heading(f" * Final: clip top-1 {stats['top1']:.3f} top-5 {stats['top5']:.3f} ({stats['n']} centre clips) | "
+                f"video top-1 {stats['video_top1']:.3f} top-5 {stats['video_top5']:.3f} ({stats['videos']} videos)")
+    return stats
+
+
+def summary_line(best):
+    """The run's closing line: the final evaluation (clip and video) and the best clip accuracies, separately."""
+    if best.last is None:
+        return "=> done: no evaluation was run"
+    last = best.last
+    video = (f", video top-1 {last['video_top1']:.3f} top-5 {last['video_top5']:.3f}"
+             if "video_top1" in last else "")
+    return (f"=> done: final clip top-1 {last['top1']:.3f} top-5 {last['top5']:.3f}{video} (epoch {last['epoch']}) "
+            f"| best clip top-1 {best.top1:.3f} (epoch {best.top1_epoch}), best clip top-5 {best.top5:.3f} "
+            f"(epoch {best.top5_epoch})")
+
+
+def log_setup(args, ctx, data, model, schedule, log):
+    info, global_batch = data["info"], args.batch_size * ctx.world_size
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    frozen = frozen_parameter_count(model) / 1e6
+    blocks = f"{args.nl_nums} {args.nl_type} block(s)" if args.nl_nums else "no nonlocal block"
+    log.info(f"=> data: {args.dataset} split {args.split}, {len(data['train_set'])} train / {len(data['val_set'])} "
+             f"test videos, {info.num_classes} classes; clips of {args.clip_len} frames every {args.frame_step} at "
+             f"{args.frame_size}px, {args.test_clips} clips per test video")
+    log.info(f"=> model: {args.backbone}-{args.arch} with {blocks}, {params:.2f}M parameters ({frozen:.2f}M frozen: "
+             f"--ft-begin-index {args.ft_begin_index})")
+    log.info(f"=> batch size {args.batch_size} per process x {ctx.world_size} process(es) = global batch "
+             f"{global_batch}; {args.epochs} epochs, lr {schedule.base_lr:.6g} x {args.lr_gamma} at epochs "
+             f"{args.lr_steps}, momentum {args.momentum}, dampening {args.dampening}, weight decay {args.weight_decay}")
+    if ctx.world_size > 1 and args.lr_scale == "none":
+        log.warn(f"the lr is not rescaled for the global batch {global_batch} (the recipe assumes "
+                 f"{VIDEO_RECIPES[args.recipe]['batch_size']}); pass --lr-scale linear to scale it")
+
+
+def train(args, ctx, log):
+    run_dir = run_folder(args)
+    log.heading(f"=> torch {torch.__version__}, device {ctx.device}, {ctx.world_size} process(es), run folder "
+                f"{run_dir}")
+    # One run per folder: a second one (e.g. a resume while the first still runs) stops here, naming the holder.
+    lock = RunLock(run_dir).acquire() if ctx.is_main else None
+    try:
+        return _train(args, ctx, log, run_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _warn_other_world_size(checkpoint, ctx, log):
+    saved = checkpoint.get("world_size")
+    if saved is not None and int(saved) != ctx.world_size:
+        log.warn(f"the checkpoint was trained by {saved} process(es), this run has {ctx.world_size}: training "
+                 f"continues, but not as the same run (the data sharding and the BatchNorm batches change)")
+
+
+def _train(args, ctx, log, run_dir):
+    resume_path = from_main(ctx, lambda: resume_source(args, run_dir, log))
+    data = load_data(args, ctx)
+    checkpoint = load_checkpoint(resume_path) if resume_path else None
+    if checkpoint is not None:
+        require_task(checkpoint, resume_path, "video")
+        check_dataset(checkpoint, resume_path, args.dataset)
+    # A resumed model's weights come from its checkpoint: pretrained weights are not loaded again.
+    model = build_model(**model_kwargs(args, data["info"].num_classes, None if checkpoint else args.pretrained))
+    if checkpoint is not None:
+        load_resumed_weights(checkpoint, resume_path, model)
+    freeze_for_fine_tuning(model, args.ft_begin_index)
+    model, train_model, eval_model = prepare_video_model(model, args, ctx, log)
+    recipe_batch = VIDEO_RECIPES[args.recipe]["batch_size"]
+    scale = args.batch_size * ctx.world_size / recipe_batch if args.lr_scale == "linear" else 1
+    schedule = WarmupStepSchedule(args.lr * scale, args.lr_steps, args.warmup_epochs, args.lr_gamma)
+    optimizer = torch.optim.SGD(trainable_parameters(model), lr=schedule.lr_at(0),
+                                momentum=args.momentum, dampening=args.dampening, weight_decay=args.weight_decay)
+    scaler = torch.amp.GradScaler(ctx.device.type) if args.amp == "fp16" else None
+    start_epoch, best = 0, BestTracker()
+    if checkpoint is not None:
+        start_epoch, best = load_resumed_state(checkpoint, resume_path, optimizer, scaler, log)
+        _warn_other_world_size(checkpoint, ctx, log)
+    log_setup(args, ctx, data, model, schedule, log)
+    left_to_train = start_epoch < args.epochs
+
+    # Only now, with data, model and checkpoint loaded, is anything written: a failed start leaves no trace.
+    metrics = MetricsFile(os.path.join(run_dir, "metrics.jsonl"), enabled=ctx.is_main)
+    if ctx.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        log.attach(os.path.join(run_dir, "log_train.txt"))
+        for name in remove_stale_temp_files(run_dir):
+            log.warn(f"removed {name}, left by an interrupted checkpoint write")
+        write_args(os.path.join(run_dir, f"args_resume_{start_epoch}.yaml" if checkpoint else "args.yaml"), args)
+        if left_to_train:  # rows after the checkpoint are recomputed; with nothing to train, every row stays
+            metrics.drop_after(start_epoch)
+        if checkpoint is not None and restore_epoch_file(run_dir, resume_path, start_epoch, args):
+            log.info(f"=> {resume_path} is also the checkpoint of epoch {start_epoch} now")
+    writer = open_tensorboard(run_dir, start_epoch, enabled=ctx.is_main)
+    rng_states = (checkpoint or {}).get("rng_states") or []
+    if ctx.rank < len(rng_states):
+        restore_rng(rng_states[ctx.rank])
+    elif checkpoint is not None:
+        log.warn("the checkpoint has no RNG state for this process: random draws will differ from the original run")
+        seed_everything(args.seed + ctx.rank + 1000 * start_epoch)
+    criterion = build_criterion(args)
+
+    def finish_epoch(finished, record, started, due):
+        """Evaluate (if due; with the multi-clip test after the last epoch), log and checkpoint `finished` epochs.
+        If the evaluation fails on bad input (e.g. an unreadable video), the trained epoch is checkpointed all the
+        same, marked as awaiting its evaluation, which a resumed run does first."""
+        is_best = False
+        if due:
+            try:
+                stats = evaluate_all(eval_model, data, ctx, args, log, with_test=finished == args.epochs)
+            except ConfigError as error:
+                if writer is not None:
+                    writer.flush()
+                save_checkpoint(run_dir, finished, False, model, optimizer, scaler, schedule, best, args, ctx, log,
+                                pending_eval=dict(record, time=time.time() - started))
+                raise ConfigError(f"{error} (epoch {finished} is trained and checkpointed: fix this and rerun with "
+                                  f"--resume auto, which evaluates it first)") from None
+            is_best = best.update(finished, stats)
+            log.info(f" * Best clip accuracy: Prec@1 {best.top1:.3f} (epoch {best.top1_epoch}), Prec@5 "
+                     f"{best.top5:.3f} (epoch {best.top5_epoch})")
+            row = dict(record, epoch=finished, clip_top1=stats["top1"], clip_top5=stats["top5"], loss=stats["loss"],
+                       time=time.time() - started)
+            tags = [("Clip Top1", "top1"), ("Clip Top5", "top5"), ("Test Loss", "loss")]
+            if "video_top1" in stats:
+                row.update(video_top1=stats["video_top1"], video_top5=stats["video_top5"])
+                tags += [("Video Top1", "video_top1"), ("Video Top5", "video_top5")]
+            if writer is not None:
+                for tag, key in tags:
+                    writer.add_scalar(tag, stats[key], finished)
+            metrics.append(row)
+        if writer is not None:
+            writer.flush()
+        save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedule, best, args, ctx, log)
+
+    try:
+        pending = (checkpoint or {}).get("pending_eval")
+        if pending:
+            log.info(f"=> evaluating epoch {start_epoch} first: its evaluation failed in the run that trained it")
+            record = {key: pending[key] for key in ("train_loss", "train_top1", "lr")}
+            finish_epoch(start_epoch, record, time.time() - pending.get("time", 0), due=True)
+        for epoch in range(start_epoch, args.epochs):
+            started, lr = time.time(), schedule.lr_at(epoch)
+            set_lr(optimizer, lr)
+            data["train_sampler"].set_epoch(epoch)
+            train_stats = train_one_epoch(train_model, criterion, optimizer, scaler, data["train_loader"], ctx, epoch,
+                                          lr, args, log)
+            finished = epoch + 1
+            if writer is not None:
+                writer.add_scalar("Train Loss", train_stats["loss"], finished)
+                writer.add_scalar("LR", lr, finished)
+            record = dict(train_loss=train_stats["loss"], train_top1=train_stats["top1"], lr=lr)
+            finish_epoch(finished, record, started, due=finished % args.eval_freq == 0 or finished == args.epochs)
+    finally:
+        if writer is not None:
+            writer.close()
+    if not left_to_train:
+        log.warn(f"nothing left to train: the checkpoint has {start_epoch} epochs, --epochs is {args.epochs}")
+        if ctx.is_main:
+            prune_own_checkpoints(run_dir, args)
+    log.heading(summary_line(best))
+    return best.last
+
+
+def main(args):
+    """Train (or with --valid, evaluate); returns the final evaluation's stats. Raises ConfigError for bad input."""
+    args = resolve_video_args(args)
+    ctx = init_distributed(args.device)
+    log = RunLogger(enabled=ctx.is_main).start()
+    try:
+        set_cudnn_mode(args.deterministic)
+        seed_everything(args.seed + ctx.rank)
+        check_model_flags(args, build_model)
+        if args.amp == "fp16" and ctx.device.type == "cpu":
+            log.warn("--amp fp16 on the CPU runs far slower than fp32: use --amp off, or --amp bf16 on a CPU with "
+                     "native bf16 (AVX512-BF16 / AMX)")
+        if args.valid:
+            return validate_checkpoint(args, ctx, log)
+        return train(args, ctx, log)
+    except (ConfigError, NonFiniteLoss) as error:
+        log.record(f"ERROR: {error}")
+        raise
+    finally:
+        log.close()
+        cleanup(ctx)
+
+
+def cli_main(argv=None):
+    """Entry point: returns the exit status (0; 2 for bad input, 3 for a diverged run) with a one-line message."""
+    return run_cli(main, parse_video_args, "train_video.py", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())
