@@ -97,6 +97,8 @@ def main(argv=None):
         print(f"\n### {device.type} ({where}); {args.backbone}-{args.arch}, clips {'x'.join(map(str, args.clip))}, "
               f"batch {args.batch}, block at nl_layer {args.nl_layer}: C = {channels}, N = {n}; "
               f"load average before {os.getloadavg()[0]:.2f}", flush=True)
+        if n <= 2048:
+            print(f"note: N = {n} is not above every channel count (2048), so 'N x N formed' may be a false yes")
         steps = {b: make_step(args, b, device) for b in blocks}
         for step in steps.values():
             step()  # warm-up: first-touch allocations, oneDNN primitive caches
@@ -118,15 +120,15 @@ def main(argv=None):
                 recorded_step()
             dense = any(shape.count(n) >= 2 for shape in recorder.shapes)
             largest = max(recorder.shapes, key=lambda s: torch.Size(s).numel())
-            rows.append((b, statistics.median(times[b]), peak, largest, dense, step_flops(args, b)))
-        base_times, (_, _, base_peak, _, _, base_flops) = times[blocks[0]], rows[0]
+            rows.append((b, statistics.median(times[b]), min(times[b]), peak, largest, dense, step_flops(args, b)))
+        base_times, (_, _, _, base_peak, _, _, base_flops) = times[blocks[0]], rows[0]
         label = blocks[0] or "plain"
-        print(f"\n| model | s / step (median) | vs {label} | GFLOPs / step | vs {label} | peak MiB | vs {label} | "
+        print(f"\n| model | s / step (median) | min s | vs {label} | GFLOPs / step | vs {label} | peak MiB | vs {label} | "
               "largest tensor | N x N formed |")
-        print("|---|---:|---:|---:|---:|---:|---:|---|---|")
-        for b, median, peak, largest, dense, flops in rows:
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+        for b, median, low, peak, largest, dense, flops in rows:
             ratio = statistics.median(t / p for t, p in zip(times[b], base_times))
-            print(f"| {b or 'plain'} | {median:.3f} | {ratio:.3f}x | {flops / 1e9:.1f} | {flops / base_flops:.3f}x | "
+            print(f"| {b or 'plain'} | {median:.3f} | {low:.3f} | {ratio:.3f}x | {flops / 1e9:.1f} | {flops / base_flops:.3f}x | "
                   f"{peak:.0f} | {peak / base_peak:.3f}x | {'x'.join(map(str, largest))} | "
                   f"{'yes' if dense else 'no'} |")
         print(f"\nload average after: {os.getloadavg()[0]:.2f}")
