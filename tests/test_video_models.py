@@ -18,7 +18,7 @@ from lib.errors import ConfigError
 from lib.engine.tasks import VIDEO_BACKBONES
 from lib.registry import stage_based
 from models import build_model
-from models.video import fine_tuning_parameters
+from models.video import VIDEO_ARCHS, fine_tuning_parameters
 from tools.gpu_check import randomized
 
 STAGE_KINDS = [kind for kind in NONLOCAL_BLOCKS if stage_based(kind)]
@@ -269,6 +269,10 @@ def test_blocks_sit_where_documented(config):
         for block in blocks:
             assert block.t.in_channels == OUTPUT_WIDTHS[arch][stage - 1] == 2 * block.t.out_channels
             assert isinstance(block.t, nn.Conv3d)
+
+
+def test_every_video_backbone_of_the_task_registry_is_built():
+    assert set(VIDEO_ARCHS) == set(VIDEO_BACKBONES)
 
 
 def test_plain_torchvision_backbones_are_torchvision_models():
