@@ -1,5 +1,5 @@
 """Video backbones (input (B, 3, T, H, W) -> logits (B, num_classes)) with space-time nonlocal blocks (dim=3);
-README "Models" and docs/video.md.
+README "Models" and docs/blocks.md ("output_relu").
 
 - `resnet3d` 18 / 34 / 50 / 101: the 3-D ResNet of Hara et al.'s 3D-ResNets framework ("Can Spatiotemporal 3D
   CNNs Retrace the History of 2D CNNs and ImageNet?", CVPR 2018): conv1 7x7x7 stride (1, 2, 2), BN, ReLU, 3x3x3

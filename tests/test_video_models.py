@@ -72,7 +72,7 @@ def test_output_relu_is_refused_for_blocks_without_a_stage(kind):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The earlier release's I3D-SNL network, restated from its description (docs/video.md): the 3D-ResNets ResNet-50
+# The earlier release's I3D-SNL network, restated from its description (docs/blocks.md): the 3D-ResNets ResNet-50
 # with a space-time SNL stage at layer3[5]. Its stage: t, p 1x1x1; A = softmax over the last axis of theta^T phi
 # (no scale, no symmetry, no normalization); units Y = X + BN(W1 Z + W2 A Z), Z = g(X), no output ReLU. The gSNL
 # unit adds W3 (2 A Z - Z). Written with plain modules and explicit formulas, sharing nothing with lib/ or models/.

@@ -1,4 +1,4 @@
-"""Training-step cost of a video backbone plain vs with one space-time nonlocal block (README "Models", docs/video.md).
+"""Training-step cost of a video backbone plain vs with one space-time nonlocal block (README "Models").
 
     python tools/bench_video.py                               # r3d-18, 16 x 112 x 112, batch 2, CPU, 2 threads
     python tools/bench_video.py --blocks snl nl --rounds 5
