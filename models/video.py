@@ -205,7 +205,7 @@ def _parse_nl_layer(nl_layer: Union[int, str, Iterable]) -> int:
     if len(layers) != 1 or not layers <= set(VIDEO_NL_LAYERS):
         raise ConfigError(f"nl_layer {nl_layer!r} is not supported for video backbones: 2 (one block after layer2's "
                           "first residual block) or 1 / 3 (the default: layer3 / layer4 positions from nl_nums)")
-    return layers.pop()
+    return 2 if layers == {2} else 1  # one spelling of the default for build_args
 
 
 def build_video_model(backbone: str, depth: int, num_classes: int, nl_type: Optional[str], nl_nums: int,

@@ -262,6 +262,7 @@ def test_blocks_sit_where_documented(config):
     with torch.device("meta"):
         model = build_model(backbone, arch, 10, nl_type="snl", nl_nums=nl_nums, nl_layer=layer)
     assert model.nonlocal_paths == EXPECTED_VIDEO_PATHS[config]
+    assert model.build_args["nl_layer"] == [2 if layer == "2" else 1]
     for stage in range(1, 5):
         layer_modules = getattr(model, f"layer{stage}")
         blocks = [m for m in layer_modules if isinstance(m, NONLOCAL_BLOCKS["snl"])]
