@@ -28,14 +28,15 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
+@pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("output_relu", [None, True, False])
 @pytest.mark.parametrize("kind", STAGE_KINDS)
-def test_output_relu_matches_the_direct_formula_in_3d(kind, output_relu):
+def test_output_relu_matches_the_direct_formula_in_3d(kind, output_relu, train):
     """Y = X + relu(BN(pre)) or X + BN(pre), forward and backward, on a (B, C, T, H, W) input with N = 40 >= 4 C'
-    (the fused one-unit path where it applies) in train mode."""
+    (the fused one-unit path where it applies), with batch statistics (train) and running ones (eval)."""
     torch.manual_seed(0)
-    block = randomized(build_nonlocal(kind, 16, 8, dim=3, output_relu=output_relu)).double().train()
-    reference = randomized(build_nonlocal(kind, 16, 8, dim=3, output_relu=output_relu)).double().train()
+    block = randomized(build_nonlocal(kind, 16, 8, dim=3, output_relu=output_relu)).double().train(train)
+    reference = randomized(build_nonlocal(kind, 16, 8, dim=3, output_relu=output_relu)).double().train(train)
     reference.load_state_dict(block.state_dict())
     expected_relu = kind != "gsnl" if output_relu is None else output_relu
     assert block.output_relu is expected_relu and all(u.output_relu is expected_relu for u in block.stages)
