@@ -123,13 +123,13 @@ def main(argv=None):
             rows.append((b, statistics.median(times[b]), min(times[b]), peak, largest, dense, step_flops(args, b)))
         base_times, (_, _, _, base_peak, _, _, base_flops) = times[blocks[0]], rows[0]
         label = blocks[0] or "plain"
-        print(f"\n| model | s / step (median) | min s | vs {label} | GFLOPs / step | vs {label} | peak MiB | vs {label} | "
-              "largest tensor | N x N formed |")
+        print(f"\n| model | s / step (median) | min s | vs {label} | GFLOPs / step | vs {label} | peak MiB | "
+              f"vs {label} | largest tensor | N x N formed |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
         for b, median, low, peak, largest, dense, flops in rows:
             ratio = statistics.median(t / p for t, p in zip(times[b], base_times))
-            print(f"| {b or 'plain'} | {median:.3f} | {low:.3f} | {ratio:.3f}x | {flops / 1e9:.1f} | {flops / base_flops:.3f}x | "
-                  f"{peak:.0f} | {peak / base_peak:.3f}x | {'x'.join(map(str, largest))} | "
+            print(f"| {b or 'plain'} | {median:.3f} | {low:.3f} | {ratio:.3f}x | {flops / 1e9:.1f} | "
+                  f"{flops / base_flops:.3f}x | {peak:.0f} | {peak / base_peak:.3f}x | {'x'.join(map(str, largest))} | "
                   f"{'yes' if dense else 'no'} |")
         print(f"\nload average after: {os.getloadavg()[0]:.2f}")
     return 0
