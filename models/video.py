@@ -283,7 +283,9 @@ def fine_tuning_parameters(model: nn.Module, ft_begin_index: int) -> List[dict]:
     the blocks); the rest (stem, earlier layers) is frozen. Frozen parameters get requires_grad False (no
     gradient is computed for them) and are left out of the returned group, where that framework kept them with
     lr 0; the result is the same (weight decay and momentum never move them) at less cost. BatchNorm running
-    statistics of frozen layers still update in train mode, as there. Returns [{"params": [...]}].
+    statistics of frozen layers still update in train mode, as there. Returns [{"params": [...]}]. Call it before
+    wrapping the model in DistributedDataParallel, which registers the parameters that require a gradient when
+    it is built.
     """
     if isinstance(ft_begin_index, bool) or not isinstance(ft_begin_index, int) or not 0 <= ft_begin_index <= 5:
         raise ConfigError(f"ft_begin_index must be 0 (train everything) or 1..5 (train layer<k>..layer4, fc and "
