@@ -29,7 +29,7 @@ from lib.errors import ConfigError
 from lib.registry import stage_based
 from models.common import assemble_stage, nonlocal_width
 from models.resnet import nonlocal_positions
-from models.weights import _read_state_dict, load_backbone_weights
+from models.weights import _read_state_dict, load_shifted_state_dict
 
 STAGE_PLANES = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -257,11 +257,11 @@ def load_video_weights(model: nn.Module, backbone: str, pretrained: Union[bool, 
     """True: torchvision's Kinetics-400 weights (r3d / mc3 / r2plus1d; downloaded once into torch's cache). A path:
     a state_dict of the plain backbone, torchvision's format or a 3D-ResNets checkpoint (a dict with 'arch' and
     'state_dict', keys prefixed 'module.'). Residual-block indices shift past the inserted blocks and fc is
-    skipped, with a notice, when the class count differs (models.weights.load_backbone_weights)."""
+    skipped, with a notice, when the class count differs (models.weights.load_shifted_state_dict)."""
     if isinstance(pretrained, (str, os.PathLike)):
         what = ("a 3D-ResNets resnet-{0} checkpoint or a resnet3d-{0} state_dict" if backbone == "resnet3d"
                 else "a torchvision {1} state_dict").format(model.depth, TORCHVISION_VIDEO.get(backbone, ("",))[0])
-        load_backbone_weights(model, _read_state_dict(pretrained), what)
+        load_shifted_state_dict(model, _read_state_dict(pretrained), what)
         return
     if backbone not in TORCHVISION_VIDEO:
         raise ConfigError(f"{backbone} has no downloadable weights: pass the path of a 3D-ResNets checkpoint "
@@ -273,7 +273,7 @@ def load_video_weights(model: nn.Module, backbone: str, pretrained: Union[bool, 
     except OSError as error:  # URLError, socket and SSL errors are all OSErrors
         raise ConfigError(f"could not download torchvision's {builder} Kinetics-400 weights ({weights.url}): "
                           f"{error}; download that file elsewhere and pass its local path as pretrained") from None
-    load_backbone_weights(model, source, f"a torchvision {builder} state_dict")
+    load_shifted_state_dict(model, source, f"a torchvision {builder} state_dict")
 
 
 def fine_tuning_parameters(model: nn.Module, ft_begin_index: int) -> List[dict]:
