@@ -117,8 +117,8 @@ class FakeVideoDataset(_ClipDataset):
 
     Video i of a split is drawn from its own seed when asked for (no memory, identical in every process). Class c
     is a square of its own colour moving vertically at 1 + c % 3 pixels per frame (downwards for even c // 3,
-    upwards for odd) over noise: learnable from colour and motion. Nothing depends on left/right, so horizontal
-    flips keep the label right.
+    upwards for odd) over noise tinted with half that colour: learnable from colour and motion. Nothing depends on
+    left/right, so horizontal flips keep the label right.
     """
 
     def __init__(self, num_samples, num_classes, num_frames, height, width, split_index, transform, mode):
@@ -138,7 +138,9 @@ class FakeVideoDataset(_ClipDataset):
         """uint8 (num_frames, height, width, 3) of video `index`."""
         label = self.label(index)
         rng = np.random.default_rng([index, self.split_index])
-        frames = rng.integers(60, 190, size=(self.num_frames, self.height, self.width, 3), dtype=np.int16)
+        # noise over a dim version of the class colour, so that any crop, even one missing the square, shows it
+        frames = rng.integers(0, 80, size=(self.num_frames, self.height, self.width, 3), dtype=np.int16)
+        frames += self.palette[label] // 2
         side = max(2, min(self.height, self.width) // 4)
         speed = (1 + label % 3) * (1 if (label // 3) % 2 == 0 else -1)
         top0, left = rng.integers(0, self.height), rng.integers(0, self.width - side + 1)
