@@ -143,10 +143,13 @@ def test_seeking_far_into_a_long_video_lands_on_the_right_frames(tmp_path, fourc
 def test_frame_folders_give_the_same_clips_as_the_videos(tmp_path, fourcc):
     write_ucf101(str(tmp_path), groups=2, fourcc=fourcc)
     from_videos = build_video_datasets("ucf101", tmp_path, **SMALL)
+    with pytest.raises(ConfigError, match="UCF-101_jpg does not exist"):
+        build_video_datasets("ucf101", tmp_path, use_frames=True)
     extract_frame_folders(str(tmp_path / "UCF-101"))
     from_frames = build_video_datasets("ucf101", tmp_path, **SMALL)
     assert from_frames[3].source == "frames" and from_videos[3].source == "videos"
     assert all(os.path.isdir(path) for path, _ in from_frames[0].samples)
+    assert build_video_datasets("ucf101", tmp_path, use_frames=False, **SMALL)[3].source == "videos"
     for videos, frames in zip(from_videos[:3], from_frames[:3]):
         for index in range(len(videos)):
             torch.manual_seed(index)
@@ -168,7 +171,8 @@ def test_eval_clips_are_the_expected_frames_of_the_decoded_video(ucf, frame_step
     starts = [0, last // 2, last]
     clips = test[2][0]
     for clip, start in zip(clips, starts, strict=True):
-        assert torch.equal(clip, EvalClips(8, frame_step, 16).pixels(every[start:start + 7 * frame_step + 1:frame_step]))
+        frames = every[start:start + 7 * frame_step + 1:frame_step]
+        assert torch.equal(clip, EvalClips(8, frame_step, 16).pixels(frames))
 
 
 def test_jpeg_frame_folders_are_found(tmp_path):
