@@ -86,10 +86,11 @@ def test_video_folder_trees_use_the_training_classes(tmp_path, name):
 @pytest.mark.parametrize("name,what", [("ucf101", "UCF101.rar"), ("hmdb51", "hmdb51_org.rar"),
                                        ("kinetics", "train/<class>"), ("videofolder", "train/<class>")])
 def test_missing_dataset_is_one_line_naming_the_download_and_place(tmp_path, name, what):
-    with pytest.raises(ConfigError) as caught:
-        build_video_datasets(name, tmp_path)
-    message = str(caught.value)
-    assert what in message and str(tmp_path) in message and "\n" not in message
+    for data_dir in (tmp_path, tmp_path / "not_there"):
+        with pytest.raises(ConfigError) as caught:
+            build_video_datasets(name, data_dir)
+        message = str(caught.value)
+        assert what in message and str(data_dir) in message and "\n" not in message
 
 
 def test_bad_options_are_config_errors(ucf):
