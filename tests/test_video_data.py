@@ -313,10 +313,9 @@ def test_train_pixels_are_the_chosen_crop_flipped_and_normalized():
 
 def test_normalizations_are_the_3d_resnets_ones():
     pixel = np.full((1, 1, 1, 3), 128, dtype=np.uint8)
-    kinetics = to_normalized_tensor(pixel, "kinetics").flatten()
-    assert torch.allclose(kinetics, torch.tensor([(128 - 110.63666788) / 38.7568578,
-                                                  (128 - 103.16065604) / 37.88248729,
-                                                  (128 - 96.29023126) / 40.02898126]))
+    kinetics = to_normalized_tensor(pixel, "kinetics").flatten()  # 0-1 statistics, applied to 128 / 255
+    assert torch.allclose(kinetics, torch.tensor([(128 / 255 - 0.4345) / 0.2768, (128 / 255 - 0.4051) / 0.2713,
+                                                  (128 / 255 - 0.3775) / 0.2737]))
     assert torch.allclose(to_normalized_tensor(pixel, "activitynet").flatten(),
                           torch.tensor([128 - 114.7748, 128 - 107.7354, 128 - 99.4750]))
 

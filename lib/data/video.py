@@ -7,13 +7,14 @@
     clips, label = test_set[i]     # (test_clips, 3, clip_len, S, S): evenly spaced clips (video accuracy)
     probabilities = video_scores(model(clips))   # softmax averaged over the clips -> (num_classes,)
 
-build_video_datasets(name, data_dir, split=1, clip_len=16, frame_step=1, frame_size=112, hflip=0.5,
-test_clips=10, **options) -> (train_set, val_set, test_set, info); name is one of ucf101, hmdb51, kinetics,
-videofolder, fake. Options: normalization ('kinetics', default: (x - mean) / std with Kinetics statistics;
-'activitynet': x - ActivityNet mean on 0-255 pixels, the input of the 2017 3D-ResNets Kinetics checkpoints; see
-lib/data/video_transforms.py), use_frames (None, default: frame folders when their root exists; False: the
-videos; True: frame folders, an error without them), and for fake: num_train, num_val, num_classes, frames. info is a
-VideoDatasetInfo (a DatasetInfo with the class names, counts, clip options and where frames come from).
+build_video_datasets(name, data_dir, split=1, clip_len=16, frame_step=1, frame_size=112, hflip=0.5, test_clips=10,
+**options) -> (train_set, val_set, test_set, info); name is one of ucf101, hmdb51, kinetics, videofolder, fake.
+Options: normalization ('kinetics', default: (x - mean) / std with Kinetics statistics, as 3D-ResNets' current
+version; 'activitynet': x - ActivityNet mean on 0-255 pixels, the input of its 2017 Kinetics checkpoints
+resnet-*-kinetics.pth; see lib/data/video_transforms.py), use_frames (None, default: frame folders when their root
+exists; False: the videos; True: frame folders, an error without them), and for fake: num_train, num_val,
+num_classes, frames. info is a VideoDatasetInfo (a DatasetInfo with the class names, counts, clip options and where
+frames come from).
 
 Layouts (docs/video_data.md), under data_dir:
     ucf101:      UCF-101/<Class>/v_<Class>_gXX_cYY.avi and ucfTrainTestlist/{classInd.txt, trainlist0{1,2,3}.txt,
