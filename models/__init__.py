@@ -86,8 +86,9 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
     depth = _parse_arch(backbone, arch)
     if nl_type is not None and nl_type not in NONLOCAL_BLOCKS:
         raise ConfigError(f"unknown nl_type {nl_type!r}; valid: {_valid(NONLOCAL_BLOCKS)} (or None for none)")
-    if not video and nl_nums not in BACKBONES[backbone].NL_NUMS:
-        raise ConfigError(f"nl_nums {nl_nums!r} is not supported for {backbone}; valid: {_valid(BACKBONES[backbone].NL_NUMS)}")
+    if not video and nl_nums not in BACKBONES[backbone].NL_NUMS:  # video: checked in models/video.py
+        valid = _valid(BACKBONES[backbone].NL_NUMS)
+        raise ConfigError(f"nl_nums {nl_nums!r} is not supported for {backbone}; valid: {valid}")
     if isinstance(stage_num, bool) or not isinstance(stage_num, int) or stage_num < 1:
         raise ConfigError(f"stage_num must be a positive integer, got {stage_num!r}")
     if not div > 0:

@@ -1,5 +1,5 @@
 """Video backbones (input (B, 3, T, H, W) -> logits (B, num_classes)) with space-time nonlocal blocks (dim=3);
-README "Models" and docs/video.md.
+README "Models" and docs/blocks.md ("output_relu").
 
 - `resnet3d` 18 / 34 / 50 / 101: the 3-D ResNet of Hara et al.'s 3D-ResNets framework ("Can Spatiotemporal 3D
   CNNs Retrace the History of 2D CNNs and ImageNet?", CVPR 2018): conv1 7x7x7 stride (1, 2, 2), BN, ReLU, 3x3x3
@@ -29,7 +29,7 @@ from lib.errors import ConfigError
 from lib.registry import stage_based
 from models.common import assemble_stage, nonlocal_width
 from models.resnet import nonlocal_positions
-from models.weights import _read_state_dict, load_backbone_weights
+from models.weights import _read_state_dict, load_shifted_state_dict
 
 STAGE_PLANES = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -205,7 +205,7 @@ def _parse_nl_layer(nl_layer: Union[int, str, Iterable]) -> int:
     if len(layers) != 1 or not layers <= set(VIDEO_NL_LAYERS):
         raise ConfigError(f"nl_layer {nl_layer!r} is not supported for video backbones: 2 (one block after layer2's "
                           "first residual block) or 1 / 3 (the default: layer3 / layer4 positions from nl_nums)")
-    return layers.pop()
+    return 2 if layers == {2} else 1  # one spelling of the default for build_args
 
 
 def build_video_model(backbone: str, depth: int, num_classes: int, nl_type: Optional[str], nl_nums: int,
@@ -257,11 +257,11 @@ def load_video_weights(model: nn.Module, backbone: str, pretrained: Union[bool, 
     """True: torchvision's Kinetics-400 weights (r3d / mc3 / r2plus1d; downloaded once into torch's cache). A path:
     a state_dict of the plain backbone, torchvision's format or a 3D-ResNets checkpoint (a dict with 'arch' and
     'state_dict', keys prefixed 'module.'). Residual-block indices shift past the inserted blocks and fc is
-    skipped, with a notice, when the class count differs (models.weights.load_backbone_weights)."""
+    skipped, with a notice, when the class count differs (models.weights.load_shifted_state_dict)."""
     if isinstance(pretrained, (str, os.PathLike)):
         what = ("a 3D-ResNets resnet-{0} checkpoint or a resnet3d-{0} state_dict" if backbone == "resnet3d"
                 else "a torchvision {1} state_dict").format(model.depth, TORCHVISION_VIDEO.get(backbone, ("",))[0])
-        load_backbone_weights(model, _read_state_dict(pretrained), what)
+        load_shifted_state_dict(model, _read_state_dict(pretrained), what)
         return
     if backbone not in TORCHVISION_VIDEO:
         raise ConfigError(f"{backbone} has no downloadable weights: pass the path of a 3D-ResNets checkpoint "
@@ -273,7 +273,7 @@ def load_video_weights(model: nn.Module, backbone: str, pretrained: Union[bool, 
     except OSError as error:  # URLError, socket and SSL errors are all OSErrors
         raise ConfigError(f"could not download torchvision's {builder} Kinetics-400 weights ({weights.url}): "
                           f"{error}; download that file elsewhere and pass its local path as pretrained") from None
-    load_backbone_weights(model, source, f"a torchvision {builder} state_dict")
+    load_shifted_state_dict(model, source, f"a torchvision {builder} state_dict")
 
 
 def fine_tuning_parameters(model: nn.Module, ft_begin_index: int) -> List[dict]:
@@ -283,7 +283,9 @@ def fine_tuning_parameters(model: nn.Module, ft_begin_index: int) -> List[dict]:
     the blocks); the rest (stem, earlier layers) is frozen. Frozen parameters get requires_grad False (no
     gradient is computed for them) and are left out of the returned group, where that framework kept them with
     lr 0; the result is the same (weight decay and momentum never move them) at less cost. BatchNorm running
-    statistics of frozen layers still update in train mode, as there. Returns [{"params": [...]}].
+    statistics of frozen layers still update in train mode, as there. Returns [{"params": [...]}]. Call it before
+    wrapping the model in DistributedDataParallel, which registers the parameters that require a gradient when
+    it is built.
     """
     if isinstance(ft_begin_index, bool) or not isinstance(ft_begin_index, int) or not 0 <= ft_begin_index <= 5:
         raise ConfigError(f"ft_begin_index must be 0 (train everything) or 1..5 (train layer<k>..layer4, fc and "

@@ -4,6 +4,8 @@
   another architecture, and the reference's quirks handled (README "Deviations from the reference code").
 - classifier_size: how many classes a checkpoint's classifier has (a reference CIFAR checkpoint has 1000).
 - load_torchvision_resnet: torchvision ImageNet weights (downloaded, or a local file) into our ResNet.
+- load_shifted_state_dict: a plain backbone's state_dict into a model with blocks in its layer1..4 (the ResNets
+  here and the video models, models/video.py).
 """
 import os
 from typing import Dict, List, Mapping, Union
@@ -130,10 +132,10 @@ def load_torchvision_resnet(model: nn.Module, pretrained: Union[bool, str, os.Pa
     depth = model.depth
     from_file = isinstance(pretrained, (str, os.PathLike))
     source = _read_state_dict(pretrained) if from_file else _download_torchvision(depth)
-    load_backbone_weights(model, source, f"a torchvision ResNet-{depth} state_dict")
+    load_shifted_state_dict(model, source, f"a torchvision ResNet-{depth} state_dict")
 
 
-def load_backbone_weights(model: nn.Module, source: StateDict, what: str) -> None:
+def load_shifted_state_dict(model: nn.Module, source: StateDict, what: str) -> None:
     """Load the state_dict of the plain backbone (no nonlocal blocks) into model, whose blocks sit inside its
     layer1..4 Sequentials (model.nonlocal_paths): the residual block layerL.i of the source is renamed to its
     shifted index here. The blocks keep their (identity) init, and fc is skipped, with a notice, when its size

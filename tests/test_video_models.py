@@ -18,7 +18,7 @@ from lib.errors import ConfigError
 from lib.engine.tasks import VIDEO_BACKBONES
 from lib.registry import stage_based
 from models import build_model
-from models.video import fine_tuning_parameters
+from models.video import VIDEO_ARCHS, fine_tuning_parameters
 from tools.gpu_check import randomized
 
 STAGE_KINDS = [kind for kind in NONLOCAL_BLOCKS if stage_based(kind)]
@@ -28,14 +28,15 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
+@pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("output_relu", [None, True, False])
 @pytest.mark.parametrize("kind", STAGE_KINDS)
-def test_output_relu_matches_the_direct_formula_in_3d(kind, output_relu):
+def test_output_relu_matches_the_direct_formula_in_3d(kind, output_relu, train):
     """Y = X + relu(BN(pre)) or X + BN(pre), forward and backward, on a (B, C, T, H, W) input with N = 40 >= 4 C'
-    (the fused one-unit path where it applies) in train mode."""
+    (the fused one-unit path where it applies), with batch statistics (train) and running ones (eval)."""
     torch.manual_seed(0)
-    block = randomized(build_nonlocal(kind, 16, 8, dim=3, output_relu=output_relu)).double().train()
-    reference = randomized(build_nonlocal(kind, 16, 8, dim=3, output_relu=output_relu)).double().train()
+    block = randomized(build_nonlocal(kind, 16, 8, dim=3, output_relu=output_relu)).double().train(train)
+    reference = randomized(build_nonlocal(kind, 16, 8, dim=3, output_relu=output_relu)).double().train(train)
     reference.load_state_dict(block.state_dict())
     expected_relu = kind != "gsnl" if output_relu is None else output_relu
     assert block.output_relu is expected_relu and all(u.output_relu is expected_relu for u in block.stages)
@@ -72,7 +73,7 @@ def test_output_relu_is_refused_for_blocks_without_a_stage(kind):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The earlier release's I3D-SNL network, restated from its description (docs/video.md): the 3D-ResNets ResNet-50
+# The earlier release's I3D-SNL network, restated from its description (docs/blocks.md): the 3D-ResNets ResNet-50
 # with a space-time SNL stage at layer3[5]. Its stage: t, p 1x1x1; A = softmax over the last axis of theta^T phi
 # (no scale, no symmetry, no normalization); units Y = X + BN(W1 Z + W2 A Z), Z = g(X), no output ReLU. The gSNL
 # unit adds W3 (2 A Z - Z). Written with plain modules and explicit formulas, sharing nothing with lib/ or models/.
@@ -262,6 +263,7 @@ def test_blocks_sit_where_documented(config):
     with torch.device("meta"):
         model = build_model(backbone, arch, 10, nl_type="snl", nl_nums=nl_nums, nl_layer=layer)
     assert model.nonlocal_paths == EXPECTED_VIDEO_PATHS[config]
+    assert model.build_args["nl_layer"] == [2 if layer == "2" else 1]
     for stage in range(1, 5):
         layer_modules = getattr(model, f"layer{stage}")
         blocks = [m for m in layer_modules if isinstance(m, NONLOCAL_BLOCKS["snl"])]
@@ -269,6 +271,10 @@ def test_blocks_sit_where_documented(config):
         for block in blocks:
             assert block.t.in_channels == OUTPUT_WIDTHS[arch][stage - 1] == 2 * block.t.out_channels
             assert isinstance(block.t, nn.Conv3d)
+
+
+def test_every_video_backbone_of_the_task_registry_is_built():
+    assert set(VIDEO_ARCHS) == set(VIDEO_BACKBONES)
 
 
 def test_plain_torchvision_backbones_are_torchvision_models():

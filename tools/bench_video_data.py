@@ -121,28 +121,22 @@ def bench(args, data_dir, name):
     print(f"{'source':<8} {'mode':<6} {'clips/s/worker':>15} {'ms/clip':>9}")
     sources = {}
     for source in ("videos", "frames"):
-        hidden = []
-        if source == "videos":  # hide the frame roots so that the videos are read
-            for entry in os.listdir(data_dir):
-                if entry.endswith("_jpg"):
-                    os.rename(os.path.join(data_dir, entry), os.path.join(data_dir, entry + ".hidden"))
-                    hidden.append(entry)
         try:
-            train, val, test, info = build_video_datasets(name, data_dir, **options)
-            if info.source != source:
+            train, val, test, _ = build_video_datasets(name, data_dir, use_frames=source == "frames", **options)
+        except ConfigError as error:
+            if source == "frames" and "frame folders asked for" in str(error):
+                print(f"(no frame folders: {error})")
                 continue
-            sources[source] = (train, val)
-            for mode, dataset, count in (("train", train, args.clips), ("val", val, args.clips),
-                                         ("test", test, max(1, args.clips // args.test_clips))):
-                rate, ms = clips_per_second(dataset, count, mode == "train")
-                print(f"{source:<8} {mode:<6} {rate:>15.1f} {ms:>9.2f}", flush=True)
-            if args.workers:
-                rate = loader_clips_per_second(train, val, args.workers, args.clips)
-                print(f"{source:<8} {'loader':<6} {rate / args.workers:>15.1f} {'':>9}  ({args.workers} workers, "
-                      f"{rate:.1f} clips/s in all)", flush=True)
-        finally:
-            for entry in hidden:
-                os.rename(os.path.join(data_dir, entry + ".hidden"), os.path.join(data_dir, entry))
+            raise
+        sources[source] = (train, val)
+        for mode, dataset, count in (("train", train, args.clips), ("val", val, args.clips),
+                                     ("test", test, max(1, args.clips // args.test_clips))):
+            rate, ms = clips_per_second(dataset, count, mode == "train")
+            print(f"{source:<8} {mode:<6} {rate:>15.1f} {ms:>9.2f}", flush=True)
+        if args.workers:
+            rate = loader_clips_per_second(train, val, args.workers, args.clips)
+            print(f"{source:<8} {'loader':<6} {rate / args.workers:>15.1f} {'':>9}  ({args.workers} workers, "
+                  f"{rate:.1f} clips/s in all)", flush=True)
     if "videos" in sources:
         path = sources["videos"][0].samples[0][0]
         ms, frames = whole_video_ms(path)
@@ -152,6 +146,8 @@ def bench(args, data_dir, name):
 def main(args):
     torch.set_num_threads(1)
     if args.data_dir:
+        if not os.path.isdir(args.data_dir):
+            raise ConfigError(f"data directory {args.data_dir} does not exist")
         bench(args, args.data_dir, args.dataset)
         return
     with tempfile.TemporaryDirectory() as root:

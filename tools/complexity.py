@@ -7,7 +7,9 @@ FLOPs are forward FLOPs per image, counted by torch.utils.flop_counter.FlopCount
 every matrix product and convolution (mm, bmm, baddbmm, conv ...), including the batched products inside the
 affinity that a per-layer counter misses; element-wise work (softmax, BN, ReLU) is not counted. Everything runs
 on the meta device (shapes only, no memory, no time). SNL and A2 are counted on both affinity paths; models and
-the pinned numbers use the default ('auto') path. The models run at 32x32 (CIFAR) or 224x224 (ImageNet).
+the pinned numbers use the default ('auto') path. The models run at 32x32 (CIFAR) or 224x224 (ImageNet); the video
+models on one clip of 16 x 112 x 112 (GFLOPs per clip), with one block in layer3 (l3) or after layer2's first
+residual block (l2), as models.build_model places them.
 Every registered block is counted (cheb and arma at their default order 2, cheb also at orders 1 and 3).
 """
 import argparse
@@ -28,6 +30,13 @@ EXTRA_ORDERS = {"cheb": (1, 3)}  # besides the default order 2; cheb order 1 cos
 MODELS = ([("preresnet", arch, nl_type, 1 if nl_type else 0) for arch in (20, 56, 110)
            for nl_type in (None,) + tuple(NONLOCAL_BLOCKS)]
           + [("resnet", 50, None, 0), ("resnet", 50, "snl", 1), ("resnet", 50, "snl", 5)])
+VIDEO_CLIP = (3, 16, 112, 112)
+# (backbone, arch, nl_type, nl_nums, nl_layer): every video backbone plain, with SNL in layer3 and after layer2.
+VIDEO_MODELS = ([(backbone, arch, nl_type, 1 if nl_type else 0, layer)
+                 for backbone, arch in (("resnet3d", 18), ("resnet3d", 34), ("resnet3d", 50), ("resnet3d", 101),
+                                        ("r3d", 18), ("mc3", 18), ("r2plus1d", 18))
+                 for nl_type, layer in ((None, 1), ("snl", 1), ("snl", 2))]
+                + [("resnet3d", 50, "snl", 5, 1)])
 
 
 def count(module, input_shape):
@@ -50,8 +59,10 @@ def block_variants():
                                                            for order in orders]
 
 
-def model_name(backbone, arch, nl_type, nl_nums):
-    return f"{backbone}{arch}-" + (f"{nl_type}-n{nl_nums}" if nl_type else "plain")
+def model_name(backbone, arch, nl_type, nl_nums, nl_layer=None):
+    """nl_layer: video models only (l2 = after layer2's first residual block, l3 = the nl_nums positions)."""
+    layer = "" if nl_layer is None or not nl_type else f"-l{3 if nl_layer == 1 else nl_layer}"
+    return f"{backbone}{arch}-" + (f"{nl_type}-n{nl_nums}{layer}" if nl_type else "plain")
 
 
 def block_complexity(paths=("auto", "dense", "factorized"), shapes=tuple(BLOCK_SHAPES)):
@@ -76,6 +87,10 @@ def model_complexity():
                                 nl_type=nl_type, nl_nums=nl_nums)
         size = 32 if backbone == "preresnet" else 224
         out[model_name(backbone, arch, nl_type, nl_nums)] = count(model, (3, size, size))
+    for backbone, arch, nl_type, nl_nums, layer in VIDEO_MODELS:
+        with torch.device("meta"):
+            model = build_model(backbone, arch, num_classes=400, nl_type=nl_type, nl_nums=nl_nums, nl_layer=layer)
+        out[model_name(backbone, arch, nl_type, nl_nums, layer)] = count(model, VIDEO_CLIP)
     return out
 
 
@@ -101,6 +116,15 @@ def print_tables():
         label = f"{backbone}-{arch}" + (f" + {nl_nums} {nl_type}" if nl_type else " (plain)")
         print(f"| {label} | {params / 1e6:.3f} | {params - base_params:+,} | {flops / 1e9:.4f} | "
               f"{(flops - base_flops) / 1e9:+.4f} |")
+    print("\n| video model (400 classes, clip 16x112x112) | params (M) | +params vs plain | GFLOPs / clip | "
+          "+GFLOPs vs plain |\n|---|---:|---:|---:|---:|")
+    for backbone, arch, nl_type, nl_nums, layer in VIDEO_MODELS:
+        params, flops = models[model_name(backbone, arch, nl_type, nl_nums, layer)]
+        base_params, base_flops = models[model_name(backbone, arch, None, 0)]
+        where = "after layer2.0" if layer == 2 else ("in layer3 / layer4" if nl_nums == 5 else "in layer3")
+        label = f"{backbone}-{arch}" + (f" + {nl_nums} {nl_type} {where}" if nl_type else " (plain)")
+        print(f"| {label} | {params / 1e6:.3f} | {params - base_params:+,} | {flops / 1e9:.2f} | "
+              f"{(flops - base_flops) / 1e9:+.2f} |")
 
 
 def main(argv=None):

@@ -7,12 +7,14 @@
     clips, label = test_set[i]     # (test_clips, 3, clip_len, S, S): evenly spaced clips (video accuracy)
     probabilities = video_scores(model(clips))   # softmax averaged over the clips -> (num_classes,)
 
-build_video_datasets(name, data_dir, split=1, clip_len=16, frame_step=1, frame_size=112, hflip=0.5,
-test_clips=10, **options) -> (train_set, val_set, test_set, info); name is one of ucf101, hmdb51, kinetics,
-videofolder, fake. Options: normalization ('kinetics', default: (x - mean) / std with Kinetics statistics;
-'activitynet': x - ActivityNet mean on 0-255 pixels, the input of the 2017 3D-ResNets Kinetics checkpoints; see
-lib/data/video_transforms.py), and for fake: num_train, num_val, num_classes, frames. info is a
-VideoDatasetInfo (a DatasetInfo with the class names, counts, clip options and where frames come from).
+build_video_datasets(name, data_dir, split=1, clip_len=16, frame_step=1, frame_size=112, hflip=0.5, test_clips=10,
+**options) -> (train_set, val_set, test_set, info); name is one of ucf101, hmdb51, kinetics, videofolder, fake.
+Options: normalization ('kinetics', default: (x - mean) / std with Kinetics statistics, as 3D-ResNets' current
+version; 'activitynet': x - ActivityNet mean on 0-255 pixels, the input of its 2017 Kinetics checkpoints
+resnet-*-kinetics.pth; see lib/data/video_transforms.py), use_frames (None, default: frame folders when their root
+exists; False: the videos; True: frame folders, an error without them), and for fake: num_train, num_val,
+num_classes, frames. info is a VideoDatasetInfo (a DatasetInfo with the class names, counts, clip options and where
+frames come from).
 
 Layouts (docs/video_data.md), under data_dir:
     ucf101:      UCF-101/<Class>/v_<Class>_gXX_cYY.avi and ucfTrainTestlist/{classInd.txt, trainlist0{1,2,3}.txt,
@@ -117,8 +119,8 @@ class FakeVideoDataset(_ClipDataset):
 
     Video i of a split is drawn from its own seed when asked for (no memory, identical in every process). Class c
     is a square of its own colour moving vertically at 1 + c % 3 pixels per frame (downwards for even c // 3,
-    upwards for odd) over noise: learnable from colour and motion. Nothing depends on left/right, so horizontal
-    flips keep the label right.
+    upwards for odd) over noise tinted with half that colour: learnable from colour and motion. Nothing depends on
+    left/right, so horizontal flips keep the label right.
     """
 
     def __init__(self, num_samples, num_classes, num_frames, height, width, split_index, transform, mode):
@@ -138,7 +140,9 @@ class FakeVideoDataset(_ClipDataset):
         """uint8 (num_frames, height, width, 3) of video `index`."""
         label = self.label(index)
         rng = np.random.default_rng([index, self.split_index])
-        frames = rng.integers(60, 190, size=(self.num_frames, self.height, self.width, 3), dtype=np.int16)
+        # noise over a dim version of the class colour, so that any crop, even one missing the square, shows it
+        frames = rng.integers(0, 80, size=(self.num_frames, self.height, self.width, 3), dtype=np.int16)
+        frames += self.palette[label] // 2
         side = max(2, min(self.height, self.width) // 4)
         speed = (1 + label % 3) * (1 if (label // 3) % 2 == 0 else -1)
         top0, left = rng.integers(0, self.height), rng.integers(0, self.width - side + 1)
@@ -162,10 +166,14 @@ def _read_lines(path, what):
         raise ConfigError(f"cannot read {what} {path}: {error.strerror or error}") from None
 
 
-def _frame_root(video_root):
-    """The frame-folder root beside video_root when it exists (then frames are read instead of videos), else None."""
+def _frame_root(video_root, use_frames=None):
+    """The frame-folder root beside video_root when frames are to be read instead of the videos, else None.
+
+    use_frames None: when that root exists; False: never; True: always (a ConfigError if it does not exist)."""
     root = video_root.rstrip(os.sep) + FRAME_ROOT_SUFFIX
-    return root if os.path.isdir(root) else None
+    if use_frames and not os.path.isdir(root):
+        raise ConfigError(f"frame folders asked for, but {root} does not exist (tools/extract_frames.py makes it)")
+    return root if use_frames is not False and os.path.isdir(root) else None
 
 
 def _sample_path(video_root, frame_root, relative):
@@ -182,11 +190,11 @@ def _check_first(samples, list_file):
         raise ConfigError(f"{list_file} names a video whose file {path} does not exist")
 
 
-def ucf101_samples(data_dir, split):
+def ucf101_samples(data_dir, split, use_frames=None):
     """(classes, train samples, test samples) of UCF-101's official split `split` (1, 2 or 3)."""
     video_root = os.path.join(data_dir, "UCF-101")
     lists = os.path.join(data_dir, "ucfTrainTestlist")
-    frame_root = _frame_root(video_root)
+    frame_root = _frame_root(video_root, use_frames)
     if not os.path.isdir(lists) or not (os.path.isdir(video_root) or frame_root):
         raise ConfigError(f"UCF-101 not found in {data_dir}: " + UCF_DOWNLOAD.format(dir=data_dir))
     classes = []
@@ -221,11 +229,11 @@ def ucf101_samples(data_dir, split):
     return classes, read("train"), read("test"), frame_root is not None
 
 
-def hmdb51_samples(data_dir, split):
+def hmdb51_samples(data_dir, split, use_frames=None):
     """(classes, train samples, test samples) of HMDB-51's split `split`: videos marked 1 train, 2 test, 0 unused."""
     video_root = os.path.join(data_dir, "hmdb51")
     lists = os.path.join(data_dir, "testTrainMulti_7030_splits")
-    frame_root = _frame_root(video_root)
+    frame_root = _frame_root(video_root, use_frames)
     if not os.path.isdir(lists) or not (os.path.isdir(video_root) or frame_root):
         raise ConfigError(f"HMDB-51 not found in {data_dir}: " + HMDB_DOWNLOAD.format(dir=data_dir))
     suffix = f"_test_split{split}.txt"
@@ -271,12 +279,12 @@ def _folder_split(root, classes=None):
     return classes, samples
 
 
-def folder_samples(data_dir, split=None):
+def folder_samples(data_dir, split=None, use_frames=None):
     """(classes, train samples, val samples) of data_dir/(train|val)/<class>/* (frames from *_jpg when there)."""
     roots = []
     for part in ("train", "val"):
         video_root = os.path.join(data_dir, part)
-        roots.append(_frame_root(video_root) or video_root)
+        roots.append(_frame_root(video_root, use_frames) or video_root)
     if not all(os.path.isdir(root) for root in roots):
         raise ConfigError(f"video folders not found in {data_dir}: " + FOLDER_HINT.format(dir=data_dir))
     classes, train = _folder_split(roots[0])
@@ -304,6 +312,7 @@ def build_video_datasets(name, data_dir, split=1, clip_len=16, frame_step=1, fra
     if problems:
         raise ConfigError("; ".join(problems))
     normalization = options.pop("normalization", DEFAULT_NORMALIZATION)
+    use_frames = options.pop("use_frames", None)
     if normalization not in NORMALIZATIONS:
         raise ConfigError(f"unknown normalization '{normalization}': choose one of {', '.join(NORMALIZATIONS)}")
     allowed = set(FAKE_DEFAULTS) if name == "fake" else set()
@@ -319,10 +328,8 @@ def build_video_datasets(name, data_dir, split=1, clip_len=16, frame_step=1, fra
         sets, classes, source = _fake_sets(dict(FAKE_DEFAULTS, **options), clip_len, frame_step, frame_size,
                                            (train_tf, val_tf, test_tf))
     else:
-        data_dir = os.fspath(data_dir) if data_dir is not None else ""
-        if not os.path.isdir(data_dir or "."):
-            raise ConfigError(f"data directory {data_dir} does not exist")
-        classes, train, test, frames = VIDEO_DATASETS[name](data_dir, split)
+        data_dir = os.fspath(data_dir) if data_dir is not None else "."  # a missing one: the layout says what to get
+        classes, train, test, frames = VIDEO_DATASETS[name](data_dir, split, use_frames)
         sets = (VideoFileDataset(train, classes, train_tf, "train"), VideoFileDataset(test, classes, val_tf, "val"),
                 VideoFileDataset(test, classes, test_tf, "test"))
         source = "frames" if frames else "videos"

@@ -4,8 +4,8 @@ Source of the numbers: Hara et al.'s 3D-ResNets-PyTorch (github.com/kenshohara/3
 `sample_duration` 16 frames at `sample_size` 112 (opts.py); training crops `train_crop corner` with `n_scales` 5,
 `initial_scale` 1 and `scale_step` 0.84089641525 = 2^-1/4 (opts.py of the 2017-2019 versions, class
 MultiScaleCornerCrop in spatial_transforms.py: a square of side scale x the short side, at the centre or a corner);
-temporal random crop with loop padding and centre crop for validation (temporal_transforms.py); Kinetics mean and
-std per channel (mean.py).
+temporal random crop with loop padding and centre crop for validation (temporal_transforms.py); means and
+standard deviations per channel (mean.py, see NORMALIZATIONS).
 
 Randomness: a training clip draws four numbers from torch's default CPU generator, always the same four in the
 same order and before any frame is decoded (temporal offset, scale, position, flip), so with
@@ -18,12 +18,14 @@ import cv2
 import numpy as np
 import torch
 
-# mean.py of 3D-ResNets-PyTorch, in pixel units (0-255), RGB. 'kinetics': per-channel mean and std of Kinetics
-# (10 videos per class), what its current version normalizes with (value_scale 1: (x / 255 - mean) / std).
-# 'activitynet': the 2017 version's default (mean_dataset activitynet, norm_value 1, no std_norm): raw 0-255
-# pixels minus the ActivityNet mean; the inputs its resnet-*-kinetics.pth checkpoints were trained on.
+# (mean, std) per RGB channel in pixel units (0-255), from mean.py of 3D-ResNets-PyTorch. 'kinetics': its current
+# version's Kinetics statistics (get_mean_std: mean 0.4345 0.4051 0.3775, std 0.2768 0.2713 0.2737 on 0-1 pixels)
+# and its default (mean_dataset kinetics, mean and std normalization), the input of its current models.
+# 'activitynet': its 2017 version's default (mean_dataset activitynet, norm_value 1, no std_norm): raw 0-255 pixels
+# minus the ActivityNet mean 114.7748 107.7354 99.4750; the input its resnet-*-kinetics.pth checkpoints were
+# trained on.
 NORMALIZATIONS = {
-    "kinetics": ((110.63666788, 103.16065604, 96.29023126), (38.7568578, 37.88248729, 40.02898126)),
+    "kinetics": (tuple(255 * m for m in (0.4345, 0.4051, 0.3775)), tuple(255 * s for s in (0.2768, 0.2713, 0.2737))),
     "activitynet": ((114.7748, 107.7354, 99.4750), (1.0, 1.0, 1.0)),
 }
 DEFAULT_NORMALIZATION = "kinetics"

@@ -1,0 +1,139 @@
+"""Training-step cost of a video backbone plain vs with one space-time nonlocal block (README "Models").
+
+    python tools/bench_video.py                               # r3d-18, 16 x 112 x 112, batch 2, CPU, 2 threads
+    python tools/bench_video.py --blocks snl nl --rounds 5
+    python tools/bench_video.py --backbone resnet3d --arch 50 --nl-layer 1 --devices cuda --batch 8
+
+Default: torchvision's r3d-18 on clips of 16 x 112 x 112, one block after layer2's first residual block, where it
+sees C = 128 channels (C' = 64) at N = 8 x 28 x 28 = 6272 positions: a dense N x N affinity would hold 39M
+entries (157 MB in float32) per clip. One step = forward (training mode) + cross-entropy + backward. Time: the
+median of --rounds steps after one warm-up step each; the models run alternately in an order that rotates every
+round, so load from other jobs hits all of them alike; "vs plain" is the median of the per-round ratios. Peak
+memory: the most memory allocated during one step above what was held before it (CUDA: max_memory_allocated;
+CPU: the allocator's running total recorded by torch.profiler, see tools/bench_blocks.py). "GFLOPs / step" counts
+matrix products and convolutions (2 per multiply-add, forward + backward) on the meta device: exact, and free of
+load. "N x N formed" says whether any op created a tensor with two dimensions of size N (a dense affinity).
+Exit status 0; the numbers are printed, not judged.
+"""
+import argparse
+import math
+import os
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib import NONLOCAL_BLOCKS  # noqa: E402
+from lib.engine.tasks import VIDEO_BACKBONES  # noqa: E402
+from models import build_model  # noqa: E402
+from tools.bench_blocks import peak_memory_bytes, timed  # noqa: E402
+from tools.bench_segmentation import TensorShapes  # noqa: E402
+
+MIB = 2 ** 20
+NUM_CLASSES = 101  # UCF-101
+
+
+def build(args, nl_type):
+    return build_model(args.backbone, args.arch, NUM_CLASSES, nl_type=nl_type, nl_layer=args.nl_layer)
+
+
+def make_step(args, nl_type, device):
+    torch.manual_seed(0)
+    model = build(args, nl_type).to(device).train()
+    clips = torch.randn(args.batch, 3, *args.clip, device=device)
+    labels = torch.randint(0, NUM_CLASSES, (args.batch,), device=device)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(clips), labels).backward()
+    return step
+
+
+def step_flops(args, nl_type):
+    with torch.device("meta"):
+        model = build(args, nl_type).train()
+        clips = torch.empty(args.batch, 3, *args.clip)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(clips), torch.zeros(args.batch, dtype=torch.long, device="meta")).backward()
+    return counter.get_total_flops()
+
+
+def block_positions(args):
+    """N seen by the block, from a forward on the meta device."""
+    with torch.device("meta"):
+        model = build(args, "snl").eval()
+    seen = []
+    block = model.get_submodule(model.nonlocal_paths[0])
+    handle = block.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].shape))
+    with torch.no_grad():
+        model(torch.empty(1, 3, *args.clip, device="meta"))
+    handle.remove()
+    return seen[0][1], math.prod(seen[0][2:])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--blocks", nargs="+", default=["none", "snl", "nl", "cgnl", "a2"],
+                        choices=["none"] + [k for k in NONLOCAL_BLOCKS if k != "cc"], help="none = the plain model")
+    parser.add_argument("--backbone", default="r3d", choices=VIDEO_BACKBONES)
+    parser.add_argument("--arch", default="18")
+    parser.add_argument("--nl-layer", default="2", choices=("1", "2", "3"),
+                        help="2: after layer2's first residual block (default); 1 / 3: in layer3 (nl_nums 1)")
+    parser.add_argument("--clip", type=int, nargs=3, default=[16, 112, 112], metavar=("T", "H", "W"))
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--devices", nargs="+", default=["cpu"], help="cpu and / or cuda")
+    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    channels, n = block_positions(args)
+    blocks = [None if b == "none" else b for b in args.blocks]
+    for device in map(torch.device, args.devices):
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} threads"
+        print(f"\n### {device.type} ({where}); {args.backbone}-{args.arch}, clips {'x'.join(map(str, args.clip))}, "
+              f"batch {args.batch}, block at nl_layer {args.nl_layer}: C = {channels}, N = {n}; "
+              f"load average before {os.getloadavg()[0]:.2f}", flush=True)
+        if n <= 2048:
+            print(f"note: N = {n} is not above every channel count (2048), so 'N x N formed' may be a false yes")
+        steps = {b: make_step(args, b, device) for b in blocks}
+        for step in steps.values():
+            step()  # warm-up: first-touch allocations, oneDNN primitive caches
+        times = {b: [] for b in blocks}
+        for k in range(args.rounds):
+            # The order rotates every round, so no model always runs right after the one that frees the most memory.
+            for b in blocks[k % len(blocks):] + blocks[:k % len(blocks)]:
+                times[b].append(timed(steps[b], device))
+            print(f"  round {k + 1}: " + ", ".join(f"{b or 'plain'} {times[b][-1]:.2f} s" for b in blocks), flush=True)
+        rows = []
+        for b, step in steps.items():
+            recorder = TensorShapes()
+
+            def recorded_step():
+                with recorder:
+                    step()
+            peak = peak_memory_bytes(recorded_step, device) / MIB if args.memory else float("nan")
+            if not args.memory:
+                recorded_step()
+            dense = any(shape.count(n) >= 2 for shape in recorder.shapes)
+            largest = max(recorder.shapes, key=lambda s: torch.Size(s).numel())
+            rows.append((b, statistics.median(times[b]), min(times[b]), peak, largest, dense, step_flops(args, b)))
+        base_times, (_, _, _, base_peak, _, _, base_flops) = times[blocks[0]], rows[0]
+        label = blocks[0] or "plain"
+        print(f"\n| model | s / step (median) | min s | vs {label} | GFLOPs / step | vs {label} | peak MiB | "
+              f"vs {label} | largest tensor | N x N formed |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+        for b, median, low, peak, largest, dense, flops in rows:
+            ratio = statistics.median(t / p for t, p in zip(times[b], base_times))
+            memory = f"{peak:.0f} | {peak / base_peak:.3f}x" if args.memory else "- | -"
+            print(f"| {b or 'plain'} | {median:.3f} | {low:.3f} | {ratio:.3f}x | {flops / 1e9:.1f} | "
+                  f"{flops / base_flops:.3f}x | {memory} | {'x'.join(map(str, largest))} | {'yes' if dense else 'no'} |")
+        print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
