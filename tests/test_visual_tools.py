@@ -36,7 +36,7 @@ from lib.engine.video.setup import model_kwargs, run_folder
 from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 from tools import attention_maps, compare_runs, spectrum
 from tools._checkpoint import capture_inputs, criss_cross_attention, nonlocal_blocks
-from videogen import class_video, decode_video, write_ucf101, write_video
+from videogen import class_video, decode_video, write_frame_folder, write_ucf101, write_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16  # network input side of the tiny models: stage 1 of a PreResNet is then 16 x 16 = 256 positions
@@ -480,6 +480,11 @@ def test_video_attention_maps_are_the_space_time_affinity_rows(video_run, capsys
     expected_clip, pixels = centre_clip(decode_video(video_run["video"]))
     assert name == "wave"
     torch.testing.assert_close(clip, expected_clip, rtol=0, atol=1e-5)
+    # a frame folder of the same frames (image_00001.png, ...) gives the same clip
+    folder = write_frame_folder(str(tmp_path / "frames" / "wave_jpg"), decode_video(video_run["video"]))
+    args = attention_maps.get_parser().parse_args([str(video_run["snl"]), folder])
+    ((name, folder_clip, _),) = attention_maps.load_images(args, loaded)
+    assert name == "wave_jpg" and torch.equal(folder_clip, clip)
     # the tool's A is the dense affinity of the direct formula (float64), N = T H W in (t, y, x) order
     x = mc3_block_input(loaded.model, expected_clip)
     att = direct_snl_affinity(loaded.model.layer3[1], x)[0]  # (64, 64)
