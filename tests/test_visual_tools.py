@@ -21,6 +21,7 @@ from PIL import Image
 import train_val
 from direct_formulas import affinity as direct_affinity
 from lib.cc import CrissCrossAttention
+from lib.registry import NONLOCAL_BLOCKS, build_nonlocal, stage_based
 from lib.engine.distributed import DistContext
 from lib.engine.poly import PolySchedule
 from lib.engine.seg_run import MIoUTracker, save_checkpoint
@@ -538,6 +539,31 @@ def test_video_maps_and_spectrum_of_validation_clips(video_run, capsys, monkeypa
     (title,) = titles
     assert os.path.join("ucf101", "mc318", "snl", "0-ucf101-r-18-w-1snl-block.pth.tar (epoch 1)") in title
     assert title.endswith("3 clip(s)")
+
+
+@pytest.mark.parametrize("nl_type", [name for name in NONLOCAL_BLOCKS if stage_based(name)])
+def test_video_grid_of_every_stage_block(nl_type):
+    """Each stage-based block with dim=3 gives its (N, N) affinity, N = T H W, and a queries x steps grid."""
+    torch.manual_seed(0)
+    block = build_nonlocal(nl_type, 8, 4, dim=3).double().eval()
+    x = torch.randn(1, 8, 3, 2, 4, dtype=torch.float64)  # T, H, W = 3, 2, 4
+    att = attention_maps.attention_matrix(block, x)[0].numpy()
+    assert att.shape == (24, 24) and np.isfinite(att).all()
+    frames = [np.full((16, 16, 3), 40 * k, dtype=np.uint8) for k in range(3)]
+    picture, cells = attention_maps.video_grid(frames, att, [(0.9, 0.9, 1.0), (0.0, 0.0)], 3, 2, 4, 0.5)
+    assert cells == [(2, 1, 3), (1, 0, 0)]  # t = 1: the last step; no t: the middle one
+    gap = attention_maps.GAP
+    assert picture.shape == (2 * 16 + gap, 3 * 16 + 2 * gap, 3)
+    for row, (t, _, _) in enumerate(cells):
+        for k in range(3):
+            drawn = picture[row * (16 + gap):row * (16 + gap) + 16, k * (16 + gap):k * (16 + gap) + 16]
+            assert (drawn == 255).all(axis=2).any() == (k == t)
+
+
+def test_step_frames_are_the_centres_of_the_frames_each_step_covers():
+    assert [attention_maps.step_frame(k, 4, 16) for k in range(4)] == [2, 6, 10, 14]
+    assert [attention_maps.step_frame(k, 4, 4) for k in range(4)] == [0, 1, 2, 3]
+    assert [attention_maps.query_step(q, 4) for q in [(0, 0, 0), (0, 0, 0.5), (0, 0, 1), (0, 0)]] == [0, 2, 3, 2]
 
 
 @pytest.mark.parametrize("module, case, expected", [
