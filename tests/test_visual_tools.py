@@ -1,7 +1,8 @@
 """The picture and table tools (tools/attention_maps.py, spectrum.py, compare_runs.py) and the training scripts'
-SEEDS / DRY_RUN handling, on tiny models trained inside the tests and generated images."""
+SEEDS / DRY_RUN handling, on tiny models trained inside the tests and generated images and videos."""
 import argparse
 import contextlib
+import copy
 import csv
 import io
 import json
@@ -20,14 +21,23 @@ from PIL import Image
 import train_val
 from direct_formulas import affinity as direct_affinity
 from lib.cc import CrissCrossAttention
+from lib.registry import NONLOCAL_BLOCKS, build_nonlocal, stage_based
 from lib.engine.distributed import DistContext
 from lib.engine.poly import PolySchedule
 from lib.engine.seg_run import MIoUTracker, save_checkpoint
 from models import build_model
 from models.segmentation import build_segmentor
+from lib.data.video import build_video_datasets
+from lib.engine.run_state import BestTracker
+from lib.engine.run_state import save_checkpoint as save_video_checkpoint
+from lib.engine.schedule import WarmupStepSchedule
+from lib.engine.video.cli import parse_video_args
+from lib.engine.video.recipe import resolve_video_args
+from lib.engine.video.setup import model_kwargs, run_folder
 from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 from tools import attention_maps, compare_runs, spectrum
 from tools._checkpoint import capture_inputs, criss_cross_attention, nonlocal_blocks
+from videogen import class_video, decode_video, write_frame_folder, write_ucf101, write_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16  # network input side of the tiny models: stage 1 of a PreResNet is then 16 x 16 = 256 positions
@@ -161,12 +171,14 @@ def test_attention_map_of_a_cc_model(workdir, capsys, tmp_path):
     ("cgnl", "is CGNL"),
     ("missing", "image file not found"),
     ("bad-query", "outside the image"),
+    ("time-query", "x,y,t is for video checkpoints"),
     ("bad-block", "no nonlocal block named"),
 ])
 def test_attention_map_errors_are_one_line(workdir, capsys, tmp_path, case, expected):
-    checkpoint = workdir["snl"] if case in ("missing", "bad-query", "bad-block") else workdir[case]
+    checkpoint = workdir["snl"] if case in ("missing", "bad-query", "time-query", "bad-block") else workdir[case]
     image = tmp_path / "nope.png" if case == "missing" else workdir["images"][0]
-    extra = {"bad-query": ["--queries", "1.5,0.2"], "bad-block": ["--block", "layer9"]}.get(case, [])
+    extra = {"bad-query": ["--queries", "1.5,0.2"], "time-query": ["--queries", "0.5,0.5,0"],
+             "bad-block": ["--block", "layer9"]}.get(case, [])
     status, _, err = tool(attention_maps, [checkpoint, image, "--output-dir", tmp_path, *extra], capsys)
     assert status == 2
     assert err.count("\n") == 1 and err.startswith("attention_maps.py: error:") and expected in err
@@ -339,16 +351,6 @@ def test_spectrum_of_a_segmentation_checkpoint(segmentation_run, capsys, tmp_pat
     assert os.path.join("fake", "resnet50", "snl", "iter_2.pth.tar") in title and "iteration 2" in title
 
 
-@pytest.mark.parametrize("module", [attention_maps, spectrum])
-def test_a_video_checkpoint_is_one_line(module, capsys, tmp_path):
-    path = tmp_path / "video.pth.tar"
-    torch.save({"task": "video", "epoch": 1, "model_args": {"backbone": "r3d", "arch": 18, "num_classes": 101},
-                "state_dict": {"fc.weight": torch.zeros(101, 512)}}, path)
-    status, out, err = tool(module, [path, "--indices", 0], capsys)
-    assert status == 2 and err.count("\n") == 1 and "is a video checkpoint (train_video.py)" in err
-    assert os.listdir(tmp_path) == ["video.pth.tar"]
-
-
 def test_attention_maps_keep_the_photo_aspect_ratio(workdir, capsys, tmp_path):
     photo = write_wide_image(tmp_path / "wide.png")
     status, out, err = tool(attention_maps, [workdir["snl"], photo, "--display-size", 32, "--queries", "0.9,0.5",
@@ -402,6 +404,181 @@ def test_outputs_are_checked_before_any_computation(workdir, capsys, tmp_path, m
     argv = [a.format(**names) for a in argv]
     status, _, err = tool(module, [workdir["snl"], workdir["images"][0], *argv], capsys)
     assert status == 2 and err.count("\n") == 1 and expected.format(**names) in err
+
+
+# --- video checkpoints ------------------------------------------------------------------------------------------
+
+VIDEO_FRAMES = 24  # frames of each generated video (32 x 40 pixels)
+
+
+def video_checkpoint(root, nl_type):
+    """A train_video.py checkpoint of mc3-18 (3 classes, 4 frames of 32 x 32; its block in layer3 sees 4 x 4 x 4
+    positions) written by lib.engine.run_state.save_checkpoint with train_video.py's resolved flags."""
+    args = resolve_video_args(parse_video_args([
+        "--dataset", "ucf101", "--data_dir", str(root / "data"), "--backbone", "mc3", "--arch", "18",
+        "--clip-len", "4", "--frame-size", "32", "--nl-type", nl_type, "--output-dir", str(root / "out"),
+        "--device", "cpu"]))
+    torch.manual_seed(0)
+    model = build_model(**model_kwargs(args, num_classes=3))
+    run_dir = run_folder(args)
+    os.makedirs(run_dir)
+    return save_video_checkpoint(run_dir, 1, False, model, torch.optim.SGD(model.parameters(), lr=0.1), None,
+                                 WarmupStepSchedule(0.1, [1], 0, 0.1), BestTracker(), args,
+                                 DistContext(torch.device("cpu")), SimpleNamespace(info=lambda m: None))
+
+
+@pytest.fixture(scope="module")
+def video_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("video")
+    write_ucf101(str(root / "data"))  # 3 classes x 3 groups; split 1 tests on group 1: 3 validation videos
+    video = write_video(str(root / "wave.avi"), class_video(2, num_frames=VIDEO_FRAMES, seed=7), "MJPG")
+    return {"root": root, "video": video, "snl": video_checkpoint(root, "snl"),
+            "cgnl": video_checkpoint(root, "cgnl")}
+
+
+def centre_clip(frames):
+    """The validation clip of a 24-frame 32 x 40 video, written out: frames 10-13 (the 4 around the middle), the
+    centred 32 x 32 square (no resize), Kinetics mean / std on 0-255 pixels -> ((3, 4, 32, 32), uint8 RGB)."""
+    pixels = frames[10:14, :, 4:36]
+    mean = np.array([0.4345, 0.4051, 0.3775]) * 255
+    std = np.array([0.2768, 0.2713, 0.2737]) * 255
+    clip = torch.from_numpy(((pixels - mean) / std).astype(np.float32)).permute(3, 0, 1, 2)
+    return clip, pixels
+
+
+def mc3_block_input(model, clip):
+    """The input of the block layer3.1 of the mc3-18 model (stem, layer1, layer2, layer3[0]), in float64."""
+    model = copy.deepcopy(model).double()
+    with torch.no_grad():
+        return model.layer3[0](model.layer2(model.layer1(model.stem(clip[None].double()))))
+
+
+def direct_snl_affinity(block, x):
+    """A (B, N, N) of an SNL block for x (B, C, T, H, W) from the direct formula in float64 (N = T H W)."""
+    with torch.no_grad():
+        return _direct_snl_affinity(block, x)
+
+
+def _direct_snl_affinity(block, x):
+    theta = torch.einsum("oc,bcthw->bothw", block.t.weight.double().flatten(1), x)
+    phi = torch.einsum("oc,bcthw->bothw", block.p.weight.double().flatten(1), x)
+    return direct_affinity(theta, phi, True, True, False)
+
+
+def test_video_attention_maps_are_the_space_time_affinity_rows(video_run, capsys, tmp_path):
+    display, queries = 32, ("0.1,0.1,0", "0.9,0.6")
+    status, out, err = tool(attention_maps, [video_run["snl"], video_run["video"], "--queries", *queries,
+                                             "--display-size", display, "--output-dir", tmp_path], capsys)
+    assert status == 0, err
+    assert "block layer3.1: 4x4x4 positions (t, y, x)" in out and "(0,0,0) (2,2,3)" in out
+    picture = cv2.imread(str(tmp_path / "wave_layer3.1.png"))
+    step = display + attention_maps.GAP
+    assert picture.shape == (2 * display + attention_maps.GAP, 4 * display + 3 * attention_maps.GAP, 3)  # 2 x 4
+    # the tool's clip is the validation clip, decoded and normalized here independently
+    args = attention_maps.get_parser().parse_args([str(video_run["snl"]), video_run["video"]])
+    loaded = attention_maps.load_model(args)
+    ((name, clip, _),) = attention_maps.load_images(args, loaded)
+    expected_clip, pixels = centre_clip(decode_video(video_run["video"]))
+    assert name == "wave"
+    torch.testing.assert_close(clip, expected_clip, rtol=0, atol=1e-5)
+    # a frame folder of the same frames (image_00001.png, ...) gives the same clip
+    folder = write_frame_folder(str(tmp_path / "frames" / "wave_jpg"), decode_video(video_run["video"]))
+    args = attention_maps.get_parser().parse_args([str(video_run["snl"]), folder])
+    ((name, folder_clip, _),) = attention_maps.load_images(args, loaded)
+    assert name == "wave_jpg" and torch.equal(folder_clip, clip)
+    # the tool's A is the dense affinity of the direct formula (float64), N = T H W in (t, y, x) order
+    x = mc3_block_input(loaded.model, expected_clip)
+    att = direct_snl_affinity(loaded.model.layer3[1], x)[0]  # (64, 64)
+    tool_x = capture_inputs(loaded.model, [("layer3.1", loaded.model.layer3[1])], clip[None])["layer3.1"]
+    tool_att = attention_maps.attention_matrix(loaded.model.layer3[1], tool_x)[0]
+    np.testing.assert_allclose(tool_att.double().numpy(), att.numpy(), atol=1e-6)
+    # each panel: the query's row over one time step (4 x 4), on that step's frame, one colour scale per row
+    frames = [cv2.resize(np.ascontiguousarray(frame[:, :, ::-1]), (display, display)) for frame in pixels]
+    for k, (t, r, c) in enumerate([(0, 0, 0), (2, 2, 3)]):
+        row = att[t * 16 + r * 4 + c].numpy()
+        scale = (min(row.min(), 0.0), row.max())
+        for step_index in range(4):
+            expected = attention_maps.panel(frames[step_index], row[16 * step_index:16 * (step_index + 1)],
+                                            (r, c) if step_index == t else None, 4, 4, 0.5, scale)
+            drawn = picture[k * step:k * step + display, step_index * step:step_index * step + display].astype(int)
+            assert np.abs(drawn - expected).mean() < 1.0
+            assert (drawn == 255).all(axis=2).any() == (step_index == t)  # the white square: own frame only
+    assert (att[0] - att[2 * 16 + 2 * 4 + 3]).abs().max() > 1e-3  # the two queries attend differently
+
+
+def test_video_maps_and_spectrum_of_validation_clips(video_run, capsys, monkeypatch):
+    checkpoint = video_run["snl"]
+    status, out, err = tool(attention_maps, [checkpoint, "--indices", 1, "--display-size", 16], capsys)
+    assert status == 0, err
+    run_dir = os.path.dirname(checkpoint)
+    maps = os.path.join(run_dir, "attention_maps", "0-ucf101-r-18-w-1snl-block", "ucf101_1_layer3.1.png")
+    assert cv2.imread(maps).shape == (4 * 16 + 3 * attention_maps.GAP, 4 * 16 + 3 * attention_maps.GAP, 3)
+    titles = []
+    draw = spectrum.draw
+    monkeypatch.setattr(spectrum, "draw", lambda results, title, path: (titles.append(title),
+                                                                        draw(results, title, path)))
+    status, out, err = tool(spectrum, [checkpoint, "--points", 5], capsys)  # default: the first 8 (here 3)
+    assert status == 0, err
+    with open(os.path.join(run_dir, "spectrum_0-ucf101-r-18-w-1snl-block.json")) as f:
+        numbers = json.load(f)
+    assert numbers["task"] == "video" and numbers["images"] == ["ucf101_0", "ucf101_1", "ucf101_2"]
+    (entry,) = numbers["blocks"]
+    assert entry["positions"] == [64] * 3 and entry["feature_size"] == [[4, 4, 4]] * 3 and entry["symmetric"]
+    # the validation set's clips (train_video.py's own data pipeline), the block input, A and L all in float64
+    _, val_set, _, _ = build_video_datasets("ucf101", video_run["root"] / "data", clip_len=4, frame_size=32)
+    args = spectrum.get_parser().parse_args([str(checkpoint)])
+    model = spectrum.load_model(args).model
+    for k in range(3):
+        att = direct_snl_affinity(model.layer3[1], mc3_block_input(model, val_set[k][0]))
+        direct = torch.linalg.eigvalsh(torch.eye(64, dtype=torch.float64) - att)[0].numpy()
+        np.testing.assert_allclose(entry["eigenvalues"][k], direct, atol=1e-9)
+    lam = torch.tensor(entry["response"]["lam"], dtype=torch.float32)
+    with torch.no_grad():
+        expected = model.layer3[1].filter_response(lam).flatten(2).norm(dim=-1)
+    np.testing.assert_allclose(entry["response"]["frobenius_norm"], expected.double().numpy(), rtol=1e-6)
+    (title,) = titles
+    assert os.path.join("ucf101", "mc318", "snl", "0-ucf101-r-18-w-1snl-block.pth.tar (epoch 1)") in title
+    assert title.endswith("3 clip(s)")
+
+
+@pytest.mark.parametrize("nl_type", [name for name in NONLOCAL_BLOCKS if stage_based(name)])
+def test_video_grid_of_every_stage_block(nl_type):
+    """Each stage-based block with dim=3 gives its (N, N) affinity, N = T H W, and a queries x steps grid."""
+    torch.manual_seed(0)
+    block = build_nonlocal(nl_type, 8, 4, dim=3).double().eval()
+    x = torch.randn(1, 8, 3, 2, 4, dtype=torch.float64)  # T, H, W = 3, 2, 4
+    att = attention_maps.attention_matrix(block, x)[0].numpy()
+    assert att.shape == (24, 24) and np.isfinite(att).all()
+    frames = [np.full((16, 16, 3), 40 * k, dtype=np.uint8) for k in range(3)]
+    picture, cells = attention_maps.video_grid(frames, att, [(0.9, 0.9, 1.0), (0.0, 0.0)], 3, 2, 4, 0.5)
+    assert cells == [(2, 1, 3), (1, 0, 0)]  # t = 1: the last step; no t: the middle one
+    gap = attention_maps.GAP
+    assert picture.shape == (2 * 16 + gap, 3 * 16 + 2 * gap, 3)
+    for row, (t, _, _) in enumerate(cells):
+        for k in range(3):
+            drawn = picture[row * (16 + gap):row * (16 + gap) + 16, k * (16 + gap):k * (16 + gap) + 16]
+            assert (drawn == 255).all(axis=2).any() == (k == t)
+
+
+def test_step_frames_are_the_centres_of_the_frames_each_step_covers():
+    assert [attention_maps.step_frame(k, 4, 16) for k in range(4)] == [2, 6, 10, 14]
+    assert [attention_maps.step_frame(k, 4, 4) for k in range(4)] == [0, 1, 2, 3]
+    assert [attention_maps.query_step(q, 4) for q in [(0, 0, 0), (0, 0, 0.5), (0, 0, 1), (0, 0)]] == [0, 2, 3, 2]
+
+
+@pytest.mark.parametrize("module, case, expected", [
+    (attention_maps, "cgnl", "is CGNL"),
+    (spectrum, "cgnl", "only nonlocal blocks are CGNL"),
+    (attention_maps, "missing", "video file not found"),
+    (attention_maps, "index", "index 5 out of range: the ucf101 validation set has 3 videos"),
+])
+def test_video_errors_are_one_line(video_run, capsys, tmp_path, module, case, expected):
+    checkpoint = video_run["cgnl" if case == "cgnl" else "snl"]
+    inputs = {"missing": [tmp_path / "nope.avi"], "index": ["--indices", 5]}.get(case, [video_run["video"]])
+    outputs = ["--output-dir", tmp_path] if module is attention_maps else ["--output", tmp_path / "s.png"]
+    status, _, err = tool(module, [checkpoint, *inputs, *outputs], capsys)
+    assert status == 2 and err.count("\n") == 1 and expected in err
+    assert not os.listdir(tmp_path)
 
 
 # --- run comparison ---------------------------------------------------------------------------------------------

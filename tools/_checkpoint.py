@@ -1,16 +1,19 @@
-"""What the picture tools share: a trained model from a checkpoint, its input images, its nonlocal blocks, and
-where their pictures go.
+"""What the picture tools share: a trained model from a checkpoint, its inputs (images or clips), its nonlocal
+blocks, and where their pictures go.
 
-- Checkpoints: of train_val.py (classification) or train_seg.py (segmentation: the decode head's block is drawn);
-  ours are rebuilt from their stored `model_args`; the reference's (no `model_args`) from the model flags, as
-  `train_val.py --valid` does, with the classifier size the checkpoint holds. A video checkpoint is refused in one
-  line (its clips need a video pipeline the tools do not have yet).
+- Checkpoints: of train_val.py (classification), train_seg.py (segmentation: the decode head's block is drawn) or
+  train_video.py (video); ours are rebuilt from their stored `model_args`; the reference's (no `model_args`) from
+  the model flags, as `train_val.py --valid` does, with the classifier size the checkpoint holds.
 - Images: files or validation-set indices. Classification: the dataset's validation transform (README "Data"), or
   with keep_aspect (attention maps of files) the whole photo, its shorter side resized to the input size.
   Segmentation: the whole image, its shorter side resized to --input-size (default 256), as train_seg.py
   normalizes it.
+- Clips (video checkpoints): video files, frame folders or validation-set indices, decoded as the run's
+  validation clips (lib.data.video_transforms.EvalClips: the centre clip of clip_len frames every frame_step
+  frames, the centred square resized to frame_size, the run's normalization; all from the checkpoint's args).
 - Blocks: every nonlocal block of the model by module name, and the dense attention matrix A (B, N, N) (rows =
-  queries) of the stage-based blocks and of criss-cross attention, from the block's input captured by a hook.
+  queries; N = H W, or T H W for a space-time block) of the stage-based blocks and of criss-cross attention, from
+  the block's input captured by a hook.
 - Outputs: by default in the checkpoint's run folder; checked before any computation.
 """
 import os
@@ -28,6 +31,9 @@ from lib.data import build_datasets  # noqa: E402
 from lib.data.seg_transforms import normalize as seg_normalize  # noqa: E402
 from lib.data.transforms import (CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, SMALL_INPUT_MAX,  # noqa: E402
                                  large_image_transforms, small_image_transforms)
+from lib.data.video import build_video_datasets  # noqa: E402
+from lib.data.video_reader import read_clip_frames  # noqa: E402
+from lib.data.video_transforms import DEFAULT_NORMALIZATION, EvalClips, crop_box, crop_resize  # noqa: E402
 from lib.engine.checkpoint import load_checkpoint  # noqa: E402
 from lib.engine.cli import OneLineParser, parse_bool, parse_stages  # noqa: E402,F401  (OneLineParser: for the tools)
 from lib.engine.tasks import checkpoint_task  # noqa: E402
@@ -45,8 +51,9 @@ CHECKPOINT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar")
 class LoadedModel:
     """A model from a checkpoint, in eval mode, with what the tools need to feed and describe it."""
 
-    def __init__(self, model, task, dataset, input_size, path, checkpoint):
+    def __init__(self, model, task, dataset, input_size, path, checkpoint, clip=None):
         self.model, self.task, self.dataset, self.input_size, self.path = model, task, dataset, input_size, path
+        self.clip = clip  # video: the run's clip_len, frame_step, normalization and split
         progress = ("iteration", checkpoint.get("iteration")) if task == "segmentation" else \
             ("epoch", checkpoint.get("epoch"))
         self.progress = f"{progress[0]} {progress[1]}" if progress[1] is not None else None
@@ -58,19 +65,21 @@ class LoadedModel:
 
 def add_input_args(parser):
     """Flags for the checkpoint, the images and (for the reference's checkpoints) the model."""
-    parser.add_argument("checkpoint", help="a checkpoint of train_val.py (ours or the reference's) or of "
-                        "train_seg.py (the decode head's block)")
-    parser.add_argument("images", nargs="*", metavar="IMAGE", help="image files (any format PIL reads)")
-    data = parser.add_argument_group("images from a dataset instead of files")
+    parser.add_argument("checkpoint", help="a checkpoint of train_val.py (ours or the reference's), of "
+                        "train_seg.py (the decode head's block) or of train_video.py")
+    parser.add_argument("images", nargs="*", metavar="IMAGE|VIDEO", help="image files (any format PIL reads); "
+                        "for a video checkpoint video files (any format OpenCV decodes) or frame folders")
+    data = parser.add_argument_group("images (clips) from a dataset instead of files")
     data.add_argument("--indices", type=int, nargs="+", metavar="I", help="validation-set indices of --dataset")
     data.add_argument("--dataset", help="cifar10 | cifar100 | imagenet | imagefolder | fake; cityscapes | fake for "
-                      "a segmentation checkpoint; sets the preprocessing (default: the one the checkpoint was "
-                      "trained on)")
+                      "a segmentation checkpoint; ucf101 | hmdb51 | kinetics | videofolder | fake for a video "
+                      "one; sets the preprocessing (default: the one the checkpoint was trained on)")
     data.add_argument("--data_dir", "--data-dir", dest="data_dir", help="dataset root (default: the one the "
                       "checkpoint was trained with, else ./data)")
     data.add_argument("--input-size", "--input_size", dest="input_size", type=int, help="network input side "
                       "(default: the checkpoint's, else the dataset's); for a segmentation checkpoint the shorter "
-                      f"image side (default {SEG_INPUT_SIZE}: the N x N matrix grows with its fourth power)")
+                      f"image side (default {SEG_INPUT_SIZE}: the N x N matrix grows with its fourth power); for a "
+                      "video checkpoint the frame size (default: the run's --frame-size)")
     model = parser.add_argument_group("model flags, only for the reference's checkpoints (ours store their model)")
     model.add_argument("--backbone", help="preresnet | resnet (default preresnet for CIFAR-size data, else resnet)")
     model.add_argument("--arch", help="preresnet 20, 56, 110; resnet 50, 101, 152 (default 20 / 50)")
@@ -92,12 +101,21 @@ def load_model(args):
     checkpoint = load_checkpoint(args.checkpoint)
     run_args = checkpoint.get("args") or {}
     task = checkpoint_task(checkpoint)
-    if task == "video":
-        raise ConfigError(f"{args.checkpoint} is a video checkpoint (train_video.py): attention maps and spectra "
-                          f"take classification and segmentation checkpoints for now")
-    dataset = args.dataset or run_args.get("dataset")
+    dataset = args.dataset or run_args.get("dataset") or checkpoint.get("dataset")
     saved = checkpoint.get("model_args")
-    if task == "segmentation":
+    clip = None
+    if task == "video":
+        if not saved:
+            raise ConfigError(f"{args.checkpoint} is a video checkpoint without model arguments: the tools read "
+                              f"those written by train_video.py")
+        model = built_from_state(build_model, saved, checkpoint["state_dict"], load_state_dict_checked)
+        if not dataset:
+            raise ConfigError(f"{args.checkpoint} does not say which dataset it was trained on: pass --dataset")
+        input_size = args.input_size or run_args.get("frame_size") or 112
+        clip = dict(clip_len=run_args.get("clip_len") or 16, frame_step=run_args.get("frame_step") or 1,
+                    normalization=run_args.get("normalization") or DEFAULT_NORMALIZATION,
+                    split=run_args.get("split") or 1)
+    elif task == "segmentation":
         if not saved:
             raise ConfigError(f"{args.checkpoint} is a segmentation checkpoint without model arguments: the tools "
                               f"read those written by train_seg.py")
@@ -128,7 +146,7 @@ def load_model(args):
         raise ConfigError(f"--input-size must be at least 8, got {args.input_size}")
     args.data_dir = args.data_dir or run_args.get("data_dir") or "./data"
     model = model.to(torch.device(args.device)).eval()
-    return LoadedModel(model, task, dataset, input_size, args.checkpoint, checkpoint)
+    return LoadedModel(model, task, dataset, input_size, args.checkpoint, checkpoint, clip)
 
 
 def built_from_state(builder, kwargs, state_dict, load):
@@ -187,7 +205,10 @@ def load_images(args, loaded, default_count=None, keep_aspect=False):
     if args.images and args.indices:
         raise ConfigError("give image files or --indices, not both")
     if not args.images and not (args.indices or default_count):
-        raise ConfigError("no images: give image files or --indices of the validation set")
+        what = "clips: give video files" if loaded.task == "video" else "images: give image files"
+        raise ConfigError(f"no {what} or --indices of the validation set")
+    if loaded.task == "video":
+        return video_clips(args, loaded, default_count)
     if loaded.task == "segmentation":
         return segmentation_images(args, loaded, default_count)
     dataset, input_size = loaded.dataset, loaded.input_size
@@ -209,9 +230,40 @@ def load_images(args, loaded, default_count=None, keep_aspect=False):
     return out
 
 
-def check_index(index, size, dataset):
+def check_index(index, size, dataset, what="images"):
     if not 0 <= index < size:
-        raise ConfigError(f"index {index} out of range: the {dataset} validation set has {size} images")
+        raise ConfigError(f"index {index} out of range: the {dataset} validation set has {size} {what}")
+
+
+def video_clips(args, loaded, default_count):
+    """[(name, clip (3, T, S, S) normalized, display frames uint8 BGR (T, S, S, 3))]: the validation clip of each
+    video file / frame folder or validation video (lib.data.video_transforms.EvalClips with the run's options);
+    without files and --indices the first default_count validation videos."""
+    options = loaded.clip
+    transform = EvalClips(options["clip_len"], options["frame_step"], loaded.input_size, None,
+                          options["normalization"])
+    if args.images:
+        for path in args.images:
+            if not os.path.exists(path):
+                raise ConfigError(f"video file not found: {path}")
+        sources = [(os.path.splitext(os.path.basename(os.path.normpath(path)))[0],
+                    lambda choose, path=path: read_clip_frames(path, choose)) for path in args.images]
+    else:
+        _, val_set, _, _ = build_video_datasets(loaded.dataset, args.data_dir, split=options["split"],
+                                                clip_len=options["clip_len"], frame_step=options["frame_step"],
+                                                frame_size=loaded.input_size, test_clips=1,
+                                                normalization=options["normalization"])
+        indices = args.indices or list(range(min(default_count, len(val_set))))
+        for index in indices:
+            check_index(index, len(val_set), loaded.dataset, "videos")
+        sources = [(f"{loaded.dataset}_{index}", lambda choose, index=index: val_set.frames(index, choose))
+                   for index in indices]
+    out = []
+    for name, read in sources:
+        frames = read(transform.indices)  # uint8 RGB (T, H, W, 3) of the centre clip
+        shown = crop_resize(frames, crop_box(frames.shape[1], frames.shape[2], 1.0, "c"), loaded.input_size)
+        out.append((name, transform.pixels(frames), np.ascontiguousarray(shown[..., ::-1])))
+    return out
 
 
 def segmentation_images(args, loaded, default_count):
@@ -277,7 +329,8 @@ class _AllCaptured(Exception):
 
 
 def capture_inputs(model, modules, images):
-    """{module name: its input (B, C, H, W)} for one forward of images (B, 3, h, w), through forward pre-hooks;
+    """{module name: its input (B, C, H, W) or (B, C, T, H, W)} for one forward of images (B, 3, h, w) or clips
+    (B, 3, T, h, w), through forward pre-hooks;
     the forward stops once every module has seen its input."""
     captured = {}
 
@@ -300,7 +353,7 @@ def capture_inputs(model, modules, images):
 
 
 def inputs_per_image(loaded, modules, images):
-    """[{module name: input (1, C, H, W)}] per image: one batch when the images share a size, else one by one."""
+    """[{module name: input (1, C, ...)}] per image (clip): one batch when the images share a size, else one by one."""
     tensors = [tensor for _, tensor, _ in images]
     if len({tuple(t.shape) for t in tensors}) == 1:
         captured = capture_inputs(loaded.model, modules, torch.stack(tensors).to(loaded.device))
@@ -381,7 +434,8 @@ def criss_cross_attention(module, x):
 
 
 def attention_matrix(module, x):
-    """A (B, N, N) of a stage-based block or a CrissCrossAttention module for its input x (B, C, H, W)."""
+    """A (B, N, N) of a stage-based block or a CrissCrossAttention module for its input x (B, C, H, W), or of a
+    space-time stage for x (B, C, T, H, W) (N = T H W, positions in (t, y, x) order)."""
     if isinstance(module, CrissCrossAttention):
         return criss_cross_attention(module, x)
     with torch.no_grad():

@@ -5,6 +5,8 @@
     python tools/attention_maps.py CHECKPOINT --indices 0 1 2 --data_dir ./data      # validation images
     python tools/attention_maps.py CHECKPOINT img.jpg --queries 0.3,0.4 0.7,0.6 --block layer3.6
     python tools/attention_maps.py save_model/cityscapes/resnet50/snl/model_best.pth.tar street.png  # head block
+    python tools/attention_maps.py save_model/ucf101/resnet3d50/snl/model_best.pth.tar v_Basketball_g01_c01.avi
+    python tools/attention_maps.py VIDEO_CHECKPOINT --indices 0 --queries 0.5,0.5,0 0.5,0.5,1  # first, last step
 
 For each image, one PNG grid: the input, then one panel per query position. A panel is the query's row of the
 block's attention matrix A (rows = queries; for the stage-based blocks A is the stage's affinity, for criss-cross
@@ -15,6 +17,15 @@ are shown whole, at their aspect ratio: their shorter side is resized to the net
 validation images (--indices) are shown as the network sees them. The PNGs go to the checkpoint's run folder
 (attention_maps/<checkpoint name>/) unless --output-dir says otherwise. CGNL has no per-position map (its kernel
 is global), so it is refused. The reference's checkpoints need the model flags.
+
+Video checkpoints (train_video.py): the input is the validation clip of each video file or frame folder (or
+validation video, --indices): the centre clip with the run's clip length and frame step, the centred square
+resized to its frame size, its normalization. The space-time block's A is (N, N) with N = T H W. For each query,
+one row of the grid: one panel per time step t of the block (T columns), the query's attention over that step's
+H x W positions blended onto the input frame at the centre of the frames that step covers; all panels of a row
+share one colour scale (red = the row's largest weight over the whole clip), so they show which frames the query
+attends to. The white square marks the query in its own step. Queries are x,y,t fractions (t: time in the clip,
+default 0.5: the middle step).
 """
 import argparse
 import os
@@ -34,19 +45,35 @@ GAP = 4  # white pixels between panels
 
 
 def parse_query(text):
+    """(x, y) or (x, y, t) fractions from 'x,y' or 'x,y,t' (t: video checkpoints only)."""
     try:
-        x, y = (float(v) for v in text.split(","))
+        values = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise ConfigError(f"--queries takes x,y pairs such as 0.25,0.75, got {text!r}") from None
-    if not (0 <= x <= 1 and 0 <= y <= 1):
-        raise ConfigError(f"query {text} is outside the image: x and y must lie in [0, 1]")
-    return x, y
+        values = ()
+    if len(values) not in (2, 3):
+        raise ConfigError(f"--queries takes x,y pairs such as 0.25,0.75 (x,y,t for a video checkpoint), got "
+                          f"{text!r}")
+    if not all(0 <= v <= 1 for v in values):
+        raise ConfigError(f"query {text} is outside the image: x, y (and t) must lie in [0, 1]")
+    return values
 
 
 def query_cell(query, height, width):
     """(row, column) of the block's (height, width) grid cell holding the fractional point query = (x, y)."""
-    x, y = query
+    x, y = query[:2]
     return min(int(y * height), height - 1), min(int(x * width), width - 1)
+
+
+def query_step(query, steps):
+    """The block's time step holding the query's t (default 0.5: the middle step)."""
+    t = query[2] if len(query) > 2 else 0.5
+    return min(int(t * steps), steps - 1)
+
+
+def step_frame(step, steps, clip_len):
+    """The input frame shown under the block's time step `step` of `steps`: the centre of the clip_len / steps
+    frames it covers (the frame itself when the block keeps the clip's length)."""
+    return min(clip_len - 1, int((step + 0.5) * clip_len / steps))
 
 
 def choose_block(model, name):
@@ -63,26 +90,30 @@ def choose_block(model, name):
         raise ConfigError(f"no nonlocal block named {name!r}; the model has: {', '.join(names)}")
     module = dict(blocks)[name]
     if block_kind(module) == "cgnl":
-        raise ConfigError(f"block {name} is CGNL: its Taylor-expanded kernel aggregates the whole image at once, "
+        raise ConfigError(f"block {name} is CGNL: its Taylor-expanded kernel aggregates the whole input at once, "
                           f"so it has no per-position attention map")
     return name, module
 
 
-def heat_map(row, height, width, out_height, out_width):
+def heat_map(row, height, width, out_height, out_width, scale=None):
     """A row of A (N,) -> jet-colored uint8 BGR (out_height, out_width, 3); the row's largest weight is red, 0
-    blue."""
+    blue. scale = (low, high): a colour scale shared with other panels instead (a video query's frames)."""
     grid = np.asarray(row, dtype=np.float64).reshape(height, width)
-    low = min(grid.min(), 0.0)
-    span = grid.max() - low
+    low, high = scale if scale is not None else (min(grid.min(), 0.0), grid.max())
+    span = high - low
     scaled = (grid - low) / span if span > 0 else np.zeros_like(grid)
     resized = cv2.resize(scaled.astype(np.float32), (out_width, out_height), interpolation=cv2.INTER_LINEAR)
     return cv2.applyColorMap(np.clip(resized * 255 + 0.5, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
 
 
-def panel(image, row, cell, height, width, alpha):
-    """The heat map of one query blended onto image (h, w, 3), with the query's cell as a white square."""
+def panel(image, row, cell, height, width, alpha, scale=None):
+    """The heat map of one query blended onto image (h, w, 3), with the query's cell as a white square (none
+    when cell is None: a video query's other frames)."""
     out_height, out_width = image.shape[:2]
-    blended = cv2.addWeighted(image, 1 - alpha, heat_map(row, height, width, out_height, out_width), alpha, 0)
+    heat = heat_map(row, height, width, out_height, out_width, scale)
+    blended = cv2.addWeighted(image, 1 - alpha, heat, alpha, 0)
+    if cell is None:
+        return blended
     r, c = cell
     top, left = int(r * out_height / height), int(c * out_width / width)
     bottom, right = int((r + 1) * out_height / height) - 1, int((c + 1) * out_width / width) - 1
@@ -93,12 +124,36 @@ def panel(image, row, cell, height, width, alpha):
 
 def grid_image(display, rows, cells, height, width, alpha):
     """[input | one panel per query], separated by GAP white columns."""
-    panels = [display] + [panel(display, row, cell, height, width, alpha) for row, cell in zip(rows, cells)]
-    gap = np.full((display.shape[0], GAP, 3), 255, dtype=np.uint8)
-    parts = [panels[0]]
-    for p in panels[1:]:
-        parts += [gap, p]
-    return np.concatenate(parts, axis=1)
+    return join([display] + [panel(display, row, cell, height, width, alpha) for row, cell in zip(rows, cells)],
+                axis=1)
+
+
+def video_grid(frames, att, queries, steps, height, width, alpha):
+    """One row per query, one panel per time step: frames (steps, h, w, 3) are the input frames shown under the
+    steps, att (N, N) the block's A with N = steps x height x width in (t, y, x) order; GAP white pixels between
+    panels. Returns (picture, [(step, row, column) of each query])."""
+    size = height * width
+    cells, rows = [], []
+    for query in queries:
+        t, (r, c) = query_step(query, steps), query_cell(query, height, width)
+        weights = np.asarray(att[(t * height + r) * width + c], dtype=np.float64)  # (N,)
+        scale = (min(weights.min(), 0.0), weights.max())
+        panels = [panel(frames[k], weights[k * size:(k + 1) * size], (r, c) if k == t else None, height, width,
+                        alpha, scale) for k in range(steps)]
+        rows.append(join(panels, axis=1))
+        cells.append((t, r, c))
+    return join(rows, axis=0), cells
+
+
+def join(parts, axis):
+    """parts concatenated along axis (0: rows, 1: columns) with GAP white pixels between them."""
+    shape = list(parts[0].shape)
+    shape[axis] = GAP
+    gap = np.full(shape, 255, dtype=np.uint8)
+    out = [parts[0]]
+    for part in parts[1:]:
+        out += [gap, part]
+    return np.concatenate(out, axis=axis)
 
 
 def get_parser():
@@ -106,15 +161,16 @@ def get_parser():
     add_input_args(parser)
     parser.add_argument("--block", help="module name of the block to draw (default: the first; the names are "
                         "printed when the model has several, e.g. layer1.2 or layer3.6)")
-    parser.add_argument("--queries", nargs="+", metavar="X,Y", help="query positions as fractions x,y "
-                        "(default: 4 spread over the image, at 0.25 and 0.75)")
+    parser.add_argument("--queries", nargs="+", metavar="X,Y[,T]", help="query positions as fractions x,y "
+                        "(default: 4 spread over the image, at 0.25 and 0.75); for a video checkpoint x,y,t with t "
+                        "the time in the clip (default 0.5: the 4 in the block's middle time step)")
     parser.add_argument("--display-size", "--display_size", dest="display_size", type=int, default=256,
                         help="height of each panel in pixels; the width follows the image's aspect ratio "
-                        "(default 256; CIFAR's 32 px are upscaled)")
+                        "(default 256; CIFAR's 32 px are upscaled; video frames are square)")
     parser.add_argument("--alpha", type=float, default=0.5, help="weight of the heat map in the blend "
                         "(default 0.5)")
     parser.add_argument("--output-dir", "--output_dir", dest="output_dir", default=None,
-                        help="folder for the PNGs, one per image: <image>_<block>.png (default: "
+                        help="folder for the PNGs, one per image or clip: <name>_<block>.png (default: "
                         "attention_maps/<checkpoint name>/ in the checkpoint's run folder)")
     return parser
 
@@ -139,6 +195,10 @@ def run(args):
     check_writable_folder("--output-dir", output_dir)
     loaded = load_model(args)
     name, block = choose_block(loaded.model, args.block)
+    if loaded.task == "video":
+        return run_video(args, loaded, name, block, queries, output_dir)
+    if any(len(q) > 2 for q in queries):
+        raise ConfigError("--queries x,y,t is for video checkpoints: give x,y pairs for images")
     images = load_images(args, loaded, keep_aspect=True)
     for (image_name, _, display), inputs in zip(images, inputs_per_image(loaded, [(name, block)], images)):
         x = inputs[name]  # (1, C, H, W)
@@ -148,13 +208,37 @@ def run(args):
         shown_width = max(1, round(args.display_size * display.shape[1] / display.shape[0]))
         display = cv2.resize(display, (shown_width, args.display_size), interpolation=cv2.INTER_LINEAR)
         picture = grid_image(display, [att[r * width + c] for r, c in cells], cells, height, width, args.alpha)
-        os.makedirs(output_dir, exist_ok=True)
-        path = os.path.join(output_dir, f"{image_name}_{name}.png")
-        if not cv2.imwrite(path, picture, [cv2.IMWRITE_PNG_COMPRESSION, 9]):
-            raise ConfigError(f"cannot write {path}")
+        path = write_png(output_dir, f"{image_name}_{name}.png", picture)
         print(f"wrote {path} (block {name}: {height}x{width} positions, queries "
               f"{' '.join(f'{x:g},{y:g}' for x, y in queries)})")
     return 0
+
+
+def run_video(args, loaded, name, block, queries, output_dir):
+    """The frames x queries grid of each clip (module docstring)."""
+    clips = load_images(args, loaded)
+    clip_len = loaded.clip["clip_len"]
+    for (clip_name, _, display), inputs in zip(clips, inputs_per_image(loaded, [(name, block)], clips)):
+        x = inputs[name]  # (1, C, T, H, W)
+        steps, height, width = x.shape[2:]
+        att = attention_matrix(block, x).float().cpu().numpy()[0]  # (N, N), N = T H W
+        shown = [cv2.resize(display[step_frame(k, steps, clip_len)], (args.display_size, args.display_size),
+                            interpolation=cv2.INTER_LINEAR) for k in range(steps)]
+        picture, cells = video_grid(shown, att, queries, steps, height, width, args.alpha)
+        path = write_png(output_dir, f"{clip_name}_{name}.png", picture)
+        frames = " ".join(str(step_frame(k, steps, clip_len)) for k in range(steps))
+        print(f"wrote {path} (block {name}: {steps}x{height}x{width} positions (t, y, x); rows = queries at "
+              f"(t, y, x) {' '.join(f'({t},{r},{c})' for t, r, c in cells)}; columns = time steps, over clip "
+              f"frames {frames} of {clip_len})")
+    return 0
+
+
+def write_png(folder, file_name, picture):
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, file_name)
+    if not cv2.imwrite(path, picture, [cv2.IMWRITE_PNG_COMPRESSION, 9]):
+        raise ConfigError(f"cannot write {path}")
+    return path
 
 
 if __name__ == "__main__":

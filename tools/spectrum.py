@@ -4,6 +4,7 @@
     python tools/spectrum.py save_model/cifar10/20/snl/model_best.pth.tar --indices 0 1 2 3
     python tools/spectrum.py CHECKPOINT img1.png img2.png --output spectra/snl.pdf --json spectra/snl.json
     python tools/spectrum.py save_model/cityscapes/resnet50/snl/model_best.pth.tar street.png  # the head's block
+    python tools/spectrum.py save_model/ucf101/resnet3d50/snl/model_best.pth.tar --indices 0 1   # validation clips
 
 A stage-based block builds a graph over the N positions of its input with adjacency A (B, N, N); with SNL's
 normalized symmetric A, the Laplacian L = I - A has its eigenvalues in [0, 2] (README, "What SNL computes"). For
@@ -14,10 +15,13 @@ the batch. Where the block has `filter_response(lam)` (the frequency response of
 Criss-cross attention gets the spectrum of I - A with A its row + column softmax weights; CGNL has no A and is
 skipped. Writes one picture (matplotlib: .png, .pdf, .svg, ...) and a JSON of every number drawn, by default
 spectrum_<checkpoint name>.png / .json in the checkpoint's run folder; the title names the run and the checkpoint.
+A video checkpoint (train_video.py) takes video files, frame folders or validation videos (default the first 8),
+each as its validation clip; a space-time block's graph is over its N = T H W positions.
 """
 import argparse
 import copy
 import json
+import math
 import os
 import sys
 
@@ -39,7 +43,8 @@ NO_RESPONSE = "no filter_response: spectrum only"
 
 
 def laplacian_eigenvalues(block, x):
-    """(eigenvalues of L = I - A (B, N) float64, whether A is symmetric) for the block's input x (B, C, H, W)."""
+    """(eigenvalues of L = I - A (B, N) float64, whether A is symmetric) for the block's input x (B, C, H, W) or
+    (B, C, T, H, W)."""
     block64 = copy.deepcopy(block).double()
     att = attention_matrix(block64, x.double())  # (B, N, N) float64
     laplacian = torch.eye(att.shape[-1], dtype=att.dtype, device=att.device) - att
@@ -81,7 +86,7 @@ def analyse(loaded, images, points, bins):
         low, high = min(0.0, float(flat.min())), max(2.0, float(flat.max()))
         counts, edges = np.histogram(flat, bins=bins, range=(low, high))
         sizes = [list(captured[name].shape[2:]) for captured in inputs]
-        entry = {"block": name, "type": type(module).__name__, "positions": [h * w for h, w in sizes],
+        entry = {"block": name, "type": type(module).__name__, "positions": [math.prod(size) for size in sizes],
                  "feature_size": sizes, "symmetric": symmetric,
                  "method": "eigvalsh" if symmetric else "eigvals (real parts)",
                  "eigenvalues": [v.tolist() for v in values],
@@ -129,8 +134,9 @@ def draw(results, title, path):
 def get_parser():
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_input_args(parser)
-    parser.add_argument("--num-images", "--num_images", dest="num_images", type=int, default=DEFAULT_IMAGES,
-                        help=f"without files or --indices: the first N validation images (default {DEFAULT_IMAGES})")
+    parser.add_argument("--num-images", "--num_images", "--num-clips", dest="num_images", type=int,
+                        default=DEFAULT_IMAGES, help=f"without files or --indices: the first N validation images "
+                        f"(clips) (default {DEFAULT_IMAGES})")
     parser.add_argument("--bins", type=int, default=41, help="histogram bins over [0, 2] or the eigenvalues' "
                         "range if wider (default 41: an odd number keeps lambda = 1 inside one bin)")
     parser.add_argument("--points", type=int, default=201, help="lambda samples in [0, 2] for the responses "
@@ -160,20 +166,21 @@ def run(args):
     loaded = load_model(args)
     images = load_images(args, loaded, default_count=args.num_images)
     results, skipped = analyse(loaded, images, args.points, args.bins)
+    unit = "clip" if loaded.task == "video" else "image"
     for entry in skipped:
         print(f"note: skipped {entry['block']}: {entry['reason']}")
     for entry in results:
         values = np.concatenate([np.asarray(v) for v in entry["eigenvalues"]])
         print(f"{entry['block']} ({entry['type']}, N = {', '.join(map(str, sorted(set(entry['positions']))))}, "
               f"{entry['method']}): eigenvalues in [{values.min():.6f}, {values.max():.6f}] over "
-              f"{len(entry['eigenvalues'])} image(s)" + (f"; note: {entry['note']}" if entry.get("note") else ""))
+              f"{len(entry['eigenvalues'])} {unit}(s)" + (f"; note: {entry['note']}" if entry.get("note") else ""))
     for path in (output, json_path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(json_path, "w") as f:
         json.dump({"checkpoint": args.checkpoint, "task": loaded.task, "images": [name for name, _, _ in images],
                    "blocks": results, "skipped": skipped}, f)
     progress = f" ({loaded.progress})" if loaded.progress else ""
-    draw(results, f"{run_label(args.checkpoint)}{progress}: {len(images)} image(s)", output)
+    draw(results, f"{run_label(args.checkpoint)}{progress}: {len(images)} {unit}(s)", output)
     print(f"wrote {output} and {json_path}")
     return 0
 
