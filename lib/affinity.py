@@ -29,10 +29,20 @@ import torch.nn.functional as F
 AFFINITY_PATHS = ("auto", "dense", "factorized")
 
 
+def capturing():
+    """Whether the forward is being captured into a graph (torch.export, torch.onnx.export, torch.compile,
+    torch.jit.trace) rather than run. The blocks' fast paths with a hand-written backward (autograd.Function,
+    in-place tricks) then give way to plain tensor operations with the same math, which every capture handles
+    and whose backward autograd or the compiler derives."""
+    return torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
 @contextmanager
 def full_precision(device_type):
     """Disable autocast so that the affinity math runs in the inputs' (promoted) dtype."""
-    if not torch.amp.is_autocast_available(device_type):  # e.g. 'meta' (tools/complexity.py counts there)
+    # 'meta' has no autocast (tools/complexity.py counts there); with autocast off there is nothing to disable,
+    # and no autocast region ends up in an exported graph.
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
         yield
         return
     with torch.autocast(device_type=device_type, enabled=False):
