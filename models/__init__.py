@@ -14,6 +14,7 @@ from torch import nn
 from lib import NONLOCAL_BLOCKS
 from lib.errors import ConfigError
 from lib.registry import DEFAULT_ORDER, ORDER_BLOCKS
+from models.common import build_on
 from models.preresnet import PreResNet
 from models.resnet import ResNet
 from models.weights import classifier_size, load_state_dict_checked, load_torchvision_resnet
@@ -57,7 +58,8 @@ def _parse_nl_layer(nl_layer: Union[int, str, Iterable[Union[int, str]]]) -> Tup
 def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type: Optional[str] = None,
                 nl_nums: int = 1, nl_layer: Union[int, str, Iterable] = ("1",), stage_num: int = 1,
                 div: float = 2, is_sys: Optional[bool] = None, is_norm: Optional[bool] = None,
-                pretrained: Union[None, bool, str] = None, order: Optional[int] = None) -> nn.Module:
+                pretrained: Union[None, bool, str] = None, order: Optional[int] = None, device=None,
+                dtype=None) -> nn.Module:
     """Build backbone-arch with nl_type nonlocal blocks at the reference positions (README, "Models").
 
     backbone: "preresnet" (CIFAR; arch 20, 56, 110) or "resnet" (ImageNet; arch 50, 101, 152).
@@ -66,6 +68,8 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
     see lib.build_nonlocal (None = the block's default). order: of cheb / arma (None = 2; docs/spectral.md),
     an error for other blocks; build_args holds the resolved value. pretrained (resnet only): None / False = none,
     True = torchvision's ImageNet weights (download), a str = a torchvision-format state_dict file.
+    device, dtype: where and in which dtype the parameters are created (e.g. 'meta': no memory, then
+    `to_empty`; build_args leave them out).
     Raises ConfigError for any unknown name or unsupported combination.
     """
     if backbone not in BACKBONES:
@@ -100,12 +104,12 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
         if pretrained:
             raise ConfigError("there are no pretrained weights for preresnet; to start from a checkpoint, load "
                               "it with load_state_dict_checked")
-        model = PreResNet(depth, num_classes, nl_layer=stages, **block_args)
+        model = build_on(device, dtype, PreResNet, depth, num_classes, nl_layer=stages, **block_args)
     else:
         if stages != (1,):
             # Silently ignoring it would leave the user believing the blocks went elsewhere.
             raise ConfigError("nl_layer applies to preresnet only; resnet's block positions come from nl_nums")
-        model = ResNet(depth, num_classes, **block_args)
+        model = build_on(device, dtype, ResNet, depth, num_classes, **block_args)
         if pretrained:
             load_torchvision_resnet(model, pretrained)
     # pretrained is left out: a checkpoint's own weights replace it when the model is rebuilt from build_args.
