@@ -12,8 +12,10 @@ and the segmentor (dilated ResNet-50 + SNL head). Columns, each "ok <max relativ
            run in onnxruntime at the traced shape, another batch size and, for blocks, another input size
            (relative error <= 1e-4). Needs onnx, onnxscript, onnxruntime (`pip install .[export]`).
   compile  torch.compile(fullgraph=True) in training mode (dropout off): outputs and all gradients against
-           eager (relative error <= 1e-4); the column also gives the compile time (first forward + backward).
-Relative error = max |got - want| / max |want| over each output / gradient tensor. Inputs are float32 on the CPU,
+           eager float64 (relative error <= 1e-4, or 10x eager float32's own where that is larger); the column
+           also gives the compile time (first forward + backward).
+Relative error = max |got - want| / max |want| per output / gradient tensor (max |want| at least 1e-3 of the
+largest entry of all the tensors compared, for gradients that are 0 in exact math). Inputs are float32 on the CPU,
 norm layers randomized (weights, biases, running statistics, CC's gamma), so no block is the identity.
 Exit status 1 if any cell failed, else 0.
 """
@@ -33,6 +35,9 @@ from lib import NONLOCAL_BLOCKS, build_nonlocal  # noqa: E402
 from tools.gpu_check import one_line, randomized  # noqa: E402
 
 EXPORT_TOL, ONNX_TOL, COMPILE_TOL = 1e-5, 1e-4, 1e-4
+# A tensor's error is relative to its largest entry, but to at least this fraction of the largest entry of all the
+# tensors compared: a gradient that is 0 in exact math (CC's key bias: the softmax ignores it) is rounding noise.
+NOISE_FLOOR = 1e-3
 CHANNELS, PLANES = 8, 4
 SPATIAL = {1: (12,), 2: (6, 5), 3: (3, 4, 3)}  # N = 12, 30, 36 >= 4 C': SNL's eager path is the fused one
 OTHER_SPATIAL = {1: (10,), 2: (7, 6), 3: (3, 3, 5)}  # the second input size of the ONNX check
@@ -40,10 +45,10 @@ BATCH, OTHER_BATCH = 2, 3
 MODELS = ("preresnet", "resnet", "segmentor")
 
 
-def rel_err(got, want):
-    """max |got - want| / max |want| (the absolute error where want is all zeros)."""
+def rel_err(got, want, floor=0.0):
+    """max |got - want| / max(max |want|, floor) (the absolute error where both are 0)."""
     got, want = got.detach().double(), want.detach().double()
-    scale = want.abs().max().item()
+    scale = max(want.abs().max().item(), floor)
     return (got - want).abs().max().item() / (scale if scale > 0 else 1.0)
 
 
@@ -59,7 +64,8 @@ def compare(got, want, tol, what):
     got, want = outputs(got), outputs(want)
     if len(got) != len(want):
         raise Failure(f"{what}: {len(got)} outputs instead of {len(want)}")
-    errors = [rel_err(g, w) for g, w in zip(got, want)]
+    floor = NOISE_FLOOR * max(w.detach().abs().max().item() for w in want)
+    errors = [rel_err(g, w, floor) for g, w in zip(got, want)]
     if not max(errors) <= tol:  # also catches NaN
         raise Failure(f"{what}: relative error {max(errors):.1e} > {tol:.0e}")
     return max(errors)
@@ -111,25 +117,32 @@ def check_onnx(model, x, others=(), spatial=False):
 
 
 def check_compile(model, x):
-    """torch.compile(fullgraph=True) in training mode (dropout off) vs eager: outputs and every gradient.
-    Returns (max relative error, seconds of the first compiled forward + backward)."""
+    """torch.compile(fullgraph=True) in training mode (dropout off): outputs and every gradient against eager.
+
+    Both float32 results are compared with eager float64: the compiled one may be off by COMPILE_TOL or by 10x
+    what eager float32 is off, whichever is larger (some gradients, e.g. CGNL's dL/dg, are sums with heavy
+    cancellation, whose float32 value depends on the order of the additions). Returns (max relative error of
+    the compiled results vs float64, seconds of the first compiled forward + backward)."""
     model.train()
     for module in model.modules():
         if isinstance(module, nn.modules.dropout._DropoutNd):
             module.eval()
-    eager, compiled_model = model, copy.deepcopy(model)  # BatchNorm updates its statistics: each its own copy
+    # BatchNorm updates its running statistics: each run gets its own copy
+    exact, compiled_model = copy.deepcopy(model).double(), copy.deepcopy(model)
     torch._dynamo.reset()
     compiled = torch.compile(compiled_model, fullgraph=True)
     results = []
-    for module, run in ((eager, eager), (compiled_model, compiled)):
-        inp = x.clone().requires_grad_()
+    for module, run, inp in ((exact, exact, x.double()), (model, model, x), (compiled_model, compiled, x)):
+        inp = inp.clone().requires_grad_()
         start = time.perf_counter()
         out = outputs(run(inp))
-        grads = [torch.randn(o.shape, generator=torch.Generator().manual_seed(i)) for i, o in enumerate(out)]
+        grads = [torch.randn(o.shape, generator=torch.Generator().manual_seed(i)).to(o.dtype)  # same draws
+                 for i, o in enumerate(out)]
         torch.autograd.backward(out, grads)
         results.append((out + [inp.grad] + [p.grad for p in module.parameters()], time.perf_counter() - start))
-    (want, _), (got, seconds) = results
-    return compare(got, want, COMPILE_TOL, "outputs and gradients"), seconds
+    (want, _), (eager, _), (got, seconds) = results
+    eager_error = compare(eager, want, float("inf"), "eager float32")
+    return compare(got, want, max(COMPILE_TOL, 10 * eager_error), "compiled outputs and gradients"), seconds
 
 
 def block_rows(names, dims):
