@@ -153,8 +153,12 @@ class NonlocalStage(nn.Module):
         When the forward is captured (export, ONNX, compile) the module path runs: the same math, and autograd
         or the compiler derives its backward."""
         unit, positions, planes = self.stages[0], math.prod(x.shape[2:]), self.t.out_channels
+        # the fused kernel updates the running statistics in place, in the dtype it computes in: not for a
+        # block whose BN is kept in bf16 / fp16 (built or converted so)
+        statistics = [t for t in (unit.bn.running_mean, unit.bn.running_var) if t is not None]
         return (not capturing() and len(self.stages) == 1 and unit.fused_weights() is not None
                 and type(unit.bn) is BATCH_NORMS[self.dim] and x.numel() > 0 and positions >= 4 * planes
+                and all(t.dtype == upcast(x).dtype for t in statistics)
                 and uses_factorized(self.affinity_path, self.is_norm, self.relu_kernel, positions, planes))
 
     def _fused_forward(self, x):
