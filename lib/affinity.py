@@ -34,7 +34,8 @@ def capturing():
     torch.jit.trace) rather than run. The blocks' fast paths with a hand-written backward (autograd.Function,
     in-place tricks) then give way to plain tensor operations with the same math, which every capture handles
     and whose backward autograd or the compiler derives."""
-    return torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+    compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling  # torch < 2.3
+    return compiling() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
 
 
 @contextmanager
