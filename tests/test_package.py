@@ -5,6 +5,7 @@ The repository is copied to a temporary directory and installed from there with 
 this checkout. A subprocess with only the install directory on its path (another working directory, the
 repository nowhere on sys.path) imports snl and runs every block with state_dicts written here by lib's blocks.
 """
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -29,8 +30,10 @@ CASES = [(name, dim) for name in NONLOCAL_BLOCKS for dim in (1, 2, 3) if name !=
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """The directory `pip install --target` filled from a copy of the repository."""
-    assert importlib.util.find_spec("setuptools") is not None, \
-        "setuptools is needed to build the package offline (pip install -r requirements.txt installs it)"
+    needs = "setuptools >= 70.1 (or the wheel package) builds the package offline: pip install -r requirements.txt"
+    assert importlib.util.find_spec("setuptools") is not None, needs
+    version = tuple(int(part) for part in importlib.metadata.version("setuptools").split(".")[:2])
+    assert version >= (70, 1) or importlib.util.find_spec("wheel") is not None, needs
     source, target = tmp_path_factory.mktemp("source") / "repo", tmp_path_factory.mktemp("site")
     shutil.copytree(ROOT, source, ignore=NOT_COPIED)
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
