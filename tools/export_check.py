@@ -3,6 +3,7 @@
     python tools/export_check.py                              # everything (torch.compile takes minutes on CPU)
     python tools/export_check.py --no-compile                 # export + ONNX only
     python tools/export_check.py --blocks snl cc --dims 2 --models preresnet
+    python tools/export_check.py --dims --models resnet segmentor   # model rows only
 
 Rows: every registry block at every dim (1, 2, 3; cc is 2-D only), PreResNet-20 + each block, ResNet-50 + SNL
 and the segmentor (dilated ResNet-50 + SNL head). Columns, each "ok <max relative error>" or "FAIL <why>":
@@ -195,8 +196,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--blocks", nargs="+", default=list(NONLOCAL_BLOCKS), choices=list(NONLOCAL_BLOCKS),
                         metavar="NAME", help=f"blocks to check (default all: {', '.join(NONLOCAL_BLOCKS)})")
-    parser.add_argument("--dims", nargs="+", type=int, default=[1, 2, 3], choices=[1, 2, 3],
-                        help="spatial dims of the block rows (default 1 2 3)")
+    parser.add_argument("--dims", nargs="*", type=int, default=[1, 2, 3], choices=[1, 2, 3],
+                        help="spatial dims of the block rows (default 1 2 3; none: --dims with no values, for "
+                             "model rows only)")
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS,
                         help="model rows: preresnet (PreResNet-20 + each of --blocks), resnet (ResNet-50 + snl), "
                              "segmentor (default all; none: --models with no names)")
