@@ -14,7 +14,8 @@ and the segmentor (dilated ResNet-50 + SNL head). Columns, each "ok <max relativ
            (relative error <= 1e-4). Needs onnx, onnxscript, onnxruntime (`pip install .[export]`).
   compile  torch.compile(fullgraph=True) in training mode (dropout off): outputs and all gradients against
            eager float64 (relative error <= 1e-4, or 10x eager float32's own where that is larger); the column
-           also gives the compile time (first forward + backward).
+           also gives the compile time (first forward + backward; less when inductor's on-disk cache already
+           holds the kernels from an earlier run).
 Relative error = max |got - want| / max |want| per output / gradient tensor (max |want| at least 1e-3 of the
 largest entry of all the tensors compared, for gradients that are 0 in exact math). Inputs are float32 on the CPU,
 norm layers randomized (weights, biases, running statistics, CC's gamma), so no block is the identity.
