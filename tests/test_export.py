@@ -9,12 +9,15 @@ import os
 import pytest
 import torch
 
+import lib.cc
+import lib.cgnl
+import lib.stage
 from lib import NONLOCAL_BLOCKS, build_nonlocal
 from models import build_model
 from models.segmentation import build_segmentor
 from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 from tools.export_check import (CHANNELS, OTHER_BATCH, OTHER_SPATIAL, PLANES, SPATIAL, check_export, check_onnx,
-                                rel_err, sample)
+                                compare, rel_err, sample)
 from tools.gpu_check import randomized
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +48,23 @@ def test_export_takes_plain_paths():
         graph = str(program.graph_module.code)
         assert "autograd_function" not in graph and "FusedReluDotStage" not in graph, name
         assert "copy_to" not in graph, name
+
+
+@pytest.mark.parametrize("name", ["snl", "a2", "ns", "cgnl", "cc"])
+def test_captured_paths_match_the_fast_paths(name, monkeypatch):
+    """What a captured forward runs instead of the fused stage / CGNL's and CC's autograd.Functions gives the
+    same outputs, input gradients and parameter gradients (float64, training mode)."""
+    x = sample((CHANNELS, *SPATIAL[2])).double()
+    grad = sample((CHANNELS, *SPATIAL[2]), seed=5).double()
+    results = []
+    for captured in (False, True):
+        for module in (lib.stage, lib.cgnl, lib.cc):
+            monkeypatch.setattr(module, "capturing", lambda captured=captured: captured)
+        model = block(name).double().train()
+        inp = x.clone().requires_grad_()
+        model(inp).backward(grad)
+        results.append([model(x), inp.grad] + [p.grad for p in model.parameters()])
+    assert compare(results[1], results[0], 1e-10, "captured vs fast path") < 1e-10  # Failure if not
 
 
 @needs_onnx
