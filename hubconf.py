@@ -23,8 +23,11 @@ _BLOCK_DOCS = {
     "cayley": "The 'Cayley' unit of the SNL authors' release: X + relu(BN(W1 Z + W2 (W_h Z + L^2 Z))).",
     "arma": "ARMA_1 graph filter (Bianchi et al., TPAMI 2021) with `order` iterations on SNL's affinity.",
 }
-_BLOCK_ARGS = ("\n\n    Args: inplanes (C), planes (C'), and the keywords of snl.build_nonlocal: stage_num, is_sys, is_norm,\n"
-               "    zero_init, affinity_path, dim (1, 2, 3), order, device, dtype. (B, C, *spatial) -> same shape.\n")
+_BLOCK_ARGS = """
+
+    Args: inplanes (C), planes (C'), and the keywords of snl.build_nonlocal: stage_num, is_sys, is_norm,
+    zero_init, affinity_path, dim (1, 2, 3), order, device, dtype. (B, C, *spatial) -> same shape.
+"""
 
 
 def _block_entry(name):
