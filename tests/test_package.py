@@ -22,8 +22,9 @@ from tools.export_check import CHANNELS, PLANES, SPATIAL, rel_err, sample
 from tools.gpu_check import randomized
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOT_COPIED = shutil.ignore_patterns(".git", ".venv", "data", "save_model", "build", "dist", "*.egg-info",
-                                    "__pycache__", ".pytest_cache")
+# what the build reads, and the training side beside it (which must stay out of the package)
+COPIED = ("pyproject.toml", "README.md", "lib", "models", "tools", "tests", "hubconf.py", "train_val.py")
+NOT_COPIED = shutil.ignore_patterns("__pycache__", "*.egg-info")
 CASES = [(name, dim) for name in NONLOCAL_BLOCKS for dim in (1, 2, 3) if name != "cc" or dim == 2]
 
 
@@ -34,8 +35,13 @@ def installed(tmp_path_factory):
     assert importlib.util.find_spec("setuptools") is not None, needs
     version = tuple(int(part) for part in importlib.metadata.version("setuptools").split(".")[:2])
     assert version >= (70, 1) or importlib.util.find_spec("wheel") is not None, needs
-    source, target = tmp_path_factory.mktemp("source") / "repo", tmp_path_factory.mktemp("site")
-    shutil.copytree(ROOT, source, ignore=NOT_COPIED)
+    source, target = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("site")
+    for name in COPIED:
+        path = os.path.join(ROOT, name)
+        if os.path.isdir(path):
+            shutil.copytree(path, source / name, ignore=NOT_COPIED)
+        else:
+            shutil.copy2(path, source / name)
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--no-input", "--disable-pip-version-check", "--target", str(target), str(source)],
                    check=True, cwd=source, capture_output=True, timeout=300)
