@@ -188,7 +188,7 @@ def run_row(build, shape, other_shape, columns):
                 cells[column] = f"ok {check_onnx(model, x, others, spatial=other_shape is not None):.1e}"
             else:
                 error, eager_error, seconds = check_compile(model, x)
-                eager = f" (eager float32 {eager_error:.1e})" if eager_error > COMPILE_TOL else ""
+                eager = f" (eager float32 {eager_error:.1e})" if error > COMPILE_TOL else ""
                 cells[column] = f"ok {error:.1e}{eager} {seconds:.0f}s"
         except Exception as error:  # report every failure in the table and go on
             message = str(error) if isinstance(error, Failure) else f"{type(error).__name__}: {error}"
