@@ -147,3 +147,19 @@ def test_torch_hub(monkeypatch):
     for entry in entries:
         doc = torch.hub.help("owner/snl", entry)
         assert doc and doc.strip().splitlines()[0].strip(), entry
+
+
+def test_export_check_table_and_exit_status(capsys, monkeypatch):
+    """tools/export_check.py prints one table row per block and dim and exits 0; a failing cell gives FAIL in the
+    table and exit status 1."""
+    from tools import export_check
+    assert export_check.main(["--blocks", "snl", "nl", "--dims", "1", "--models", "--no-onnx", "--no-compile"]) == 0
+    out = capsys.readouterr().out
+    assert "| snl dim=1 | ok " in out and "| nl dim=1 | ok " in out and "0 of 2 rows failed" in out
+
+    def wrong(model, x, others=()):
+        raise export_check.Failure("input (2, 8, 12): relative error 1.0e+00 > 1e-05")
+    monkeypatch.setattr(export_check, "check_export", wrong)
+    assert export_check.main(["--blocks", "cgnl", "--dims", "3", "--models", "--no-onnx", "--no-compile"]) == 1
+    out = capsys.readouterr().out
+    assert "| cgnl dim=3 | FAIL input (2, 8, 12): relative error" in out and "1 of 1 rows failed: cgnl dim=3" in out
