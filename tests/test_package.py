@@ -2,8 +2,9 @@
 
 The repository (what the build reads, and the training code beside it) is copied to a temporary directory and
 installed from there with `pip install --no-deps --no-build-isolation --target` (no network: the venv's own
-setuptools builds it), so the build leaves nothing in this checkout. A subprocess with only the install directory on its path (another working directory, the
-repository nowhere on sys.path) imports snl and runs every block with state_dicts written here by lib's blocks.
+setuptools builds it), so the build leaves nothing in this checkout. A subprocess with only the install
+directory on its path (another working directory, the repository nowhere on sys.path) imports snl and runs every
+block with state_dicts written here by lib's blocks.
 """
 import importlib.metadata
 import importlib.util

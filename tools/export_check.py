@@ -14,8 +14,8 @@ and the segmentor (dilated ResNet-50 + SNL head). Columns, each "ok <max relativ
            (relative error <= 1e-4). Needs onnx, onnxscript, onnxruntime (`pip install .[export]`).
   compile  torch.compile(fullgraph=True) in training mode (dropout off): outputs and all gradients against
            eager float64 (relative error <= 1e-4, or 10x eager float32's own where that is larger, which the
-           cell then shows); the column also gives the compile time (first forward + backward; less when inductor's on-disk cache already
-           holds the kernels from an earlier run).
+           cell then shows); the column also gives the compile time (first forward + backward; less when
+           inductor's on-disk cache already holds the kernels from an earlier run).
 Relative error = max |got - want| / max |want| per output / gradient tensor (max |want| at least 1e-3 of the
 largest entry of all the tensors compared, for gradients that are 0 in exact math). Inputs are float32 on the CPU,
 norm layers randomized (weights, biases, running statistics, CC's gamma), so no block is the identity.
@@ -41,8 +41,8 @@ EXPORT_TOL, ONNX_TOL, COMPILE_TOL = 1e-5, 1e-4, 1e-4
 # tensors compared: a gradient that is 0 in exact math (CC's key bias: the softmax ignores it) is rounding noise.
 NOISE_FLOOR = 1e-3
 CHANNELS, PLANES = 8, 4
-SPATIAL = {1: (12,), 2: (6, 5), 3: (3, 4, 3)}  # N = 12, 30, 36 >= 4 C': SNL's eager path is the fused one
-OTHER_SPATIAL = {1: (10,), 2: (7, 6), 3: (3, 3, 5)}  # the second input size of the ONNX check
+SPATIAL = {1: (20,), 2: (6, 5), 3: (3, 4, 3)}  # N = 20, 30, 36 >= 4 C': SNL's eager path is the fused one
+OTHER_SPATIAL = {1: (17,), 2: (7, 6), 3: (3, 3, 5)}  # the second input size of the ONNX check
 BATCH, OTHER_BATCH = 2, 3
 MODELS = ("preresnet", "resnet", "segmentor")
 
