@@ -2,7 +2,7 @@
 import torch
 import torch.nn as nn
 
-from .affinity import capturing, full_precision
+from .affinity import exporting, full_precision
 from .cgnl import check_input
 from .errors import ConfigError
 
@@ -100,9 +100,9 @@ class CrissCross(torch.autograd.Function):
 
 
 def criss_cross(rows, cols, planes):
-    """`CrissCross`; when the forward is captured (export, ONNX, compile), the same operations out of place and
-    without the autograd.Function."""
-    if not capturing():
+    """`CrissCross`; when the forward is exported (torch.export, ONNX, jit.trace), the same operations out of
+    place and without the autograd.Function."""
+    if not exporting():
         return CrissCross.apply(rows, cols, planes)
     b_h, w, _ = rows.shape
     b_w, h, _ = cols.shape

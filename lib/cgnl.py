@@ -4,7 +4,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .affinity import capturing, full_precision, upcast
+from .affinity import compiling, exporting, full_precision, upcast
 from .errors import ConfigError
 from .pointwise import project
 
@@ -104,8 +104,9 @@ class TaylorKernel(torch.autograd.Function):
 
 def taylor_kernel(features, weights):
     """See `TaylorKernel`: features [t; p; g] (B, 3C', N), weights alpha_k^2 (k = 0..K) -> (B, C', N).
-    When the forward is captured (export, ONNX, compile), the same operations without the autograd.Function."""
-    if capturing():
+    When the forward is exported or compiled, the same operations without the autograd.Function (TorchDynamo
+    cannot trace its backward's `out=` writes into views); autograd or the compiler derives the backward."""
+    if exporting() or compiling():
         return taylor_forward(features, list(weights))[0]
     return TaylorKernel.apply(features.contiguous(), list(weights))
 

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .affinity import (AFFINITY_PATHS, build_affinity, capturing, full_precision, mix, mix_transposed, upcast,
+from .affinity import (AFFINITY_PATHS, build_affinity, exporting, full_precision, mix, mix_transposed, upcast,
                        uses_factorized)
 from .errors import ConfigError
 from .pointwise import MAX_PRODUCT_CHANNELS, project
@@ -150,13 +150,13 @@ class NonlocalStage(nn.Module):
         affinity, and N >= 4C'. The fused form folds W2 into R = (Z Fs^T) S^T (C C' 2C' multiply-adds per sample
         instead of C C' N) and recomputes two products in the backward; measured on CPU it is 10-15% faster than
         the module path at N = 8C' and 64C' (PreResNet stages 2 and 1), but 10-30% slower at N = 2C' (stage 3).
-        When the forward is captured (export, ONNX, compile) the module path runs: the same math, and autograd
-        or the compiler derives its backward."""
+        When the forward is exported (torch.export, ONNX, jit.trace) the module path runs: the same math, plain
+        operations."""
         unit, positions, planes = self.stages[0], math.prod(x.shape[2:]), self.t.out_channels
         # the fused kernel updates the running statistics in place, in the dtype it computes in: not for a
         # block whose BN is kept in bf16 / fp16 (built or converted so)
         statistics = [t for t in (unit.bn.running_mean, unit.bn.running_var) if t is not None]
-        return (not capturing() and len(self.stages) == 1 and unit.fused_weights() is not None
+        return (not exporting() and len(self.stages) == 1 and unit.fused_weights() is not None
                 and type(unit.bn) is BATCH_NORMS[self.dim] and x.numel() > 0 and positions >= 4 * planes
                 and all(t.dtype in (torch.float32, torch.float64) for t in statistics)
                 and uses_factorized(self.affinity_path, self.is_norm, self.relu_kernel, positions, planes))

@@ -42,7 +42,7 @@ def test_torch_export(name, dim):
 
 
 def test_export_takes_plain_paths():
-    """Captured forwards contain no autograd.Function of the fast paths (they would break ONNX / compile)."""
+    """Exported programs contain no autograd.Function of the fast paths (in-place writes break ONNX)."""
     for name in ("snl", "cgnl", "cc"):
         program = torch.export.export(block(name), (sample((CHANNELS, *SPATIAL[2])),))
         graph = str(program.graph_module.code)
@@ -52,14 +52,14 @@ def test_export_takes_plain_paths():
 
 @pytest.mark.parametrize("name", ["snl", "a2", "ns", "cgnl", "cc"])
 def test_captured_paths_match_the_fast_paths(name, monkeypatch):
-    """What a captured forward runs instead of the fused stage / CGNL's and CC's autograd.Functions gives the
-    same outputs, input gradients and parameter gradients (float64, training mode)."""
+    """What an exported forward runs instead of the fused stage / CGNL's and CC's autograd.Functions (CGNL's also
+    under torch.compile) gives the same outputs, input gradients and parameter gradients (float64, training)."""
     x = sample((CHANNELS, *SPATIAL[2])).double()
     grad = sample((CHANNELS, *SPATIAL[2]), seed=5).double()
     results = []
     for captured in (False, True):
         for module in (lib.stage, lib.cgnl, lib.cc):
-            monkeypatch.setattr(module, "capturing", lambda captured=captured: captured)
+            monkeypatch.setattr(module, "exporting", lambda captured=captured: captured)
         model = block(name).double().train()
         inp = x.clone().requires_grad_()
         model(inp).backward(grad)
