@@ -13,8 +13,7 @@ import os
 
 LAUNCHER_PID = os.getppid()  # first thing: under torchrun, a launcher that dies during the imports is noticed
 
-import math  # noqa: E402  (these imports follow the launcher's pid)
-import sys
+import sys  # noqa: E402  (these imports follow the launcher's pid)
 import time
 
 import torch
@@ -22,23 +21,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib.data import build_datasets, build_loaders
-from lib.engine.checkpoint import load_checkpoint, model_args_mismatch, remove_stale_temp_files, restore_rng
+from lib.engine import epochs
+from lib.engine.checkpoint import load_checkpoint, model_args_mismatch
 from lib.engine.cli import get_args_parser  # noqa: F401  (the torchvision-style entry points live here)
 from lib.engine.config import parse_args
-from lib.engine.distributed import (all_reduce_sums, any_process, cleanup, from_main, init_distributed,
-                                    local_main_first)
-from lib.engine.logger import MetricsFile, RunLogger, open_tensorboard, write_args
-from lib.engine.metrics import format_seconds, percent, topk_correct
-from lib.engine.preemption import (EpochProgress, Preempted, RunGuard, fetch_batch, loader_failure,
-                                    reported_errors)
+from lib.engine.distributed import all_reduce_sums, any_process, cleanup, from_main, init_distributed, local_main_first
+from lib.engine.logger import RunLogger
+from lib.engine.metrics import percent, topk_correct
+from lib.engine.preemption import Preempted, loader_failure
 from lib.engine.recipe import RECIPES, recipe_line, resolve_args
-from lib.engine.resume_check import check_resume_settings, has_work, resume_args_path, valid_dataset_from_checkpoint
-from lib.engine.run_lock import RunLock
+from lib.engine.resume_check import check_resume_settings, has_work, valid_dataset_from_checkpoint
 from lib.engine.run_state import (BestTracker, check_dataset, check_model_flags, load_resumed_state,
-                                  load_resumed_weights, model_kwargs, prune_own_checkpoints, restore_epoch_file,
-                                  resume_source, resumed_progress, run_folder, save_checkpoint, summary_line)
-from lib.engine.runtime import (NonFiniteLoss, autocast, cpu_threads_note, prepare_model, run_cli, seed_everything,
-                                set_cudnn_mode, warn_slow_amp)
+                                  load_resumed_weights, model_kwargs, prune_own_checkpoints, resume_source,
+                                  resumed_progress, run_folder, save_checkpoint, summary_line)
+from lib.engine.runtime import (NonFiniteLoss, autocast, prepare_model, run_cli, seed_everything, set_cudnn_mode,
+                                warn_slow_amp)
 from lib.engine.schedule import WarmupStepSchedule, set_lr
 from lib.engine.tasks import require_task
 from lib.errors import ConfigError
@@ -58,59 +55,10 @@ def _to_device(images, target, ctx, args):
 
 def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr, args, log, guard=None,
                     progress=None, save=None):
-    """One pass over the training data; returns the epoch's mean loss and top-1 over all processes' images.
-
-    progress: an EpochProgress to continue (a run resumed inside the epoch: the loader yields only the rest).
-    guard: a RunGuard consulted before every batch; it may call save(progress) (a mid-epoch checkpoint) and stop
-    the run (Preempted). Without one, an error reading a batch is raised at once.
-    """
-    model.train()
-    progress = progress or EpochProgress()
-    first, seconds_before = progress.iterations, progress.seconds
-    num_batches, start, images_seen = first + len(loader), time.time(), 0
-    batches = iter(loader)
-    for i in range(first, num_batches + 1):
-        batch, error = fetch_batch(batches) if i < num_batches else (None, None)
-        if batch is None and error is None:
-            break  # every process has as many batches: all leave here together
-        if guard is not None:
-            guard.at_boundary(epoch * num_batches + i, lambda: save(progress), f"epoch {epoch + 1}, iteration {i}",
-                              error)
-        elif error is not None:
-            raise error
-        images, target = _to_device(*batch, ctx, args)
-        with autocast(ctx.device, args.amp):
-            output = model(images)
-            loss = criterion(output, target)
-        loss_value = loss.item()
-        # Checked before the update, so no NaN reaches the weights; agreed across processes, so all stop together.
-        if any_process(ctx, not math.isfinite(loss_value)):
-            raise NonFiniteLoss(f"training loss became non-finite ({loss_value}) at epoch {epoch + 1}, iteration "
-                                f"{i + 1}: run stopped, this epoch is not checkpointed (try a lower --lr or --amp off)")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        batch_correct = topk_correct(output, target, (1,))[0]
-        progress.add(loss_value, batch_correct, target.size(0))
-        elapsed = time.time() - start
-        progress.seconds, images_seen = seconds_before + elapsed, images_seen + target.size(0)
-        if guard is not None:
-            guard.step_done()
-        if i % args.print_freq == 0 or i == num_batches - 1:
-            log.info(f"Epoch [{epoch + 1}/{args.epochs}][{i + 1}/{num_batches}]  loss {loss_value:.4f} "
-                     f"({progress.loss_sum / progress.count:.4f})  top-1 {percent(batch_correct, target.size(0)):.2f} "
-                     f"({percent(progress.correct, progress.count):.2f})  lr {lr:.6g}  "
-                     f"{images_seen * ctx.world_size / max(elapsed, 1e-9):.1f} img/s  "
-                     f"eta {format_seconds(elapsed / (i + 1 - first) * (num_batches - i - 1))}"
-                     + (cpu_threads_note(ctx.device) if i == first else ""))
-    loss_sum, correct_sum, count = all_reduce_sums(ctx, [progress.loss_sum, progress.correct, progress.count])
-    return {"loss": loss_sum / count, "top1": percent(correct_sum, count), "n": int(count),
-            "seconds": progress.seconds}
+    """One pass over the training data (lib.engine.epochs.train_one_epoch on images); returns the epoch's mean loss
+    and top-1 over all processes' images."""
+    return epochs.train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr, args, log, _to_device,
+                                  guard=guard, progress=progress, save=save)
 
 
 @torch.no_grad()
@@ -218,23 +166,8 @@ def train(args, ctx, log):
                 f"{run_dir}")
     if args.num_gpu > 1:
         log.warn("--num_gpu is superseded: launch with torchrun --nproc_per_node N for N GPUs; running 1 process")
-    # One run per folder: a second one (e.g. a resume while the first still runs) stops here, naming the holder.
-    lock = RunLock(run_dir).acquire() if ctx.is_main else None
-    try:
-        # From here on a preemption signal only marks the run to stop at the next iteration, after a checkpoint.
-        with RunGuard(ctx, log, args.save_every, args.save_every_minutes) as guard, \
-                reported_errors(guard, os.path.join(run_dir, "log_train.txt")):
-            return _train(args, ctx, log, run_dir, guard)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _warn_other_world_size(checkpoint, ctx, log):
-    saved = checkpoint.get("world_size")
-    if saved is not None and int(saved) != ctx.world_size:
-        log.warn(f"the checkpoint was trained by {saved} process(es), this run has {ctx.world_size}: training "
-                 f"continues, but not as the same run (the data sharding and the BatchNorm batches change)")
+    # One run per folder; signals checkpoint and stop; every rank's errors reach the log.
+    return epochs.guarded_run(run_dir, ctx, log, args, lambda guard: _train(args, ctx, log, run_dir, guard))
 
 
 def _train(args, ctx, log, run_dir, guard):
@@ -259,33 +192,15 @@ def _train(args, ctx, log, run_dir, guard):
     if checkpoint is not None:
         start_epoch, best = load_resumed_state(checkpoint, resume_path, optimizer, scaler, log)
         resumed_inside = resumed_progress(checkpoint, resume_path, ctx, args)
-        _warn_other_world_size(checkpoint, ctx, log)
+        epochs.warn_other_world_size(checkpoint, ctx, log)
         guard.saved(resume_path)
     log_setup(args, ctx, info, train_set, val_set, model, schedule, log)
     left_to_train = start_epoch < args.epochs
     work = has_work(start_epoch, args.epochs, (checkpoint or {}).get("pending_eval"))  # else write no records
 
     # Only now, with data, model and checkpoint loaded, is anything written: a failed start leaves no trace.
-    metrics = MetricsFile(os.path.join(run_dir, "metrics.jsonl"), enabled=ctx.is_main)
-    if ctx.is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        log.attach(os.path.join(run_dir, "log_train.txt"))
-        for name in remove_stale_temp_files(run_dir):
-            log.warn(f"removed {name}, left by an interrupted checkpoint write")
-        if work:
-            write_args(resume_args_path(run_dir, start_epoch) if checkpoint else os.path.join(run_dir, "args.yaml"),
-                       args)
-        if left_to_train:  # rows after the checkpoint are recomputed; with nothing to train, every row stays
-            metrics.drop_after(start_epoch)
-        if checkpoint is not None and restore_epoch_file(run_dir, resume_path, start_epoch, args):
-            log.info(f"=> {resume_path} is also the checkpoint of epoch {start_epoch} now")
-    writer = open_tensorboard(run_dir, start_epoch, enabled=ctx.is_main and work)
-    rng_states = (checkpoint or {}).get("rng_states") or []
-    if ctx.rank < len(rng_states):
-        restore_rng(rng_states[ctx.rank])
-    elif checkpoint is not None:
-        log.warn("the checkpoint has no RNG state for this process: random draws will differ from the original run")
-        seed_everything(args.seed + ctx.rank + 1000 * start_epoch)
+    metrics, writer = epochs.open_records(run_dir, args, ctx, log, checkpoint, resume_path, start_epoch, work)
+    epochs.restore_process_rng(checkpoint, ctx, args, start_epoch, log)
     criterion = build_criterion(args)
 
     def finish_epoch(finished, record, started, due):
