@@ -36,7 +36,7 @@ from lib.engine.run_state import (BestTracker, check_dataset, check_model_flags,
                                   resumed_progress, run_folder, save_checkpoint, summary_line)
 from lib.engine.runtime import (NonFiniteLoss, autocast, prepare_model, run_cli, seed_everything, set_cudnn_mode,
                                 warn_slow_amp)
-from lib.engine.schedule import WarmupStepSchedule, set_lr
+from lib.engine.schedule import WarmupStepSchedule
 from lib.engine.tasks import require_task
 from lib.errors import ConfigError
 from models import build_model, classifier_size, load_state_dict_checked
@@ -204,24 +204,14 @@ def _train(args, ctx, log, run_dir, guard):
     criterion = build_criterion(args)
 
     def finish_epoch(finished, record, started, due):
-        """Evaluate (if due), log and checkpoint `finished` epochs. If the evaluation fails on bad input (e.g. an
-        unreadable image), the trained epoch is checkpointed all the same, marked as awaiting its evaluation,
-        which a resumed run does first."""
+        """Evaluate (if due), log and checkpoint `finished` epochs (lib.engine.epochs.evaluated: a stop or a bad
+        input before the evaluation is done checkpoints the trained epoch as awaiting it)."""
         is_best = False
-        if due and guard.stop_agreed():  # stopped before a long evaluation: the resumed run evaluates first
-            guard.saved(save_checkpoint(run_dir, finished, False, model, optimizer, scaler, schedule, best, args,
-                                        ctx, log, pending_eval=dict(record, time=time.time() - started)))
-            guard.stop(f"the end of epoch {finished}, before its evaluation")
         if due:
-            try:
-                stats = evaluate(eval_model, val_loader, ctx, args, log)
-            except ConfigError as error:
-                if writer is not None:
-                    writer.flush()
-                save_checkpoint(run_dir, finished, False, model, optimizer, scaler, schedule, best, args, ctx, log,
-                                pending_eval=dict(record, time=time.time() - started))
-                raise ConfigError(f"{error} (epoch {finished} is trained and checkpointed: fix this and rerun with "
-                                  f"--resume auto, which evaluates it first)") from None
+            stats = epochs.evaluated(
+                lambda: evaluate(eval_model, val_loader, ctx, args, log), finished, guard, writer,
+                lambda: save_checkpoint(run_dir, finished, False, model, optimizer, scaler, schedule, best, args, ctx,
+                                        log, pending_eval=dict(record, time=time.time() - started)))
             is_best = best.update(finished, stats)
             log.info(f" * Best accuracy: Prec@1 {best.top1:.3f} (epoch {best.top1_epoch}), Prec@5 "
                      f"{best.top5:.3f} (epoch {best.top5_epoch})")
@@ -234,33 +224,15 @@ def _train(args, ctx, log, run_dir, guard):
         guard.saved(save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedule, best, args,
                                     ctx, log))
 
-    def save_inside(epoch, progress):
-        return save_checkpoint(run_dir, epoch, False, model, optimizer, scaler, schedule, best, args, ctx, log,
-                               progress=progress)
+    def train_epoch(epoch, lr, progress):
+        def save_inside(progress):
+            return save_checkpoint(run_dir, epoch, False, model, optimizer, scaler, schedule, best, args, ctx, log,
+                                   progress=progress)
+        return train_one_epoch(train_model, criterion, optimizer, scaler, train_loader, ctx, epoch, lr, args, log,
+                               guard=guard, progress=progress, save=save_inside)
 
-    try:
-        pending = (checkpoint or {}).get("pending_eval")
-        if pending:
-            log.info(f"=> evaluating epoch {start_epoch} first: its evaluation failed in the run that trained it")
-            record = {key: pending[key] for key in ("train_loss", "train_top1", "lr")}
-            finish_epoch(start_epoch, record, time.time() - pending.get("time", 0), due=True)
-        for epoch in range(start_epoch, args.epochs):
-            progress = resumed_inside if epoch == start_epoch else None
-            started, lr = time.time() - (progress.seconds if progress else 0), schedule.lr_at(epoch)
-            set_lr(optimizer, lr)
-            train_sampler.set_epoch(epoch, skip=progress.iterations * args.batch_size if progress else 0)
-            train_stats = train_one_epoch(train_model, criterion, optimizer, scaler, train_loader, ctx, epoch, lr,
-                                          args, log, guard=guard, progress=progress,
-                                          save=lambda progress, epoch=epoch: save_inside(epoch, progress))
-            finished = epoch + 1
-            if writer is not None:
-                writer.add_scalar("Train Loss", train_stats["loss"], finished)
-                writer.add_scalar("LR", lr, finished)
-            record = dict(train_loss=train_stats["loss"], train_top1=train_stats["top1"], lr=lr)
-            finish_epoch(finished, record, started, due=finished % args.eval_freq == 0 or finished == args.epochs)
-    finally:
-        if writer is not None:
-            writer.close()
+    epochs.run_epochs(args, start_epoch, checkpoint, resumed_inside, schedule, optimizer, train_sampler, writer, log,
+                      train_epoch, finish_epoch)
     if not left_to_train:
         log.warn(f"nothing left to train: the checkpoint has {start_epoch} epochs, --epochs is {args.epochs}")
         if ctx.is_main:

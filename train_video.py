@@ -35,7 +35,7 @@ from lib.engine.resume_check import (EPOCH_BASED, RESUMABLE, check_resume_settin
 from lib.engine.run_state import (BestTracker, check_dataset, load_resumed_state, load_resumed_weights,
                                   prune_own_checkpoints, resume_source, resumed_progress, save_checkpoint)
 from lib.engine.runtime import NonFiniteLoss, autocast, run_cli, seed_everything, set_cudnn_mode, warn_slow_amp
-from lib.engine.schedule import WarmupStepSchedule, set_lr
+from lib.engine.schedule import WarmupStepSchedule
 from lib.engine.tasks import require_task
 from lib.engine.video.cli import get_args_parser, parse_video_args  # noqa: F401  (torchvision-style entry point)
 from lib.engine.video.multiclip import evaluate_videos
@@ -236,24 +236,16 @@ def _train(args, ctx, log, run_dir, guard):
     criterion = build_criterion(args)
 
     def finish_epoch(finished, record, started, due):
-        """Evaluate (if due; with the multi-clip test after the last epoch), log and checkpoint `finished` epochs.
-        If the evaluation fails on bad input (e.g. an unreadable video), the trained epoch is checkpointed all the
-        same, marked as awaiting its evaluation, which a resumed run does first."""
+        """Evaluate (if due; with the multi-clip test after the last epoch), log and checkpoint `finished` epochs
+        (lib.engine.epochs.evaluated: a stop or a bad input before the evaluation is done checkpoints the trained
+        epoch as awaiting it)."""
         is_best = False
-        if due and guard.stop_agreed():  # stopped before a long evaluation: the resumed run evaluates first
-            guard.saved(save_checkpoint(run_dir, finished, False, model, optimizer, scaler, schedule, best, args,
-                                        ctx, log, pending_eval=dict(record, time=time.time() - started)))
-            guard.stop(f"the end of epoch {finished}, before its evaluation")
         if due:
-            try:
-                stats = evaluate_all(eval_model, data, ctx, args, log, with_test=finished == args.epochs)
-            except ConfigError as error:
-                if writer is not None:
-                    writer.flush()
-                save_checkpoint(run_dir, finished, False, model, optimizer, scaler, schedule, best, args, ctx, log,
-                                pending_eval=dict(record, time=time.time() - started))
-                raise ConfigError(f"{error} (epoch {finished} is trained and checkpointed: fix this and rerun with "
-                                  f"--resume auto, which evaluates it first)") from None
+            stats = epochs.evaluated(
+                lambda: evaluate_all(eval_model, data, ctx, args, log, with_test=finished == args.epochs), finished,
+                guard, writer,
+                lambda: save_checkpoint(run_dir, finished, False, model, optimizer, scaler, schedule, best, args, ctx,
+                                        log, pending_eval=dict(record, time=time.time() - started)))
             if selects(args):
                 is_best = best.update(finished, stats)
                 log.info(f" * Best clip accuracy: Prec@1 {best.top1:.3f} (epoch {best.top1_epoch}), Prec@5 "
@@ -275,33 +267,15 @@ def _train(args, ctx, log, run_dir, guard):
         guard.saved(save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedule, best, args,
                                     ctx, log))
 
-    def save_inside(epoch, progress):
-        return save_checkpoint(run_dir, epoch, False, model, optimizer, scaler, schedule, best, args, ctx, log,
-                               progress=progress)
+    def train_epoch(epoch, lr, progress):
+        def save_inside(progress):
+            return save_checkpoint(run_dir, epoch, False, model, optimizer, scaler, schedule, best, args, ctx, log,
+                                   progress=progress)
+        return train_one_epoch(train_model, criterion, optimizer, scaler, data["train_loader"], ctx, epoch, lr, args,
+                               log, guard=guard, progress=progress, save=save_inside)
 
-    try:
-        pending = (checkpoint or {}).get("pending_eval")
-        if pending:
-            log.info(f"=> evaluating epoch {start_epoch} first: its evaluation failed in the run that trained it")
-            record = {key: pending[key] for key in ("train_loss", "train_top1", "lr")}
-            finish_epoch(start_epoch, record, time.time() - pending.get("time", 0), due=True)
-        for epoch in range(start_epoch, args.epochs):
-            progress = resumed_inside if epoch == start_epoch else None
-            started, lr = time.time() - (progress.seconds if progress else 0), schedule.lr_at(epoch)
-            set_lr(optimizer, lr)
-            data["train_sampler"].set_epoch(epoch, skip=progress.iterations * args.batch_size if progress else 0)
-            train_stats = train_one_epoch(train_model, criterion, optimizer, scaler, data["train_loader"], ctx, epoch,
-                                          lr, args, log, guard=guard, progress=progress,
-                                          save=lambda progress, epoch=epoch: save_inside(epoch, progress))
-            finished = epoch + 1
-            if writer is not None:
-                writer.add_scalar("Train Loss", train_stats["loss"], finished)
-                writer.add_scalar("LR", lr, finished)
-            record = dict(train_loss=train_stats["loss"], train_top1=train_stats["top1"], lr=lr)
-            finish_epoch(finished, record, started, due=finished % args.eval_freq == 0 or finished == args.epochs)
-    finally:
-        if writer is not None:
-            writer.close()
+    epochs.run_epochs(args, start_epoch, checkpoint, resumed_inside, schedule, optimizer, data["train_sampler"],
+                      writer, log, train_epoch, finish_epoch)
     if not left_to_train:
         log.warn(f"nothing left to train: the checkpoint has {start_epoch} epochs, --epochs is {args.epochs}")
         if ctx.is_main:

@@ -22,6 +22,8 @@ from lib.engine.resume_check import resume_args_path
 from lib.engine.run_lock import RunLock
 from lib.engine.run_state import restore_epoch_file
 from lib.engine.runtime import NonFiniteLoss, autocast, cpu_threads_note, seed_everything
+from lib.engine.schedule import set_lr
+from lib.errors import ConfigError
 
 
 def guarded_run(run_dir, ctx, log, args, body):
@@ -132,3 +134,52 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr,
     loss_sum, correct_sum, count = all_reduce_sums(ctx, [progress.loss_sum, progress.correct, progress.count])
     return {"loss": loss_sum / count, "top1": percent(correct_sum, count), "n": int(count),
             "seconds": progress.seconds}
+
+
+def evaluated(evaluate, finished, guard, writer, save_pending):
+    """evaluate()'s stats after `finished` epochs, or, in every process:
+    - a stop signal agreed before the evaluation starts: the trained epoch is checkpointed as awaiting its
+      evaluation (save_pending() returns the file's path), which the resumed run does first; Preempted;
+    - a bad input in the evaluation (e.g. an unreadable image): the same checkpoint, then one line saying so."""
+    if guard.stop_agreed():  # stopped before a long evaluation
+        guard.saved(save_pending())
+        guard.stop(f"the end of epoch {finished}, before its evaluation")
+    try:
+        return evaluate()
+    except ConfigError as error:
+        if writer is not None:
+            writer.flush()
+        save_pending()
+        raise ConfigError(f"{error} (epoch {finished} is trained and checkpointed: fix this and rerun with "
+                          f"--resume auto, which evaluates it first)") from None
+
+
+def run_epochs(args, start_epoch, checkpoint, resumed_inside, schedule, optimizer, sampler, writer, log, train_epoch,
+               finish_epoch):
+    """The epochs from start_epoch to args.epochs, after the evaluation a checkpoint awaits (pending_eval).
+
+    train_epoch(epoch, lr, progress) -> the epoch's training stats (progress: where a mid-epoch checkpoint
+    stopped inside the first epoch, else None); finish_epoch(finished, record, started, due) evaluates if due,
+    records and checkpoints. The writer is closed at the end, whatever happens."""
+    try:
+        pending = (checkpoint or {}).get("pending_eval")
+        if pending:
+            log.info(f"=> evaluating epoch {start_epoch} first: its evaluation failed in the run that trained it")
+            record = {key: pending[key] for key in ("train_loss", "train_top1", "lr")}
+            finish_epoch(start_epoch, record, time.time() - pending.get("time", 0), due=True)
+        for epoch in range(start_epoch, args.epochs):
+            progress = resumed_inside if epoch == start_epoch else None
+            started, lr = time.time() - (progress.seconds if progress else 0), schedule.lr_at(epoch)
+            set_lr(optimizer, lr)
+            # A resume inside the epoch leaves out the samples its checkpoint's iterations saw.
+            sampler.set_epoch(epoch, skip=progress.iterations * args.batch_size if progress else 0)
+            train_stats = train_epoch(epoch, lr, progress)
+            finished = epoch + 1
+            if writer is not None:
+                writer.add_scalar("Train Loss", train_stats["loss"], finished)
+                writer.add_scalar("LR", lr, finished)
+            record = dict(train_loss=train_stats["loss"], train_top1=train_stats["top1"], lr=lr)
+            finish_epoch(finished, record, started, due=finished % args.eval_freq == 0 or finished == args.epochs)
+    finally:
+        if writer is not None:
+            writer.close()
