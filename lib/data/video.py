@@ -8,26 +8,31 @@
     probabilities = video_scores(model(clips))   # softmax averaged over the clips -> (num_classes,)
 
 build_video_datasets(name, data_dir, split=1, clip_len=16, frame_step=1, frame_size=112, hflip=0.5, test_clips=10,
-**options) -> (train_set, val_set, test_set, info); name is one of ucf101, hmdb51, kinetics, videofolder, fake.
+validation='holdout', **options) -> (train_set, val_set, test_set, info); name is one of ucf101, hmdb51, kinetics,
+videofolder, fake.
 Options: normalization ('kinetics', default: (x - mean) / std with Kinetics statistics, as 3D-ResNets' current
 version; 'activitynet': x - ActivityNet mean on 0-255 pixels, the input of its 2017 Kinetics checkpoints
 resnet-*-kinetics.pth; see lib/data/video_transforms.py), use_frames (None, default: frame folders when their root
 exists; False: the videos; True: frame folders, an error without them), and for fake: num_train, num_val,
-num_classes, frames. info is a VideoDatasetInfo (a DatasetInfo with the class names, counts, clip options and where
-frames come from).
+num_classes, frames. info is a VideoDatasetInfo (a DatasetInfo with the class names, counts, clip options, where
+frames come from and which validation set was made).
 
 Layouts (docs/video_data.md), under data_dir:
     ucf101:      UCF-101/<Class>/v_<Class>_gXX_cYY.avi and ucfTrainTestlist/{classInd.txt, trainlist0{1,2,3}.txt,
-                 testlist0{1,2,3}.txt}; train = trainlist0<split>, val = test = testlist0<split>.
+                 testlist0{1,2,3}.txt}; train = trainlist0<split>, test = testlist0<split>.
     hmdb51:      hmdb51/<class>/<video>.avi and testTrainMulti_7030_splits/<class>_test_split<split>.txt (lines
-                 "<video>.avi 1|2|0": 1 train, 2 test, 0 unused); val = test = the videos marked 2.
-    kinetics, videofolder: train/<class>/<video>.{mp4,avi,mkv,webm,...} and val/<class>/...; val = test.
+                 "<video>.avi 1|2|0": 1 train, 2 test, 0 in neither).
+    kinetics, videofolder: train/<class>/<video>.{mp4,avi,mkv,webm,...} and val/<class>/...; test = val/.
     Frame folders (3D-ResNets' form: <video>/image_00001.jpg, ...) are read instead of the videos when the frame
     root exists: the video root with "_jpg" appended, mirroring its tree with one folder per video named as the
     video without its extension (UCF-101_jpg/<Class>/v_..._c01/, hmdb51_jpg/<class>/<video>/, train_jpg/<class>/
     <video>/, val_jpg/...).
-Neither UCF-101 nor HMDB-51 has a validation split: the per-epoch validation (centre clips) and the test (every
-video, multi-clip) both run on the split's test list, as in the 3D-ResNets framework.
+Validation (val_set: the per-epoch centre clips a best epoch is chosen on) never uses the test videos by default
+(UCF-101 and HMDB-51 publish no validation split; Kinetics' val/ is where results are reported, so it is the test
+set here): validation='holdout' takes ucf101's three highest-numbered training groups of the split (whole groups: a
+group's clips share actors and scenes), hmdb51's videos marked 0, every 50th training video of each kinetics /
+videofolder class, each removed from train_set (hmdb51's is unchanged); validation='test' validates on the test
+split, as the 3D-ResNets framework did. test_set is the test split (val/ for kinetics / videofolder) either way.
 
 Training items draw every random choice from torch's default CPU generator (lib/data/video_transforms.py), so
 through lib.data.samplers (EpochShuffleSampler + SeededAugmentation) a clip is a function of (seed, epoch, index).
