@@ -175,9 +175,9 @@ def log_setup(args, ctx, data, model, schedule, log):
     frozen = frozen_parameter_count(model) / 1e6
     blocks = f"{args.nl_nums} {args.nl_type} block(s)" if args.nl_nums else "no nonlocal block"
     log.info(f"=> data: {args.dataset} split {args.split}, {len(data['train_set'])} train / {len(data['val_set'])} "
-             f"validation ({args.validation}) / {len(data['test_set'])} test videos, {info.num_classes} classes; "
-             f"clips of {args.clip_len} frames every {args.frame_step} at {args.frame_size}px, {args.test_clips} "
-             f"clips per test video")
+             f"validation / {len(data['test_set'])} test videos, {info.num_classes} classes; clips of {args.clip_len} "
+             f"frames every {args.frame_step} at {args.frame_size}px, {args.test_clips} clips per test video")
+    log.info(f"=> validation (--validation {args.validation}): {info.val_from}")
     if not selects(args):
         log.info("=> --validation test: the per-epoch validation is the test split, so nothing is selected on it: "
                  "no model_best.pth.tar and no best accuracy, only the final one")
