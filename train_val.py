@@ -22,7 +22,7 @@ from torch import nn
 
 from lib.data import build_datasets, build_loaders
 from lib.engine import epochs
-from lib.engine.checkpoint import load_checkpoint, model_args_mismatch
+from lib.engine.checkpoint import load_checkpoint
 from lib.engine.cli import get_args_parser  # noqa: F401  (the torchvision-style entry points live here)
 from lib.engine.config import parse_args
 from lib.engine.distributed import all_reduce_sums, any_process, cleanup, from_main, init_distributed, local_main_first
@@ -31,9 +31,9 @@ from lib.engine.metrics import percent, topk_correct
 from lib.engine.preemption import Preempted, loader_failure
 from lib.engine.recipe import RECIPES, recipe_line, resolve_args
 from lib.engine.resume_check import check_resume_settings, has_work, valid_dataset_from_checkpoint
-from lib.engine.run_state import (BestTracker, check_dataset, check_model_flags, load_resumed_state,
-                                  load_resumed_weights, model_kwargs, prune_own_checkpoints, resume_source,
-                                  resumed_progress, run_folder, save_checkpoint, summary_line)
+from lib.engine.run_state import (BestTracker, check_dataset, check_model_flags, check_requested_model,
+                                  load_resumed_state, load_resumed_weights, model_kwargs, prune_own_checkpoints,
+                                  resume_source, resumed_progress, run_folder, save_checkpoint, summary_line)
 from lib.engine.runtime import (NonFiniteLoss, autocast, prepare_model, run_cli, seed_everything, set_cudnn_mode,
                                 warn_slow_amp)
 from lib.engine.schedule import WarmupStepSchedule
@@ -115,13 +115,7 @@ def validate_checkpoint(args, ctx, log):
     _, val_set, info, _, val_loader, _ = load_data(args, ctx)
     saved = checkpoint.get("model_args")
     if saved:
-        given = set(getattr(args, "explicit", None) or ())
-        with torch.device("meta"):  # only for the canonical form of what the flags ask for; no memory used
-            requested = build_model(**model_kwargs(args, saved["num_classes"])).build_args
-        conflicts = model_args_mismatch({k: saved.get(k) for k in requested if _flag_of(k) in given},
-                                        {k: requested[k] for k in requested if _flag_of(k) in given})
-        if conflicts:
-            raise ConfigError(f"{args.check_path} holds another model than the flags ask for: {conflicts}")
+        check_requested_model(saved, args.check_path, args, model_kwargs(args, saved["num_classes"]), build_model)
         model = build_model(**saved)
     else:
         model = build_model(**model_kwargs(args, classifier_size(checkpoint["state_dict"])))
@@ -134,10 +128,6 @@ def validate_checkpoint(args, ctx, log):
     stats = evaluate(eval_model, val_loader, ctx, args, log)
     log.heading(f" * Final Accuracy: Prec@1 {stats['top1']:.3f}, Prec@5 {stats['top5']:.3f} ({stats['n']} images)")
     return stats
-
-
-def _flag_of(build_arg):
-    return {"stage_num": "stage_nums"}.get(build_arg, build_arg)
 
 
 def log_setup(args, ctx, info, train_set, val_set, model, schedule, log):

@@ -25,15 +25,16 @@ from torch import nn
 
 from lib.data import build_loaders
 from lib.engine import epochs
-from lib.engine.checkpoint import load_checkpoint, model_args_mismatch
+from lib.engine.checkpoint import load_checkpoint
 from lib.engine.distributed import all_reduce_sums, any_process, cleanup, from_main, init_distributed
 from lib.engine.logger import RunLogger
 from lib.engine.metrics import format_seconds, percent, topk_correct
 from lib.engine.preemption import Preempted, loader_failure
 from lib.engine.resume_check import (EPOCH_BASED, RESUMABLE, check_resume_settings, has_work,
                                      valid_dataset_from_checkpoint)
-from lib.engine.run_state import (BestTracker, check_dataset, load_resumed_state, load_resumed_weights,
-                                  prune_own_checkpoints, resume_source, resumed_progress, save_checkpoint)
+from lib.engine.run_state import (BestTracker, check_dataset, check_requested_model, load_resumed_state,
+                                  load_resumed_weights, prune_own_checkpoints, resume_source, resumed_progress,
+                                  save_checkpoint)
 from lib.engine.runtime import NonFiniteLoss, autocast, run_cli, seed_everything, set_cudnn_mode, warn_slow_amp
 from lib.engine.schedule import WarmupStepSchedule
 from lib.engine.tasks import require_task
@@ -127,14 +128,7 @@ def validate_checkpoint(args, ctx, log):
     saved = checkpoint.get("model_args")
     if not saved:
         raise ConfigError(f"{args.check_path} has no model arguments: it was not written by train_video.py")
-    given = set(getattr(args, "explicit", None) or ())
-    with torch.device("meta"):
-        requested = build_model(**model_kwargs(args, saved["num_classes"])).build_args
-    flag_of = {"stage_num": "stage_nums"}
-    conflicts = model_args_mismatch({k: saved.get(k) for k in requested if flag_of.get(k, k) in given},
-                                    {k: requested[k] for k in requested if flag_of.get(k, k) in given})
-    if conflicts:
-        raise ConfigError(f"{args.check_path} holds another model than the flags ask for: {conflicts}")
+    check_requested_model(saved, args.check_path, args, model_kwargs(args, saved["num_classes"]), build_model)
     model = build_model(**saved)
     load_state_dict_checked(model, checkpoint["state_dict"])
     if saved["num_classes"] != data["info"].num_classes:

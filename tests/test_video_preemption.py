@@ -125,3 +125,13 @@ def test_validation_on_the_test_split_selects_nothing(straight, tmp_path, capsys
     assert (checkpoint["best_prec1"], checkpoint["best_prec1_epoch"]) == (0.0, 0)  # "none": nothing selected
     with open(run_dir / "metrics.jsonl") as f:
         assert "video_top1" in json.loads(f.readline())
+
+
+def test_valid_refuses_model_flags_that_ask_for_another_model(straight, capsys):
+    """Model flags given with --valid must match the checkpoint's stored arguments (flags not given take them)."""
+    argv = [str(a) for a in COMMON + ["--data_dir", straight["data"], "-j", "0", "--valid", "--check_path",
+                                      straight["run_dir"] / LAST]]
+    capsys.readouterr()
+    assert train_video.cli_main(argv + ["--nl-type", "nl"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds another model than the flags ask for" in err and "nl_type" in err
