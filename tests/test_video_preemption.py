@@ -135,3 +135,12 @@ def test_valid_refuses_model_flags_that_ask_for_another_model(straight, capsys):
     assert train_video.cli_main(argv + ["--nl-type", "nl"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds another model than the flags ask for" in err and "nl_type" in err
+
+
+@pytest.mark.parametrize("dataset, minutes", [("kinetics", 30), ("videofolder", 30), ("ucf101", 0), ("hmdb51", 0),
+                                              ("fake", 0)])
+def test_the_recipe_checkpoints_long_epochs_every_30_minutes(dataset, minutes):
+    from lib.engine.video.recipe import resolve_video_args
+    assert resolve_video_args(train_video.parse_video_args(["--dataset", dataset])).save_every_minutes == minutes
+    given = resolve_video_args(train_video.parse_video_args(["--dataset", dataset, "--save-every-minutes", "5"]))
+    assert given.save_every_minutes == 5

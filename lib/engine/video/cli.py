@@ -120,7 +120,7 @@ def _add_run_flags(parser):
     add_allow_changed_flag(run)
     run.add_argument("--keep-checkpoints", "--keep_checkpoints", dest="keep_checkpoints", type=int, default=1,
                      help="how many per-epoch checkpoints to keep, newest first (0 = all; default 1)")
-    add_save_flags(run)
+    add_save_flags(run, recipes="30 for Kinetics and videofolder, off for UCF-101, HMDB-51 and fake")
     run.add_argument("-p", "--print-freq", "--print_freq", dest="print_freq", type=int, default=20, metavar="N",
                      help="progress line every N iterations (default 20)")
     run.add_argument("-j", "--workers", type=int, default=None, help="data loader processes per process, which "
