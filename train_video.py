@@ -7,10 +7,13 @@
     python train_video.py --dataset fake --output-dir /tmp/smoke           # smoke run, no data needed
 
 The 3D-ResNets framework's recipe fills unset flags (lib/engine/video/recipe.py). Each epoch trains on random clips
-and validates on each test video's centre clip (clip top-1); after the last epoch, and with --valid, the multi-clip
-test averages --test-clips clips per video (video top-1). Outputs go to <output-dir>/<dataset>/<backbone><arch>/
-<checkpoints>/. Layout as torchvision's references/video_classification/train.py: get_args_parser(),
-train_one_epoch(), evaluate(), main(args). See docs/video.md.
+and validates on each validation video's centre clip (clip top-1; --validation holdout: videos held out of the
+training data, on which the best epoch is chosen; test: the test split, then nothing is chosen); after the last
+epoch, and with --valid, the multi-clip test averages --test-clips clips per test video (video top-1). The run
+machinery (mid-epoch checkpoints, preemption signals, exact resumes) is lib/engine's, shared with train_val.py.
+Outputs go to <output-dir>/<dataset>/<backbone><arch>/<checkpoints>/. Layout as torchvision's
+references/video_classification/train.py: get_args_parser(), train_one_epoch(), evaluate(), main(args). See
+docs/video.md.
 """
 import os
 
