@@ -13,8 +13,7 @@ import os
 
 LAUNCHER_PID = os.getppid()  # first thing: under torchrun, a launcher that dies during the imports is noticed
 
-import math  # noqa: E402  (these imports follow the launcher's pid)
-import sys
+import sys  # noqa: E402  (these imports follow the launcher's pid)
 import time
 
 import torch
@@ -22,24 +21,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib.data import build_datasets, build_loaders
-from lib.engine.checkpoint import load_checkpoint, model_args_mismatch, remove_stale_temp_files, restore_rng
+from lib.engine import epochs
+from lib.engine.checkpoint import load_checkpoint
 from lib.engine.cli import get_args_parser  # noqa: F401  (the torchvision-style entry points live here)
 from lib.engine.config import parse_args
-from lib.engine.distributed import (all_reduce_sums, any_process, cleanup, from_main, init_distributed,
-                                    local_main_first)
-from lib.engine.logger import MetricsFile, RunLogger, open_tensorboard, write_args
-from lib.engine.metrics import format_seconds, percent, topk_correct
-from lib.engine.preemption import (EpochProgress, Preempted, RunGuard, fetch_batch, loader_failure,
-                                    reported_errors)
+from lib.engine.distributed import all_reduce_sums, any_process, cleanup, from_main, init_distributed, local_main_first
+from lib.engine.logger import RunLogger
+from lib.engine.metrics import percent, topk_correct
+from lib.engine.preemption import Preempted, loader_failure
 from lib.engine.recipe import RECIPES, recipe_line, resolve_args
-from lib.engine.resume_check import check_resume_settings, has_work, resume_args_path, valid_dataset_from_checkpoint
-from lib.engine.run_lock import RunLock
-from lib.engine.run_state import (BestTracker, check_dataset, check_model_flags, load_resumed_state,
-                                  load_resumed_weights, model_kwargs, prune_own_checkpoints, restore_epoch_file,
+from lib.engine.resume_check import check_resume_settings, has_work, valid_dataset_from_checkpoint
+from lib.engine.run_state import (BestTracker, check_dataset, check_model_flags, check_requested_model,
+                                  load_resumed_state, load_resumed_weights, model_kwargs, prune_own_checkpoints,
                                   resume_source, resumed_progress, run_folder, save_checkpoint, summary_line)
-from lib.engine.runtime import (NonFiniteLoss, autocast, cpu_threads_note, prepare_model, run_cli, seed_everything,
-                                set_cudnn_mode, warn_slow_amp)
-from lib.engine.schedule import WarmupStepSchedule, set_lr
+from lib.engine.runtime import (NonFiniteLoss, autocast, prepare_model, run_cli, seed_everything, set_cudnn_mode,
+                                warn_slow_amp)
+from lib.engine.schedule import WarmupStepSchedule
 from lib.engine.tasks import require_task
 from lib.errors import ConfigError
 from models import build_model, classifier_size, load_state_dict_checked
@@ -58,59 +55,10 @@ def _to_device(images, target, ctx, args):
 
 def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr, args, log, guard=None,
                     progress=None, save=None):
-    """One pass over the training data; returns the epoch's mean loss and top-1 over all processes' images.
-
-    progress: an EpochProgress to continue (a run resumed inside the epoch: the loader yields only the rest).
-    guard: a RunGuard consulted before every batch; it may call save(progress) (a mid-epoch checkpoint) and stop
-    the run (Preempted). Without one, an error reading a batch is raised at once.
-    """
-    model.train()
-    progress = progress or EpochProgress()
-    first, seconds_before = progress.iterations, progress.seconds
-    num_batches, start, images_seen = first + len(loader), time.time(), 0
-    batches = iter(loader)
-    for i in range(first, num_batches + 1):
-        batch, error = fetch_batch(batches) if i < num_batches else (None, None)
-        if batch is None and error is None:
-            break  # every process has as many batches: all leave here together
-        if guard is not None:
-            guard.at_boundary(epoch * num_batches + i, lambda: save(progress), f"epoch {epoch + 1}, iteration {i}",
-                              error)
-        elif error is not None:
-            raise error
-        images, target = _to_device(*batch, ctx, args)
-        with autocast(ctx.device, args.amp):
-            output = model(images)
-            loss = criterion(output, target)
-        loss_value = loss.item()
-        # Checked before the update, so no NaN reaches the weights; agreed across processes, so all stop together.
-        if any_process(ctx, not math.isfinite(loss_value)):
-            raise NonFiniteLoss(f"training loss became non-finite ({loss_value}) at epoch {epoch + 1}, iteration "
-                                f"{i + 1}: run stopped, this epoch is not checkpointed (try a lower --lr or --amp off)")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        batch_correct = topk_correct(output, target, (1,))[0]
-        progress.add(loss_value, batch_correct, target.size(0))
-        elapsed = time.time() - start
-        progress.seconds, images_seen = seconds_before + elapsed, images_seen + target.size(0)
-        if guard is not None:
-            guard.step_done()
-        if i % args.print_freq == 0 or i == num_batches - 1:
-            log.info(f"Epoch [{epoch + 1}/{args.epochs}][{i + 1}/{num_batches}]  loss {loss_value:.4f} "
-                     f"({progress.loss_sum / progress.count:.4f})  top-1 {percent(batch_correct, target.size(0)):.2f} "
-                     f"({percent(progress.correct, progress.count):.2f})  lr {lr:.6g}  "
-                     f"{images_seen * ctx.world_size / max(elapsed, 1e-9):.1f} img/s  "
-                     f"eta {format_seconds(elapsed / (i + 1 - first) * (num_batches - i - 1))}"
-                     + (cpu_threads_note(ctx.device) if i == first else ""))
-    loss_sum, correct_sum, count = all_reduce_sums(ctx, [progress.loss_sum, progress.correct, progress.count])
-    return {"loss": loss_sum / count, "top1": percent(correct_sum, count), "n": int(count),
-            "seconds": progress.seconds}
+    """One pass over the training data (lib.engine.epochs.train_one_epoch on images); returns the epoch's mean loss
+    and top-1 over all processes' images."""
+    return epochs.train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr, args, log, _to_device,
+                                  guard=guard, progress=progress, save=save)
 
 
 @torch.no_grad()
@@ -167,13 +115,7 @@ def validate_checkpoint(args, ctx, log):
     _, val_set, info, _, val_loader, _ = load_data(args, ctx)
     saved = checkpoint.get("model_args")
     if saved:
-        given = set(getattr(args, "explicit", None) or ())
-        with torch.device("meta"):  # only for the canonical form of what the flags ask for; no memory used
-            requested = build_model(**model_kwargs(args, saved["num_classes"])).build_args
-        conflicts = model_args_mismatch({k: saved.get(k) for k in requested if _flag_of(k) in given},
-                                        {k: requested[k] for k in requested if _flag_of(k) in given})
-        if conflicts:
-            raise ConfigError(f"{args.check_path} holds another model than the flags ask for: {conflicts}")
+        check_requested_model(saved, args.check_path, args, model_kwargs(args, saved["num_classes"]), build_model)
         model = build_model(**saved)
     else:
         model = build_model(**model_kwargs(args, classifier_size(checkpoint["state_dict"])))
@@ -186,10 +128,6 @@ def validate_checkpoint(args, ctx, log):
     stats = evaluate(eval_model, val_loader, ctx, args, log)
     log.heading(f" * Final Accuracy: Prec@1 {stats['top1']:.3f}, Prec@5 {stats['top5']:.3f} ({stats['n']} images)")
     return stats
-
-
-def _flag_of(build_arg):
-    return {"stage_num": "stage_nums"}.get(build_arg, build_arg)
 
 
 def log_setup(args, ctx, info, train_set, val_set, model, schedule, log):
@@ -218,23 +156,8 @@ def train(args, ctx, log):
                 f"{run_dir}")
     if args.num_gpu > 1:
         log.warn("--num_gpu is superseded: launch with torchrun --nproc_per_node N for N GPUs; running 1 process")
-    # One run per folder: a second one (e.g. a resume while the first still runs) stops here, naming the holder.
-    lock = RunLock(run_dir).acquire() if ctx.is_main else None
-    try:
-        # From here on a preemption signal only marks the run to stop at the next iteration, after a checkpoint.
-        with RunGuard(ctx, log, args.save_every, args.save_every_minutes) as guard, \
-                reported_errors(guard, os.path.join(run_dir, "log_train.txt")):
-            return _train(args, ctx, log, run_dir, guard)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _warn_other_world_size(checkpoint, ctx, log):
-    saved = checkpoint.get("world_size")
-    if saved is not None and int(saved) != ctx.world_size:
-        log.warn(f"the checkpoint was trained by {saved} process(es), this run has {ctx.world_size}: training "
-                 f"continues, but not as the same run (the data sharding and the BatchNorm batches change)")
+    # One run per folder; signals checkpoint and stop; every rank's errors reach the log.
+    return epochs.guarded_run(run_dir, ctx, log, args, lambda guard: _train(args, ctx, log, run_dir, guard))
 
 
 def _train(args, ctx, log, run_dir, guard):
@@ -259,54 +182,26 @@ def _train(args, ctx, log, run_dir, guard):
     if checkpoint is not None:
         start_epoch, best = load_resumed_state(checkpoint, resume_path, optimizer, scaler, log)
         resumed_inside = resumed_progress(checkpoint, resume_path, ctx, args)
-        _warn_other_world_size(checkpoint, ctx, log)
+        epochs.warn_other_world_size(checkpoint, ctx, log)
         guard.saved(resume_path)
     log_setup(args, ctx, info, train_set, val_set, model, schedule, log)
     left_to_train = start_epoch < args.epochs
     work = has_work(start_epoch, args.epochs, (checkpoint or {}).get("pending_eval"))  # else write no records
 
     # Only now, with data, model and checkpoint loaded, is anything written: a failed start leaves no trace.
-    metrics = MetricsFile(os.path.join(run_dir, "metrics.jsonl"), enabled=ctx.is_main)
-    if ctx.is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        log.attach(os.path.join(run_dir, "log_train.txt"))
-        for name in remove_stale_temp_files(run_dir):
-            log.warn(f"removed {name}, left by an interrupted checkpoint write")
-        if work:
-            write_args(resume_args_path(run_dir, start_epoch) if checkpoint else os.path.join(run_dir, "args.yaml"),
-                       args)
-        if left_to_train:  # rows after the checkpoint are recomputed; with nothing to train, every row stays
-            metrics.drop_after(start_epoch)
-        if checkpoint is not None and restore_epoch_file(run_dir, resume_path, start_epoch, args):
-            log.info(f"=> {resume_path} is also the checkpoint of epoch {start_epoch} now")
-    writer = open_tensorboard(run_dir, start_epoch, enabled=ctx.is_main and work)
-    rng_states = (checkpoint or {}).get("rng_states") or []
-    if ctx.rank < len(rng_states):
-        restore_rng(rng_states[ctx.rank])
-    elif checkpoint is not None:
-        log.warn("the checkpoint has no RNG state for this process: random draws will differ from the original run")
-        seed_everything(args.seed + ctx.rank + 1000 * start_epoch)
+    metrics, writer = epochs.open_records(run_dir, args, ctx, log, checkpoint, resume_path, start_epoch, work)
+    epochs.restore_process_rng(checkpoint, ctx, args, start_epoch, log)
     criterion = build_criterion(args)
 
     def finish_epoch(finished, record, started, due):
-        """Evaluate (if due), log and checkpoint `finished` epochs. If the evaluation fails on bad input (e.g. an
-        unreadable image), the trained epoch is checkpointed all the same, marked as awaiting its evaluation,
-        which a resumed run does first."""
+        """Evaluate (if due), log and checkpoint `finished` epochs (lib.engine.epochs.evaluated: a stop or a bad
+        input before the evaluation is done checkpoints the trained epoch as awaiting it)."""
         is_best = False
-        if due and guard.stop_agreed():  # stopped before a long evaluation: the resumed run evaluates first
-            guard.saved(save_checkpoint(run_dir, finished, False, model, optimizer, scaler, schedule, best, args,
-                                        ctx, log, pending_eval=dict(record, time=time.time() - started)))
-            guard.stop(f"the end of epoch {finished}, before its evaluation")
         if due:
-            try:
-                stats = evaluate(eval_model, val_loader, ctx, args, log)
-            except ConfigError as error:
-                if writer is not None:
-                    writer.flush()
-                save_checkpoint(run_dir, finished, False, model, optimizer, scaler, schedule, best, args, ctx, log,
-                                pending_eval=dict(record, time=time.time() - started))
-                raise ConfigError(f"{error} (epoch {finished} is trained and checkpointed: fix this and rerun with "
-                                  f"--resume auto, which evaluates it first)") from None
+            stats = epochs.evaluated(
+                lambda: evaluate(eval_model, val_loader, ctx, args, log), finished, guard, writer,
+                lambda: save_checkpoint(run_dir, finished, False, model, optimizer, scaler, schedule, best, args, ctx,
+                                        log, pending_eval=dict(record, time=time.time() - started)))
             is_best = best.update(finished, stats)
             log.info(f" * Best accuracy: Prec@1 {best.top1:.3f} (epoch {best.top1_epoch}), Prec@5 "
                      f"{best.top5:.3f} (epoch {best.top5_epoch})")
@@ -319,33 +214,15 @@ def _train(args, ctx, log, run_dir, guard):
         guard.saved(save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedule, best, args,
                                     ctx, log))
 
-    def save_inside(epoch, progress):
-        return save_checkpoint(run_dir, epoch, False, model, optimizer, scaler, schedule, best, args, ctx, log,
-                               progress=progress)
+    def train_epoch(epoch, lr, progress):
+        def save_inside(progress):
+            return save_checkpoint(run_dir, epoch, False, model, optimizer, scaler, schedule, best, args, ctx, log,
+                                   progress=progress)
+        return train_one_epoch(train_model, criterion, optimizer, scaler, train_loader, ctx, epoch, lr, args, log,
+                               guard=guard, progress=progress, save=save_inside)
 
-    try:
-        pending = (checkpoint or {}).get("pending_eval")
-        if pending:
-            log.info(f"=> evaluating epoch {start_epoch} first: its evaluation failed in the run that trained it")
-            record = {key: pending[key] for key in ("train_loss", "train_top1", "lr")}
-            finish_epoch(start_epoch, record, time.time() - pending.get("time", 0), due=True)
-        for epoch in range(start_epoch, args.epochs):
-            progress = resumed_inside if epoch == start_epoch else None
-            started, lr = time.time() - (progress.seconds if progress else 0), schedule.lr_at(epoch)
-            set_lr(optimizer, lr)
-            train_sampler.set_epoch(epoch, skip=progress.iterations * args.batch_size if progress else 0)
-            train_stats = train_one_epoch(train_model, criterion, optimizer, scaler, train_loader, ctx, epoch, lr,
-                                          args, log, guard=guard, progress=progress,
-                                          save=lambda progress, epoch=epoch: save_inside(epoch, progress))
-            finished = epoch + 1
-            if writer is not None:
-                writer.add_scalar("Train Loss", train_stats["loss"], finished)
-                writer.add_scalar("LR", lr, finished)
-            record = dict(train_loss=train_stats["loss"], train_top1=train_stats["top1"], lr=lr)
-            finish_epoch(finished, record, started, due=finished % args.eval_freq == 0 or finished == args.epochs)
-    finally:
-        if writer is not None:
-            writer.close()
+    epochs.run_epochs(args, start_epoch, checkpoint, resumed_inside, schedule, optimizer, train_sampler, writer, log,
+                      train_epoch, finish_epoch)
     if not left_to_train:
         log.warn(f"nothing left to train: the checkpoint has {start_epoch} epochs, --epochs is {args.epochs}")
         if ctx.is_main:

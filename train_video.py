@@ -7,14 +7,19 @@
     python train_video.py --dataset fake --output-dir /tmp/smoke           # smoke run, no data needed
 
 The 3D-ResNets framework's recipe fills unset flags (lib/engine/video/recipe.py). Each epoch trains on random clips
-and validates on each test video's centre clip (clip top-1); after the last epoch, and with --valid, the multi-clip
-test averages --test-clips clips per video (video top-1). Outputs go to <output-dir>/<dataset>/<backbone><arch>/
-<checkpoints>/. Layout as torchvision's references/video_classification/train.py: get_args_parser(),
-train_one_epoch(), evaluate(), main(args). See docs/video.md.
+and validates on each validation video's centre clip (clip top-1; --validation holdout: videos held out of the
+training data, on which the best epoch is chosen; test: the test split, then nothing is chosen); after the last
+epoch, and with --valid, the multi-clip test averages --test-clips clips per test video (video top-1). The run
+machinery (mid-epoch checkpoints, preemption signals, exact resumes) is lib/engine's, shared with train_val.py.
+Outputs go to <output-dir>/<dataset>/<backbone><arch>/<checkpoints>/. Layout as torchvision's
+references/video_classification/train.py: get_args_parser(), train_one_epoch(), evaluate(), main(args). See
+docs/video.md.
 """
-import math
 import os
-import sys
+
+LAUNCHER_PID = os.getppid()  # first thing: under torchrun, a launcher that dies during the imports is noticed
+
+import sys  # noqa: E402  (these imports follow the launcher's pid)
 import time
 
 import torch
@@ -22,15 +27,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib.data import build_loaders
-from lib.engine.checkpoint import load_checkpoint, model_args_mismatch, remove_stale_temp_files, restore_rng
+from lib.engine import epochs
+from lib.engine.checkpoint import load_checkpoint
 from lib.engine.distributed import all_reduce_sums, any_process, cleanup, from_main, init_distributed
-from lib.engine.logger import MetricsFile, RunLogger, open_tensorboard, write_args
-from lib.engine.metrics import AverageMeter, format_seconds, percent, topk_correct
-from lib.engine.run_lock import RunLock
-from lib.engine.run_state import (BestTracker, check_dataset, load_resumed_state, load_resumed_weights,
-                                  prune_own_checkpoints, restore_epoch_file, resume_source, save_checkpoint)
-from lib.engine.runtime import NonFiniteLoss, autocast, run_cli, seed_everything, set_cudnn_mode
-from lib.engine.schedule import WarmupStepSchedule, set_lr
+from lib.engine.logger import RunLogger
+from lib.engine.metrics import format_seconds, percent, topk_correct
+from lib.engine.preemption import Preempted, loader_failure
+from lib.engine.resume_check import (EPOCH_BASED, RESUMABLE, check_resume_settings, has_work,
+                                     valid_dataset_from_checkpoint)
+from lib.engine.run_state import (BestTracker, check_dataset, check_requested_model, load_resumed_state,
+                                  load_resumed_weights, prune_own_checkpoints, resume_source, resumed_progress,
+                                  save_checkpoint)
+from lib.engine.runtime import NonFiniteLoss, autocast, run_cli, seed_everything, set_cudnn_mode, warn_slow_amp
+from lib.engine.schedule import WarmupStepSchedule
 from lib.engine.tasks import require_task
 from lib.engine.video.cli import get_args_parser, parse_video_args  # noqa: F401  (torchvision-style entry point)
 from lib.engine.video.multiclip import evaluate_videos
@@ -41,47 +50,20 @@ from lib.engine.video.setup import (build_data, check_model_flags, freeze_for_fi
 from lib.errors import ConfigError
 from models import build_model, load_state_dict_checked
 
+# Settings a resume may change besides train_val.py's: the multi-clip test only measures, it does not train.
+VIDEO_RESUMABLE = RESUMABLE | EPOCH_BASED | {"test_clips"}
+
 
 def build_criterion(args):
     return nn.CrossEntropyLoss()
 
 
-def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr, args, log):
-    """One pass over the training videos (one random clip each); returns the epoch's mean loss and clip top-1 over
-    all processes' clips."""
-    model.train()
-    losses, correct = AverageMeter(), 0
-    num_batches, start = len(loader), time.time()
-    for i, (clips, target) in enumerate(loader):
-        clips, target = to_device(clips, target, ctx, args)
-        with autocast(ctx.device, args.amp):
-            output = model(clips)
-            loss = criterion(output, target)
-        loss_value = loss.item()
-        # Checked before the update, so no NaN reaches the weights; agreed across processes, so all stop together.
-        if any_process(ctx, not math.isfinite(loss_value)):
-            raise NonFiniteLoss(f"training loss became non-finite ({loss_value}) at epoch {epoch + 1}, iteration "
-                                f"{i + 1}: run stopped, this epoch is not checkpointed (try a lower --lr or --amp off)")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        batch_correct = topk_correct(output, target, (1,))[0]
-        losses.update(loss_value, target.size(0))
-        correct += batch_correct
-        if i % args.print_freq == 0 or i == num_batches - 1:
-            elapsed = time.time() - start
-            log.info(f"Epoch [{epoch + 1}/{args.epochs}][{i + 1}/{num_batches}]  loss {loss_value:.4f} "
-                     f"({losses.avg:.4f})  clip top-1 {percent(batch_correct, target.size(0)):.2f} "
-                     f"({percent(correct, losses.count):.2f})  lr {lr:.6g}  "
-                     f"{losses.count * ctx.world_size / max(elapsed, 1e-9):.1f} clips/s  "
-                     f"eta {format_seconds(elapsed / (i + 1) * (num_batches - i - 1))}")
-    loss_sum, correct_sum, count = all_reduce_sums(ctx, [losses.sum, correct, losses.count])
-    return {"loss": loss_sum / count, "top1": percent(correct_sum, count), "n": int(count)}
+def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr, args, log, guard=None,
+                    progress=None, save=None):
+    """One pass over the training videos (one random clip each; lib.engine.epochs.train_one_epoch); returns the
+    epoch's mean loss and clip top-1 over all processes' clips."""
+    return epochs.train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr, args, log, to_device,
+                                  guard=guard, progress=progress, save=save, unit="clips", accuracy="clip top-1")
 
 
 @torch.no_grad()
@@ -107,6 +89,10 @@ def evaluate(model, loader, ctx, args, log):
                          f"eta {format_seconds(elapsed / (i + 1) * (len(loader) - i - 1))}")
     except ConfigError as caught:  # e.g. an unreadable video in this process's shard
         error = caught
+    except RuntimeError as caught:  # a loader worker that died or hung: one line, as bad input
+        error = loader_failure(caught)
+        if error is None:
+            raise
     # Agreed by all processes, so that all stop together (a lone raise would leave the others waiting).
     if any_process(ctx, error is not None):
         raise error or ConfigError("the evaluation failed in another process (its error is printed above)")
@@ -145,14 +131,7 @@ def validate_checkpoint(args, ctx, log):
     saved = checkpoint.get("model_args")
     if not saved:
         raise ConfigError(f"{args.check_path} has no model arguments: it was not written by train_video.py")
-    given = set(getattr(args, "explicit", None) or ())
-    with torch.device("meta"):
-        requested = build_model(**model_kwargs(args, saved["num_classes"])).build_args
-    flag_of = {"stage_num": "stage_nums"}
-    conflicts = model_args_mismatch({k: saved.get(k) for k in requested if flag_of.get(k, k) in given},
-                                    {k: requested[k] for k in requested if flag_of.get(k, k) in given})
-    if conflicts:
-        raise ConfigError(f"{args.check_path} holds another model than the flags ask for: {conflicts}")
+    check_requested_model(saved, args.check_path, args, model_kwargs(args, saved["num_classes"]), build_model)
     model = build_model(**saved)
     load_state_dict_checked(model, checkpoint["state_dict"])
     if saved["num_classes"] != data["info"].num_classes:
@@ -167,15 +146,23 @@ def validate_checkpoint(args, ctx, log):
     return stats
 
 
-def summary_line(best):
-    """The run's closing line: the final evaluation (clip and video) and the best clip accuracies, separately."""
+def selects(args):
+    """Whether the run selects a best epoch: only on a validation set held out from the test split."""
+    return args.validation == "holdout"
+
+
+def summary_line(best, select=True):
+    """The run's closing line: the final evaluation (clip and video) and, when the run selects (select), the best
+    validation clip accuracies, separately."""
     if best.last is None:
         return "=> done: no evaluation was run"
     last = best.last
     video = (f", video top-1 {last['video_top1']:.3f} top-5 {last['video_top5']:.3f}"
              if "video_top1" in last else "")
-    return (f"=> done: final clip top-1 {last['top1']:.3f} top-5 {last['top5']:.3f}{video} (epoch {last['epoch']}) "
-            f"| best clip top-1 {best.top1:.3f} (epoch {best.top1_epoch}), best clip top-5 {best.top5:.3f} "
+    final = f"=> done: final clip top-1 {last['top1']:.3f} top-5 {last['top5']:.3f}{video} (epoch {last['epoch']})"
+    if not select:
+        return final + " | no best: the validation set is the test split (--validation test)"
+    return (f"{final} | best clip top-1 {best.top1:.3f} (epoch {best.top1_epoch}), best clip top-5 {best.top5:.3f} "
             f"(epoch {best.top5_epoch})")
 
 
@@ -185,8 +172,12 @@ def log_setup(args, ctx, data, model, schedule, log):
     frozen = frozen_parameter_count(model) / 1e6
     blocks = f"{args.nl_nums} {args.nl_type} block(s)" if args.nl_nums else "no nonlocal block"
     log.info(f"=> data: {args.dataset} split {args.split}, {len(data['train_set'])} train / {len(data['val_set'])} "
-             f"test videos, {info.num_classes} classes; clips of {args.clip_len} frames every {args.frame_step} at "
-             f"{args.frame_size}px, {args.test_clips} clips per test video")
+             f"validation / {len(data['test_set'])} test videos, {info.num_classes} classes; clips of {args.clip_len} "
+             f"frames every {args.frame_step} at {args.frame_size}px, {args.test_clips} clips per test video")
+    log.info(f"=> validation (--validation {args.validation}): {info.val_from}")
+    if not selects(args):
+        log.info("=> --validation test: the per-epoch validation is the test split, so nothing is selected on it: "
+                 "no model_best.pth.tar and no best accuracy, only the final one")
     log.info(f"=> model: {args.backbone}-{args.arch} with {blocks}, {params:.2f}M parameters ({frozen:.2f}M frozen: "
              f"--ft-begin-index {args.ft_begin_index})")
     log.info(f"=> batch size {args.batch_size} per process x {ctx.world_size} process(es) = global batch "
@@ -201,23 +192,11 @@ def train(args, ctx, log):
     run_dir = run_folder(args)
     log.heading(f"=> torch {torch.__version__}, device {ctx.device}, {ctx.world_size} process(es), run folder "
                 f"{run_dir}")
-    # One run per folder: a second one (e.g. a resume while the first still runs) stops here, naming the holder.
-    lock = RunLock(run_dir).acquire() if ctx.is_main else None
-    try:
-        return _train(args, ctx, log, run_dir)
-    finally:
-        if lock is not None:
-            lock.release()
+    # One run per folder; signals checkpoint and stop; every rank's errors reach the log.
+    return epochs.guarded_run(run_dir, ctx, log, args, lambda guard: _train(args, ctx, log, run_dir, guard))
 
 
-def _warn_other_world_size(checkpoint, ctx, log):
-    saved = checkpoint.get("world_size")
-    if saved is not None and int(saved) != ctx.world_size:
-        log.warn(f"the checkpoint was trained by {saved} process(es), this run has {ctx.world_size}: training "
-                 f"continues, but not as the same run (the data sharding and the BatchNorm batches change)")
-
-
-def _train(args, ctx, log, run_dir):
+def _train(args, ctx, log, run_dir, guard):
     resume_path = from_main(ctx, lambda: resume_source(args, run_dir, log))
     data = load_data(args, ctx)
     checkpoint = load_checkpoint(resume_path) if resume_path else None
@@ -228,6 +207,8 @@ def _train(args, ctx, log, run_dir):
     model = build_model(**model_kwargs(args, data["info"].num_classes, None if checkpoint else args.pretrained))
     if checkpoint is not None:
         load_resumed_weights(checkpoint, resume_path, model)
+        check_resume_settings(checkpoint, resume_path, args, log, resumable=VIDEO_RESUMABLE,
+                              world_size=ctx.world_size)  # same settings?
     freeze_for_fine_tuning(model, args.ft_begin_index)
     model, train_model, eval_model = prepare_video_model(model, args, ctx, log)
     recipe_batch = VIDEO_RECIPES[args.recipe]["batch_size"]
@@ -236,52 +217,38 @@ def _train(args, ctx, log, run_dir):
     optimizer = torch.optim.SGD(trainable_parameters(model), lr=schedule.lr_at(0),
                                 momentum=args.momentum, dampening=args.dampening, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(ctx.device.type) if args.amp == "fp16" else None
-    start_epoch, best = 0, BestTracker()
+    start_epoch, best, resumed_inside = 0, BestTracker(), None
     if checkpoint is not None:
         start_epoch, best = load_resumed_state(checkpoint, resume_path, optimizer, scaler, log)
-        _warn_other_world_size(checkpoint, ctx, log)
+        resumed_inside = resumed_progress(checkpoint, resume_path, ctx, args)
+        epochs.warn_other_world_size(checkpoint, ctx, log)
+        guard.saved(resume_path)
     log_setup(args, ctx, data, model, schedule, log)
     left_to_train = start_epoch < args.epochs
+    work = has_work(start_epoch, args.epochs, (checkpoint or {}).get("pending_eval"))  # else write no records
 
     # Only now, with data, model and checkpoint loaded, is anything written: a failed start leaves no trace.
-    metrics = MetricsFile(os.path.join(run_dir, "metrics.jsonl"), enabled=ctx.is_main)
-    if ctx.is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        log.attach(os.path.join(run_dir, "log_train.txt"))
-        for name in remove_stale_temp_files(run_dir):
-            log.warn(f"removed {name}, left by an interrupted checkpoint write")
-        write_args(os.path.join(run_dir, f"args_resume_{start_epoch}.yaml" if checkpoint else "args.yaml"), args)
-        if left_to_train:  # rows after the checkpoint are recomputed; with nothing to train, every row stays
-            metrics.drop_after(start_epoch)
-        if checkpoint is not None and restore_epoch_file(run_dir, resume_path, start_epoch, args):
-            log.info(f"=> {resume_path} is also the checkpoint of epoch {start_epoch} now")
-    writer = open_tensorboard(run_dir, start_epoch, enabled=ctx.is_main)
-    rng_states = (checkpoint or {}).get("rng_states") or []
-    if ctx.rank < len(rng_states):
-        restore_rng(rng_states[ctx.rank])
-    elif checkpoint is not None:
-        log.warn("the checkpoint has no RNG state for this process: random draws will differ from the original run")
-        seed_everything(args.seed + ctx.rank + 1000 * start_epoch)
+    metrics, writer = epochs.open_records(run_dir, args, ctx, log, checkpoint, resume_path, start_epoch, work)
+    epochs.restore_process_rng(checkpoint, ctx, args, start_epoch, log)
     criterion = build_criterion(args)
 
     def finish_epoch(finished, record, started, due):
-        """Evaluate (if due; with the multi-clip test after the last epoch), log and checkpoint `finished` epochs.
-        If the evaluation fails on bad input (e.g. an unreadable video), the trained epoch is checkpointed all the
-        same, marked as awaiting its evaluation, which a resumed run does first."""
+        """Evaluate (if due; with the multi-clip test after the last epoch), log and checkpoint `finished` epochs
+        (lib.engine.epochs.evaluated: a stop or a bad input before the evaluation is done checkpoints the trained
+        epoch as awaiting it)."""
         is_best = False
         if due:
-            try:
-                stats = evaluate_all(eval_model, data, ctx, args, log, with_test=finished == args.epochs)
-            except ConfigError as error:
-                if writer is not None:
-                    writer.flush()
-                save_checkpoint(run_dir, finished, False, model, optimizer, scaler, schedule, best, args, ctx, log,
-                                pending_eval=dict(record, time=time.time() - started))
-                raise ConfigError(f"{error} (epoch {finished} is trained and checkpointed: fix this and rerun with "
-                                  f"--resume auto, which evaluates it first)") from None
-            is_best = best.update(finished, stats)
-            log.info(f" * Best clip accuracy: Prec@1 {best.top1:.3f} (epoch {best.top1_epoch}), Prec@5 "
-                     f"{best.top5:.3f} (epoch {best.top5_epoch})")
+            stats = epochs.evaluated(
+                lambda: evaluate_all(eval_model, data, ctx, args, log, with_test=finished == args.epochs), finished,
+                guard, writer,
+                lambda: save_checkpoint(run_dir, finished, False, model, optimizer, scaler, schedule, best, args, ctx,
+                                        log, pending_eval=dict(record, time=time.time() - started)))
+            if selects(args):
+                is_best = best.update(finished, stats)
+                log.info(f" * Best clip accuracy: Prec@1 {best.top1:.3f} (epoch {best.top1_epoch}), Prec@5 "
+                         f"{best.top5:.3f} (epoch {best.top5_epoch})")
+            else:  # the test split: its numbers are reported as they come, never selected on
+                best.last = dict(stats, epoch=finished)
             row = dict(record, epoch=finished, clip_top1=stats["top1"], clip_top5=stats["top5"], loss=stats["loss"],
                        time=time.time() - started)
             tags = [("Clip Top1", "top1"), ("Clip Top5", "top5"), ("Test Loss", "loss")]
@@ -294,54 +261,44 @@ def _train(args, ctx, log, run_dir):
             metrics.append(row)
         if writer is not None:
             writer.flush()
-        save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedule, best, args, ctx, log)
+        guard.saved(save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedule, best, args,
+                                    ctx, log))
 
-    try:
-        pending = (checkpoint or {}).get("pending_eval")
-        if pending:
-            log.info(f"=> evaluating epoch {start_epoch} first: its evaluation failed in the run that trained it")
-            record = {key: pending[key] for key in ("train_loss", "train_top1", "lr")}
-            finish_epoch(start_epoch, record, time.time() - pending.get("time", 0), due=True)
-        for epoch in range(start_epoch, args.epochs):
-            started, lr = time.time(), schedule.lr_at(epoch)
-            set_lr(optimizer, lr)
-            data["train_sampler"].set_epoch(epoch)
-            train_stats = train_one_epoch(train_model, criterion, optimizer, scaler, data["train_loader"], ctx, epoch,
-                                          lr, args, log)
-            finished = epoch + 1
-            if writer is not None:
-                writer.add_scalar("Train Loss", train_stats["loss"], finished)
-                writer.add_scalar("LR", lr, finished)
-            record = dict(train_loss=train_stats["loss"], train_top1=train_stats["top1"], lr=lr)
-            finish_epoch(finished, record, started, due=finished % args.eval_freq == 0 or finished == args.epochs)
-    finally:
-        if writer is not None:
-            writer.close()
+    def train_epoch(epoch, lr, progress):
+        def save_inside(progress):
+            return save_checkpoint(run_dir, epoch, False, model, optimizer, scaler, schedule, best, args, ctx, log,
+                                   progress=progress)
+        return train_one_epoch(train_model, criterion, optimizer, scaler, data["train_loader"], ctx, epoch, lr, args,
+                               log, guard=guard, progress=progress, save=save_inside)
+
+    epochs.run_epochs(args, start_epoch, checkpoint, resumed_inside, schedule, optimizer, data["train_sampler"],
+                      writer, log, train_epoch, finish_epoch)
     if not left_to_train:
         log.warn(f"nothing left to train: the checkpoint has {start_epoch} epochs, --epochs is {args.epochs}")
         if ctx.is_main:
             prune_own_checkpoints(run_dir, args)
-    log.heading(summary_line(best))
+    log.heading(summary_line(best, selects(args)))
     return best.last
 
 
 def main(args):
     """Train (or with --valid, evaluate); returns the final evaluation's stats. Raises ConfigError for bad input."""
-    args = resolve_video_args(args)
-    ctx = init_distributed(args.device)
+    args = resolve_video_args(valid_dataset_from_checkpoint(args, "video"))
+    ctx = init_distributed(args.device, LAUNCHER_PID)
     log = RunLogger(enabled=ctx.is_main).start()
     try:
         set_cudnn_mode(args.deterministic)
         seed_everything(args.seed + ctx.rank)
         check_model_flags(args, build_model)
-        if args.amp == "fp16" and ctx.device.type == "cpu":
-            log.warn("--amp fp16 on the CPU runs far slower than fp32: use --amp off, or --amp bf16 on a CPU with "
-                     "native bf16 (AVX512-BF16 / AMX)")
+        warn_slow_amp(args.amp, ctx.device, log)
         if args.valid:
             return validate_checkpoint(args, ctx, log)
         return train(args, ctx, log)
     except (ConfigError, NonFiniteLoss) as error:
         log.record(f"ERROR: {error}")
+        raise
+    except Preempted as error:
+        log.record(str(error))
         raise
     finally:
         log.close()
@@ -349,7 +306,8 @@ def main(args):
 
 
 def cli_main(argv=None):
-    """Entry point: returns the exit status (0; 2 for bad input, 3 for a diverged run) with a one-line message."""
+    """Entry point: returns the exit status (0; 2 for bad input or a failed write, 3 for a diverged run, 75 when
+    stopped by a signal after a checkpoint) with a one-line message."""
     return run_cli(main, parse_video_args, "train_video.py", argv)
 
 

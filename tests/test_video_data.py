@@ -42,30 +42,136 @@ def relative_samples(dataset, video_root):
 
 # ---- layouts and splits ---------------------------------------------------------------------------------------
 
+def paths(*datasets):
+    return [path for dataset in datasets for path, _ in dataset.samples]
+
+
+def assert_disjoint(train, val, test):
+    """No video in two of the sets (and none twice in one)."""
+    every = paths(train, val, test)
+    assert len(set(every)) == len(every)
+
+
 @pytest.mark.parametrize("split", [1, 2, 3])
-def test_ucf101_reads_classes_and_each_official_split(ucf, split):
+def test_ucf101_validation_test_is_the_3d_resnets_split(ucf, split):
+    """validation='test': train = trainlist0<split>, val = test = testlist0<split> (the sets before 'holdout')."""
     root, splits = ucf
-    train, val, test, info = build_video_datasets("ucf101", root, split=split, **SMALL)
+    train, val, test, info = build_video_datasets("ucf101", root, split=split, validation="test", **SMALL)
     assert info.classes == ("ApplyEyeMakeup", "Basketball", "HandstandPushups") and info.num_classes == 3
     expected_train, expected_test = splits[split]
     assert relative_samples(train, os.path.join(root, "UCF-101")) == expected_train
     assert relative_samples(val, os.path.join(root, "UCF-101")) == expected_test
     assert test.samples == val.samples and train.targets == [label for _, label in expected_train]
-    assert (info.num_train, info.num_val, info.num_test, info.split, info.source) == (6, 3, 3, split, "videos")
-    # split k tests on group k, and no video is in both sets
-    assert all(f"_g{split:02d}_" in path for path, _ in expected_test)
-    assert not {p for p, _ in train.samples} & {p for p, _ in test.samples}
+    assert (info.num_train, info.num_val, info.num_test, info.split, info.source) == (15, 6, 6, split, "videos")
+    assert (info.validation, info.val_from) == ("test", "the test split")
+    # split k tests on groups 2k-1 and 2k, and no video is in both sets
+    assert {int(path.split("_g")[1][:2]) for path, _ in expected_test} == {2 * split - 1, 2 * split}
+    assert not set(paths(train)) & set(paths(test))
+
+
+# the layout's training groups per split: 1 and 2 train on 3-7, 1-2 + 5-7, 3 on 1-4 + 7: the top three differ
+UCF_HELD_OUT = {1: {5, 6, 7}, 2: {5, 6, 7}, 3: {3, 4, 7}}
 
 
 @pytest.mark.parametrize("split", [1, 2, 3])
-def test_hmdb51_marks_1_train_2_test_0_unused(hmdb, split):
+def test_ucf101_holdout_validates_on_the_splits_three_highest_training_groups(ucf, split):
+    root, splits = ucf
+    train, val, test, info = build_video_datasets("ucf101", root, split=split, **SMALL)
+    official_train, official_test = splits[split]
+
+    def group(relative):
+        return int(relative.split("_g")[1][:2])
+
+    video_root = os.path.join(root, "UCF-101")
+    assert relative_samples(val, video_root) == [s for s in official_train if group(s[0]) in UCF_HELD_OUT[split]]
+    assert relative_samples(train, video_root) == [s for s in official_train
+                                                   if group(s[0]) not in UCF_HELD_OUT[split]]
+    assert relative_samples(test, video_root) == official_test  # the test split, untouched
+    assert_disjoint(train, val, test)
+    assert sorted(paths(train, val)) == sorted(os.path.join(video_root, rel) for rel, _ in official_train)
+    assert sorted(set(train.targets)) == sorted(set(val.targets)) == [0, 1, 2]  # whole groups, every class
+    assert (info.validation, info.num_train, info.num_val, info.num_test) == ("holdout", 6, 9, 6)
+    assert info.val_from == f"training groups {', '.join(f'g{g:02d}' for g in sorted(UCF_HELD_OUT[split]))} " \
+                            f"of split {split}"
+    # the validation transform (centre clip) on the held-out videos
+    assert val.mode == "val" and val[0][0].shape == (3, 8, 16, 16)
+
+
+def test_ucf101_holdout_refuses_to_empty_a_class_and_needs_group_names(tmp_path):
+    # 3 groups, split 1 tests group 1: the three highest training groups are all of them
+    write_ucf101(str(tmp_path), groups=3, test_groups={k: (k,) for k in (1, 2, 3)})
+    with pytest.raises(ConfigError) as caught:
+        build_video_datasets("ucf101", tmp_path, **SMALL)
+    message = str(caught.value)
+    assert "ApplyEyeMakeup without training videos" in message and "g02, g03" in message and "'test'" in message
+    assert "\n" not in message
+    assert build_video_datasets("ucf101", tmp_path, validation="test", **SMALL)[3].num_train == 6
+    lists = tmp_path / "ucfTrainTestlist"
+    os.rename(tmp_path / "UCF-101" / "Basketball" / "v_Basketball_g02_c01.avi", tmp_path / "UCF-101" / "Basketball"
+              / "clip2.avi")
+    (lists / "trainlist01.txt").write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01.avi 1\nBasketball/clip2.avi 2\n")
+    with pytest.raises(ConfigError, match=r"v_<Class>_gXX_cYY names, got .*clip2.avi"):
+        build_video_datasets("ucf101", tmp_path, **SMALL)
+
+
+@pytest.mark.parametrize("split", [1, 2, 3])
+def test_hmdb51_marks_1_train_2_test_0_validate(hmdb, split):
     root, splits = hmdb
+    video_root = os.path.join(root, "hmdb51")
     train, val, test, info = build_video_datasets("hmdb51", root, split=split, **SMALL)
     assert info.classes == ("brush_hair", "cartwheel", "smile")
-    assert relative_samples(train, os.path.join(root, "hmdb51")) == splits[split][0]
-    assert relative_samples(test, os.path.join(root, "hmdb51")) == splits[split][1]
-    used = {p for p, _ in train.samples} | {p for p, _ in test.samples}
-    assert len(used) == 6 and info.num_train == info.num_test == 3  # one of the 3 videos per class is unused
+    assert relative_samples(train, video_root) == splits[split][0]
+    assert relative_samples(test, video_root) == splits[split][1]
+    # write_hmdb51 marks video i of a class (i + split) % 3: the 0 goes to video (3 - split) % 3
+    unused = (3 - split) % 3
+    assert relative_samples(val, video_root) == [(f"{name}/{name}_video_{unused}.avi", label)
+                                                 for label, name in enumerate(info.classes)]
+    assert_disjoint(train, val, test)
+    assert len(paths(train, val, test)) == 9  # every video of the layout, once
+    assert (info.validation, info.num_train, info.num_val, info.num_test) == ("holdout", 3, 3, 3)
+    assert info.val_from == f"the videos split {split} marks 0 (neither train nor test)"
+    old_train, old_val, old_test, _ = build_video_datasets("hmdb51", root, split=split, validation="test", **SMALL)
+    assert old_train.samples == train.samples and old_val.samples == old_test.samples == test.samples
+
+
+def test_hmdb51_holdout_without_0_marks_is_one_line(tmp_path):
+    write_hmdb51(str(tmp_path), classes=("smile",), videos=2)  # split 1: video 0 marked 1, video 1 marked 2
+    with pytest.raises(ConfigError, match=r"^validation 'holdout' finds no validation videos in hmdb51 \(the "
+                                          r"videos split 1 marks 0 .*'test' instead$"):
+        build_video_datasets("hmdb51", tmp_path, **SMALL)
+    assert build_video_datasets("hmdb51", tmp_path, validation="test", **SMALL)[3].num_val == 1
+
+
+def test_video_folder_holdout_takes_every_50th_training_video_of_each_class(tmp_path):
+    tiny = dict(num_frames=2, height=16, width=16)
+    counts = {"a": 101, "b": 2, "c": 1}
+    for label, (name, count) in enumerate(counts.items()):
+        for i in range(count):
+            write_video(str(tmp_path / "train" / name / f"{i:03d}.avi"), class_video(label, **tiny), "MJPG")
+        write_video(str(tmp_path / "val" / name / "v.avi"), class_video(label, seed=9, **tiny), "MJPG")
+    train, val, test, info = build_video_datasets("videofolder", tmp_path, **SMALL)
+
+    def names(dataset):
+        return [os.path.relpath(path, tmp_path).replace(os.sep, "/") for path, _ in dataset.samples]
+
+    # the 1st, 51st and 101st of a's 101 videos, b's first of 2; c's only video keeps training
+    assert names(val) == ["train/a/000.avi", "train/a/050.avi", "train/a/100.avi", "train/b/000.avi"]
+    assert val.targets == [0, 0, 0, 1]
+    assert names(train) == [f"train/a/{i:03d}.avi" for i in range(101) if i % 50] + ["train/b/001.avi",
+                                                                                     "train/c/000.avi"]
+    assert names(test) == ["val/a/v.avi", "val/b/v.avi", "val/c/v.avi"]
+    assert_disjoint(train, val, test)
+    assert (info.validation, info.num_train, info.num_val, info.num_test) == ("holdout", 100, 4, 3)
+    assert info.val_from == "every 50th training video of each class"
+    old_train, old_val, old_test, old_info = build_video_datasets("kinetics", tmp_path, validation="test", **SMALL)
+    assert names(old_train) == sorted(names(train) + names(val)) and names(old_val) == names(old_test) == names(test)
+    assert (old_info.validation, old_info.num_val) == ("test", 3)
+
+
+def test_video_folder_holdout_with_one_video_per_class_is_one_line(tmp_path):
+    write_video_folder(str(tmp_path), n_per_class=(1, 1))
+    with pytest.raises(ConfigError, match=r"^validation 'holdout' finds no validation videos in kinetics"):
+        build_video_datasets("kinetics", tmp_path, **SMALL)
 
 
 @pytest.mark.parametrize("name", ["kinetics", "videofolder"])
@@ -75,9 +181,9 @@ def test_video_folder_trees_use_the_training_classes(tmp_path, name):
     write_video(str(tmp_path / "train" / "swim" / "2.mp4"), class_video(2), "mp4v")  # other containers count
     (tmp_path / "val" / "swim" / "notes.txt").write_text("not a video")
     train, val, test, info = build_video_datasets(name, tmp_path, **SMALL)
-    assert info.classes == ("jump", "run", "swim") and len(train) == 7
-    assert train.samples[-1][0].endswith("2.mp4") and train[6][0].shape == (3, 8, 16, 16)
-    assert [(os.path.basename(p), label) for p, label in val.samples] == [("0.avi", 0), ("0.avi", 2)]
+    assert info.classes == ("jump", "run", "swim") and len(train) + len(val) == 7
+    assert train.samples[-1][0].endswith("2.mp4") and train[len(train) - 1][0].shape == (3, 8, 16, 16)
+    assert [(os.path.basename(p), label) for p, label in test.samples] == [("0.avi", 0), ("0.avi", 2)]
     os.makedirs(tmp_path / "val" / "fly")
     with pytest.raises(ConfigError, match="fly"):
         build_video_datasets(name, tmp_path, **SMALL)
@@ -96,15 +202,20 @@ def test_missing_dataset_is_one_line_naming_the_download_and_place(tmp_path, nam
 def test_bad_options_are_config_errors(ucf):
     root, _ = ucf
     for kwargs in (dict(split=4), dict(clip_len=0), dict(frame_step=0), dict(hflip=1.5), dict(test_clips=0),
-                   dict(normalization="imagenet"), dict(num_train=3)):
+                   dict(normalization="imagenet"), dict(num_train=3), dict(validation="val")):
         with pytest.raises(ConfigError):
             build_video_datasets("ucf101", root, **kwargs)
+    for name in ("ucf101", "fake"):
+        with pytest.raises(ConfigError) as caught:
+            build_video_datasets(name, root, validation="train")
+        assert str(caught.value) == ("unknown validation 'train': choose 'holdout' (videos held out of the "
+                                     "training data) or 'test' (the test split)")
     with pytest.raises(ConfigError, match="unknown video dataset"):
         build_video_datasets("ucf", root)
 
 
 def test_split_file_errors_name_the_line(tmp_path):
-    write_ucf101(str(tmp_path), groups=2)
+    write_ucf101(str(tmp_path))
     lists = tmp_path / "ucfTrainTestlist"
     (lists / "trainlist01.txt").write_text("Basketball/v_Basketball_g02_c01.avi 3\n")
     with pytest.raises(ConfigError, match=r"trainlist01.txt:1: label 3 disagrees"):
@@ -142,7 +253,7 @@ def test_seeking_far_into_a_long_video_lands_on_the_right_frames(tmp_path, fourc
 
 @pytest.mark.parametrize("fourcc", ["XVID", "MJPG"])
 def test_frame_folders_give_the_same_clips_as_the_videos(tmp_path, fourcc):
-    write_ucf101(str(tmp_path), groups=2, fourcc=fourcc)
+    write_ucf101(str(tmp_path), fourcc=fourcc)
     from_videos = build_video_datasets("ucf101", tmp_path, **SMALL)
     with pytest.raises(ConfigError, match="UCF-101_jpg does not exist"):
         build_video_datasets("ucf101", tmp_path, use_frames=True)
@@ -170,6 +281,7 @@ def test_eval_clips_are_the_expected_frames_of_the_decoded_video(ucf, frame_step
     assert got_label == label and torch.equal(clip, EvalClips(8, frame_step, 16).pixels(every[centre]))
     last = 24 - (7 * frame_step + 1)
     starts = [0, last // 2, last]
+    every = decode_video(test.samples[2][0])
     clips = test[2][0]
     for clip, start in zip(clips, starts, strict=True):
         frames = every[start:start + 7 * frame_step + 1:frame_step]
@@ -241,7 +353,7 @@ def test_broken_videos_are_one_line_errors_naming_the_file(tmp_path, damage):
         bad.write_bytes(data[:int(len(data) * 0.7)])
     else:
         bad.write_bytes(b"" if damage == "empty" else b"hello, not a video " * 20)
-    _, val, test, _ = build_video_datasets("videofolder", tmp_path, **SMALL)
+    _, val, test, _ = build_video_datasets("videofolder", tmp_path, validation="test", **SMALL)
     message = _one_line_error(val, 1, bad)
     if damage == "truncated_mjpg":  # some frames decode, far fewer than the header promises
         assert "truncated" in message and "24 frames" in message
@@ -338,7 +450,7 @@ def test_hflip_one_mirrors_the_same_clip_and_zero_never(ucf):
 
 def test_training_clips_vary_and_eval_clips_do_not(ucf):
     root, _ = ucf
-    train, val, test, _ = build_video_datasets("ucf101", root, **SMALL)
+    train, val, test, _ = build_video_datasets("ucf101", root, validation="test", **SMALL)  # val = test videos
     torch.manual_seed(0)
     draws = [train[0][0] for _ in range(4)]
     assert any(not torch.equal(draws[0], other) for other in draws[1:])
@@ -408,16 +520,24 @@ def test_fake_video_clips_are_deterministic_shaped_and_class_dependent():
         build_video_datasets("fake", None, num_classes=1)
 
 
+@pytest.mark.parametrize("validation", ["holdout", "test"])
+def test_fake_validates_on_its_own_generated_videos(validation):
+    train, val, test, info = build_video_datasets("fake", None, num_train=6, num_val=3, num_classes=3,
+                                                  validation=validation, **SMALL)
+    assert (train.split_index, val.split_index, test.split_index) == (0, 1, 1)  # not the training videos
+    assert (info.validation, info.val_from) == (validation, "generated validation videos (the test set's videos too)")
+
+
 # ---- tools -------------------------------------------------------------------------------------------------------
 
 def test_extract_frames_builds_the_tree_the_datasets_then_read(tmp_path, capsys):
     from tools.extract_frames import get_args_parser, main
-    write_ucf101(str(tmp_path), groups=2)
-    from_videos = build_video_datasets("ucf101", tmp_path, **SMALL)[1]
+    write_ucf101(str(tmp_path))
+    from_videos = build_video_datasets("ucf101", tmp_path, **SMALL)[2]
     args = get_args_parser().parse_args(["--dataset", "ucf101", "--data-dir", str(tmp_path)])
     assert main(args) == 0
     assert sorted(os.listdir(tmp_path)) == ["UCF-101", "UCF-101_jpg", "ucfTrainTestlist"]
-    from_frames = build_video_datasets("ucf101", tmp_path, **SMALL)[1]
+    from_frames = build_video_datasets("ucf101", tmp_path, **SMALL)[2]
     assert from_frames.samples[0][0].endswith(os.path.join("UCF-101_jpg", "ApplyEyeMakeup", "v_ApplyEyeMakeup_g01_c01"))
     assert len(os.listdir(from_frames.samples[0][0])) == 24
     assert (from_frames[0][0] - from_videos[0][0]).abs().mean() < 0.05  # JPEG quality 95

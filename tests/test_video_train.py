@@ -2,7 +2,8 @@
 multi-clip video test, every output, --valid, an exact resume after kill -9, and 2 gloo processes under torchrun.
 
 The network is torchvision's mc3-18 (11.7M parameters, the smallest video backbone: its checkpoints are a third of
-r3d-18's) at 4 frames x 32 x 32; 9 videos of 3 classes (split 1: 6 train, 3 test)."""
+r3d-18's) at 4 frames x 32 x 32; 21 videos of 3 classes in 7 groups (split 1: groups 1-2 test, 3-7 train, of which
+--validation holdout validates on 5-7: 6 train, 9 validation, 6 test videos)."""
 import contextlib
 import io
 import json
@@ -27,29 +28,37 @@ COMMON = ["--dataset", "ucf101", "--backbone", "mc3", "--arch", "18", "--clip-le
           "--device", "cpu"]
 RUN = os.path.join("ucf101", "mc318", "snl")
 LAST = "1-ucf101-r-18-w-1snl-block.pth.tar"
-PROGRESS = re.compile(r"^Epoch \[\d+/2\]\[\d+/2\]  loss [\d.]+ .* clips/s  eta \d+:\d\d:\d\d$", re.M)
+PROGRESS = re.compile(r"^Epoch \[\d+/2\]\[\d+/2\]  loss [\d.]+ .* clips/s  eta \d+:\d\d:\d\d(  1 CPU thread\(s\))?$",
+                      re.M)
 
 # train_video.py with a test-only fault injected from outside: KILL_AT_BATCH=k SIGKILLs the process as its k-th
-# training batch is scored.
+# training batch is scored; SIGNAL_AT_BATCH=k sends it SIGNAL (default SIGTERM) there, as a cluster would.
 RUNNER = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 import torch
 import train_video
 
-kill_at_batch = int(os.environ.get("KILL_AT_BATCH", "0"))
-if kill_at_batch:
+at_batch = {{"SIGKILL": int(os.environ.get("KILL_AT_BATCH", "0")),
+            os.environ.get("SIGNAL", "SIGTERM"): int(os.environ.get("SIGNAL_AT_BATCH", "0"))}}
+if any(at_batch.values()):
     class DyingLoss(torch.nn.CrossEntropyLoss):
         calls = 0
         def forward(self, output, target):
             DyingLoss.calls += 1
-            if DyingLoss.calls == kill_at_batch:
-                os.kill(os.getpid(), signal.SIGKILL)
+            for name, batch in at_batch.items():
+                if DyingLoss.calls == batch:
+                    os.kill(os.getpid(), getattr(signal, name))
             return super().forward(output, target)
     train_video.build_criterion = lambda args: DyingLoss()
 
 sys.exit(train_video.cli_main(sys.argv[1:]))
 """
+
+
+def held_out(train):
+    """The videos --validation holdout validates on: the split's three highest training groups (here 5-7)."""
+    return [video for video in train if int(video[0].split("_g")[1][:2]) >= 5]
 
 
 def records(run_dir):
@@ -79,6 +88,7 @@ def ucf_run(tmp_path_factory):
 
 def test_training_evaluates_clips_each_epoch_and_videos_at_the_end(ucf_run):
     rows, (train, test) = records(ucf_run["run_dir"]), ucf_run["splits"][1]
+    val = held_out(train)
     assert [row["epoch"] for row in rows] == [1, 2]
     for row in rows:
         assert {"epoch", "train_loss", "train_top1", "lr", "clip_top1", "clip_top5", "loss", "time"} <= set(row)
@@ -90,11 +100,12 @@ def test_training_evaluates_clips_each_epoch_and_videos_at_the_end(ucf_run):
     assert checkpoint["task"] == "video" and checkpoint["epoch"] == 2
     assert checkpoint["model_args"]["backbone"] == "mc3" and checkpoint["model_args"]["num_classes"] == 3
     last = checkpoint["last_eval"]
-    assert (last["n"], last["videos"]) == (len(test), len(test))  # each test video once, clip and video
+    assert (last["n"], last["videos"]) == (len(val), len(test))  # each validation / test video once
     assert (last["video_top1"], last["top1"]) == (rows[1]["video_top1"], rows[1]["clip_top1"])
     out = ucf_run["stdout"]
     assert len(PROGRESS.findall(out)) == 4  # 6 training videos / batch 3 = 2 iterations, printed every 1
-    assert f"{len(train)} train / {len(test)} test videos, 3 classes" in out
+    assert f"{len(train) - len(val)} train / {len(val)} validation / {len(test)} test videos, 3 classes" in out
+    assert "=> validation (--validation holdout): " in out
     assert f"({len(test)} videos x 2 clips, softmax averaged)" in out
     summary = [line for line in out.splitlines() if line.startswith("=> done:")]
     assert len(summary) == 1 and "final clip top-1" in summary[0] and "video top-1" in summary[0] \
@@ -169,11 +180,11 @@ def test_two_processes_count_every_test_video_once_and_sync_bn_matches_one_proce
         capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_dir = tmp_path / "ddp" / RUN
-    test = ucf_run["splits"][1][1]
+    train, test = ucf_run["splits"][1]
     double, = records(run_dir)
     checkpoint = torch.load(run_dir / "model_best.pth.tar", weights_only=True)
-    # 3 test videos over 2 shards (2 + 1): each counted once, in the clip validation and in the video test.
-    assert (checkpoint["last_eval"]["n"], checkpoint["last_eval"]["videos"]) == (len(test), len(test))
+    # 9 validation videos over 2 shards (5 + 4), 6 test videos (3 + 3): each counted once.
+    assert (checkpoint["last_eval"]["n"], checkpoint["last_eval"]["videos"]) == (len(held_out(train)), len(test))
     assert "video_top1" in double and checkpoint["world_size"] == 2 and len(checkpoint["rng_states"]) == 2
     log = (run_dir / "log_train.txt").read_text()
     assert log.count("Epoch [1/1][1/1]") == 1  # 6 videos / (3 x 2) = 1 step, printed by rank 0 only
@@ -229,7 +240,7 @@ def test_train_snl_video_modes_are_the_example_configs(experiment):
     config, = [name for name in os.listdir(os.path.join(ROOT, "configs")) if name.startswith(experiment + "_")]
     from_config = resolve_video_args(train_video.parse_video_args(["--config", os.path.join(ROOT, "configs",
                                                                                              config)]))
-    ignored = {"explicit", "config"}
+    ignored = {"explicit", "config", "data_dir"}  # the script resolves DATA_ROOT against the caller's directory
     assert {k: v for k, v in vars(from_config).items() if k not in ignored} == \
         {k: v for k, v in vars(script).items() if k not in ignored}
     assert (script.backbone, script.arch, script.nl_type, script.nl_nums, script.ft_begin_index) == \

@@ -80,12 +80,14 @@ def extract_frame_folders(video_root, ext=".png"):
 UCF_CLASSES = ("ApplyEyeMakeup", "Basketball", "HandstandPushups")
 
 
-def write_ucf101(root, classes=UCF_CLASSES, groups=3, clips=1, fourcc="XVID", **video_kw):
+def write_ucf101(root, classes=UCF_CLASSES, groups=7, clips=1, fourcc="XVID", test_groups=None, **video_kw):
     """UCF-101's layout under root: UCF-101/<Class>/v_<Class>_gXX_cYY.avi and ucfTrainTestlist/ with classInd.txt
-    and trainlist0k.txt / testlist0k.txt for k = 1, 2, 3; split k tests on group k (the official splits test on
-    groups 1-7, 8-14, 15-21). The first class's file names spell it differently (HandStandPushups vs the folder
-    HandstandPushups in the official lists), so the name match must ignore case.
-    Returns {k: (train [(relative path, label)], test [...])}."""
+    and trainlist0k.txt / testlist0k.txt for k = 1, 2, 3. Split k tests on the groups test_groups[k] and trains on
+    the others; the default, {1: (1, 2), 2: (3, 4), 3: (5, 6)} of 7 groups, is the official pattern made small
+    (split k tests groups 7k-6 to 7k of 25, the last groups always train). The first class's file names spell it
+    differently (HandStandPushups vs the folder HandstandPushups in the official lists), so the name match must
+    ignore case. Returns {k: (train [(relative path, label)], test [...])}."""
+    test_groups = test_groups or {k: (2 * k - 1, 2 * k) for k in (1, 2, 3)}
     lists = os.path.join(root, "ucfTrainTestlist")
     os.makedirs(lists, exist_ok=True)
     with open(os.path.join(lists, "classInd.txt"), "w") as f:
@@ -101,8 +103,8 @@ def write_ucf101(root, classes=UCF_CLASSES, groups=3, clips=1, fourcc="XVID", **
                 videos.append((relative, label, g))
     splits = {}
     for k in (1, 2, 3):
-        train = [(rel, label) for rel, label, g in videos if g != k]
-        test = [(rel, label) for rel, label, g in videos if g == k]
+        train = [(rel, label) for rel, label, g in videos if g not in test_groups[k]]
+        test = [(rel, label) for rel, label, g in videos if g in test_groups[k]]
         with open(os.path.join(lists, f"trainlist0{k}.txt"), "w") as f:
             f.writelines(f"{rel} {label + 1}\r\n" for rel, label in train)  # the official files have CRLF
         with open(os.path.join(lists, f"testlist0{k}.txt"), "w") as f:

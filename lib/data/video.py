@@ -8,33 +8,40 @@
     probabilities = video_scores(model(clips))   # softmax averaged over the clips -> (num_classes,)
 
 build_video_datasets(name, data_dir, split=1, clip_len=16, frame_step=1, frame_size=112, hflip=0.5, test_clips=10,
-**options) -> (train_set, val_set, test_set, info); name is one of ucf101, hmdb51, kinetics, videofolder, fake.
+validation='holdout', **options) -> (train_set, val_set, test_set, info); name is one of ucf101, hmdb51, kinetics,
+videofolder, fake.
 Options: normalization ('kinetics', default: (x - mean) / std with Kinetics statistics, as 3D-ResNets' current
 version; 'activitynet': x - ActivityNet mean on 0-255 pixels, the input of its 2017 Kinetics checkpoints
 resnet-*-kinetics.pth; see lib/data/video_transforms.py), use_frames (None, default: frame folders when their root
 exists; False: the videos; True: frame folders, an error without them), and for fake: num_train, num_val,
-num_classes, frames. info is a VideoDatasetInfo (a DatasetInfo with the class names, counts, clip options and where
-frames come from).
+num_classes, frames. info is a VideoDatasetInfo (a DatasetInfo with the class names, counts, clip options, where
+frames come from and which validation set was made).
 
 Layouts (docs/video_data.md), under data_dir:
     ucf101:      UCF-101/<Class>/v_<Class>_gXX_cYY.avi and ucfTrainTestlist/{classInd.txt, trainlist0{1,2,3}.txt,
-                 testlist0{1,2,3}.txt}; train = trainlist0<split>, val = test = testlist0<split>.
+                 testlist0{1,2,3}.txt}; train = trainlist0<split>, test = testlist0<split>.
     hmdb51:      hmdb51/<class>/<video>.avi and testTrainMulti_7030_splits/<class>_test_split<split>.txt (lines
-                 "<video>.avi 1|2|0": 1 train, 2 test, 0 unused); val = test = the videos marked 2.
-    kinetics, videofolder: train/<class>/<video>.{mp4,avi,mkv,webm,...} and val/<class>/...; val = test.
+                 "<video>.avi 1|2|0": 1 train, 2 test, 0 in neither).
+    kinetics, videofolder: train/<class>/<video>.{mp4,avi,mkv,webm,...} and val/<class>/...; test = val/.
     Frame folders (3D-ResNets' form: <video>/image_00001.jpg, ...) are read instead of the videos when the frame
     root exists: the video root with "_jpg" appended, mirroring its tree with one folder per video named as the
     video without its extension (UCF-101_jpg/<Class>/v_..._c01/, hmdb51_jpg/<class>/<video>/, train_jpg/<class>/
     <video>/, val_jpg/...).
-Neither UCF-101 nor HMDB-51 has a validation split: the per-epoch validation (centre clips) and the test (every
-video, multi-clip) both run on the split's test list, as in the 3D-ResNets framework.
+Validation (val_set: the per-epoch centre clips a best epoch is chosen on) never uses the test videos by default
+(UCF-101 and HMDB-51 publish no validation split; Kinetics' val/ is where results are reported, so it is the test
+set here): validation='holdout' takes ucf101's three highest-numbered training groups of the split (whole groups: a
+group's clips share actors and scenes), hmdb51's videos marked 0, every 50th training video of each kinetics /
+videofolder class, each removed from train_set (hmdb51's is unchanged); validation='test' validates on the test
+split, as the 3D-ResNets framework did. test_set is the test split (val/ for kinetics / videofolder) either way.
 
 Training items draw every random choice from torch's default CPU generator (lib/data/video_transforms.py), so
 through lib.data.samplers (EpochShuffleSampler + SeededAugmentation) a clip is a function of (seed, epoch, index).
 Unreadable videos raise a one-line ConfigError naming the file, also from DataLoader workers.
 """
 import os
+import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -63,7 +70,8 @@ FOLDER_HINT = ("put the videos in {dir}/train/<class>/*.mp4 and {dir}/val/<class
 @dataclass(frozen=True)
 class VideoDatasetInfo(DatasetInfo):
     """DatasetInfo plus: classes (names, index order), num_train / num_val / num_test (videos), clip options,
-    split (1-3 for ucf101 / hmdb51), source ('videos', 'frames' or 'generated') and the normalization name."""
+    split (1-3 for ucf101 / hmdb51), source ('videos', 'frames' or 'generated'), the normalization name,
+    validation ('holdout' or 'test', as asked) and val_from (what the validation videos are, in words)."""
     classes: tuple = ()
     num_train: int = 0
     num_val: int = 0
@@ -74,6 +82,8 @@ class VideoDatasetInfo(DatasetInfo):
     split: int = 1
     source: str = "videos"
     normalization: str = DEFAULT_NORMALIZATION
+    validation: str = "holdout"
+    val_from: str = ""
 
 
 class _ClipDataset(Dataset):
@@ -190,8 +200,18 @@ def _check_first(samples, list_file):
         raise ConfigError(f"{list_file} names a video whose file {path} does not exist")
 
 
+class VideoSplit(NamedTuple):
+    """What a layout reader finds: class names, [(path, label)] of the training and test videos, whether paths are
+    frame folders, and (HMDB-51) the videos the split uses for neither."""
+    classes: list
+    train: list
+    test: list
+    frames: bool
+    unused: list = ()
+
+
 def ucf101_samples(data_dir, split, use_frames=None):
-    """(classes, train samples, test samples) of UCF-101's official split `split` (1, 2 or 3)."""
+    """VideoSplit of UCF-101's official split `split` (1, 2 or 3)."""
     video_root = os.path.join(data_dir, "UCF-101")
     lists = os.path.join(data_dir, "ucfTrainTestlist")
     frame_root = _frame_root(video_root, use_frames)
@@ -226,11 +246,11 @@ def ucf101_samples(data_dir, split, use_frames=None):
         _check_first(samples, list_file)
         return samples
 
-    return classes, read("train"), read("test"), frame_root is not None
+    return VideoSplit(classes, read("train"), read("test"), frame_root is not None)
 
 
 def hmdb51_samples(data_dir, split, use_frames=None):
-    """(classes, train samples, test samples) of HMDB-51's split `split`: videos marked 1 train, 2 test, 0 unused."""
+    """VideoSplit of HMDB-51's split `split`: videos marked 1 train, 2 test, 0 unused."""
     video_root = os.path.join(data_dir, "hmdb51")
     lists = os.path.join(data_dir, "testTrainMulti_7030_splits")
     frame_root = _frame_root(video_root, use_frames)
@@ -240,19 +260,19 @@ def hmdb51_samples(data_dir, split, use_frames=None):
     classes = sorted(name[:-len(suffix)] for name in os.listdir(lists) if name.endswith(suffix))
     if not classes:
         raise ConfigError(f"{lists} holds no <class>{suffix} files: " + HMDB_DOWNLOAD.format(dir=data_dir))
-    train, test = [], []
+    train, test, unused = [], [], []
     for label, name in enumerate(classes):
         list_file = os.path.join(lists, name + suffix)
         for line_no, fields in _read_lines(list_file, "HMDB-51 split file"):
             if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
                 raise ConfigError(f"{list_file}:{line_no}: expected '<video>.avi 0|1|2', got {' '.join(fields)!r}")
             sample = (_sample_path(video_root, frame_root, os.path.join(name, fields[0])), label)
-            {"1": train, "2": test, "0": []}[fields[1]].append(sample)
+            {"1": train, "2": test, "0": unused}[fields[1]].append(sample)
     for samples, kind in ((train, "training (1)"), (test, "test (2)")):
         if not samples:
             raise ConfigError(f"the {suffix[1:]} files in {lists} mark no {kind} videos")
         _check_first(samples, lists)
-    return classes, train, test, frame_root is not None
+    return VideoSplit(classes, train, test, frame_root is not None, unused)
 
 
 def _folder_split(root, classes=None):
@@ -280,7 +300,7 @@ def _folder_split(root, classes=None):
 
 
 def folder_samples(data_dir, split=None, use_frames=None):
-    """(classes, train samples, val samples) of data_dir/(train|val)/<class>/* (frames from *_jpg when there)."""
+    """VideoSplit of data_dir/(train|val)/<class>/* (test = val/; frames from *_jpg when there)."""
     roots = []
     for part in ("train", "val"):
         video_root = os.path.join(data_dir, part)
@@ -289,25 +309,93 @@ def folder_samples(data_dir, split=None, use_frames=None):
         raise ConfigError(f"video folders not found in {data_dir}: " + FOLDER_HINT.format(dir=data_dir))
     classes, train = _folder_split(roots[0])
     _, val = _folder_split(roots[1], classes)
-    return classes, train, val, roots[0].endswith(FRAME_ROOT_SUFFIX)
+    return VideoSplit(classes, train, val, roots[0].endswith(FRAME_ROOT_SUFFIX))
+
+
+# ---- validation sets held out of the training data ------------------------------------------------------------
+# Each takes the VideoSplit and the split number and returns (train, val, what val is); the training set loses
+# what the validation set takes, so that no video is in two sets.
+
+HOLDOUT_GROUPS = 3  # UCF-101: the split's highest-numbered training groups validate
+HOLDOUT_EVERY = 50  # kinetics / videofolder: every 50th training video of each class validates
+UCF_GROUP = re.compile(r"_g(\d+)_c\d+$")
+
+
+def ucf101_holdout(found, split):
+    """The training videos of the split's HOLDOUT_GROUPS highest-numbered training groups (gXX). The clips of a
+    group share actors and scenes, so a group is held out whole: a random pick of videos would validate on the
+    people and rooms it trains on."""
+    groups = []
+    for path, _ in found.train:
+        match = UCF_GROUP.search(os.path.splitext(os.path.basename(path))[0])
+        if match is None:
+            raise ConfigError(f"validation 'holdout' needs UCF-101's v_<Class>_gXX_cYY names, got {path}; use "
+                              f"validation 'test' for other names")
+        groups.append(int(match.group(1)))
+    held = sorted(set(groups))[-HOLDOUT_GROUPS:]
+    train = [sample for sample, group in zip(found.train, groups) if group not in held]
+    val = [sample for sample, group in zip(found.train, groups) if group in held]
+    return train, val, f"training groups {', '.join(f'g{g:02d}' for g in held)} of split {split}"
+
+
+def hmdb51_holdout(found, split):
+    """The videos split `split` marks 0 (used for neither training nor test); the training set is unchanged."""
+    return found.train, found.unused, f"the videos split {split} marks 0 (neither train nor test)"
+
+
+def folder_holdout(found, split=None):
+    """The 1st, (HOLDOUT_EVERY + 1)-th, ... training video of each class in name order, for classes with >= 2."""
+    by_class = {}
+    for sample in found.train:
+        by_class.setdefault(sample[1], []).append(sample)
+    train, val = [], []
+    for samples in by_class.values():
+        for k, sample in enumerate(samples):
+            (val if len(samples) >= 2 and k % HOLDOUT_EVERY == 0 else train).append(sample)
+    return train, val, f"every {HOLDOUT_EVERY}th training video of each class"
+
+
+def holdout_validation(name, found, split):
+    """(train, val, what val is) with val held out of the training data; a ConfigError when that leaves a class
+    without training videos or finds no validation video."""
+    train, val, description = HOLDOUTS[name](found, split)
+    emptied = sorted({label for _, label in found.train} - {label for _, label in train})
+    if emptied:
+        raise ConfigError(f"validation 'holdout' would leave class {found.classes[emptied[0]]} without training "
+                          f"videos (the validation set takes {description}); use validation 'test' instead")
+    if not val:
+        raise ConfigError(f"validation 'holdout' finds no validation videos in {name} ({description}); use "
+                          f"validation 'test' instead")
+    return train, val, description
 
 
 VIDEO_DATASETS = {"ucf101": ucf101_samples, "hmdb51": hmdb51_samples, "kinetics": folder_samples,
                   "videofolder": folder_samples, "fake": None}
+HOLDOUTS = {"ucf101": ucf101_holdout, "hmdb51": hmdb51_holdout, "kinetics": folder_holdout,
+            "videofolder": folder_holdout}
+VALIDATIONS = {"holdout": "videos held out of the training data", "test": "the test split"}
 FAKE_DEFAULTS = dict(num_train=64, num_val=32, num_classes=6, frames=None)
 
 
 def build_video_datasets(name, data_dir, split=1, clip_len=16, frame_step=1, frame_size=112, hflip=0.5,
-                         test_clips=10, **options):
+                         test_clips=10, validation="holdout", **options):
     """(train_set, val_set, test_set, info) of video dataset `name` under data_dir; see the module docstring.
 
     split: the official split (ucf101, hmdb51; ignored otherwise). clip_len frames taken every frame_step frames,
     frame_size x frame_size pixels. hflip: probability of mirroring a training clip; a mirror turns "moving left"
     into "moving right" and clockwise into counter-clockwise, so classes defined by direction need hflip 0.
-    test_clips: clips per video in test_set. Bad values are ConfigErrors.
+    test_clips: clips per video in test_set. validation: what val_set (the per-epoch validation, on which a best
+    epoch is chosen) holds: 'holdout' (default) videos held out of the training data, never test videos (ucf101:
+    the split's three highest-numbered training groups; hmdb51: the videos the split marks 0; kinetics /
+    videofolder: every 50th training video of each class; fake: its generated validation videos); 'test' the test
+    split itself (the 3D-ResNets framework's practice). test_set is the test split either way. Bad values are
+    ConfigErrors.
     """
     if name not in VIDEO_DATASETS:
         raise ConfigError(f"unknown video dataset '{name}': choose one of {', '.join(sorted(VIDEO_DATASETS))}")
+    if validation not in VALIDATIONS:
+        raise ConfigError(f"unknown validation '{validation}': choose " + " or ".join(
+            f"'{key}' ({meaning})" for key, meaning in VALIDATIONS.items()))
     problems = check_clip_options(clip_len, frame_step, frame_size, hflip, test_clips)
     if problems:
         raise ConfigError("; ".join(problems))
@@ -327,15 +415,22 @@ def build_video_datasets(name, data_dir, split=1, clip_len=16, frame_step=1, fra
     if name == "fake":
         sets, classes, source = _fake_sets(dict(FAKE_DEFAULTS, **options), clip_len, frame_step, frame_size,
                                            (train_tf, val_tf, test_tf))
+        val_from = "generated validation videos (the test set's videos too)"
     else:
         data_dir = os.fspath(data_dir) if data_dir is not None else "."  # a missing one: the layout says what to get
-        classes, train, test, frames = VIDEO_DATASETS[name](data_dir, split, use_frames)
-        sets = (VideoFileDataset(train, classes, train_tf, "train"), VideoFileDataset(test, classes, val_tf, "val"),
-                VideoFileDataset(test, classes, test_tf, "test"))
-        source = "frames" if frames else "videos"
+        found = VIDEO_DATASETS[name](data_dir, split, use_frames)
+        classes = found.classes
+        if validation == "test":
+            train, val, val_from = found.train, found.test, "the test split"
+        else:
+            train, val, val_from = holdout_validation(name, found, split)
+        sets = (VideoFileDataset(train, classes, train_tf, "train"), VideoFileDataset(val, classes, val_tf, "val"),
+                VideoFileDataset(found.test, classes, test_tf, "test"))
+        source = "frames" if found.frames else "videos"
     info = VideoDatasetInfo(name, len(classes), frame_size, False, classes=tuple(classes), num_train=len(sets[0]),
                             num_val=len(sets[1]), num_test=len(sets[2]), clip_len=clip_len, frame_step=frame_step,
-                            test_clips=test_clips, split=split, source=source, normalization=normalization)
+                            test_clips=test_clips, split=split, source=source, normalization=normalization,
+                            validation=validation, val_from=val_from)
     return (*sets, info)
 
 

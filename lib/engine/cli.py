@@ -145,14 +145,15 @@ def _add_recipe_flags(parser):
                         help="network input side (default: the dataset's, 32 CIFAR / 224 ImageNet)")
 
 
-def add_save_flags(group):
-    """--save-every / --save-every-minutes: checkpoints between iterations (both entry points)."""
+def add_save_flags(group, recipes="30 for ImageNet and Cityscapes, off for CIFAR and fake"):
+    """--save-every / --save-every-minutes: checkpoints between iterations (every entry point; recipes: what the
+    entry point's recipes set --save-every-minutes to, for the help)."""
     group.add_argument("--save-every", "--save_every", dest="save_every", type=int, default=0, metavar="N",
                        help="also checkpoint every N training iterations (0 = off, the default); a signal "
                        "(SIGTERM, SIGUSR1, SIGINT) always checkpoints and stops with exit status 75")
     group.add_argument("--save-every-minutes", "--save_every_minutes", dest="save_every_minutes", type=float,
                        default=None, metavar="M", help="also checkpoint when M minutes have passed since the last "
-                       "checkpoint (0 = off; recipe: 30 for ImageNet and Cityscapes, off for CIFAR and fake)")
+                       f"checkpoint (0 = off; recipe: {recipes})")
 
 
 def _add_run_flags(parser):

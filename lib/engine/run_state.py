@@ -219,6 +219,18 @@ def resumed_progress(checkpoint, path, ctx, args):
     return EpochProgress.from_state(states[ctx.rank])
 
 
+def check_requested_model(saved, path, args, requested_kwargs, build=build_model):
+    """--valid: refuse, in one line, model flags given on the command line (args.explicit) that ask for another
+    model than the checkpoint's stored arguments `saved` (flags not given take the checkpoint's)."""
+    given = set(getattr(args, "explicit", None) or ())
+    with torch.device("meta"):  # only for the canonical form of what the flags ask for; no memory used
+        requested = build(**requested_kwargs).build_args
+    asked = [key for key in requested if {"stage_num": "stage_nums"}.get(key, key) in given]
+    conflicts = model_args_mismatch({key: saved.get(key) for key in asked}, {key: requested[key] for key in asked})
+    if conflicts:
+        raise ConfigError(f"{path} holds another model than the flags ask for: {conflicts}")
+
+
 def check_dataset(checkpoint, path, dataset):
     """A checkpoint trained on another dataset (e.g. a CIFAR-100 model on CIFAR-10) is refused: its class indices
     mean other classes. The reference's checkpoints do not say their dataset and pass."""

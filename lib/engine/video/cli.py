@@ -3,12 +3,14 @@
 Flags whose default depends on the dataset (the recipe, lib/engine/video/recipe.py) default to None here, so that a
 value given on the command line or in --config is detectable and wins. No flag uses argparse's bool type.
 """
-from lib.engine.cli import AMP_MODES, LR_SCALES, OneLineParser, _bool_flag, parse_pretrained
+from lib.engine.cli import AMP_MODES, LR_SCALES, OneLineParser, _bool_flag, add_save_flags, parse_pretrained
 from lib.engine.config import parse_args
+from lib.engine.resume_check import add_allow_changed_flag
 from lib.registry import NONLOCAL_BLOCKS, ORDER_BLOCKS
 
 VIDEO_DATASETS = ("ucf101", "hmdb51", "kinetics", "videofolder", "fake")
 VIDEO_BACKBONES = ("resnet3d", "r3d", "mc3", "r2plus1d")
+VALIDATIONS = ("holdout", "test")
 
 
 def _add_data_flags(parser):
@@ -21,6 +23,10 @@ def _add_data_flags(parser):
                       help="dataset root, laid out as docs/video_data.md says (default ./data)")
     data.add_argument("--split", type=int, default=1, choices=(1, 2, 3),
                       help="official train/test split of ucf101 and hmdb51 (default 1)")
+    data.add_argument("--validation", default="holdout", choices=VALIDATIONS,
+                      help="the per-epoch validation set: holdout (default: videos outside the test split, taken "
+                      "from the training data; docs/video.md) or test (the 3D-ResNets convention: the test split; "
+                      "then nothing is selected on it: no model_best and no best accuracy, only the final)")
     data.add_argument("--clip-len", "--clip_len", dest="clip_len", type=int, default=None,
                       help="frames per clip (default 16; fake 4)")
     data.add_argument("--frame-step", "--frame_step", dest="frame_step", type=int, default=None,
@@ -111,8 +117,10 @@ def _add_run_flags(parser):
                      help="root of the run folders (default save_model)")
     run.add_argument("--resume", default="", metavar="auto|PATH",
                      help="auto: continue the run folder's last checkpoint (fresh start if none); PATH: that file")
+    add_allow_changed_flag(run)
     run.add_argument("--keep-checkpoints", "--keep_checkpoints", dest="keep_checkpoints", type=int, default=1,
                      help="how many per-epoch checkpoints to keep, newest first (0 = all; default 1)")
+    add_save_flags(run, recipes="30 for Kinetics and videofolder, off for UCF-101, HMDB-51 and fake")
     run.add_argument("-p", "--print-freq", "--print_freq", dest="print_freq", type=int, default=20, metavar="N",
                      help="progress line every N iterations (default 20)")
     run.add_argument("-j", "--workers", type=int, default=None, help="data loader processes per process, which "

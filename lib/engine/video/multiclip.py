@@ -8,6 +8,7 @@ from lib.engine.distributed import all_reduce_sums, any_process
 from lib.engine.metrics import format_seconds, percent, topk_correct
 from lib.engine.runtime import autocast
 from lib.engine.video.setup import to_device
+from lib.engine.preemption import loader_failure
 from lib.errors import ConfigError
 
 
@@ -42,6 +43,10 @@ def evaluate_videos(model, loader, ctx, args, log):
                          f"eta {format_seconds(elapsed / (i + 1) * (len(loader) - i - 1))}")
     except ConfigError as caught:  # e.g. an unreadable video in this process's shard
         error = caught
+    except RuntimeError as caught:  # a loader worker that died or hung: one line, as bad input
+        error = loader_failure(caught)
+        if error is None:
+            raise
     # Agreed by all processes, so that all stop together (a lone raise would leave the others waiting).
     if any_process(ctx, error is not None):
         raise error or ConfigError("the video test failed in another process (its error is printed above)")

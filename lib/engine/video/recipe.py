@@ -17,13 +17,15 @@ from lib.errors import ConfigError
 
 _FRAMEWORK = dict(batch_size=128, lr=0.1, momentum=0.9, dampening=0.9, weight_decay=1e-3, epochs=200,
                   lr_steps=[50, 100, 150], warmup_epochs=0, eval_freq=1, clip_len=16, frame_step=1,
-                  frame_size=112, test_clips=10, hflip=0.5, backbone="resnet3d", arch="50", seed=1)
+                  frame_size=112, test_clips=10, hflip=0.5, backbone="resnet3d", arch="50", seed=1,
+                  save_every_minutes=0)
 VIDEO_RECIPES = {
     # Fine-tuning from Kinetics (--pretrained PATH, --ft-begin-index 4) or, without it, training from scratch.
     "ucf101": _FRAMEWORK,
     "hmdb51": _FRAMEWORK,
-    "kinetics": _FRAMEWORK,
-    "videofolder": _FRAMEWORK,
+    # Kinetics epochs are long (240k videos): also a checkpoint every 30 minutes, as for ImageNet.
+    "kinetics": dict(_FRAMEWORK, save_every_minutes=30),
+    "videofolder": dict(_FRAMEWORK, save_every_minutes=30),
     # Smoke runs on generated clips: tiny clips, a small network, two epochs.
     "fake": dict(_FRAMEWORK, batch_size=4, lr=0.01, epochs=2, lr_steps=[1], clip_len=4, frame_size=32,
                  test_clips=2, arch="18"),
@@ -49,6 +51,8 @@ def _validate(args):
         _check(getattr(args, flag) >= 1, f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     for flag in ("warmup_epochs", "workers", "seed", "keep_checkpoints", "nl_nums"):
         _check(getattr(args, flag) >= 0, f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
+    _check(args.save_every >= 0 and args.save_every_minutes >= 0,
+           f"--save-every and --save-every-minutes must be >= 0, got {args.save_every}, {args.save_every_minutes}")
     _check(0 <= args.ft_begin_index <= 5, f"--ft-begin-index must be in 0..5, got {args.ft_begin_index}")
     _check(args.div > 0, f"--div must be positive, got {args.div}")
     _check(list(args.lr_steps) == sorted(set(args.lr_steps)), f"--lr-steps must increase, got {args.lr_steps}")

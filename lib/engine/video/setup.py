@@ -72,7 +72,8 @@ def build_data(args, ctx):
     options = {"normalization": args.normalization} if args.normalization else {}
     return local_main_first(ctx, lambda: build_video_datasets(
         args.dataset, args.data_dir, split=args.split, clip_len=args.clip_len, frame_step=args.frame_step,
-        frame_size=args.frame_size, hflip=args.hflip, test_clips=args.test_clips, **options))
+        frame_size=args.frame_size, hflip=args.hflip, test_clips=args.test_clips, validation=args.validation,
+        **options))
 
 
 def test_loader_of(test_set, ctx, args):

@@ -1,0 +1,185 @@
+"""The epoch-based training run shared by train_val.py (images) and train_video.py (clips): the guarded run around
+the training, the records a (resumed) run opens, the RNG states it restores, and one training epoch with its
+mid-epoch checkpoints and preemption stops (lib/engine/preemption.py).
+
+    def train(args, ctx, log):
+        run_dir = run_folder(args)
+        return guarded_run(run_dir, ctx, log, args, lambda guard: _train(args, ctx, log, run_dir, guard))
+
+An entry point keeps what is its own (data, model, evaluation, metrics rows) and passes what differs as
+arguments (how a batch moves to the device, the name of a sample in progress lines).
+"""
+import math
+import os
+import time
+
+from lib.engine.checkpoint import remove_stale_temp_files, restore_rng
+from lib.engine.distributed import all_reduce_sums, any_process
+from lib.engine.logger import MetricsFile, open_tensorboard, write_args
+from lib.engine.metrics import format_seconds, percent, topk_correct
+from lib.engine.preemption import EpochProgress, RunGuard, fetch_batch, reported_errors
+from lib.engine.resume_check import resume_args_path
+from lib.engine.run_lock import RunLock
+from lib.engine.run_state import restore_epoch_file
+from lib.engine.runtime import NonFiniteLoss, autocast, cpu_threads_note, seed_everything
+from lib.engine.schedule import set_lr
+from lib.errors import ConfigError
+
+
+def guarded_run(run_dir, ctx, log, args, body):
+    """body(guard) under the run lock of run_dir (one run per folder: a second one stops, naming the holder), with
+    preemption signals turned into a checkpoint and a stop (RunGuard) and every rank's errors heard."""
+    lock = RunLock(run_dir).acquire() if ctx.is_main else None
+    try:
+        # From here on a preemption signal only marks the run to stop at the next iteration, after a checkpoint.
+        with RunGuard(ctx, log, args.save_every, args.save_every_minutes) as guard, \
+                reported_errors(guard, os.path.join(run_dir, "log_train.txt")):
+            return body(guard)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def warn_other_world_size(checkpoint, ctx, log):
+    saved = checkpoint.get("world_size")
+    if saved is not None and int(saved) != ctx.world_size:
+        log.warn(f"the checkpoint was trained by {saved} process(es), this run has {ctx.world_size}: training "
+                 f"continues, but not as the same run (the data sharding and the BatchNorm batches change)")
+
+
+def open_records(run_dir, args, ctx, log, checkpoint, resume_path, start_epoch, work):
+    """(metrics file, tensorboard writer or None) of a run about to train from start_epoch. Called only once data,
+    model and checkpoint are loaded, so that a failed start leaves no trace. work: whether anything is left to
+    train or evaluate (lib.engine.resume_check.has_work); without it no args file and no event file are added."""
+    metrics = MetricsFile(os.path.join(run_dir, "metrics.jsonl"), enabled=ctx.is_main)
+    if ctx.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        log.attach(os.path.join(run_dir, "log_train.txt"))
+        for name in remove_stale_temp_files(run_dir):
+            log.warn(f"removed {name}, left by an interrupted checkpoint write")
+        if work:
+            write_args(resume_args_path(run_dir, start_epoch) if checkpoint else os.path.join(run_dir, "args.yaml"),
+                       args)
+        if start_epoch < args.epochs:  # rows after the checkpoint are recomputed; with nothing to train, all stay
+            metrics.drop_after(start_epoch)
+        if checkpoint is not None and restore_epoch_file(run_dir, resume_path, start_epoch, args):
+            log.info(f"=> {resume_path} is also the checkpoint of epoch {start_epoch} now")
+    return metrics, open_tensorboard(run_dir, start_epoch, enabled=ctx.is_main and work)
+
+
+def restore_process_rng(checkpoint, ctx, args, start_epoch, log):
+    """This process's RNG states from the checkpoint (exact resume), or a seed that differs per epoch."""
+    rng_states = (checkpoint or {}).get("rng_states") or []
+    if ctx.rank < len(rng_states):
+        restore_rng(rng_states[ctx.rank])
+    elif checkpoint is not None:
+        log.warn("the checkpoint has no RNG state for this process: random draws will differ from the original run")
+        seed_everything(args.seed + ctx.rank + 1000 * start_epoch)
+
+
+def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr, args, log, to_device, guard=None,
+                    progress=None, save=None, unit="img", accuracy="top-1"):
+    """One pass over the training data; returns the epoch's mean loss and top-1 over all processes' samples.
+
+    to_device(inputs, target, ctx, args): the batch on the run's device, in its memory format.
+    progress: an EpochProgress to continue (a run resumed inside the epoch: the loader yields only the rest).
+    guard: a RunGuard consulted before every batch; it may call save(progress) (a mid-epoch checkpoint) and stop
+    the run (Preempted). Without one, an error reading a batch is raised at once.
+    unit, accuracy: how progress lines name a sample ("img/s", "clips/s") and the accuracy ("clip top-1").
+    """
+    model.train()
+    progress = progress or EpochProgress()
+    first, seconds_before = progress.iterations, progress.seconds
+    num_batches, start, seen = first + len(loader), time.time(), 0
+    batches = iter(loader)
+    for i in range(first, num_batches + 1):
+        batch, error = fetch_batch(batches) if i < num_batches else (None, None)
+        if batch is None and error is None:
+            break  # every process has as many batches: all leave here together
+        if guard is not None:
+            guard.at_boundary(epoch * num_batches + i, lambda: save(progress), f"epoch {epoch + 1}, iteration {i}",
+                              error)
+        elif error is not None:
+            raise error
+        inputs, target = to_device(*batch, ctx, args)
+        with autocast(ctx.device, args.amp):
+            output = model(inputs)
+            loss = criterion(output, target)
+        loss_value = loss.item()
+        # Checked before the update, so no NaN reaches the weights; agreed across processes, so all stop together.
+        if any_process(ctx, not math.isfinite(loss_value)):
+            raise NonFiniteLoss(f"training loss became non-finite ({loss_value}) at epoch {epoch + 1}, iteration "
+                                f"{i + 1}: run stopped, this epoch is not checkpointed (try a lower --lr or --amp off)")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        batch_correct = topk_correct(output, target, (1,))[0]
+        progress.add(loss_value, batch_correct, target.size(0))
+        elapsed = time.time() - start
+        progress.seconds, seen = seconds_before + elapsed, seen + target.size(0)
+        if guard is not None:
+            guard.step_done()
+        if i % args.print_freq == 0 or i == num_batches - 1:
+            log.info(f"Epoch [{epoch + 1}/{args.epochs}][{i + 1}/{num_batches}]  loss {loss_value:.4f} "
+                     f"({progress.loss_sum / progress.count:.4f})  {accuracy} "
+                     f"{percent(batch_correct, target.size(0)):.2f} ({percent(progress.correct, progress.count):.2f})"
+                     f"  lr {lr:.6g}  {seen * ctx.world_size / max(elapsed, 1e-9):.1f} {unit}/s  "
+                     f"eta {format_seconds(elapsed / (i + 1 - first) * (num_batches - i - 1))}"
+                     + (cpu_threads_note(ctx.device) if i == first else ""))
+    loss_sum, correct_sum, count = all_reduce_sums(ctx, [progress.loss_sum, progress.correct, progress.count])
+    return {"loss": loss_sum / count, "top1": percent(correct_sum, count), "n": int(count),
+            "seconds": progress.seconds}
+
+
+def evaluated(evaluate, finished, guard, writer, save_pending):
+    """evaluate()'s stats after `finished` epochs, or, in every process:
+    - a stop signal agreed before the evaluation starts: the trained epoch is checkpointed as awaiting its
+      evaluation (save_pending() returns the file's path), which the resumed run does first; Preempted;
+    - a bad input in the evaluation (e.g. an unreadable image): the same checkpoint, then one line saying so."""
+    if guard.stop_agreed():  # stopped before a long evaluation
+        guard.saved(save_pending())
+        guard.stop(f"the end of epoch {finished}, before its evaluation")
+    try:
+        return evaluate()
+    except ConfigError as error:
+        if writer is not None:
+            writer.flush()
+        save_pending()
+        raise ConfigError(f"{error} (epoch {finished} is trained and checkpointed: fix this and rerun with "
+                          f"--resume auto, which evaluates it first)") from None
+
+
+def run_epochs(args, start_epoch, checkpoint, resumed_inside, schedule, optimizer, sampler, writer, log, train_epoch,
+               finish_epoch):
+    """The epochs from start_epoch to args.epochs, after the evaluation a checkpoint awaits (pending_eval).
+
+    train_epoch(epoch, lr, progress) -> the epoch's training stats (progress: where a mid-epoch checkpoint
+    stopped inside the first epoch, else None); finish_epoch(finished, record, started, due) evaluates if due,
+    records and checkpoints. The writer is closed at the end, whatever happens."""
+    try:
+        pending = (checkpoint or {}).get("pending_eval")
+        if pending:
+            log.info(f"=> evaluating epoch {start_epoch} first: its evaluation failed in the run that trained it")
+            record = {key: pending[key] for key in ("train_loss", "train_top1", "lr")}
+            finish_epoch(start_epoch, record, time.time() - pending.get("time", 0), due=True)
+        for epoch in range(start_epoch, args.epochs):
+            progress = resumed_inside if epoch == start_epoch else None
+            started, lr = time.time() - (progress.seconds if progress else 0), schedule.lr_at(epoch)
+            set_lr(optimizer, lr)
+            # A resume inside the epoch leaves out the samples its checkpoint's iterations saw.
+            sampler.set_epoch(epoch, skip=progress.iterations * args.batch_size if progress else 0)
+            train_stats = train_epoch(epoch, lr, progress)
+            finished = epoch + 1
+            if writer is not None:
+                writer.add_scalar("Train Loss", train_stats["loss"], finished)
+                writer.add_scalar("LR", lr, finished)
+            record = dict(train_loss=train_stats["loss"], train_top1=train_stats["top1"], lr=lr)
+            finish_epoch(finished, record, started, due=finished % args.eval_freq == 0 or finished == args.epochs)
+    finally:
+        if writer is not None:
+            writer.close()
