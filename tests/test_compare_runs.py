@@ -208,8 +208,17 @@ def test_each_task_gets_its_own_table(tmp_path, capsys):
     assert float(clip["best_mean"]) == pytest.approx(statistics.fmean([60.0, 62.0]))
     # video top-1 is written where the multi-clip test ran (epochs 2 and 3 here): +5 over that epoch's clip top-1
     assert float(video["final_mean"]) == pytest.approx(statistics.fmean([60.0, 67.0]))
-    assert float(video["best_mean"]) == pytest.approx(statistics.fmean([65.0, 67.0]))
+    assert video["best_mean"] == ""  # measured on the test split only: a best of it would select on that split
     assert table["classification", "top1"]["final_mean"] == "60.0"
+
+
+def test_a_video_run_validated_on_its_test_split_shows_no_best(tmp_path, capsys):
+    write_run(tmp_path, "video", task="video", validation="test", values=[50.0, 60.0, 55.0])
+    status, out, err = compare([tmp_path, "--csv", tmp_path / "out.csv"], capsys)
+    assert status == 0, err
+    table = {(r["task"], r["metric"]): r for r in read_csv(tmp_path / "out.csv")}
+    assert float(table["video", "clip_top1"]["final_mean"]) == 55.0
+    assert table["video", "clip_top1"]["best_mean"] == "" and table["video", "video_top1"]["best_mean"] == ""
 
 
 @pytest.mark.parametrize("flag", ["--csv", "--plot"])
