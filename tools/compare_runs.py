@@ -622,7 +622,8 @@ def get_parser():
 
 
 FOOTNOTE = ("final = the last evaluation, best = the highest during training (selected on the evaluated data; "
-            "not shown where a video run would select on its test split); mean ± sample std (n - 1) over seeds, no std for one seed; Δ: to the same experiment without a block. "
+            "not shown where a video run would select on its test split); mean ± sample std (n - 1) over seeds, "
+            "no std for one seed; Δ: to the same experiment without a block. "
             "s / epoch (s / eval): mean wall time of an evaluation interval (training + evaluation).")
 
 
