@@ -103,7 +103,7 @@ def test_ucf101_holdout_refuses_to_empty_a_class_and_needs_group_names(tmp_path)
     with pytest.raises(ConfigError) as caught:
         build_video_datasets("ucf101", tmp_path, **SMALL)
     message = str(caught.value)
-    assert "ApplyEyeMakeup without training videos" in message and "g02, g03" in message and "'test'" in message
+    assert "ApplyEyeMakeup without training videos" in message and "g02, g03" in message and "--validation test" in message
     assert "\n" not in message
     assert build_video_datasets("ucf101", tmp_path, validation="test", **SMALL)[3].num_train == 6
     lists = tmp_path / "ucfTrainTestlist"
@@ -136,8 +136,8 @@ def test_hmdb51_marks_1_train_2_test_0_validate(hmdb, split):
 
 def test_hmdb51_holdout_without_0_marks_is_one_line(tmp_path):
     write_hmdb51(str(tmp_path), classes=("smile",), videos=2)  # split 1: video 0 marked 1, video 1 marked 2
-    with pytest.raises(ConfigError, match=r"^validation 'holdout' finds no validation videos in hmdb51 \(the "
-                                          r"videos split 1 marks 0 .*'test' instead$"):
+    with pytest.raises(ConfigError, match=r"^--validation holdout finds no validation videos in hmdb51 \(the "
+                                          r"videos split 1 marks 0 .*--validation test instead$"):
         build_video_datasets("hmdb51", tmp_path, **SMALL)
     assert build_video_datasets("hmdb51", tmp_path, validation="test", **SMALL)[3].num_val == 1
 
@@ -170,7 +170,7 @@ def test_video_folder_holdout_takes_every_50th_training_video_of_each_class(tmp_
 
 def test_video_folder_holdout_with_one_video_per_class_is_one_line(tmp_path):
     write_video_folder(str(tmp_path), n_per_class=(1, 1))
-    with pytest.raises(ConfigError, match=r"^validation 'holdout' finds no validation videos in kinetics"):
+    with pytest.raises(ConfigError, match=r"^--validation holdout finds no validation videos in kinetics"):
         build_video_datasets("kinetics", tmp_path, **SMALL)
 
 

@@ -329,8 +329,8 @@ def ucf101_holdout(found, split):
     for path, _ in found.train:
         match = UCF_GROUP.search(os.path.splitext(os.path.basename(path))[0])
         if match is None:
-            raise ConfigError(f"validation 'holdout' needs UCF-101's v_<Class>_gXX_cYY names, got {path}; use "
-                              f"validation 'test' for other names")
+            raise ConfigError(f"--validation holdout needs UCF-101's v_<Class>_gXX_cYY names, got {path}; use "
+                              f"--validation test for other names")
         groups.append(int(match.group(1)))
     held = sorted(set(groups))[-HOLDOUT_GROUPS:]
     train = [sample for sample, group in zip(found.train, groups) if group not in held]
@@ -361,11 +361,11 @@ def holdout_validation(name, found, split):
     train, val, description = HOLDOUTS[name](found, split)
     emptied = sorted({label for _, label in found.train} - {label for _, label in train})
     if emptied:
-        raise ConfigError(f"validation 'holdout' would leave class {found.classes[emptied[0]]} without training "
-                          f"videos (the validation set takes {description}); use validation 'test' instead")
+        raise ConfigError(f"--validation holdout would leave class {found.classes[emptied[0]]} without training "
+                          f"videos (the validation set takes {description}); use --validation test instead")
     if not val:
-        raise ConfigError(f"validation 'holdout' finds no validation videos in {name} ({description}); use "
-                          f"validation 'test' instead")
+        raise ConfigError(f"--validation holdout finds no validation videos in {name} ({description}); use "
+                          f"--validation test instead")
     return train, val, description
 
 
