@@ -42,7 +42,7 @@ from lib.engine.runtime import (NonFiniteLoss, autocast, cpu_threads_note, prepa
 from lib.engine.schedule import WarmupStepSchedule, set_lr
 from lib.engine.tasks import require_task
 from lib.errors import ConfigError
-from models import build_model, classifier_size, load_state_dict_checked
+from models import build_model, classifier_size, load_state_dict_checked, with_output_relu
 
 
 def build_criterion(args):
@@ -167,6 +167,7 @@ def validate_checkpoint(args, ctx, log):
     _, val_set, info, _, val_loader, _ = load_data(args, ctx)
     saved = checkpoint.get("model_args")
     if saved:
+        saved = with_output_relu(saved)  # a checkpoint from before it was stored
         given = set(getattr(args, "explicit", None) or ())
         with torch.device("meta"):  # only for the canonical form of what the flags ask for; no memory used
             requested = build_model(**model_kwargs(args, saved["num_classes"])).build_args
