@@ -5,7 +5,12 @@ import pytest
 import torch
 from torch import nn
 
+import train_seg
 from lib.engine.checkpoint import model_args_mismatch
+from lib.engine.config import parse_args
+from lib.engine.recipe import resolve_args
+from lib.engine.run_state import model_kwargs
+from lib.engine.seg_cli import parse_seg_args, resolve_seg_args
 from models import build_model, with_output_relu
 from models.segmentation import build_segmentor
 from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
@@ -132,3 +137,14 @@ def test_checkpoint_without_output_relu_rebuilds_the_same_network(build, rebuild
     assert with_output_relu(saved) == rebuilt.build_args
     flipped = dict(rebuilt.build_args, output_relu=not rebuilt.build_args["output_relu"])
     assert "output_relu" in model_args_mismatch(saved, flipped)  # and refuses the other form
+
+
+@pytest.mark.parametrize("argv, expected", [([], None), (["--output-relu"], True), (["--output_relu", "False"], False),
+                                            (["--output-relu", "true"], True)])
+def test_output_relu_flag_reaches_the_model(argv, expected):
+    args = resolve_args(parse_args(["--dataset", "imagenet", "--backbone", "resnet"] + argv))
+    assert model_kwargs(args, 5)["output_relu"] is expected
+    seg_args = resolve_seg_args(parse_seg_args(["--dataset", "fake"] + argv))
+    assert train_seg.model_kwargs(seg_args)["output_relu"] is expected
+    with torch.device("meta"):
+        assert build_model(**model_kwargs(args, 5)).build_args["output_relu"] is bool(expected)
