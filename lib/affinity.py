@@ -29,10 +29,30 @@ import torch.nn.functional as F
 AFFINITY_PATHS = ("auto", "dense", "factorized")
 
 
+def compiling():
+    """Whether the forward is being traced by torch.compile or torch.export (TorchDynamo or export tracing)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling  # torch < 2.3
+    return is_compiling()
+
+
+def exporting():
+    """Whether the forward is being captured for deployment: torch.export, torch.onnx.export, torch.jit.trace.
+
+    The blocks' fast paths with a hand-written backward (the fused SNL stage, CGNL's and CC's autograd.Functions,
+    with in-place tricks) then give way to plain tensor operations with the same math, which every exporter
+    handles (no gradients are needed there). Under torch.compile they stay, compiled as they are, except CGNL's,
+    whose backward TorchDynamo cannot trace (see lib/cgnl.py).
+    """
+    is_exporting = getattr(torch.compiler, "is_exporting", None) or compiling  # torch < 2.5: any capture
+    return is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
 @contextmanager
 def full_precision(device_type):
     """Disable autocast so that the affinity math runs in the inputs' (promoted) dtype."""
-    if not torch.amp.is_autocast_available(device_type):  # e.g. 'meta' (tools/complexity.py counts there)
+    # 'meta' has no autocast (tools/complexity.py counts there); with autocast off there is nothing to disable,
+    # and no autocast region ends up in an exported graph.
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
         yield
         return
     with torch.autocast(device_type=device_type, enabled=False):

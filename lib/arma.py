@@ -16,8 +16,8 @@ class ARMAUnit(NonlocalUnit):
     as T -> infinity (for |mu| ||W_a|| < 1) it tends to the rational filter W_o (I - mu W_a)^-1 V.
     """
 
-    def __init__(self, inplanes, planes, dim=2, order=2):
-        super().__init__(inplanes, planes, dim)
+    def __init__(self, inplanes, planes, dim=2, order=2, device=None, dtype=None):
+        super().__init__(inplanes, planes, dim, device=device, dtype=dtype)
         self.order = order
         self.w_a = self.conv(planes, planes)
         self.v = self.conv(planes, planes)

@@ -15,12 +15,12 @@ class CayleyUnit(NonlocalUnit):
     W_h : C'' -> C''. Response W1 + W2 (W_h + lam^2 I) (docs/spectral.md).
     """
 
-    def __init__(self, inplanes, planes, dim=2):
+    def __init__(self, inplanes, planes, dim=2, device=None, dtype=None):
         half = int(planes / 2)  # the release's stage builds its unit with planes // 2 channels
         if half < 1:
             raise ConfigError(f"cayley works on Z of int(planes / 2) channels: planes must be at least 2, "
                               f"got {planes}")
-        super().__init__(inplanes, planes, dim, z_planes=half)
+        super().__init__(inplanes, planes, dim, z_planes=half, device=device, dtype=dtype)
         self.w_1 = self.conv(half, inplanes)
         self.w_2 = self.conv(half, inplanes)
         self.w_h = self.conv(half, half)

@@ -2,7 +2,7 @@
 import torch
 import torch.nn as nn
 
-from .affinity import full_precision
+from .affinity import exporting, full_precision
 from .cgnl import check_input
 from .errors import ConfigError
 
@@ -12,16 +12,23 @@ class CrissCrossAttention(nn.Module):
 
     Y = gamma (sum over the column + sum over the row of attention x value) + X; the position itself is
     excluded from the column term (it is counted once, in the row). gamma starts at 0: the identity.
-    Names (query_conv, key_conv, value_conv, gamma) as in CCNet's code.
+    Names (query_conv, key_conv, value_conv, gamma) as in CCNet's code. device, dtype: where and in which dtype
+    the parameters are created (as for torch.nn layers).
     """
 
-    def __init__(self, inplanes, planes):
+    def __init__(self, inplanes, planes, device=None, dtype=None):
         super().__init__()
         self.inplanes, self.planes = inplanes, planes
-        self.query_conv = nn.Conv2d(inplanes, planes, kernel_size=1)
-        self.key_conv = nn.Conv2d(inplanes, planes, kernel_size=1)
-        self.value_conv = nn.Conv2d(inplanes, inplanes, kernel_size=1)
-        self.gamma = nn.Parameter(torch.zeros(1))
+        self.query_conv = nn.Conv2d(inplanes, planes, kernel_size=1, device=device, dtype=dtype)
+        self.key_conv = nn.Conv2d(inplanes, planes, kernel_size=1, device=device, dtype=dtype)
+        self.value_conv = nn.Conv2d(inplanes, inplanes, kernel_size=1, device=device, dtype=dtype)
+        self.gamma = nn.Parameter(torch.zeros(1, device=device, dtype=dtype))
+
+    def reset_parameters(self):
+        """Initialize the parameters as the constructor does (e.g. after building on 'meta' and `to_empty`)."""
+        for conv in (self.query_conv, self.key_conv, self.value_conv):
+            conv.reset_parameters()
+        nn.init.zeros_(self.gamma)
 
     def forward(self, x):  # (B, C, H, W)
         check_input(x, "cc", self.inplanes, 2)
@@ -36,7 +43,7 @@ class CrissCrossAttention(nn.Module):
             rows = torch.addmm(bias.to(dtype), x.to(dtype).permute(0, 2, 3, 1).reshape(-1, c), weight.t())
             rows = rows.view(b, h, w, -1)
             cols = rows.transpose(1, 2).contiguous()  # (B, W, H, 2C' + C): positions in column order
-            out_rows, out_cols = CrissCross.apply(rows.view(b * h, w, -1), cols.view(b * w, h, -1), self.planes)
+            out_rows, out_cols = criss_cross(rows.view(b * h, w, -1), cols.view(b * w, h, -1), self.planes)
             out_rows = out_rows.view(b, h, w, c).permute(0, 3, 1, 2)  # (B, C, H, W) views
             out_cols = out_cols.view(b, w, h, c).permute(0, 3, 2, 1)
         return torch.add(x, out_rows.to(x.dtype)).add_(out_cols.to(x.dtype))  # x's memory layout
@@ -92,6 +99,28 @@ class CrissCross(torch.autograd.Function):
         return grad_rows, grad_cols, None
 
 
+def criss_cross(rows, cols, planes):
+    """`CrissCross`; when the forward is exported (torch.export, ONNX, jit.trace), the same operations out of
+    place and without the autograd.Function."""
+    if not exporting():
+        return CrissCross.apply(rows, cols, planes)
+    b_h, w, _ = rows.shape
+    b_w, h, _ = cols.shape
+    b = b_h // h
+    (q_r, k_r, v_r), (q_c, k_c, v_c) = split_qkv(rows, planes), split_qkv(cols, planes)
+    e_row = torch.bmm(q_r, k_r.transpose(1, 2))
+    diagonal = torch.eye(h, dtype=torch.bool, device=cols.device)
+    e_col = torch.bmm(q_c, k_c.transpose(1, 2)).masked_fill(diagonal, float("-inf"))
+    row4, col4 = e_row.view(b, h, w, w), e_col.view(b, w, h, h)
+    peak = torch.maximum(row4.amax(-1), col4.amax(-1).transpose(1, 2))
+    row4 = (row4 - peak.unsqueeze(-1)).exp()
+    col4 = (col4 - peak.transpose(1, 2).unsqueeze(-1)).exp()
+    inverse = (row4.sum(-1) + col4.sum(-1).transpose(1, 2)).reciprocal()
+    p_row = (row4 * inverse.unsqueeze(-1)).view(b_h, w, w)
+    p_col = (col4 * inverse.transpose(1, 2).unsqueeze(-1)).view(b_w, h, h)
+    return torch.bmm(p_row, v_r), torch.bmm(p_col, v_c)
+
+
 def part_backward(q, k, v, p, grad, d):
     """dL/d[q; k; v] of one part (rows or columns) of `CrissCross`: dv = P^T G, dE = P (dP - D), dq = dE k,
     dk = dE^T q. d holds D per position in this part's order: (B, H, W) for rows, (B, W, H) for columns."""
@@ -113,8 +142,14 @@ class CCStage(nn.Sequential):
     prefix), so the reference's checkpoints load unchanged.
     """
 
-    def __init__(self, inplanes, planes, stage_num=1, dim=2):
+    def __init__(self, inplanes, planes, stage_num=1, dim=2, device=None, dtype=None):
         if dim != 2:
             raise ConfigError(f"cc block works on images only (dim 2), got dim={dim!r}; use another block for "
                               "sequences or video")
-        super().__init__(*[CrissCrossAttention(inplanes, planes) for _ in range(stage_num)])
+        super().__init__(*[CrissCrossAttention(inplanes, planes, device=device, dtype=dtype)
+                           for _ in range(stage_num)])
+
+    def reset_parameters(self):
+        """Initialize the parameters as the constructor does (e.g. after building on 'meta' and `to_empty`)."""
+        for module in self:
+            module.reset_parameters()

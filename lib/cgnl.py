@@ -4,7 +4,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .affinity import full_precision, upcast
+from .affinity import compiling, exporting, full_precision, upcast
 from .errors import ConfigError
 from .pointwise import project
 
@@ -30,22 +30,30 @@ class CGNL(nn.Module):
         zero_init: zero the GroupNorm weight, so the block starts as the identity.
         dim: spatial dims of the input: 1 (B, C, L), 2 (B, C, H, W) or 3 (B, C, T, H, W); 1x1 convolutions of
             that dim, the same parameter names (the weights carry dim trailing singleton dims).
+        device, dtype: where and in which dtype the parameters are created (as for torch.nn layers).
     """
 
-    def __init__(self, inplanes, planes, order=2, gamma=1e-4, zero_init=False, dim=2):
+    def __init__(self, inplanes, planes, order=2, gamma=1e-4, zero_init=False, dim=2, device=None, dtype=None):
         super().__init__()
         if dim not in CONVS:
             raise ConfigError(f"cgnl block: dim must be 1, 2 or 3, got {dim!r}")
-        self.order, self.dim, self.inplanes = order, dim, inplanes
-        conv = CONVS[dim]
-        self.t = conv(inplanes, planes, kernel_size=1, bias=False)
-        self.p = conv(inplanes, planes, kernel_size=1, bias=False)
-        self.g = conv(inplanes, planes, kernel_size=1, bias=False)
-        self.z = conv(planes, inplanes, kernel_size=1, bias=False)
-        self.gn = nn.GroupNorm(num_groups=1, num_channels=inplanes)
+        self.order, self.dim, self.inplanes, self.zero_init = order, dim, inplanes, zero_init
+        conv, factory = CONVS[dim], dict(kernel_size=1, bias=False, device=device, dtype=dtype)
+        self.t = conv(inplanes, planes, **factory)
+        self.p = conv(inplanes, planes, **factory)
+        self.g = conv(inplanes, planes, **factory)
+        self.z = conv(planes, inplanes, **factory)
+        self.gn = nn.GroupNorm(num_groups=1, num_channels=inplanes, device=device, dtype=dtype)
         beta = math.exp(-2 * gamma)
         self.alpha = [math.sqrt(beta * (2 * gamma) ** k / math.factorial(k)) for k in range(order + 1)]
         if zero_init:
+            nn.init.zeros_(self.gn.weight)
+
+    def reset_parameters(self):
+        """Initialize the parameters as the constructor does (e.g. after building on 'meta' and `to_empty`)."""
+        for module in (self.t, self.p, self.g, self.z, self.gn):
+            module.reset_parameters()
+        if self.zero_init:
             nn.init.zeros_(self.gn.weight)
 
     def forward(self, x):  # (B, C, *spatial) -> same
@@ -71,12 +79,10 @@ class TaylorKernel(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features, weights):
-        t, p, g = features.chunk(3, dim=1)
-        moments = torch.stack(powers_dot(p, g, len(weights)), dim=1)  # (B, K+1): <p^k, g>
-        coefficients = moments * moments.new_tensor(weights)
+        out, coefficients = taylor_forward(features, weights)
         ctx.save_for_backward(features, coefficients)
         ctx.weights = weights
-        return polyval(t, coefficients)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -97,8 +103,20 @@ class TaylorKernel(torch.autograd.Function):
 
 
 def taylor_kernel(features, weights):
-    """See `TaylorKernel`: features [t; p; g] (B, 3C', N), weights alpha_k^2 (k = 0..K) -> (B, C', N)."""
+    """See `TaylorKernel`: features [t; p; g] (B, 3C', N), weights alpha_k^2 (k = 0..K) -> (B, C', N).
+    When the forward is exported or compiled, the same operations without the autograd.Function (TorchDynamo
+    cannot trace its backward's `out=` writes into views); autograd or the compiler derives the backward."""
+    if exporting() or compiling():
+        return taylor_forward(features, list(weights))[0]
     return TaylorKernel.apply(features.contiguous(), list(weights))
+
+
+def taylor_forward(features, weights):
+    """(out, coefficients (B, K+1)) of `TaylorKernel`'s forward, out of place."""
+    t, p, g = features.chunk(3, dim=1)
+    moments = torch.stack(powers_dot(p, g, len(weights)), dim=1)  # (B, K+1): <p^k, g>
+    coefficients = moments * moments.new_tensor(weights)
+    return polyval(t, coefficients), coefficients
 
 
 def powers_dot(x, y, count):
@@ -117,11 +135,17 @@ def derivative(coefficients):
 
 
 def polyval(x, coefficients, out=None):
-    """sum_k c[:, k] x^k by Horner's rule, x (B, C', N), c (B, K+1); into `out` when given (it may be a view)."""
+    """sum_k c[:, k] x^k by Horner's rule, x (B, C', N), c (B, K+1); into `out` when given (it may be a view),
+    else out of place (the same operations; what autograd and graph capture can follow)."""
     c = coefficients[:, :, None, None]  # (B, K+1, 1, 1): c[:, k] broadcasts over (C', N)
     order = coefficients.shape[1] - 1
     if out is None:
-        out = torch.empty_like(x)
+        if order == 0:
+            return c[:, 0].expand_as(x).clone()
+        out = torch.addcmul(c[:, order - 1], x, c[:, order])
+        for k in range(order - 2, -1, -1):
+            out = torch.addcmul(c[:, k], out, x)
+        return out
     if order == 0:
         return out.copy_(c[:, 0].expand_as(x))
     torch.addcmul(c[:, order - 1], x, c[:, order], out=out)

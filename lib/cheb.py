@@ -15,8 +15,8 @@ class ChebUnit(NonlocalUnit):
     Response sum_k W_{k+1} T_k(1 - lam).
     """
 
-    def __init__(self, inplanes, planes, dim=2, order=2):
-        super().__init__(inplanes, planes, dim)
+    def __init__(self, inplanes, planes, dim=2, order=2, device=None, dtype=None):
+        super().__init__(inplanes, planes, dim, device=device, dtype=dtype)
         self.order = order
         for k in range(1, order + 2):
             setattr(self, f"w_{k}", self.conv(planes, inplanes))

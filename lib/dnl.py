@@ -12,8 +12,8 @@ class DNLUnit(NonlocalUnit):
     and `filter_response` leave it out and `forward` adds W2 c.
     """
 
-    def __init__(self, inplanes, planes, dim=2):
-        super().__init__(inplanes, planes, dim)
+    def __init__(self, inplanes, planes, dim=2, device=None, dtype=None):
+        super().__init__(inplanes, planes, dim, device=device, dtype=dtype)
         self.w_m = self.conv(inplanes, 1)
         self.w_2 = self.conv(planes, inplanes)
 

@@ -11,8 +11,8 @@ class GSNLUnit(NonlocalUnit):
 
     output_relu = False
 
-    def __init__(self, inplanes, planes, dim=2):
-        super().__init__(inplanes, planes, dim)
+    def __init__(self, inplanes, planes, dim=2, device=None, dtype=None):
+        super().__init__(inplanes, planes, dim, device=device, dtype=dtype)
         self.w_1 = self.conv(planes, inplanes)
         self.w_2 = self.conv(planes, inplanes)
         self.w_3 = self.conv(planes, inplanes)

@@ -6,8 +6,8 @@ from .stage import NonlocalStage, NonlocalUnit, frequencies, matrix, pointwise
 class NLUnit(NonlocalUnit):
     """Y = X + relu(BN(W2 (A Z))), Z = g(X). Response W2 (1 - lam) (docs/spectral.md)."""
 
-    def __init__(self, inplanes, planes, dim=2):
-        super().__init__(inplanes, planes, dim)
+    def __init__(self, inplanes, planes, dim=2, device=None, dtype=None):
+        super().__init__(inplanes, planes, dim, device=device, dtype=dtype)
         self.w_2 = self.conv(planes, inplanes)
 
     def fused_weights(self):

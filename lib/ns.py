@@ -5,8 +5,8 @@ from .stage import NonlocalStage, NonlocalUnit, frequencies, matrix, pointwise
 class NSUnit(NonlocalUnit):
     """Y = X + relu(BN(W2 Z - W2 (A Z))) = X + relu(BN(W2 (I - A) Z)): one shared W2. Response W2 lam."""
 
-    def __init__(self, inplanes, planes, dim=2):
-        super().__init__(inplanes, planes, dim)
+    def __init__(self, inplanes, planes, dim=2, device=None, dtype=None):
+        super().__init__(inplanes, planes, dim, device=device, dtype=dtype)
         self.w_2 = self.conv(planes, inplanes)
 
     def fused_weights(self):

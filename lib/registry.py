@@ -24,7 +24,7 @@ def stage_based(nl_type):
 
 
 def build_nonlocal(nl_type, inplanes, planes, stage_num=1, is_sys=None, is_norm=None, zero_init=False,
-                   affinity_path="auto", dim=2, order=None, output_relu=None):
+                   affinity_path="auto", dim=2, order=None, output_relu=None, device=None, dtype=None):
     """Build the nonlocal block `nl_type` mapping (B, inplanes, *spatial) to the same shape.
 
     planes is C', the reduced width (the reference uses int(inplanes / div)). is_sys / is_norm choose the
@@ -33,8 +33,9 @@ def build_nonlocal(nl_type, inplanes, planes, stage_num=1, is_sys=None, is_norm=
     cc starts so anyway). affinity_path: see lib/affinity.py. dim: 1 (B, C, L), 2 (B, C, H, W) or
     3 (B, C, T, H, W); cc is 2-D only. order: the order of cheb (K) and arma (iterations T), None = 2;
     an error for the other blocks. output_relu (stage-based blocks only): True = Y = X + relu(BN(.)), False =
-    X + BN(.), None = the block's default (False for gsnl, True for the others). docs/blocks.md and
-    docs/spectral.md describe the blocks.
+    X + BN(.), None = the block's default (False for gsnl, True for the others). device, dtype: where and in
+    which dtype the parameters are created (as for torch.nn layers; 'meta' builds without memory, then
+    `to_empty` + `reset_parameters()` initializes). docs/blocks.md and docs/spectral.md describe the blocks.
     """
     if nl_type not in NONLOCAL_BLOCKS:
         raise ConfigError(f"unknown nonlocal block {nl_type!r}; valid: {', '.join(NONLOCAL_BLOCKS)}")
@@ -54,11 +55,11 @@ def build_nonlocal(nl_type, inplanes, planes, stage_num=1, is_sys=None, is_norm=
         raise ConfigError(f"output_relu applies to the stage-based blocks only, not to {nl_type!r} (got "
                           f"output_relu={output_relu!r}; leave it None)")
     if nl_type == "cgnl":
-        return CGNL(inplanes, planes, zero_init=zero_init, dim=dim)
+        return CGNL(inplanes, planes, zero_init=zero_init, dim=dim, device=device, dtype=dtype)
     if nl_type == "cc":
-        return CCStage(inplanes, planes, stage_num=stage_num, dim=dim)
+        return CCStage(inplanes, planes, stage_num=stage_num, dim=dim, device=device, dtype=dtype)
     kwargs = dict(stage_num=stage_num, is_sys=is_sys, is_norm=is_norm, zero_init=zero_init,
-                  affinity_path=affinity_path, dim=dim, output_relu=output_relu)
+                  affinity_path=affinity_path, dim=dim, output_relu=output_relu, device=device, dtype=dtype)
     if nl_type in ORDER_BLOCKS:
         kwargs["order"] = DEFAULT_ORDER if order is None else order
     return NONLOCAL_BLOCKS[nl_type](inplanes, planes, **kwargs)

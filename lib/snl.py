@@ -10,8 +10,8 @@ class SNLUnit(NonlocalUnit):
     (W1 Z) and the 1st-order term (W2 A Z) with free weights. Response W1 + W2 (1 - lam) (docs/spectral.md).
     """
 
-    def __init__(self, inplanes, planes, dim=2):
-        super().__init__(inplanes, planes, dim)
+    def __init__(self, inplanes, planes, dim=2, device=None, dtype=None):
+        super().__init__(inplanes, planes, dim, device=device, dtype=dtype)
         self.w_1 = self.conv(planes, inplanes)
         self.w_2 = self.conv(planes, inplanes)
 

@@ -8,8 +8,8 @@ import math
 import torch
 import torch.nn as nn
 
-from .affinity import (AFFINITY_PATHS, build_affinity, full_precision, mix, mix_transposed, upcast,
-                          uses_factorized)
+from .affinity import (AFFINITY_PATHS, build_affinity, exporting, full_precision, mix, mix_transposed, upcast,
+                       uses_factorized)
 from .errors import ConfigError
 from .pointwise import MAX_PRODUCT_CHANNELS, project
 
@@ -18,9 +18,9 @@ BATCH_NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 INPUT_LAYOUTS = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, T, H, W)"}
 
 
-def conv1x1(dim, in_channels, out_channels):
+def conv1x1(dim, in_channels, out_channels, device=None, dtype=None):
     """A bias-free 1x1 convolution of `dim` spatial dims (its weight is (out, in, 1, ..., 1))."""
-    return CONVS[dim](in_channels, out_channels, kernel_size=1, bias=False)
+    return CONVS[dim](in_channels, out_channels, kernel_size=1, bias=False, device=device, dtype=dtype)
 
 
 def check_positive_int(name, value):
@@ -64,6 +64,7 @@ class NonlocalStage(nn.Module):
             every unit but gsnl's). False gives the earlier release's space-time units (docs/blocks.md).
         affinity_path: 'auto', 'dense' or 'factorized' (how A Z is computed; same numbers).
         dim: spatial dims of the input: 1 (B, C, L), 2 (B, C, H, W) or 3 (B, C, T, H, W).
+        device, dtype: where and in which dtype the parameters are created (as for torch.nn layers).
         unit_kwargs: extra arguments of the unit (e.g. `order` of cheb and arma), passed by subclasses.
     """
 
@@ -73,7 +74,7 @@ class NonlocalStage(nn.Module):
     relu_kernel = False  # the plain affinity is relu(theta) relu(phi)^T without softmax (A2)
 
     def __init__(self, inplanes, planes, stage_num=1, is_sys=None, is_norm=None, zero_init=False,
-                 affinity_path="auto", dim=2, output_relu=None, **unit_kwargs):
+                 affinity_path="auto", dim=2, output_relu=None, device=None, dtype=None, **unit_kwargs):
         super().__init__()
         check_positive_int("inplanes (the block's channels C)", inplanes)
         check_positive_int("planes (the inner width C')", planes)
@@ -86,17 +87,28 @@ class NonlocalStage(nn.Module):
         self.is_sys = self.default_sys if is_sys is None else is_sys
         self.is_norm = self.default_norm if is_norm is None else is_norm
         self.affinity_path = affinity_path
-        self.t = conv1x1(dim, inplanes, planes)
-        self.p = conv1x1(dim, inplanes, planes)
-        self.stages = nn.Sequential(*[self.unit_cls(inplanes, planes, dim=dim, **unit_kwargs)
+        self.zero_init = zero_init
+        self.t = conv1x1(dim, inplanes, planes, device=device, dtype=dtype)
+        self.p = conv1x1(dim, inplanes, planes, device=device, dtype=dtype)
+        self.stages = nn.Sequential(*[self.unit_cls(inplanes, planes, dim=dim, device=device, dtype=dtype,
+                                                    **unit_kwargs)
                                       for _ in range(stage_num)])
         if output_relu is not None:  # an instance attribute shadows the unit class's default
             for unit in self.stages:
                 unit.output_relu = output_relu
         self.output_relu = self.stages[0].output_relu
-        if zero_init:
+        self._zero_init()
+
+    def _zero_init(self):
+        if self.zero_init:
             for unit in self.stages:
                 nn.init.zeros_(unit.bn.weight)
+
+    def reset_parameters(self):
+        """Initialize every parameter and buffer as the constructor does (e.g. after building on 'meta' and
+        `to_empty`); with the same RNG state it gives the same weights."""
+        reset_children(self)
+        self._zero_init()
 
     @property
     def affinity_path(self):
@@ -144,10 +156,16 @@ class NonlocalStage(nn.Module):
         (a BN replaced by another module, e.g. SyncBatchNorm for --sync-bn, keeps its own forward), a factorized
         affinity, and N >= 4C'. The fused form folds W2 into R = (Z Fs^T) S^T (C C' 2C' multiply-adds per sample
         instead of C C' N) and recomputes two products in the backward; measured on CPU it is 10-15% faster than
-        the module path at N = 8C' and 64C' (PreResNet stages 2 and 1), but 10-30% slower at N = 2C' (stage 3)."""
+        the module path at N = 8C' and 64C' (PreResNet stages 2 and 1), but 10-30% slower at N = 2C' (stage 3).
+        When the forward is exported (torch.export, ONNX, jit.trace) the module path runs: the same math, plain
+        operations."""
         unit, positions, planes = self.stages[0], math.prod(x.shape[2:]), self.t.out_channels
-        return (len(self.stages) == 1 and unit.fused_weights() is not None
+        # the fused kernel updates the running statistics in place, in the dtype it computes in: not for a
+        # block whose BN is kept in bf16 / fp16 (built or converted so)
+        statistics = [t for t in (unit.bn.running_mean, unit.bn.running_var) if t is not None]
+        return (not exporting() and len(self.stages) == 1 and unit.fused_weights() is not None
                 and type(unit.bn) is BATCH_NORMS[self.dim] and x.numel() > 0 and positions >= 4 * planes
+                and all(t.dtype in (torch.float32, torch.float64) for t in statistics)
                 and uses_factorized(self.affinity_path, self.is_norm, self.relu_kernel, positions, planes))
 
     def _fused_forward(self, x):
@@ -184,14 +202,16 @@ class NonlocalUnit(nn.Module):
 
     output_relu = True  # Y = X + relu(BN(pre)); gsnl has no ReLU there. The stage's output_relu overrides it.
 
-    def __init__(self, inplanes, planes, dim=2, z_planes=None):
+    def __init__(self, inplanes, planes, dim=2, z_planes=None, device=None, dtype=None):
         super().__init__()
         self.dim = dim
-        self.g = conv1x1(dim, inplanes, planes if z_planes is None else z_planes)
-        self.bn = BATCH_NORMS[dim](inplanes)
+        self.g = conv1x1(dim, inplanes, planes if z_planes is None else z_planes, device=device, dtype=dtype)
+        self.bn = BATCH_NORMS[dim](inplanes, device=device, dtype=dtype)
 
     def conv(self, in_channels, out_channels):
-        return conv1x1(self.dim, in_channels, out_channels)
+        """A 1x1 convolution of the unit's dim, created on g's device and dtype."""
+        weight = self.g.weight
+        return conv1x1(self.dim, in_channels, out_channels, device=weight.device, dtype=weight.dtype)
 
     def fused_weights(self):
         """(W1, W2) (C, C') with pre-BN = W1 Z + W2 (A Z) (W1 None: no Z term), or None if the unit has other
@@ -218,6 +238,16 @@ class NonlocalUnit(nn.Module):
     @staticmethod
     def aggregate(att, z):  # z (B, C', *spatial) -> A Z (B, C', *spatial)
         return att.apply_channels_first(z.flatten(2)).reshape(z.shape).to(z.dtype)
+
+
+def reset_children(module):
+    """Call reset_parameters() of the submodules below `module` that have one (convolutions, norms, blocks; not
+    again inside those), in construction order, so the same RNG state draws the same weights as the constructor."""
+    for child in module.children():
+        if hasattr(child, "reset_parameters"):
+            child.reset_parameters()
+        else:
+            reset_children(child)
 
 
 def matrix(conv):

@@ -16,7 +16,7 @@ from lib import NONLOCAL_BLOCKS
 from lib.errors import ConfigError
 from lib.engine.tasks import VIDEO_BACKBONES
 from lib.registry import DEFAULT_ORDER, ORDER_BLOCKS
-from models.common import resolve_output_relu, with_output_relu
+from models.common import build_on, resolve_output_relu, with_output_relu
 from models.preresnet import PreResNet
 from models.resnet import ResNet
 from models.video import VIDEO_ARCHS, build_video_model
@@ -63,7 +63,8 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
                 nl_nums: int = 1, nl_layer: Union[int, str, Iterable] = ("1",), stage_num: int = 1,
                 div: float = 2, is_sys: Optional[bool] = None, is_norm: Optional[bool] = None,
                 pretrained: Union[None, bool, str] = None, order: Optional[int] = None,
-                output_relu: Optional[bool] = None, shortcut_type: Optional[str] = None) -> nn.Module:
+                output_relu: Optional[bool] = None, shortcut_type: Optional[str] = None, device=None,
+                dtype=None) -> nn.Module:
     """Build backbone-arch with nl_type nonlocal blocks at the reference positions (README, "Models").
 
     backbone: "preresnet" (CIFAR; arch 20, 56, 110) or "resnet" (ImageNet; arch 50, 101, 152).
@@ -82,6 +83,8 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
     the identity. preresnet: None = the block's default (True; gsnl False). shortcut_type (resnet3d):
     'B' (default) or 'A'. pretrained: True = torchvision's Kinetics-400 weights (r3d / mc3 / r2plus1d), a str = a
     torchvision-format state_dict or a 3D-ResNets checkpoint.
+    device, dtype: where and in which dtype the parameters are created (e.g. 'meta': no memory, then
+    `to_empty`; build_args leave them out).
     Raises ConfigError for any unknown name or unsupported combination.
     """
     if backbone not in BACKBONES and backbone not in VIDEO_BACKBONES:
@@ -118,8 +121,9 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
     block_args = dict(nl_type=nl_type, nl_nums=nl_nums, stage_num=stage_num, div=div, is_sys=is_sys,
                       is_norm=is_norm, order=order)
     if video:
-        model, video_args = build_video_model(backbone, depth, num_classes, nl_type, nl_nums, nl_layer, block_args,
-                                              output_relu, shortcut_type, pretrained)
+        model, video_args = build_on(device, None, build_video_model, backbone, depth, num_classes, nl_type, nl_nums,
+                                     nl_layer, block_args, output_relu, shortcut_type, pretrained)
+        model = model if dtype is None else model.to(dtype)
         model.build_args = dict(backbone=backbone, arch=depth, num_classes=num_classes, **block_args, **video_args)
         return model
     # ResNet's blocks start as the identity (zero BN), PreResNet's do not (docs/blocks.md, "output_relu").
@@ -128,12 +132,13 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
         if pretrained:
             raise ConfigError("there are no pretrained weights for preresnet; to start from a checkpoint, load "
                               "it with load_state_dict_checked")
-        model = PreResNet(depth, num_classes, nl_layer=stages, output_relu=output_relu, **block_args)
+        model = build_on(device, dtype, PreResNet, depth, num_classes, nl_layer=stages, output_relu=output_relu,
+                         **block_args)
     else:
         if stages != (1,):
             # Silently ignoring it would leave the user believing the blocks went elsewhere.
             raise ConfigError("nl_layer applies to preresnet only; resnet's block positions come from nl_nums")
-        model = ResNet(depth, num_classes, output_relu=output_relu, **block_args)
+        model = build_on(device, dtype, ResNet, depth, num_classes, output_relu=output_relu, **block_args)
         if pretrained:
             load_torchvision_resnet(model, pretrained)
     # pretrained is left out: a checkpoint's own weights replace it when the model is rebuilt from build_args.

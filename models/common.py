@@ -1,10 +1,22 @@
 """Pieces shared by both backbones: putting nonlocal blocks between the residual blocks of a stage."""
+from contextlib import nullcontext
 from typing import Callable, Iterable, List, Optional, Sequence
 
+import torch
 from torch import nn
 
 from lib.errors import ConfigError
 from lib.registry import NONLOCAL_BLOCKS, stage_based
+
+
+def build_on(device, dtype, build: Callable[..., nn.Module], *args, **kwargs) -> nn.Module:
+    """build(*args, **kwargs) with its tensors created on `device` (None: torch's default), then cast to `dtype`
+    (None: kept): the device= / dtype= of the model builders. torchvision's layers take no device argument, so
+    the device is made the default during construction (torch.device as a context manager); on 'meta' nothing
+    is allocated."""
+    with torch.device(device) if device is not None else nullcontext():
+        model = build(*args, **kwargs)
+    return model if dtype is None else model.to(dtype)
 
 
 def assemble_stage(residual_blocks: Sequence[nn.Module], insert_after: Iterable[int],

@@ -101,7 +101,7 @@ class ResNet(nn.Module):
             def make_nonlocal():
                 return build_nonlocal(nl_type, outplanes, nonlocal_width(outplanes, div), stage_num=stage_num,
                                       is_sys=is_sys, is_norm=is_norm, order=order, output_relu=output_relu,
-                                      zero_init=True)
+                                      zero_init=not output_relu)
 
             name = f"layer{stage}"
             setattr(self, name, assemble_stage(blocks, positions.get(name, ()), make_nonlocal, name,

@@ -23,7 +23,7 @@ from torch import nn
 
 from lib import NONLOCAL_BLOCKS, build_nonlocal
 from lib.errors import ConfigError
-from models.common import nonlocal_width, resolve_output_relu
+from models.common import build_on, nonlocal_width, resolve_output_relu
 from models.weights import _download_torchvision, _mismatch, _read_state_dict, strip_module_prefix
 
 TORCHVISION_RESNETS = {50: torchvision.models.resnet50, 101: torchvision.models.resnet101}
@@ -154,12 +154,12 @@ def build_segmentor(backbone: str = "resnet", arch: Union[int, str] = "50", num_
                     nl_type: Optional[str] = "snl", stage_num: int = 1, div: float = 2,
                     is_sys: Optional[bool] = None, is_norm: Optional[bool] = None,
                     pretrained: Union[None, bool, str] = None, aux: bool = True,
-                    output_relu: Optional[bool] = None) -> Segmentor:
-    """The segmentor of the module docstring; model.build_args rebuilds it (pretrained is left out of them:
-    a checkpoint's own weights replace it). output_relu (stage-based blocks): None / False = the head block is
-    Y = X + BN(.) and starts as the identity (BN at 0); True = X + relu(BN(.)) with BN weight 1, since from 0
-    that block would get no gradient (docs/blocks.md, "output_relu"). Raises ConfigError for an unknown name or
-    value."""
+                    output_relu: Optional[bool] = None, device=None, dtype=None) -> Segmentor:
+    """The segmentor of the module docstring; model.build_args rebuilds it (pretrained, device and dtype are left
+    out of them: a checkpoint's own weights replace it). output_relu (stage-based blocks): None / False = the head
+    block is Y = X + BN(.) and starts as the identity (BN at 0); True = X + relu(BN(.)) with BN weight 1, since
+    from 0 that block would get no gradient (docs/blocks.md, "output_relu"). device, dtype: where and in which
+    dtype the parameters are created. Raises ConfigError for an unknown name or value."""
     if backbone != "resnet":
         raise ConfigError(f"unknown segmentation backbone {backbone!r}; valid: resnet")
     try:
@@ -180,6 +180,17 @@ def build_segmentor(backbone: str = "resnet", arch: Union[int, str] = "50", num_
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
     output_relu = resolve_output_relu(nl_type, output_relu, zero_init=True)
+    model = build_on(device, dtype, _segmentor, depth, num_classes, nl_type, stage_num, div, is_sys, is_norm, aux,
+                     output_relu)
+    if pretrained:
+        load_backbone_weights(model.backbone, pretrained)
+    model.build_args = dict(backbone=backbone, arch=depth, num_classes=num_classes, nl_type=nl_type,
+                            stage_num=stage_num, div=div, is_sys=is_sys, is_norm=is_norm, aux=bool(aux),
+                            output_relu=output_relu)
+    return model
+
+
+def _segmentor(depth, num_classes, nl_type, stage_num, div, is_sys, is_norm, aux, output_relu):
     net = DilatedResNet(depth)  # torchvision's init (kaiming fan_out convs, BN 1 / 0)
     block = None
     if nl_type is not None:
@@ -191,13 +202,7 @@ def build_segmentor(backbone: str = "resnet", arch: Union[int, str] = "50", num_
     if aux:
         aux_head = AuxHead(1024, AUX_CHANNELS, num_classes)
         init_head(aux_head)
-    if pretrained:
-        load_backbone_weights(net, pretrained)
-    model = Segmentor(net, head, aux_head)
-    model.build_args = dict(backbone=backbone, arch=depth, num_classes=num_classes, nl_type=nl_type,
-                            stage_num=stage_num, div=div, is_sys=is_sys, is_norm=is_norm, aux=bool(aux),
-                            output_relu=output_relu)
-    return model
+    return Segmentor(net, head, aux_head)
 
 
 def load_segmentor_state(model: nn.Module, state_dict) -> None:
