@@ -126,7 +126,7 @@ def model_kwargs(args, pretrained=None):
     """build_segmentor's keyword arguments from the flags."""
     return dict(backbone=args.backbone, arch=args.arch, num_classes=NUM_CLASSES, nl_type=args.nl_type,
                 stage_num=args.stage_nums, div=args.div, is_sys=args.is_sys, is_norm=args.is_norm,
-                pretrained=pretrained or None, aux=args.aux_weight > 0)
+                pretrained=pretrained or None, aux=args.aux_weight > 0, output_relu=args.output_relu)
 
 
 def train_one_step(model, criterion, optimizer, scaler, images, target, ctx, args, iteration):

@@ -39,7 +39,7 @@ from lib.engine.runtime import (NonFiniteLoss, autocast, prepare_model, run_cli,
 from lib.engine.schedule import WarmupStepSchedule
 from lib.engine.tasks import require_task
 from lib.errors import ConfigError
-from models import build_model, classifier_size, load_state_dict_checked
+from models import build_model, classifier_size, load_state_dict_checked, with_output_relu
 
 
 def build_criterion(args):
@@ -115,6 +115,7 @@ def validate_checkpoint(args, ctx, log):
     _, val_set, info, _, val_loader, _ = load_data(args, ctx)
     saved = checkpoint.get("model_args")
     if saved:
+        saved = with_output_relu(saved)  # a checkpoint from before it was stored
         check_requested_model(saved, args.check_path, args, model_kwargs(args, saved["num_classes"]), build_model)
         model = build_model(**saved)
     else:

@@ -16,7 +16,7 @@ from lib import NONLOCAL_BLOCKS
 from lib.errors import ConfigError
 from lib.engine.tasks import VIDEO_BACKBONES
 from lib.registry import DEFAULT_ORDER, ORDER_BLOCKS
-from models.common import build_on
+from models.common import build_on, resolve_output_relu, with_output_relu
 from models.preresnet import PreResNet
 from models.resnet import ResNet
 from models.video import VIDEO_ARCHS, build_video_model
@@ -25,7 +25,8 @@ from models.weights import classifier_size, load_state_dict_checked, load_torchv
 BACKBONES = {"preresnet": PreResNet, "resnet": ResNet}
 PRERESNET_STAGES = (1, 2, 3)
 
-__all__ = ["BACKBONES", "build_model", "classifier_size", "load_state_dict_checked", "PreResNet", "ResNet"]
+__all__ = ["BACKBONES", "build_model", "classifier_size", "load_state_dict_checked", "PreResNet", "ResNet",
+           "with_output_relu"]
 
 
 def _valid(names: Iterable) -> str:
@@ -76,8 +77,10 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
     Video (models/video.py): backbone "resnet3d" (arch 18, 34, 50, 101), "r3d", "mc3" or "r2plus1d" (arch 18),
     input (B, 3, T, H, W), blocks with dim=3. nl_nums 0, 1 (layer3, before its last residual block) or 5
     (resnet3d 50 / 101: as resnet); nl_layer 2 puts the one block after layer2's first residual block instead.
-    output_relu (stage-based blocks): see lib.build_nonlocal; None = False for video (a block with the ReLU cannot
-    start as the identity and learn; explicitly True: its BN starts at weight 1). shortcut_type (resnet3d):
+    output_relu (stage-based blocks): Y = X + relu(BN(.)) (True) or X + BN(.) (False). None = False where the
+    blocks start as the identity (resnet, video): with the ReLU such a block gets no gradient and never learns
+    (docs/blocks.md, "output_relu"); an explicit True gives their BN weight 1, so they learn but do not start as
+    the identity. preresnet: None = the block's default (True; gsnl False). shortcut_type (resnet3d):
     'B' (default) or 'A'. pretrained: True = torchvision's Kinetics-400 weights (r3d / mc3 / r2plus1d), a str = a
     torchvision-format state_dict or a 3D-ResNets checkpoint.
     device, dtype: where and in which dtype the parameters are created (e.g. 'meta': no memory, then
@@ -102,8 +105,8 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
     for name, value in (("is_sys", is_sys), ("is_norm", is_norm)):
         if value is not None and not isinstance(value, bool):
             raise ConfigError(f"{name} must be True, False or None (the block's default), got {value!r}")
-    if not video and (output_relu is not None or shortcut_type is not None):
-        raise ConfigError(f"output_relu and shortcut_type apply to the video backbones only, not to {backbone}")
+    if not video and shortcut_type is not None:
+        raise ConfigError(f"shortcut_type applies to the video backbones only, not to {backbone}")
     if output_relu is not None and not isinstance(output_relu, bool):
         raise ConfigError(f"output_relu must be True, False or None (the block's default), got {output_relu!r}")
     stages = None if video else _parse_nl_layer(nl_layer)  # video: models/video.py parses its own
@@ -123,19 +126,22 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
         model = model if dtype is None else model.to(dtype)
         model.build_args = dict(backbone=backbone, arch=depth, num_classes=num_classes, **block_args, **video_args)
         return model
+    # ResNet's blocks start as the identity (zero BN), PreResNet's do not (docs/blocks.md, "output_relu").
+    output_relu = resolve_output_relu(nl_type, output_relu, zero_init=backbone == "resnet")
     if backbone == "preresnet":
         if pretrained:
             raise ConfigError("there are no pretrained weights for preresnet; to start from a checkpoint, load "
                               "it with load_state_dict_checked")
-        model = build_on(device, dtype, PreResNet, depth, num_classes, nl_layer=stages, **block_args)
+        model = build_on(device, dtype, PreResNet, depth, num_classes, nl_layer=stages, output_relu=output_relu,
+                         **block_args)
     else:
         if stages != (1,):
             # Silently ignoring it would leave the user believing the blocks went elsewhere.
             raise ConfigError("nl_layer applies to preresnet only; resnet's block positions come from nl_nums")
-        model = build_on(device, dtype, ResNet, depth, num_classes, **block_args)
+        model = build_on(device, dtype, ResNet, depth, num_classes, output_relu=output_relu, **block_args)
         if pretrained:
             load_torchvision_resnet(model, pretrained)
     # pretrained is left out: a checkpoint's own weights replace it when the model is rebuilt from build_args.
     model.build_args = dict(backbone=backbone, arch=depth, num_classes=num_classes, nl_layer=list(stages),
-                            **block_args)
+                            output_relu=output_relu, **block_args)
     return model

@@ -1,11 +1,12 @@
 """Pieces shared by both backbones: putting nonlocal blocks between the residual blocks of a stage."""
 from contextlib import nullcontext
-from typing import Callable, Iterable, List, Sequence
+from typing import Callable, Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from lib.errors import ConfigError
+from lib.registry import NONLOCAL_BLOCKS, stage_based
 
 
 def build_on(device, dtype, build: Callable[..., nn.Module], *args, **kwargs) -> nn.Module:
@@ -53,3 +54,28 @@ def nonlocal_width(channels: int, div: float) -> int:
     if inner < 1:
         raise ConfigError(f"div {div} leaves no inner channels for a nonlocal block of width {channels}")
     return inner
+
+
+def resolve_output_relu(nl_type: Optional[str], output_relu: Optional[bool], zero_init: bool) -> Optional[bool]:
+    """The output_relu a model stores in build_args: None where there is no such switch (no block, or not a
+    stage-based one; a value given there is left for build_nonlocal to refuse), else True / False.
+
+    None means False for a block that starts as the identity (zero_init: its output BN at weight 0 and bias 0):
+    with Y = X + relu(BN(.)) relu's input would be exactly 0, whose gradient is 0, so no parameter of the block
+    would ever change (docs/blocks.md, "output_relu"). Otherwise None means the unit's default.
+    """
+    if nl_type is None or not stage_based(nl_type) or output_relu is not None:
+        return output_relu if nl_type is not None else None
+    return False if zero_init else NONLOCAL_BLOCKS[nl_type].unit_cls.output_relu
+
+
+def with_output_relu(model_args: dict) -> dict:
+    """A checkpoint's model_args with output_relu filled in where the checkpoint predates it (image and
+    segmentation models): the value its rebuilt network now gets. PreResNet blocks keep their default; the
+    zero-initialized ResNet / segmentation blocks get False, which gives the same outputs, since a block trained
+    with the output ReLU kept its BN at weight 0 and bias 0 (it got no gradient)."""
+    if "output_relu" in model_args or "backbone" not in model_args:
+        return model_args
+    zero_init = model_args["backbone"] != "preresnet"
+    return dict(model_args, output_relu=resolve_output_relu(model_args.get("nl_type"), None, zero_init))
+

@@ -76,7 +76,8 @@ class PreResNet(nn.Module):
     110 = Bottleneck [18,18,18] (a 164-layer network). nl_type None or nl_nums 0 gives the plain network;
     nl_nums 1 puts one block in each stage of nl_layer (1, 2 and/or 3) at index 2 of that stage, of width
     C = the stage's output width and C' = int(C / div). is_sys / is_norm go to the block (None = the block's
-    default; the reference always built normalized + symmetric here, so pass both True to reproduce it).
+    default; the reference always built normalized + symmetric here, so pass both True to reproduce it);
+    output_relu too (None: the block's default, the reference's form).
     No custom init: the reference sets none for PreResNet, so PyTorch's defaults apply, and the nonlocal block
     is not zero-initialized (the reference zero-initializes them for ResNet only).
     """
@@ -90,7 +91,8 @@ class PreResNet(nn.Module):
 
     def __init__(self, depth: int, num_classes: int, nl_type: Optional[str] = None, nl_nums: int = 1,
                  nl_layer: Sequence[int] = (1,), stage_num: int = 1, div: float = 2,
-                 is_sys: Optional[bool] = None, is_norm: Optional[bool] = None, order: Optional[int] = None):
+                 is_sys: Optional[bool] = None, is_norm: Optional[bool] = None, order: Optional[int] = None,
+                 output_relu: Optional[bool] = None):
         super().__init__()
         self.depth = depth
         block, depths = self.ARCHS[depth]
@@ -111,7 +113,7 @@ class PreResNet(nn.Module):
 
             def make_nonlocal():
                 return build_nonlocal(nl_type, outplanes, nonlocal_width(outplanes, div), stage_num=stage_num,
-                                      is_sys=is_sys, is_norm=is_norm, order=order)
+                                      is_sys=is_sys, is_norm=is_norm, order=order, output_relu=output_relu)
 
             setattr(self, f"layer{stage}",
                     assemble_stage(blocks, insert_after, make_nonlocal, f"layer{stage}", self.nonlocal_paths))

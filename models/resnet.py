@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lib import build_nonlocal
-from models.common import assemble_stage, nonlocal_width
+from models.common import assemble_stage, nonlocal_width, resolve_output_relu
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -66,6 +66,9 @@ class ResNet(nn.Module):
     Each block has width C = the stage's output width and C' = int(C / div); is_sys / is_norm go to the block
     (None = the block's default). Init (reference): kaiming normal (fan_out, relu) for every conv, norm layers
     weight 1 / bias 0, then every BN / GroupNorm inside the nonlocal blocks zeroed so each starts as the identity.
+    output_relu (stage-based blocks): None / False = Y = X + BN(.), which starts as the identity and learns;
+    True = X + relu(BN(.)), the reference's unit, whose BN then keeps weight 1 (the reference zeroes it there
+    too, and such a block gets no gradient, ever: docs/blocks.md, "output_relu").
     """
 
     ARCHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -73,9 +76,10 @@ class ResNet(nn.Module):
 
     def __init__(self, depth: int, num_classes: int, nl_type: Optional[str] = None, nl_nums: int = 1,
                  stage_num: int = 1, div: float = 2, is_sys: Optional[bool] = None,
-                 is_norm: Optional[bool] = None, order: Optional[int] = None):
+                 is_norm: Optional[bool] = None, order: Optional[int] = None, output_relu: Optional[bool] = None):
         super().__init__()
         self.depth = depth
+        output_relu = resolve_output_relu(nl_type, output_relu, zero_init=True)
         depths = self.ARCHS[depth]
         positions = nonlocal_positions(nl_nums, depths) if nl_type is not None else {}
         self.nonlocal_paths = []
@@ -96,7 +100,8 @@ class ResNet(nn.Module):
 
             def make_nonlocal():
                 return build_nonlocal(nl_type, outplanes, nonlocal_width(outplanes, div), stage_num=stage_num,
-                                      is_sys=is_sys, is_norm=is_norm, order=order, zero_init=True)
+                                      is_sys=is_sys, is_norm=is_norm, order=order, output_relu=output_relu,
+                                      zero_init=not output_relu)
 
             name = f"layer{stage}"
             setattr(self, name, assemble_stage(blocks, positions.get(name, ()), make_nonlocal, name,
@@ -107,9 +112,9 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(0.5)
         self.fc = nn.Linear(inplanes, num_classes)
-        self._init_weights()
+        self._init_weights(identity=not output_relu)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, identity: bool = True) -> None:
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -120,7 +125,8 @@ class ResNet(nn.Module):
                 nn.init.zeros_(module.bias)
         # The loop above also reset the blocks' norm layers to 1; zero them again so that every block starts
         # as the identity and a pretrained backbone keeps its outputs (criss-cross: its gamma is already 0).
-        for path in self.nonlocal_paths:
+        # Not with the output ReLU: relu(0) would give the block no gradient at all (docs/blocks.md, "output_relu").
+        for path in self.nonlocal_paths if identity else ():
             for module in self.get_submodule(path).modules():
                 if isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
                     nn.init.zeros_(module.weight)

@@ -23,7 +23,7 @@ from torch import nn
 
 from lib import NONLOCAL_BLOCKS, build_nonlocal
 from lib.errors import ConfigError
-from models.common import build_on, nonlocal_width
+from models.common import build_on, nonlocal_width, resolve_output_relu
 from models.weights import _download_torchvision, _mismatch, _read_state_dict, strip_module_prefix
 
 TORCHVISION_RESNETS = {50: torchvision.models.resnet50, 101: torchvision.models.resnet101}
@@ -153,11 +153,13 @@ def load_backbone_weights(backbone: DilatedResNet, pretrained: Union[bool, str, 
 def build_segmentor(backbone: str = "resnet", arch: Union[int, str] = "50", num_classes: int = 19,
                     nl_type: Optional[str] = "snl", stage_num: int = 1, div: float = 2,
                     is_sys: Optional[bool] = None, is_norm: Optional[bool] = None,
-                    pretrained: Union[None, bool, str] = None, aux: bool = True, device=None,
-                    dtype=None) -> Segmentor:
+                    pretrained: Union[None, bool, str] = None, aux: bool = True,
+                    output_relu: Optional[bool] = None, device=None, dtype=None) -> Segmentor:
     """The segmentor of the module docstring; model.build_args rebuilds it (pretrained, device and dtype are left
-    out of them: a checkpoint's own weights replace it). device, dtype: where and in which dtype the parameters
-    are created. Raises ConfigError for an unknown name or value."""
+    out of them: a checkpoint's own weights replace it). output_relu (stage-based blocks): None / False = the head
+    block is Y = X + BN(.) and starts as the identity (BN at 0); True = X + relu(BN(.)) with BN weight 1, since
+    from 0 that block would get no gradient (docs/blocks.md, "output_relu"). device, dtype: where and in which
+    dtype the parameters are created. Raises ConfigError for an unknown name or value."""
     if backbone != "resnet":
         raise ConfigError(f"unknown segmentation backbone {backbone!r}; valid: resnet")
     try:
@@ -177,20 +179,23 @@ def build_segmentor(backbone: str = "resnet", arch: Union[int, str] = "50", num_
         raise ConfigError(f"div must be positive, got {div!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
-    model = build_on(device, dtype, _segmentor, depth, num_classes, nl_type, stage_num, div, is_sys, is_norm, aux)
+    output_relu = resolve_output_relu(nl_type, output_relu, zero_init=True)
+    model = build_on(device, dtype, _segmentor, depth, num_classes, nl_type, stage_num, div, is_sys, is_norm, aux,
+                     output_relu)
     if pretrained:
         load_backbone_weights(model.backbone, pretrained)
     model.build_args = dict(backbone=backbone, arch=depth, num_classes=num_classes, nl_type=nl_type,
-                            stage_num=stage_num, div=div, is_sys=is_sys, is_norm=is_norm, aux=bool(aux))
+                            stage_num=stage_num, div=div, is_sys=is_sys, is_norm=is_norm, aux=bool(aux),
+                            output_relu=output_relu)
     return model
 
 
-def _segmentor(depth, num_classes, nl_type, stage_num, div, is_sys, is_norm, aux):
+def _segmentor(depth, num_classes, nl_type, stage_num, div, is_sys, is_norm, aux, output_relu):
     net = DilatedResNet(depth)  # torchvision's init (kaiming fan_out convs, BN 1 / 0)
     block = None
     if nl_type is not None:
         block = build_nonlocal(nl_type, HEAD_CHANNELS, nonlocal_width(HEAD_CHANNELS, div), stage_num=stage_num,
-                               is_sys=is_sys, is_norm=is_norm, zero_init=True)
+                               is_sys=is_sys, is_norm=is_norm, zero_init=not output_relu, output_relu=output_relu)
     head = NonlocalHead(2048, HEAD_CHANNELS, num_classes, block)
     init_head(head, skip=block)
     aux_head = None

@@ -151,6 +151,19 @@ def test_valid_refuses_flags_that_contradict_the_checkpoint(cifar_run, capsys):
     assert status == 2 and err.count("\n") == 1 and "nl_type 'snl' (checkpoint) vs 'nl' (this run)" in err
 
 
+def test_valid_reads_a_checkpoint_from_before_output_relu(cifar_run, capsys, tmp_path):
+    """model_args without output_relu: PreResNet's blocks had the ReLU, so --output-relu agrees and False does not."""
+    checkpoint = torch.load(cifar_run["run_dir"] / "model_best.pth.tar", weights_only=True)
+    assert checkpoint["model_args"].pop("output_relu") is True
+    torch.save(checkpoint, tmp_path / "old.pth.tar")
+    common = ["--valid", "--check_path", tmp_path / "old.pth.tar", "--dataset", "cifar10", "--data_dir",
+              cifar_run["data"], "-j", "0", "--output-relu"]
+    status, out, _ = run(common, capsys)
+    assert status == 0 and f"Prec@1 {checkpoint['best_prec1']:.3f}" in out
+    status, _, err = run(common + ["False"], capsys)
+    assert status == 2 and "output_relu True (checkpoint) vs False (this run)" in err
+
+
 def test_truncated_checkpoint_is_one_line(cifar_run, capsys, tmp_path):
     source = cifar_run["run_dir"] / "model_best.pth.tar"
     broken = tmp_path / "broken.pth.tar"

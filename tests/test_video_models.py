@@ -317,7 +317,8 @@ def test_shortcut_a_subsamples_and_pads_with_zeros():
     (dict(backbone="r3d", arch=18, nl_type="cgnl", output_relu=False), "stage-based blocks only"),
     (dict(backbone="resnet3d", arch=18, shortcut_type="C"), "shortcut_type must be 'A'"),
     (dict(backbone="mc3", arch=18, shortcut_type="A"), "resnet3d only"),
-    (dict(backbone="resnet", arch=50, output_relu=False), "video backbones only"),
+    (dict(backbone="resnet", arch=50, shortcut_type="B"), "video backbones only"),
+    (dict(backbone="resnet", arch=50, nl_type="cgnl", output_relu=True), "stage-based blocks only"),
     (dict(backbone="resnet3d", arch=18, pretrained=True), "no downloadable weights.*resnet-18-kinetics.pth"),
 ], ids=lambda value: value if isinstance(value, str) else None)
 def test_bad_video_arguments_raise_one_line_config_errors(kwargs, message):

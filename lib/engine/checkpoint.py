@@ -265,7 +265,13 @@ def restore_rng(state):
 
 
 def model_args_mismatch(saved, current):
-    """'nl_type 'nl' (checkpoint) vs 'snl' (this run), ...' for the constructor arguments that differ, or ''."""
+    """'nl_type 'nl' (checkpoint) vs 'snl' (this run), ...' for the constructor arguments that differ, or ''.
+    A checkpoint from before output_relu was stored is compared with the value its rebuilt network gets."""
+    from models.common import with_output_relu  # here: models imports lib.engine.tasks
+
+    if "output_relu" in current:
+        saved = with_output_relu(saved)
+
     def canonical(value):
         return [canonical(v) for v in value] if isinstance(value, (list, tuple)) else value
 

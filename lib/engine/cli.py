@@ -99,6 +99,10 @@ def _add_reference_flags(parser):
     _bool_flag(ref, "--is_sys", "--is-sys", default=None, help="symmetric affinity (switch; default: the block's own)")
     _bool_flag(ref, "--is_norm", "--is-norm", default=None, help="normalized ReLU affinity (switch; default: the "
                "block's own). Pass --is_norm --is_sys to reproduce the reference's PreResNet runs")
+    _bool_flag(ref, "--output-relu", "--output_relu", default=None, help="ReLU after each unit of a stage block: Y = "
+               "X + relu(BN(...)) (default: resnet False, its blocks start as the identity and learn; preresnet the "
+               "block's own. True for resnet: BN weight 1, as with the ReLU from 0 a block never learns; "
+               "docs/blocks.md)")
     ref.add_argument("--pretrained", type=parse_pretrained, default=False, metavar="BOOL|PATH",
                      help="False (default), True (torchvision ImageNet weights, resnet only) or a state_dict file")
     ref.add_argument("--backbone", default=None, help="preresnet | resnet (default: preresnet for CIFAR-like "

@@ -28,7 +28,7 @@ def model_kwargs(args, num_classes, pretrained=None):
     return dict(backbone=args.backbone, arch=args.arch, num_classes=num_classes,
                 nl_type=args.nl_type if args.nl_nums else None, nl_nums=args.nl_nums, nl_layer=args.nl_layer,
                 stage_num=args.stage_nums, div=args.div, is_sys=args.is_sys, is_norm=args.is_norm,
-                order=args.order, pretrained=pretrained or None)
+                order=args.order, output_relu=args.output_relu, pretrained=pretrained or None)
 
 
 def check_model_flags(args):

@@ -44,6 +44,9 @@ def get_args_parser(add_help=True):
                         (("--is_norm", "--is-norm"), "normalized ReLU affinity")):
         model.add_argument(*names, nargs="?", const=True, default=None, type=parse_bool, metavar="BOOL",
                            help=f"{text} (switch; default: the block's own)")
+    model.add_argument("--output-relu", "--output_relu", dest="output_relu", nargs="?", const=True, default=None,
+                       type=parse_bool, metavar="BOOL", help="ReLU after each unit of a stage block (default False: "
+                       "the head block starts as the identity and learns; True: BN weight 1; docs/blocks.md)")
     model.add_argument("--pretrained", type=parse_pretrained, default=None, metavar="BOOL|PATH",
                        help="backbone weights: True (torchvision ImageNet, downloaded; the cityscapes default), "
                        "False, or a torchvision-format ResNet state_dict file")
