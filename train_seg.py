@@ -30,17 +30,17 @@ from lib.data.iteration_sampler import IterationBatchSampler
 from lib.data.samplers import ContiguousShardSampler
 from lib.data.seg_transforms import IGNORE_INDEX, SegPipeline
 from lib.engine.checkpoint import load_checkpoint, model_args_mismatch, remove_stale_temp_files, restore_rng
-from lib.engine.distributed import all_reduce_sums, any_process, cleanup, from_main, init_distributed
-from lib.engine.logger import MetricsFile, RunLogger, open_tensorboard, write_args
+from lib.engine.distributed import all_reduce_sums, any_process, from_main
+from lib.engine.logger import MetricsFile, open_tensorboard, write_args
 from lib.engine.metrics import format_seconds
 from lib.engine.poly import PolySchedule
-from lib.engine.preemption import EpochProgress, Preempted, RunGuard, fetch_batch, reported_errors
+from lib.engine.preemption import EpochProgress, RunGuard, fetch_batch, reported_errors
 from lib.engine.run_lock import RunLock
 from lib.engine.resume_check import (RESUMABLE, check_resume_settings, has_work, resume_args_path,
                                      valid_dataset_from_checkpoint)
 from lib.engine.run_state import check_dataset
-from lib.engine.runtime import (NonFiniteLoss, autocast, cpu_threads_note, prepare_model, run_cli, seed_everything,
-                                set_cudnn_mode, warn_slow_amp)
+from lib.engine.runtime import (NonFiniteLoss, autocast, cpu_threads_note, prepare_model, run_cli, run_main,
+                                seed_everything)
 from lib.engine.schedule import set_lr
 from lib.engine.seg_cli import get_args_parser, parse_seg_args, resolve_seg_args  # noqa: F401
 from lib.engine.seg_run import (MIoUTracker, drop_records_after, resume_source, resumed_interval, run_folder,
@@ -367,29 +367,16 @@ def _train(args, ctx, log, run_dir, guard):
     return tracker.last
 
 
+def check_model_flags(args):
+    """Fail on a bad model flag before any data is read: building on the meta device costs nothing."""
+    with torch.device("meta"):
+        build_segmentor(**model_kwargs(args))
+
+
 def main(args):
     """Train (or with --valid, evaluate); returns the final evaluation's stats. Raises ConfigError for bad input."""
     args = resolve_seg_args(valid_dataset_from_checkpoint(args, "segmentation"))
-    ctx = init_distributed(args.device, LAUNCHER_PID)
-    log = RunLogger(enabled=ctx.is_main).start()
-    try:
-        set_cudnn_mode(args.deterministic)
-        seed_everything(args.seed + ctx.rank)
-        warn_slow_amp(args.amp, ctx.device, log)
-        with torch.device("meta"):  # a bad model flag fails before any data is read, at no cost
-            build_segmentor(**model_kwargs(args))
-        if args.valid:
-            return validate_checkpoint(args, ctx, log)
-        return train(args, ctx, log)
-    except (ConfigError, NonFiniteLoss) as error:
-        log.record(f"ERROR: {error}")
-        raise
-    except Preempted as error:
-        log.record(str(error))
-        raise
-    finally:
-        log.close()
-        cleanup(ctx)
+    return run_main(args, LAUNCHER_PID, check_model_flags, validate_checkpoint, train)
 
 
 def cli_main(argv=None):

@@ -25,17 +25,15 @@ from lib.engine import epochs
 from lib.engine.checkpoint import load_checkpoint
 from lib.engine.cli import get_args_parser  # noqa: F401  (the torchvision-style entry points live here)
 from lib.engine.config import parse_args
-from lib.engine.distributed import all_reduce_sums, any_process, cleanup, from_main, init_distributed, local_main_first
-from lib.engine.logger import RunLogger
+from lib.engine.distributed import all_reduce_sums, any_process, from_main, local_main_first
 from lib.engine.metrics import percent, topk_correct
-from lib.engine.preemption import Preempted, loader_failure
+from lib.engine.preemption import loader_failure
 from lib.engine.recipe import RECIPES, recipe_line, resolve_args
 from lib.engine.resume_check import check_resume_settings, has_work, valid_dataset_from_checkpoint
 from lib.engine.run_state import (BestTracker, check_dataset, check_model_flags, check_requested_model,
                                   load_resumed_state, load_resumed_weights, model_kwargs, prune_own_checkpoints,
                                   resume_source, resumed_progress, run_folder, save_checkpoint, summary_line)
-from lib.engine.runtime import (NonFiniteLoss, autocast, prepare_model, run_cli, seed_everything, set_cudnn_mode,
-                                warn_slow_amp)
+from lib.engine.runtime import autocast, prepare_model, run_cli, run_main
 from lib.engine.schedule import WarmupStepSchedule
 from lib.engine.tasks import require_task
 from lib.errors import ConfigError
@@ -234,25 +232,7 @@ def _train(args, ctx, log, run_dir, guard):
 def main(args):
     """Train (or with --valid, evaluate); returns the final evaluation's stats. Raises ConfigError for bad input."""
     args = resolve_args(valid_dataset_from_checkpoint(args, "classification"))
-    ctx = init_distributed(args.device, LAUNCHER_PID)
-    log = RunLogger(enabled=ctx.is_main).start()
-    try:
-        set_cudnn_mode(args.deterministic)
-        seed_everything(args.seed + ctx.rank)
-        check_model_flags(args)
-        warn_slow_amp(args.amp, ctx.device, log)
-        if args.valid:
-            return validate_checkpoint(args, ctx, log)
-        return train(args, ctx, log)
-    except (ConfigError, NonFiniteLoss) as error:
-        log.record(f"ERROR: {error}")
-        raise
-    except Preempted as error:
-        log.record(str(error))
-        raise
-    finally:
-        log.close()
-        cleanup(ctx)
+    return run_main(args, LAUNCHER_PID, check_model_flags, validate_checkpoint, train)
 
 
 def cli_main(argv=None):

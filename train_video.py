@@ -29,16 +29,15 @@ from torch import nn
 from lib.data import build_loaders
 from lib.engine import epochs
 from lib.engine.checkpoint import load_checkpoint
-from lib.engine.distributed import all_reduce_sums, any_process, cleanup, from_main, init_distributed
-from lib.engine.logger import RunLogger
+from lib.engine.distributed import all_reduce_sums, any_process, from_main
 from lib.engine.metrics import format_seconds, percent, topk_correct
-from lib.engine.preemption import Preempted, loader_failure
+from lib.engine.preemption import loader_failure
 from lib.engine.resume_check import (EPOCH_BASED, RESUMABLE, check_resume_settings, has_work,
                                      valid_dataset_from_checkpoint)
 from lib.engine.run_state import (BestTracker, check_dataset, check_requested_model, load_resumed_state,
                                   load_resumed_weights, prune_own_checkpoints, resume_source, resumed_progress,
                                   save_checkpoint)
-from lib.engine.runtime import NonFiniteLoss, autocast, run_cli, seed_everything, set_cudnn_mode, warn_slow_amp
+from lib.engine.runtime import autocast, run_cli, run_main
 from lib.engine.schedule import WarmupStepSchedule
 from lib.engine.tasks import require_task
 from lib.engine.video.cli import get_args_parser, parse_video_args  # noqa: F401  (torchvision-style entry point)
@@ -284,25 +283,8 @@ def _train(args, ctx, log, run_dir, guard):
 def main(args):
     """Train (or with --valid, evaluate); returns the final evaluation's stats. Raises ConfigError for bad input."""
     args = resolve_video_args(valid_dataset_from_checkpoint(args, "video"))
-    ctx = init_distributed(args.device, LAUNCHER_PID)
-    log = RunLogger(enabled=ctx.is_main).start()
-    try:
-        set_cudnn_mode(args.deterministic)
-        seed_everything(args.seed + ctx.rank)
-        check_model_flags(args, build_model)
-        warn_slow_amp(args.amp, ctx.device, log)
-        if args.valid:
-            return validate_checkpoint(args, ctx, log)
-        return train(args, ctx, log)
-    except (ConfigError, NonFiniteLoss) as error:
-        log.record(f"ERROR: {error}")
-        raise
-    except Preempted as error:
-        log.record(str(error))
-        raise
-    finally:
-        log.close()
-        cleanup(ctx)
+    return run_main(args, LAUNCHER_PID, lambda args: check_model_flags(args, build_model), validate_checkpoint,
+                    train)
 
 
 def cli_main(argv=None):

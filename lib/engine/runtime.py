@@ -1,5 +1,6 @@
-"""What every entry point does around its model (train_val.py, train_seg.py): seeding, cudnn mode, autocast,
-compiling and wrapping the model for DDP, and turning user errors into one line and an exit status."""
+"""What every entry point does around its model (train_val.py, train_seg.py, train_video.py): seeding, cudnn mode,
+autocast, compiling and wrapping the model for DDP, the frame of main(args), and turning user errors into one line
+and an exit status."""
 import os
 import random
 import sys
@@ -8,6 +9,8 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from lib.engine.distributed import cleanup, init_distributed
+from lib.engine.logger import RunLogger
 from lib.engine.preemption import PREEMPTED_STATUS, Preempted
 from lib.engine.sync_bn import convert_sync_batchnorm
 from lib.errors import ConfigError
@@ -98,6 +101,31 @@ def prepare_model(model, args, ctx, log):
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         train_model = torch.nn.parallel.DistributedDataParallel(compiled, device_ids=device_ids)
     return model, train_model, compiled
+
+
+def run_main(args, launcher_pid, check_model, validate, train):
+    """An entry point's main(args) once its flags are resolved: start the processes and the log, seed, fail on a bad
+    model flag (check_model(args)) before any data is read, then validate(args, ctx, log) with --valid, else
+    train(args, ctx, log); returns what that returns. Bad input, divergence and preemption reach the log too."""
+    ctx = init_distributed(args.device, launcher_pid)
+    log = RunLogger(enabled=ctx.is_main).start()
+    try:
+        set_cudnn_mode(args.deterministic)
+        seed_everything(args.seed + ctx.rank)
+        check_model(args)
+        warn_slow_amp(args.amp, ctx.device, log)
+        if args.valid:
+            return validate(args, ctx, log)
+        return train(args, ctx, log)
+    except (ConfigError, NonFiniteLoss) as error:
+        log.record(f"ERROR: {error}")
+        raise
+    except Preempted as error:
+        log.record(str(error))
+        raise
+    finally:
+        log.close()
+        cleanup(ctx)
 
 
 def run_cli(main, parse_args, prog, argv=None):
