@@ -17,7 +17,6 @@ import sys  # noqa: E402  (these imports follow the launcher's pid)
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lib.data import build_datasets, build_loaders
@@ -25,15 +24,15 @@ from lib.engine import epochs
 from lib.engine.checkpoint import load_checkpoint
 from lib.engine.cli import get_args_parser  # noqa: F401  (the torchvision-style entry points live here)
 from lib.engine.config import parse_args
-from lib.engine.distributed import all_reduce_sums, any_process, from_main, local_main_first
-from lib.engine.metrics import percent, topk_correct
-from lib.engine.preemption import loader_failure
+from lib.engine.distributed import from_main, local_main_first
+from lib.engine.evaluation import classifier_stats
+from lib.engine.metrics import percent
 from lib.engine.recipe import RECIPES, recipe_line, resolve_args
 from lib.engine.resume_check import check_resume_settings, has_work, valid_dataset_from_checkpoint
 from lib.engine.run_state import (BestTracker, check_dataset, check_model_flags, check_requested_model,
                                   load_resumed_state, load_resumed_weights, model_kwargs, prune_own_checkpoints,
                                   resume_source, resumed_progress, run_folder, save_checkpoint, summary_line)
-from lib.engine.runtime import autocast, prepare_model, run_cli, run_main
+from lib.engine.runtime import prepare_model, run_cli, run_main
 from lib.engine.schedule import WarmupStepSchedule
 from lib.engine.tasks import require_task
 from lib.errors import ConfigError
@@ -63,31 +62,11 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr,
 def evaluate(model, loader, ctx, args, log):
     """Top-1 / top-5 / mean loss over the whole validation set: every image once, summed over processes."""
     model.eval()
-    loss_sum = correct1 = correct5 = count = 0
-    error = None
-    try:
-        for i, (images, target) in enumerate(loader):
-            images, target = _to_device(images, target, ctx, args)
-            with autocast(ctx.device, args.amp):
-                output = model(images)
-            loss_sum += F.cross_entropy(output.float(), target, reduction="sum").item()
-            hits1, hits5 = topk_correct(output, target, (1, 5))
-            correct1, correct5, count = correct1 + hits1, correct5 + hits5, count + target.size(0)
-            if i % args.print_freq == 0:
-                log.info(f"Test [{i + 1}/{len(loader)}]  top-1 {percent(correct1, count):.3f}  "
-                         f"top-5 {percent(correct5, count):.3f}")
-    except ConfigError as caught:  # e.g. an unreadable image in this process's shard
-        error = caught
-    except RuntimeError as caught:  # a loader worker that died or hung: one line, as bad input
-        error = loader_failure(caught)
-        if error is None:
-            raise
-    # Agreed by all processes, so that all stop together (a lone raise would leave the others waiting).
-    if any_process(ctx, error is not None):
-        raise error or ConfigError("the evaluation failed in another process (its error is printed above)")
-    loss_sum, correct1, correct5, count = all_reduce_sums(ctx, [loss_sum, correct1, correct5, count])
-    stats = {"top1": percent(correct1, count), "top5": percent(correct5, count),
-             "loss": loss_sum / count if count else float("nan"), "n": int(count)}
+
+    def report(i, loss_sum, correct1, correct5, count):
+        log.info(f"Test [{i + 1}/{len(loader)}]  top-1 {percent(correct1, count):.3f}  "
+                 f"top-5 {percent(correct5, count):.3f}")
+    stats = classifier_stats(model, loader, ctx, args, _to_device, report)
     log.info(f" * Prec@1 {stats['top1']:.3f} Prec@5 {stats['top5']:.3f}  loss {stats['loss']:.4f}  "
              f"({stats['n']} images)")
     return stats

@@ -23,21 +23,20 @@ import sys  # noqa: E402  (these imports follow the launcher's pid)
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lib.data import build_loaders
 from lib.engine import epochs
 from lib.engine.checkpoint import load_checkpoint
-from lib.engine.distributed import all_reduce_sums, any_process, from_main
-from lib.engine.metrics import format_seconds, percent, topk_correct
-from lib.engine.preemption import loader_failure
+from lib.engine.distributed import from_main
+from lib.engine.evaluation import classifier_stats
+from lib.engine.metrics import format_seconds, percent
 from lib.engine.resume_check import (EPOCH_BASED, RESUMABLE, check_resume_settings, has_work,
                                      valid_dataset_from_checkpoint)
 from lib.engine.run_state import (BestTracker, check_dataset, check_requested_model, load_resumed_state,
                                   load_resumed_weights, prune_own_checkpoints, resume_source, resumed_progress,
                                   save_checkpoint)
-from lib.engine.runtime import autocast, run_cli, run_main
+from lib.engine.runtime import run_cli, run_main
 from lib.engine.schedule import WarmupStepSchedule
 from lib.engine.tasks import require_task
 from lib.engine.video.cli import get_args_parser, parse_video_args  # noqa: F401  (torchvision-style entry point)
@@ -70,34 +69,15 @@ def evaluate(model, loader, ctx, args, log):
     """Clip top-1 / top-5 / mean loss on each validation video's centre clip: every video once, summed over
     processes."""
     model.eval()
-    loss_sum = correct1 = correct5 = count = 0
-    error, start = None, time.time()
-    try:
-        for i, (clips, target) in enumerate(loader):
-            clips, target = to_device(clips, target, ctx, args)
-            with autocast(ctx.device, args.amp):
-                output = model(clips)
-            loss_sum += F.cross_entropy(output.float(), target, reduction="sum").item()
-            hits1, hits5 = topk_correct(output, target, (1, 5))
-            correct1, correct5, count = correct1 + hits1, correct5 + hits5, count + target.size(0)
-            if i % args.print_freq == 0:
-                elapsed = time.time() - start
-                log.info(f"Test [{i + 1}/{len(loader)}]  clip top-1 {percent(correct1, count):.3f}  "
-                         f"clip top-5 {percent(correct5, count):.3f}  "
-                         f"{count * ctx.world_size / max(elapsed, 1e-9):.1f} clips/s  "
-                         f"eta {format_seconds(elapsed / (i + 1) * (len(loader) - i - 1))}")
-    except ConfigError as caught:  # e.g. an unreadable video in this process's shard
-        error = caught
-    except RuntimeError as caught:  # a loader worker that died or hung: one line, as bad input
-        error = loader_failure(caught)
-        if error is None:
-            raise
-    # Agreed by all processes, so that all stop together (a lone raise would leave the others waiting).
-    if any_process(ctx, error is not None):
-        raise error or ConfigError("the evaluation failed in another process (its error is printed above)")
-    loss_sum, correct1, correct5, count = all_reduce_sums(ctx, [loss_sum, correct1, correct5, count])
-    stats = {"top1": percent(correct1, count), "top5": percent(correct5, count),
-             "loss": loss_sum / count if count else float("nan"), "n": int(count)}
+    start = time.time()
+
+    def report(i, loss_sum, correct1, correct5, count):
+        elapsed = time.time() - start
+        log.info(f"Test [{i + 1}/{len(loader)}]  clip top-1 {percent(correct1, count):.3f}  "
+                 f"clip top-5 {percent(correct5, count):.3f}  "
+                 f"{count * ctx.world_size / max(elapsed, 1e-9):.1f} clips/s  "
+                 f"eta {format_seconds(elapsed / (i + 1) * (len(loader) - i - 1))}")
+    stats = classifier_stats(model, loader, ctx, args, to_device, report)
     log.info(f" * Clip Prec@1 {stats['top1']:.3f} Clip Prec@5 {stats['top5']:.3f}  loss {stats['loss']:.4f}  "
              f"({stats['n']} centre clips)")
     return stats
