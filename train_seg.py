@@ -31,11 +31,11 @@ from lib.data.samplers import ContiguousShardSampler
 from lib.data.seg_transforms import IGNORE_INDEX, SegPipeline
 from lib.engine.checkpoint import load_checkpoint, model_args_mismatch, remove_stale_temp_files, restore_rng
 from lib.engine.distributed import all_reduce_sums, any_process, from_main
+from lib.engine.epochs import guarded_run
 from lib.engine.logger import MetricsFile, open_tensorboard, write_args
 from lib.engine.metrics import format_seconds
 from lib.engine.poly import PolySchedule
-from lib.engine.preemption import EpochProgress, RunGuard, fetch_batch, reported_errors
-from lib.engine.run_lock import RunLock
+from lib.engine.preemption import EpochProgress, fetch_batch
 from lib.engine.resume_check import (RESUMABLE, check_resume_settings, has_work, resume_args_path,
                                      valid_dataset_from_checkpoint)
 from lib.engine.run_state import check_dataset
@@ -264,16 +264,8 @@ def train(args, ctx, log):
     run_dir = run_folder(args)
     log.heading(f"=> torch {torch.__version__}, device {ctx.device}, {ctx.world_size} process(es), run folder "
                 f"{run_dir}")
-    # One run per folder: a second one (e.g. a resume while the first still runs) stops here, naming the holder.
-    lock = RunLock(run_dir).acquire() if ctx.is_main else None
-    try:
-        # From here on a preemption signal only marks the run to stop at the next iteration, after a checkpoint.
-        with RunGuard(ctx, log, args.save_every, args.save_every_minutes) as guard, \
-                reported_errors(guard, os.path.join(run_dir, "log_train.txt")):
-            return _train(args, ctx, log, run_dir, guard)
-    finally:
-        if lock is not None:
-            lock.release()
+    # One run per folder; signals checkpoint and stop; every rank's errors reach the log.
+    return guarded_run(run_dir, ctx, log, args, lambda guard: _train(args, ctx, log, run_dir, guard))
 
 
 def _train(args, ctx, log, run_dir, guard):
