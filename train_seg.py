@@ -30,7 +30,7 @@ from lib.data.iteration_sampler import IterationBatchSampler
 from lib.data.samplers import ContiguousShardSampler
 from lib.data.seg_transforms import IGNORE_INDEX, SegPipeline
 from lib.engine.checkpoint import load_checkpoint, model_args_mismatch, remove_stale_temp_files, restore_rng
-from lib.engine.distributed import all_reduce_sums, any_process, from_main
+from lib.engine.distributed import all_reduce_sums, from_main
 from lib.engine.epochs import guarded_run
 from lib.engine.logger import MetricsFile, open_tensorboard, write_args
 from lib.engine.metrics import format_seconds
@@ -39,7 +39,7 @@ from lib.engine.preemption import EpochProgress, fetch_batch
 from lib.engine.resume_check import (RESUMABLE, check_resume_settings, has_work, resume_args_path,
                                      valid_dataset_from_checkpoint)
 from lib.engine.run_state import check_dataset
-from lib.engine.runtime import (NonFiniteLoss, autocast, cpu_threads_note, prepare_model, run_cli, run_main,
+from lib.engine.runtime import (autocast, checked_step, cpu_threads_note, prepare_model, run_cli, run_main,
                                 seed_everything)
 from lib.engine.schedule import set_lr
 from lib.engine.seg_cli import get_args_parser, parse_seg_args, resolve_seg_args  # noqa: F401
@@ -138,19 +138,8 @@ def train_one_step(model, criterion, optimizer, scaler, images, target, ctx, arg
     with autocast(ctx.device, args.amp):
         outputs = model(images)
     loss, parts = criterion(outputs, target)
-    loss_value = loss.item()
-    # Checked before the update, so no NaN reaches the weights; agreed across processes, so all stop together.
-    if any_process(ctx, not math.isfinite(loss_value)):
-        raise NonFiniteLoss(f"training loss became non-finite ({loss_value}) at iteration {iteration + 1}: run "
-                            f"stopped, the last checkpoint is kept (try a lower --lr or --amp off)")
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
+    loss_value = checked_step(loss, optimizer, scaler, ctx,
+                              f"at iteration {iteration + 1}: run stopped, the last checkpoint is kept")
     return loss_value, {name: value.item() for name, value in parts.items()}
 
 

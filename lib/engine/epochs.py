@@ -9,19 +9,18 @@ mid-epoch checkpoints and preemption stops (lib/engine/preemption.py).
 An entry point keeps what is its own (data, model, evaluation, metrics rows) and passes what differs as
 arguments (how a batch moves to the device, the name of a sample in progress lines).
 """
-import math
 import os
 import time
 
 from lib.engine.checkpoint import remove_stale_temp_files, restore_rng
-from lib.engine.distributed import all_reduce_sums, any_process
+from lib.engine.distributed import all_reduce_sums
 from lib.engine.logger import MetricsFile, open_tensorboard, write_args
 from lib.engine.metrics import format_seconds, percent, topk_correct
 from lib.engine.preemption import EpochProgress, RunGuard, fetch_batch, reported_errors
 from lib.engine.resume_check import resume_args_path
 from lib.engine.run_lock import RunLock
 from lib.engine.run_state import restore_epoch_file
-from lib.engine.runtime import NonFiniteLoss, autocast, cpu_threads_note, seed_everything
+from lib.engine.runtime import autocast, checked_step, cpu_threads_note, seed_everything
 from lib.engine.schedule import set_lr
 from lib.errors import ConfigError
 
@@ -105,19 +104,8 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr,
         with autocast(ctx.device, args.amp):
             output = model(inputs)
             loss = criterion(output, target)
-        loss_value = loss.item()
-        # Checked before the update, so no NaN reaches the weights; agreed across processes, so all stop together.
-        if any_process(ctx, not math.isfinite(loss_value)):
-            raise NonFiniteLoss(f"training loss became non-finite ({loss_value}) at epoch {epoch + 1}, iteration "
-                                f"{i + 1}: run stopped, this epoch is not checkpointed (try a lower --lr or --amp off)")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        loss_value = checked_step(loss, optimizer, scaler, ctx, f"at epoch {epoch + 1}, iteration {i + 1}: run "
+                                  f"stopped, this epoch is not checkpointed")
         batch_correct = topk_correct(output, target, (1,))[0]
         progress.add(loss_value, batch_correct, target.size(0))
         elapsed = time.time() - start

@@ -1,6 +1,7 @@
 """What every entry point does around its model (train_val.py, train_seg.py, train_video.py): seeding, cudnn mode,
 autocast, compiling and wrapping the model for DDP, the frame of main(args), and turning user errors into one line
 and an exit status."""
+import math
 import os
 import random
 import sys
@@ -9,7 +10,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from lib.engine.distributed import cleanup, init_distributed
+from lib.engine.distributed import any_process, cleanup, init_distributed
 from lib.engine.logger import RunLogger
 from lib.engine.preemption import PREEMPTED_STATUS, Preempted
 from lib.engine.sync_bn import convert_sync_batchnorm
@@ -20,6 +21,25 @@ AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite: the run stops, and that step is never checkpointed."""
+
+
+def checked_step(loss, optimizer, scaler, ctx, stopped):
+    """The SGD step on loss (scaled with a GradScaler, if any); returns loss as a float. Checked before the update, so
+    no NaN reaches the weights, and agreed across processes, so all stop together: NonFiniteLoss, its message
+    ending with `stopped` (where, and what is kept), otherwise."""
+    loss_value = loss.item()
+    if any_process(ctx, not math.isfinite(loss_value)):
+        raise NonFiniteLoss(f"training loss became non-finite ({loss_value}) {stopped} (try a lower --lr or --amp "
+                            f"off)")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss_value
 
 
 def autocast(device, amp):
