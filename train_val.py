@@ -29,11 +29,9 @@ from lib.engine.evaluation import classifier_stats
 from lib.engine.metrics import percent
 from lib.engine.recipe import RECIPES, recipe_line, resolve_args
 from lib.engine.resume_check import check_resume_settings, has_work, valid_dataset_from_checkpoint
-from lib.engine.run_state import (BestTracker, check_dataset, check_model_flags, check_requested_model,
-                                  load_resumed_state, load_resumed_weights, model_kwargs, prune_own_checkpoints,
-                                  resume_source, resumed_progress, run_folder, save_checkpoint, summary_line)
+from lib.engine.run_state import (check_dataset, check_model_flags, check_requested_model, load_resumed_weights,
+                                  model_kwargs, resume_source, run_folder, save_checkpoint, summary_line)
 from lib.engine.runtime import prepare_model, run_cli, run_main
-from lib.engine.schedule import WarmupStepSchedule
 from lib.engine.tasks import require_task
 from lib.errors import ConfigError
 from models import build_model, classifier_size, load_state_dict_checked
@@ -150,19 +148,13 @@ def _train(args, ctx, log, run_dir, guard):
         load_resumed_weights(checkpoint, resume_path, model)
         check_resume_settings(checkpoint, resume_path, args, log, world_size=ctx.world_size)  # same settings?
     model, train_model, eval_model = prepare_model(model, args, ctx, log)
-    scale = args.batch_size * ctx.world_size / RECIPES[args.recipe]["batch_size"] if args.lr_scale == "linear" else 1
-    schedule = WarmupStepSchedule(args.lr * scale, args.lr_steps, args.warmup_epochs, args.lr_gamma)
+    schedule = epochs.step_schedule(args, ctx, RECIPES[args.recipe]["batch_size"])
     optimizer = torch.optim.SGD(model.parameters(), lr=schedule.lr_at(0), momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(ctx.device.type) if args.amp == "fp16" else None
-    start_epoch, best, resumed_inside = 0, BestTracker(), None
-    if checkpoint is not None:
-        start_epoch, best = load_resumed_state(checkpoint, resume_path, optimizer, scaler, log)
-        resumed_inside = resumed_progress(checkpoint, resume_path, ctx, args)
-        epochs.warn_other_world_size(checkpoint, ctx, log)
-        guard.saved(resume_path)
+    start_epoch, best, resumed_inside = epochs.resumed_state(checkpoint, resume_path, optimizer, scaler, ctx, args,
+                                                             log, guard)
     log_setup(args, ctx, info, train_set, val_set, model, schedule, log)
-    left_to_train = start_epoch < args.epochs
     work = has_work(start_epoch, args.epochs, (checkpoint or {}).get("pending_eval"))  # else write no records
 
     # Only now, with data, model and checkpoint loaded, is anything written: a failed start leaves no trace.
@@ -200,10 +192,7 @@ def _train(args, ctx, log, run_dir, guard):
 
     epochs.run_epochs(args, start_epoch, checkpoint, resumed_inside, schedule, optimizer, train_sampler, writer, log,
                       train_epoch, finish_epoch)
-    if not left_to_train:
-        log.warn(f"nothing left to train: the checkpoint has {start_epoch} epochs, --epochs is {args.epochs}")
-        if ctx.is_main:
-            prune_own_checkpoints(run_dir, args)
+    epochs.warn_if_nothing_left(run_dir, args, ctx, log, start_epoch)
     log.heading(summary_line(best))
     return best.last
 

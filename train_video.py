@@ -33,11 +33,9 @@ from lib.engine.evaluation import classifier_stats
 from lib.engine.metrics import format_seconds, percent
 from lib.engine.resume_check import (EPOCH_BASED, RESUMABLE, check_resume_settings, has_work,
                                      valid_dataset_from_checkpoint)
-from lib.engine.run_state import (BestTracker, check_dataset, check_requested_model, load_resumed_state,
-                                  load_resumed_weights, prune_own_checkpoints, resume_source, resumed_progress,
+from lib.engine.run_state import (check_dataset, check_requested_model, load_resumed_weights, resume_source,
                                   save_checkpoint)
 from lib.engine.runtime import run_cli, run_main
-from lib.engine.schedule import WarmupStepSchedule
 from lib.engine.tasks import require_task
 from lib.engine.video.cli import get_args_parser, parse_video_args  # noqa: F401  (torchvision-style entry point)
 from lib.engine.video.multiclip import evaluate_videos
@@ -190,20 +188,13 @@ def _train(args, ctx, log, run_dir, guard):
                               world_size=ctx.world_size)  # same settings?
     freeze_for_fine_tuning(model, args.ft_begin_index)
     model, train_model, eval_model = prepare_video_model(model, args, ctx, log)
-    recipe_batch = VIDEO_RECIPES[args.recipe]["batch_size"]
-    scale = args.batch_size * ctx.world_size / recipe_batch if args.lr_scale == "linear" else 1
-    schedule = WarmupStepSchedule(args.lr * scale, args.lr_steps, args.warmup_epochs, args.lr_gamma)
+    schedule = epochs.step_schedule(args, ctx, VIDEO_RECIPES[args.recipe]["batch_size"])
     optimizer = torch.optim.SGD(trainable_parameters(model), lr=schedule.lr_at(0),
                                 momentum=args.momentum, dampening=args.dampening, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(ctx.device.type) if args.amp == "fp16" else None
-    start_epoch, best, resumed_inside = 0, BestTracker(), None
-    if checkpoint is not None:
-        start_epoch, best = load_resumed_state(checkpoint, resume_path, optimizer, scaler, log)
-        resumed_inside = resumed_progress(checkpoint, resume_path, ctx, args)
-        epochs.warn_other_world_size(checkpoint, ctx, log)
-        guard.saved(resume_path)
+    start_epoch, best, resumed_inside = epochs.resumed_state(checkpoint, resume_path, optimizer, scaler, ctx, args,
+                                                             log, guard)
     log_setup(args, ctx, data, model, schedule, log)
-    left_to_train = start_epoch < args.epochs
     work = has_work(start_epoch, args.epochs, (checkpoint or {}).get("pending_eval"))  # else write no records
 
     # Only now, with data, model and checkpoint loaded, is anything written: a failed start leaves no trace.
@@ -252,10 +243,7 @@ def _train(args, ctx, log, run_dir, guard):
 
     epochs.run_epochs(args, start_epoch, checkpoint, resumed_inside, schedule, optimizer, data["train_sampler"],
                       writer, log, train_epoch, finish_epoch)
-    if not left_to_train:
-        log.warn(f"nothing left to train: the checkpoint has {start_epoch} epochs, --epochs is {args.epochs}")
-        if ctx.is_main:
-            prune_own_checkpoints(run_dir, args)
+    epochs.warn_if_nothing_left(run_dir, args, ctx, log, start_epoch)
     log.heading(summary_line(best, selects(args)))
     return best.last
 

@@ -19,9 +19,10 @@ from lib.engine.metrics import format_seconds, percent, topk_correct
 from lib.engine.preemption import EpochProgress, RunGuard, fetch_batch, reported_errors
 from lib.engine.resume_check import resume_args_path
 from lib.engine.run_lock import RunLock
-from lib.engine.run_state import restore_epoch_file
+from lib.engine.run_state import (BestTracker, load_resumed_state, prune_own_checkpoints, restore_epoch_file,
+                                  resumed_progress)
 from lib.engine.runtime import autocast, checked_step, cpu_threads_note, seed_everything
-from lib.engine.schedule import set_lr
+from lib.engine.schedule import WarmupStepSchedule, set_lr
 from lib.errors import ConfigError
 
 
@@ -37,6 +38,33 @@ def guarded_run(run_dir, ctx, log, args, body):
     finally:
         if lock is not None:
             lock.release()
+
+
+def step_schedule(args, ctx, recipe_batch):
+    """The warm-up / step lr schedule; --lr-scale linear scales --lr by the global batch over the recipe's."""
+    scale = args.batch_size * ctx.world_size / recipe_batch if args.lr_scale == "linear" else 1
+    return WarmupStepSchedule(args.lr * scale, args.lr_steps, args.warmup_epochs, args.lr_gamma)
+
+
+def resumed_state(checkpoint, resume_path, optimizer, scaler, ctx, args, log, guard):
+    """(epochs done, BestTracker, this process's progress inside the next epoch or None) of a run resumed from
+    checkpoint (optimizer and scaler restored; the guard knows the checkpoint), or of a new run (None)."""
+    if checkpoint is None:
+        return 0, BestTracker(), None
+    start_epoch, best = load_resumed_state(checkpoint, resume_path, optimizer, scaler, log)
+    resumed_inside = resumed_progress(checkpoint, resume_path, ctx, args)
+    warn_other_world_size(checkpoint, ctx, log)
+    guard.saved(resume_path)
+    return start_epoch, best, resumed_inside
+
+
+def warn_if_nothing_left(run_dir, args, ctx, log, start_epoch):
+    """A run resumed with all of --epochs done trains nothing: say so, and still apply --keep-checkpoints."""
+    if start_epoch < args.epochs:
+        return
+    log.warn(f"nothing left to train: the checkpoint has {start_epoch} epochs, --epochs is {args.epochs}")
+    if ctx.is_main:
+        prune_own_checkpoints(run_dir, args)
 
 
 def warn_other_world_size(checkpoint, ctx, log):
