@@ -30,17 +30,17 @@ from lib.data.iteration_sampler import IterationBatchSampler
 from lib.data.samplers import ContiguousShardSampler
 from lib.data.seg_transforms import IGNORE_INDEX, SegPipeline
 from lib.engine.checkpoint import load_checkpoint, model_args_mismatch, remove_stale_temp_files, restore_rng
-from lib.engine.distributed import all_reduce_sums, any_process, cleanup, from_main, init_distributed
-from lib.engine.logger import MetricsFile, RunLogger, open_tensorboard, write_args
+from lib.engine.distributed import all_reduce_sums, from_main
+from lib.engine.epochs import guarded_run
+from lib.engine.logger import MetricsFile, open_tensorboard, write_args
 from lib.engine.metrics import format_seconds
 from lib.engine.poly import PolySchedule
-from lib.engine.preemption import EpochProgress, Preempted, RunGuard, fetch_batch, reported_errors
-from lib.engine.run_lock import RunLock
+from lib.engine.preemption import EpochProgress, fetch_batch
 from lib.engine.resume_check import (RESUMABLE, check_resume_settings, has_work, resume_args_path,
                                      valid_dataset_from_checkpoint)
 from lib.engine.run_state import check_dataset
-from lib.engine.runtime import (NonFiniteLoss, autocast, cpu_threads_note, prepare_model, run_cli, seed_everything,
-                                set_cudnn_mode, warn_slow_amp)
+from lib.engine.runtime import (autocast, checked_step, cpu_threads_note, prepare_model, run_cli, run_main,
+                                seed_everything)
 from lib.engine.schedule import set_lr
 from lib.engine.seg_cli import get_args_parser, parse_seg_args, resolve_seg_args  # noqa: F401
 from lib.engine.seg_run import (MIoUTracker, drop_records_after, resume_source, resumed_interval, run_folder,
@@ -138,19 +138,8 @@ def train_one_step(model, criterion, optimizer, scaler, images, target, ctx, arg
     with autocast(ctx.device, args.amp):
         outputs = model(images)
     loss, parts = criterion(outputs, target)
-    loss_value = loss.item()
-    # Checked before the update, so no NaN reaches the weights; agreed across processes, so all stop together.
-    if any_process(ctx, not math.isfinite(loss_value)):
-        raise NonFiniteLoss(f"training loss became non-finite ({loss_value}) at iteration {iteration + 1}: run "
-                            f"stopped, the last checkpoint is kept (try a lower --lr or --amp off)")
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
+    loss_value = checked_step(loss, optimizer, scaler, ctx,
+                              f"at iteration {iteration + 1}: run stopped, the last checkpoint is kept")
     return loss_value, {name: value.item() for name, value in parts.items()}
 
 
@@ -264,16 +253,8 @@ def train(args, ctx, log):
     run_dir = run_folder(args)
     log.heading(f"=> torch {torch.__version__}, device {ctx.device}, {ctx.world_size} process(es), run folder "
                 f"{run_dir}")
-    # One run per folder: a second one (e.g. a resume while the first still runs) stops here, naming the holder.
-    lock = RunLock(run_dir).acquire() if ctx.is_main else None
-    try:
-        # From here on a preemption signal only marks the run to stop at the next iteration, after a checkpoint.
-        with RunGuard(ctx, log, args.save_every, args.save_every_minutes) as guard, \
-                reported_errors(guard, os.path.join(run_dir, "log_train.txt")):
-            return _train(args, ctx, log, run_dir, guard)
-    finally:
-        if lock is not None:
-            lock.release()
+    # One run per folder; signals checkpoint and stop; every rank's errors reach the log.
+    return guarded_run(run_dir, ctx, log, args, lambda guard: _train(args, ctx, log, run_dir, guard))
 
 
 def _train(args, ctx, log, run_dir, guard):
@@ -367,29 +348,16 @@ def _train(args, ctx, log, run_dir, guard):
     return tracker.last
 
 
+def check_model_flags(args):
+    """Fail on a bad model flag before any data is read: building on the meta device costs nothing."""
+    with torch.device("meta"):
+        build_segmentor(**model_kwargs(args))
+
+
 def main(args):
     """Train (or with --valid, evaluate); returns the final evaluation's stats. Raises ConfigError for bad input."""
     args = resolve_seg_args(valid_dataset_from_checkpoint(args, "segmentation"))
-    ctx = init_distributed(args.device, LAUNCHER_PID)
-    log = RunLogger(enabled=ctx.is_main).start()
-    try:
-        set_cudnn_mode(args.deterministic)
-        seed_everything(args.seed + ctx.rank)
-        warn_slow_amp(args.amp, ctx.device, log)
-        with torch.device("meta"):  # a bad model flag fails before any data is read, at no cost
-            build_segmentor(**model_kwargs(args))
-        if args.valid:
-            return validate_checkpoint(args, ctx, log)
-        return train(args, ctx, log)
-    except (ConfigError, NonFiniteLoss) as error:
-        log.record(f"ERROR: {error}")
-        raise
-    except Preempted as error:
-        log.record(str(error))
-        raise
-    finally:
-        log.close()
-        cleanup(ctx)
+    return run_main(args, LAUNCHER_PID, check_model_flags, validate_checkpoint, train)
 
 
 def cli_main(argv=None):

@@ -17,7 +17,6 @@ import sys  # noqa: E402  (these imports follow the launcher's pid)
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lib.data import build_datasets, build_loaders
@@ -25,18 +24,14 @@ from lib.engine import epochs
 from lib.engine.checkpoint import load_checkpoint
 from lib.engine.cli import get_args_parser  # noqa: F401  (the torchvision-style entry points live here)
 from lib.engine.config import parse_args
-from lib.engine.distributed import all_reduce_sums, any_process, cleanup, from_main, init_distributed, local_main_first
-from lib.engine.logger import RunLogger
-from lib.engine.metrics import percent, topk_correct
-from lib.engine.preemption import Preempted, loader_failure
+from lib.engine.distributed import from_main, local_main_first
+from lib.engine.evaluation import classifier_stats
+from lib.engine.metrics import percent
 from lib.engine.recipe import RECIPES, recipe_line, resolve_args
 from lib.engine.resume_check import check_resume_settings, has_work, valid_dataset_from_checkpoint
-from lib.engine.run_state import (BestTracker, check_dataset, check_model_flags, check_requested_model,
-                                  load_resumed_state, load_resumed_weights, model_kwargs, prune_own_checkpoints,
-                                  resume_source, resumed_progress, run_folder, save_checkpoint, summary_line)
-from lib.engine.runtime import (NonFiniteLoss, autocast, prepare_model, run_cli, seed_everything, set_cudnn_mode,
-                                warn_slow_amp)
-from lib.engine.schedule import WarmupStepSchedule
+from lib.engine.run_state import (check_dataset, check_model_flags, check_requested_model, load_resumed_weights,
+                                  model_kwargs, resume_source, run_folder, save_checkpoint, summary_line)
+from lib.engine.runtime import prepare_model, run_cli, run_main
 from lib.engine.tasks import require_task
 from lib.errors import ConfigError
 from models import build_model, classifier_size, load_state_dict_checked, with_output_relu
@@ -65,31 +60,11 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr,
 def evaluate(model, loader, ctx, args, log):
     """Top-1 / top-5 / mean loss over the whole validation set: every image once, summed over processes."""
     model.eval()
-    loss_sum = correct1 = correct5 = count = 0
-    error = None
-    try:
-        for i, (images, target) in enumerate(loader):
-            images, target = _to_device(images, target, ctx, args)
-            with autocast(ctx.device, args.amp):
-                output = model(images)
-            loss_sum += F.cross_entropy(output.float(), target, reduction="sum").item()
-            hits1, hits5 = topk_correct(output, target, (1, 5))
-            correct1, correct5, count = correct1 + hits1, correct5 + hits5, count + target.size(0)
-            if i % args.print_freq == 0:
-                log.info(f"Test [{i + 1}/{len(loader)}]  top-1 {percent(correct1, count):.3f}  "
-                         f"top-5 {percent(correct5, count):.3f}")
-    except ConfigError as caught:  # e.g. an unreadable image in this process's shard
-        error = caught
-    except RuntimeError as caught:  # a loader worker that died or hung: one line, as bad input
-        error = loader_failure(caught)
-        if error is None:
-            raise
-    # Agreed by all processes, so that all stop together (a lone raise would leave the others waiting).
-    if any_process(ctx, error is not None):
-        raise error or ConfigError("the evaluation failed in another process (its error is printed above)")
-    loss_sum, correct1, correct5, count = all_reduce_sums(ctx, [loss_sum, correct1, correct5, count])
-    stats = {"top1": percent(correct1, count), "top5": percent(correct5, count),
-             "loss": loss_sum / count if count else float("nan"), "n": int(count)}
+
+    def report(i, loss_sum, correct1, correct5, count):
+        log.info(f"Test [{i + 1}/{len(loader)}]  top-1 {percent(correct1, count):.3f}  "
+                 f"top-5 {percent(correct5, count):.3f}")
+    stats = classifier_stats(model, loader, ctx, args, _to_device, report)
     log.info(f" * Prec@1 {stats['top1']:.3f} Prec@5 {stats['top5']:.3f}  loss {stats['loss']:.4f}  "
              f"({stats['n']} images)")
     return stats
@@ -174,19 +149,13 @@ def _train(args, ctx, log, run_dir, guard):
         load_resumed_weights(checkpoint, resume_path, model)
         check_resume_settings(checkpoint, resume_path, args, log, world_size=ctx.world_size)  # same settings?
     model, train_model, eval_model = prepare_model(model, args, ctx, log)
-    scale = args.batch_size * ctx.world_size / RECIPES[args.recipe]["batch_size"] if args.lr_scale == "linear" else 1
-    schedule = WarmupStepSchedule(args.lr * scale, args.lr_steps, args.warmup_epochs, args.lr_gamma)
+    schedule = epochs.step_schedule(args, ctx, RECIPES[args.recipe]["batch_size"])
     optimizer = torch.optim.SGD(model.parameters(), lr=schedule.lr_at(0), momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(ctx.device.type) if args.amp == "fp16" else None
-    start_epoch, best, resumed_inside = 0, BestTracker(), None
-    if checkpoint is not None:
-        start_epoch, best = load_resumed_state(checkpoint, resume_path, optimizer, scaler, log)
-        resumed_inside = resumed_progress(checkpoint, resume_path, ctx, args)
-        epochs.warn_other_world_size(checkpoint, ctx, log)
-        guard.saved(resume_path)
+    start_epoch, best, resumed_inside = epochs.resumed_state(checkpoint, resume_path, optimizer, scaler, ctx, args,
+                                                             log, guard)
     log_setup(args, ctx, info, train_set, val_set, model, schedule, log)
-    left_to_train = start_epoch < args.epochs
     work = has_work(start_epoch, args.epochs, (checkpoint or {}).get("pending_eval"))  # else write no records
 
     # Only now, with data, model and checkpoint loaded, is anything written: a failed start leaves no trace.
@@ -224,10 +193,7 @@ def _train(args, ctx, log, run_dir, guard):
 
     epochs.run_epochs(args, start_epoch, checkpoint, resumed_inside, schedule, optimizer, train_sampler, writer, log,
                       train_epoch, finish_epoch)
-    if not left_to_train:
-        log.warn(f"nothing left to train: the checkpoint has {start_epoch} epochs, --epochs is {args.epochs}")
-        if ctx.is_main:
-            prune_own_checkpoints(run_dir, args)
+    epochs.warn_if_nothing_left(run_dir, args, ctx, log, start_epoch)
     log.heading(summary_line(best))
     return best.last
 
@@ -235,25 +201,7 @@ def _train(args, ctx, log, run_dir, guard):
 def main(args):
     """Train (or with --valid, evaluate); returns the final evaluation's stats. Raises ConfigError for bad input."""
     args = resolve_args(valid_dataset_from_checkpoint(args, "classification"))
-    ctx = init_distributed(args.device, LAUNCHER_PID)
-    log = RunLogger(enabled=ctx.is_main).start()
-    try:
-        set_cudnn_mode(args.deterministic)
-        seed_everything(args.seed + ctx.rank)
-        check_model_flags(args)
-        warn_slow_amp(args.amp, ctx.device, log)
-        if args.valid:
-            return validate_checkpoint(args, ctx, log)
-        return train(args, ctx, log)
-    except (ConfigError, NonFiniteLoss) as error:
-        log.record(f"ERROR: {error}")
-        raise
-    except Preempted as error:
-        log.record(str(error))
-        raise
-    finally:
-        log.close()
-        cleanup(ctx)
+    return run_main(args, LAUNCHER_PID, check_model_flags, validate_checkpoint, train)
 
 
 def cli_main(argv=None):

@@ -23,23 +23,19 @@ import sys  # noqa: E402  (these imports follow the launcher's pid)
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lib.data import build_loaders
 from lib.engine import epochs
 from lib.engine.checkpoint import load_checkpoint
-from lib.engine.distributed import all_reduce_sums, any_process, cleanup, from_main, init_distributed
-from lib.engine.logger import RunLogger
-from lib.engine.metrics import format_seconds, percent, topk_correct
-from lib.engine.preemption import Preempted, loader_failure
+from lib.engine.distributed import from_main
+from lib.engine.evaluation import classifier_stats
+from lib.engine.metrics import format_seconds, percent
 from lib.engine.resume_check import (EPOCH_BASED, RESUMABLE, check_resume_settings, has_work,
                                      valid_dataset_from_checkpoint)
-from lib.engine.run_state import (BestTracker, check_dataset, check_requested_model, load_resumed_state,
-                                  load_resumed_weights, prune_own_checkpoints, resume_source, resumed_progress,
+from lib.engine.run_state import (check_dataset, check_requested_model, load_resumed_weights, resume_source,
                                   save_checkpoint)
-from lib.engine.runtime import NonFiniteLoss, autocast, run_cli, seed_everything, set_cudnn_mode, warn_slow_amp
-from lib.engine.schedule import WarmupStepSchedule
+from lib.engine.runtime import run_cli, run_main
 from lib.engine.tasks import require_task
 from lib.engine.video.cli import get_args_parser, parse_video_args  # noqa: F401  (torchvision-style entry point)
 from lib.engine.video.multiclip import evaluate_videos
@@ -71,34 +67,15 @@ def evaluate(model, loader, ctx, args, log):
     """Clip top-1 / top-5 / mean loss on each validation video's centre clip: every video once, summed over
     processes."""
     model.eval()
-    loss_sum = correct1 = correct5 = count = 0
-    error, start = None, time.time()
-    try:
-        for i, (clips, target) in enumerate(loader):
-            clips, target = to_device(clips, target, ctx, args)
-            with autocast(ctx.device, args.amp):
-                output = model(clips)
-            loss_sum += F.cross_entropy(output.float(), target, reduction="sum").item()
-            hits1, hits5 = topk_correct(output, target, (1, 5))
-            correct1, correct5, count = correct1 + hits1, correct5 + hits5, count + target.size(0)
-            if i % args.print_freq == 0:
-                elapsed = time.time() - start
-                log.info(f"Test [{i + 1}/{len(loader)}]  clip top-1 {percent(correct1, count):.3f}  "
-                         f"clip top-5 {percent(correct5, count):.3f}  "
-                         f"{count * ctx.world_size / max(elapsed, 1e-9):.1f} clips/s  "
-                         f"eta {format_seconds(elapsed / (i + 1) * (len(loader) - i - 1))}")
-    except ConfigError as caught:  # e.g. an unreadable video in this process's shard
-        error = caught
-    except RuntimeError as caught:  # a loader worker that died or hung: one line, as bad input
-        error = loader_failure(caught)
-        if error is None:
-            raise
-    # Agreed by all processes, so that all stop together (a lone raise would leave the others waiting).
-    if any_process(ctx, error is not None):
-        raise error or ConfigError("the evaluation failed in another process (its error is printed above)")
-    loss_sum, correct1, correct5, count = all_reduce_sums(ctx, [loss_sum, correct1, correct5, count])
-    stats = {"top1": percent(correct1, count), "top5": percent(correct5, count),
-             "loss": loss_sum / count if count else float("nan"), "n": int(count)}
+    start = time.time()
+
+    def report(i, loss_sum, correct1, correct5, count):
+        elapsed = time.time() - start
+        log.info(f"Test [{i + 1}/{len(loader)}]  clip top-1 {percent(correct1, count):.3f}  "
+                 f"clip top-5 {percent(correct5, count):.3f}  "
+                 f"{count * ctx.world_size / max(elapsed, 1e-9):.1f} clips/s  "
+                 f"eta {format_seconds(elapsed / (i + 1) * (len(loader) - i - 1))}")
+    stats = classifier_stats(model, loader, ctx, args, to_device, report)
     log.info(f" * Clip Prec@1 {stats['top1']:.3f} Clip Prec@5 {stats['top5']:.3f}  loss {stats['loss']:.4f}  "
              f"({stats['n']} centre clips)")
     return stats
@@ -211,20 +188,13 @@ def _train(args, ctx, log, run_dir, guard):
                               world_size=ctx.world_size)  # same settings?
     freeze_for_fine_tuning(model, args.ft_begin_index)
     model, train_model, eval_model = prepare_video_model(model, args, ctx, log)
-    recipe_batch = VIDEO_RECIPES[args.recipe]["batch_size"]
-    scale = args.batch_size * ctx.world_size / recipe_batch if args.lr_scale == "linear" else 1
-    schedule = WarmupStepSchedule(args.lr * scale, args.lr_steps, args.warmup_epochs, args.lr_gamma)
+    schedule = epochs.step_schedule(args, ctx, VIDEO_RECIPES[args.recipe]["batch_size"])
     optimizer = torch.optim.SGD(trainable_parameters(model), lr=schedule.lr_at(0),
                                 momentum=args.momentum, dampening=args.dampening, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(ctx.device.type) if args.amp == "fp16" else None
-    start_epoch, best, resumed_inside = 0, BestTracker(), None
-    if checkpoint is not None:
-        start_epoch, best = load_resumed_state(checkpoint, resume_path, optimizer, scaler, log)
-        resumed_inside = resumed_progress(checkpoint, resume_path, ctx, args)
-        epochs.warn_other_world_size(checkpoint, ctx, log)
-        guard.saved(resume_path)
+    start_epoch, best, resumed_inside = epochs.resumed_state(checkpoint, resume_path, optimizer, scaler, ctx, args,
+                                                             log, guard)
     log_setup(args, ctx, data, model, schedule, log)
-    left_to_train = start_epoch < args.epochs
     work = has_work(start_epoch, args.epochs, (checkpoint or {}).get("pending_eval"))  # else write no records
 
     # Only now, with data, model and checkpoint loaded, is anything written: a failed start leaves no trace.
@@ -273,10 +243,7 @@ def _train(args, ctx, log, run_dir, guard):
 
     epochs.run_epochs(args, start_epoch, checkpoint, resumed_inside, schedule, optimizer, data["train_sampler"],
                       writer, log, train_epoch, finish_epoch)
-    if not left_to_train:
-        log.warn(f"nothing left to train: the checkpoint has {start_epoch} epochs, --epochs is {args.epochs}")
-        if ctx.is_main:
-            prune_own_checkpoints(run_dir, args)
+    epochs.warn_if_nothing_left(run_dir, args, ctx, log, start_epoch)
     log.heading(summary_line(best, selects(args)))
     return best.last
 
@@ -284,25 +251,8 @@ def _train(args, ctx, log, run_dir, guard):
 def main(args):
     """Train (or with --valid, evaluate); returns the final evaluation's stats. Raises ConfigError for bad input."""
     args = resolve_video_args(valid_dataset_from_checkpoint(args, "video"))
-    ctx = init_distributed(args.device, LAUNCHER_PID)
-    log = RunLogger(enabled=ctx.is_main).start()
-    try:
-        set_cudnn_mode(args.deterministic)
-        seed_everything(args.seed + ctx.rank)
-        check_model_flags(args, build_model)
-        warn_slow_amp(args.amp, ctx.device, log)
-        if args.valid:
-            return validate_checkpoint(args, ctx, log)
-        return train(args, ctx, log)
-    except (ConfigError, NonFiniteLoss) as error:
-        log.record(f"ERROR: {error}")
-        raise
-    except Preempted as error:
-        log.record(str(error))
-        raise
-    finally:
-        log.close()
-        cleanup(ctx)
+    return run_main(args, LAUNCHER_PID, lambda args: check_model_flags(args, build_model), validate_checkpoint,
+                    train)
 
 
 def cli_main(argv=None):

@@ -1,7 +1,6 @@
 """Scale-out: torchrun with 2 CPU processes (gloo), SyncBatchNorm, resuming across world sizes, mixed precision,
 channels-last and the torch.compile fallback."""
 import argparse
-import json
 import math
 import os
 import signal
@@ -18,6 +17,7 @@ from lib.engine.distributed import DistContext, launched_by_torchrun
 from lib.engine.logger import RunLogger
 from lib.engine.run_lock import LOCK_NAME, RunLock
 from lib.errors import ConfigError
+from runs import records
 from test_resume import one_thread, write_runner  # noqa: F401  (one_thread: autouse fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,11 +30,6 @@ COMMON = ["--dataset", "fake", "--input-size", "16", "--epochs", "1", "--eval-fr
           "--hflip", "0", "-j", "0", "--device", "cpu"]
 # A large constant lr, so that a wrong gradient reduction would show in the later steps' losses.
 SYNC_RUN = ["--warmup-epochs", "0", "--lr", "0.2"]
-
-
-def records(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 @pytest.fixture(scope="module")

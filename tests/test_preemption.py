@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -20,6 +19,7 @@ from lib.engine.logger import RunLogger
 from lib.engine.preemption import PREEMPTED_STATUS, Preempted, RunGuard, fetch_batch
 from lib.engine.run_lock import RunLock
 from lib.errors import ConfigError
+from runs import assert_same_training_state
 from test_resume import ROOT, event_scalars, one_thread, write_runner  # noqa: F401  (one_thread: autouse fixture)
 
 # 256 fake images in batches of 16: 16 iterations per epoch, 2 epochs.
@@ -39,11 +39,7 @@ def records(run_dir):
 
 def assert_same_run(run_dir, expected_dir):
     """Final weights and optimizer state bit for bit, the same metrics rows, each epoch's points once."""
-    expected, resumed = (torch.load(folder / FINAL, weights_only=True) for folder in (expected_dir, run_dir))
-    for key, value in expected["state_dict"].items():
-        assert torch.equal(value, resumed["state_dict"][key]), key
-    for index, state in expected["optimizer"]["state"].items():
-        assert torch.equal(state["momentum_buffer"], resumed["optimizer"]["state"][index]["momentum_buffer"])
+    assert_same_training_state(*(torch.load(folder / FINAL, weights_only=True) for folder in (expected_dir, run_dir)))
     assert records(run_dir) == records(expected_dir)  # train_loss / train_top1 too: partial sums were carried
     logged = event_scalars(run_dir)
     for tag in ("Train_Loss", "LR", "Top1"):

@@ -1,6 +1,5 @@
 """Resuming: a run killed at any point (kill -9 mid-epoch, mid-checkpoint-write) and resumed ends with exactly the
 weights of an uninterrupted run; the lr is a function of the epoch; the best accuracies survive a resume."""
-import json
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import train_val
 from datagen import write_cifar
 from lib.engine.recipe import RECIPES
 from lib.engine.schedule import WarmupStepSchedule
+from runs import assert_same_training_state, records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -118,11 +118,6 @@ def final_checkpoint(run_dir, name):
     return torch.load(os.path.join(run_dir, name), weights_only=True)
 
 
-def metrics(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
 def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
     write_cifar(tmp_path / "data", "cifar10", n_train=48, n_test=16)  # random crops and flips: the RNG matters
     runner = write_runner(tmp_path)
@@ -165,20 +160,17 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
     expected = final_checkpoint(tmp_path / "straight" / "cifar10" / "20" / "snl", name)
     resumed = final_checkpoint(run_dir, name)
     assert expected["state_dict"].keys() == resumed["state_dict"].keys()
-    for key, value in expected["state_dict"].items():
-        assert torch.equal(value, resumed["state_dict"][key]), key
-    for index, state in expected["optimizer"]["state"].items():
-        assert torch.equal(state["momentum_buffer"], resumed["optimizer"]["state"][index]["momentum_buffer"])
-    assert metrics(run_dir) == [dict(row, time=resumed_row["time"]) for row, resumed_row in
-                                zip(metrics(tmp_path / "straight" / "cifar10" / "20" / "snl"), metrics(run_dir))]
+    assert_same_training_state(expected, resumed)
+    assert records(run_dir) == [dict(row, time=resumed_row["time"]) for row, resumed_row in
+                                zip(records(tmp_path / "straight" / "cifar10" / "20" / "snl"), records(run_dir))]
     # Events logged by the killed runs after their last checkpoint are purged, and none before it is lost: every
     # tag holds each epoch once, with the values of metrics.jsonl (as an uninterrupted run's).
-    logged, rows = event_scalars(run_dir), metrics(run_dir)
+    logged, rows = event_scalars(run_dir), records(run_dir)
     for tag, key in {"Train_Loss": "train_loss", "LR": "lr", "Top1": "top1", "Top5": "top5",
                      "Test_Loss": "loss"}.items():
         assert [step for step, _ in logged[tag]] == [1, 2, 3], tag
         assert [value for _, value in logged[tag]] == pytest.approx([row[key] for row in rows], rel=1e-6), tag
-    assert [row["lr"] for row in metrics(run_dir)] == [0.010000000000000002, 0.1, 0.010000000000000002]
+    assert [row["lr"] for row in records(run_dir)] == [0.010000000000000002, 0.1, 0.010000000000000002]
 
 
 def reference_lrs(lr, drops, epochs, warmup_epochs=10, drop_ratio=0.1):
@@ -225,7 +217,7 @@ def test_resume_after_a_decay_and_best_accuracies_survive(tmp_path, capsys):
     # The reference's spelling, continuing past the decay at epoch 1: epoch 3 trains at 0.01, not at 0.1.
     assert train_val.cli_main(common + ["--epochs", "3", "--isresume", "True", "--resumename",
                                         "1-fake-r-20-w-1snl-block.pth.tar"]) == 0
-    rows = metrics(run_dir)
+    rows = records(run_dir)
     assert [row["epoch"] for row in rows] == [1, 2, 3]
     assert np.allclose([row["lr"] for row in rows], [0.1, 0.01, 0.01])
     checkpoint = final_checkpoint(run_dir, "2-fake-r-20-w-1snl-block.pth.tar")
@@ -269,7 +261,7 @@ def test_resume_auto_with_only_model_best_continues_it_and_never_starts_over(tmp
 
     # Continuing for real trains on from the best's epoch.
     assert train_val.cli_main(common + ["--epochs", "3", "--resume", "auto"]) == 0
-    assert [row["epoch"] for row in metrics(run_dir)] == list(range(1, 4))
+    assert [row["epoch"] for row in records(run_dir)] == list(range(1, 4))
 
     # Nothing readable left: a one-line error, and nothing is touched.
     for name in os.listdir(run_dir):

@@ -24,6 +24,7 @@ from lib.engine.run_lock import LOCK_NAME, RunLock
 from lib.engine.segmetrics import all_reduce_confusion, confusion_matrix, segmentation_metrics
 from lib.errors import ConfigError
 from models.segmentation import NonlocalHead, build_segmentor, init_head
+from runs import records, run_script
 from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 from tools.bench_segmentation import TensorShapes
 
@@ -293,16 +294,7 @@ sys.exit(train_seg.cli_main(sys.argv[1:]))
 
 
 def run_runner(folder, argv, **env):
-    runner = os.path.join(folder, "runner.py")
-    with open(runner, "w") as f:
-        f.write(RUNNER.format(root=ROOT))
-    return subprocess.run([sys.executable, runner, *map(str, argv)], capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, OMP_NUM_THREADS="1", **env), timeout=600)
-
-
-def records(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    return run_script(folder, RUNNER, argv, 600, **env)
 
 
 def test_train_evaluate_outputs_and_exact_resume_after_a_kill(tmp_path, capsys):

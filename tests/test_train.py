@@ -1,7 +1,6 @@
 """End-to-end training runs on tiny data in the real on-disk formats, their outputs, --valid, and bad input."""
 import contextlib
 import io
-import json
 import math
 import os
 import re
@@ -13,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train_val
 from datagen import write_cifar, write_imagefolder, write_imagenet_lists
+from runs import records
 from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 
 FAST = ["--workers", "0", "--print-freq", "1", "--eval-freq", "1"]
@@ -30,11 +30,6 @@ def scalars(run_dir, tag):
     accumulator = EventAccumulator(str(run_dir))
     accumulator.Reload()
     return [(event.step, event.value) for event in accumulator.Scalars(tag)]
-
-
-def records(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def snapshot(folder):

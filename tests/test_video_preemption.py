@@ -14,6 +14,7 @@ import yaml
 
 import train_video
 from lib.engine.preemption import PREEMPTED_STATUS
+from runs import assert_same_training_state
 from test_resume import event_scalars, one_thread  # noqa: F401  (one_thread: autouse fixture, one CPU thread)
 from test_video_train import COMMON, LAST, RUN, records, run_runner
 from videogen import write_ucf101
@@ -27,11 +28,7 @@ def rows(run_dir):
 
 def assert_same_run(run_dir, expected_dir):
     """Final weights and momentum bit for bit, the same metrics rows and each epoch's tensorboard points once."""
-    expected, got = (torch.load(folder / LAST, weights_only=True) for folder in (expected_dir, run_dir))
-    for key, value in expected["state_dict"].items():
-        assert torch.equal(value, got["state_dict"][key]), key
-    for index, state in expected["optimizer"]["state"].items():
-        assert torch.equal(state["momentum_buffer"], got["optimizer"]["state"][index]["momentum_buffer"])
+    assert_same_training_state(*(torch.load(folder / LAST, weights_only=True) for folder in (expected_dir, run_dir)))
     assert rows(run_dir) == rows(expected_dir)  # train_loss / train_top1 too: the partial sums were carried
     logged = event_scalars(run_dir)
     for tag in ("Train_Loss", "LR", "Clip_Top1"):

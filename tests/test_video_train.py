@@ -6,7 +6,6 @@ r3d-18's) at 4 frames x 32 x 32; 21 videos of 3 classes in 7 groups (split 1: gr
 --validation holdout validates on 5-7: 6 train, 9 validation, 6 test videos)."""
 import contextlib
 import io
-import json
 import os
 import re
 import shlex
@@ -18,6 +17,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train_video
+from runs import records, run_script
 from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 from videogen import write_ucf101
 
@@ -61,17 +61,8 @@ def held_out(train):
     return [video for video in train if int(video[0].split("_g")[1][:2]) >= 5]
 
 
-def records(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
 def run_runner(folder, argv, **env):
-    runner = os.path.join(folder, "runner.py")
-    with open(runner, "w") as f:
-        f.write(RUNNER.format(root=ROOT))
-    return subprocess.run([sys.executable, runner, *map(str, argv)], capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, OMP_NUM_THREADS="1", **env), timeout=300)
+    return run_script(folder, RUNNER, argv, 300, **env)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import tempfile
 import numpy as np
 import torch
 
+from lib.engine.distributed import from_main
 from lib.errors import ConfigError
 
 BEST_NAME = "model_best.pth.tar"
@@ -55,6 +56,28 @@ def write_failure(path, error, last_good):
     kept = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
     return WriteFailed(f"cannot write {path}: {reason}; {kept}; free space (or fix the folder's permissions) "
                        f"and continue with --resume auto")
+
+
+def save_from_main(ctx, log, run_dir, path, is_best, contents, last_good, prune):
+    """Write contents() (built in rank 0 only) atomically to path, after model_best.pth.tar if is_best; then
+    prune() older files, only once the new one is complete. Returns path in every process; a failed write leaves
+    no partial file and raises WriteFailed (naming last_good(), the last good checkpoint) in every process."""
+    def write():
+        try:
+            atomic_save(contents(), *([os.path.join(run_dir, BEST_NAME)] if is_best else []), path)
+        except OSError as error:
+            return None, str(write_failure(path, error, last_good()))
+        try:
+            prune()
+        except OSError as error:  # the new checkpoint is complete: a file left over is no reason to stop
+            log.warn(f"could not remove an old checkpoint ({error})")
+        log.info(f"=> saved {path}" + (f" and {BEST_NAME}" if is_best else ""))
+        return path, None
+
+    saved, failure = from_main(ctx, write)
+    if failure:
+        raise WriteFailed(failure if ctx.is_main else f"rank 0: {failure}")
+    return saved
 
 
 def mid_epoch_name(epoch_file_name, iterations):

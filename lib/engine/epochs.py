@@ -9,20 +9,20 @@ mid-epoch checkpoints and preemption stops (lib/engine/preemption.py).
 An entry point keeps what is its own (data, model, evaluation, metrics rows) and passes what differs as
 arguments (how a batch moves to the device, the name of a sample in progress lines).
 """
-import math
 import os
 import time
 
 from lib.engine.checkpoint import remove_stale_temp_files, restore_rng
-from lib.engine.distributed import all_reduce_sums, any_process
+from lib.engine.distributed import all_reduce_sums
 from lib.engine.logger import MetricsFile, open_tensorboard, write_args
 from lib.engine.metrics import format_seconds, percent, topk_correct
 from lib.engine.preemption import EpochProgress, RunGuard, fetch_batch, reported_errors
 from lib.engine.resume_check import resume_args_path
 from lib.engine.run_lock import RunLock
-from lib.engine.run_state import restore_epoch_file
-from lib.engine.runtime import NonFiniteLoss, autocast, cpu_threads_note, seed_everything
-from lib.engine.schedule import set_lr
+from lib.engine.run_state import (BestTracker, load_resumed_state, prune_own_checkpoints, restore_epoch_file,
+                                  resumed_progress)
+from lib.engine.runtime import autocast, checked_step, cpu_threads_note, seed_everything
+from lib.engine.schedule import WarmupStepSchedule, set_lr
 from lib.errors import ConfigError
 
 
@@ -38,6 +38,33 @@ def guarded_run(run_dir, ctx, log, args, body):
     finally:
         if lock is not None:
             lock.release()
+
+
+def step_schedule(args, ctx, recipe_batch):
+    """The warm-up / step lr schedule; --lr-scale linear scales --lr by the global batch over the recipe's."""
+    scale = args.batch_size * ctx.world_size / recipe_batch if args.lr_scale == "linear" else 1
+    return WarmupStepSchedule(args.lr * scale, args.lr_steps, args.warmup_epochs, args.lr_gamma)
+
+
+def resumed_state(checkpoint, resume_path, optimizer, scaler, ctx, args, log, guard):
+    """(epochs done, BestTracker, this process's progress inside the next epoch or None) of a run resumed from
+    checkpoint (optimizer and scaler restored; the guard knows the checkpoint), or of a new run (None)."""
+    if checkpoint is None:
+        return 0, BestTracker(), None
+    start_epoch, best = load_resumed_state(checkpoint, resume_path, optimizer, scaler, log)
+    resumed_inside = resumed_progress(checkpoint, resume_path, ctx, args)
+    warn_other_world_size(checkpoint, ctx, log)
+    guard.saved(resume_path)
+    return start_epoch, best, resumed_inside
+
+
+def warn_if_nothing_left(run_dir, args, ctx, log, start_epoch):
+    """A run resumed with all of --epochs done trains nothing: say so, and still apply --keep-checkpoints."""
+    if start_epoch < args.epochs:
+        return
+    log.warn(f"nothing left to train: the checkpoint has {start_epoch} epochs, --epochs is {args.epochs}")
+    if ctx.is_main:
+        prune_own_checkpoints(run_dir, args)
 
 
 def warn_other_world_size(checkpoint, ctx, log):
@@ -105,19 +132,8 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr,
         with autocast(ctx.device, args.amp):
             output = model(inputs)
             loss = criterion(output, target)
-        loss_value = loss.item()
-        # Checked before the update, so no NaN reaches the weights; agreed across processes, so all stop together.
-        if any_process(ctx, not math.isfinite(loss_value)):
-            raise NonFiniteLoss(f"training loss became non-finite ({loss_value}) at epoch {epoch + 1}, iteration "
-                                f"{i + 1}: run stopped, this epoch is not checkpointed (try a lower --lr or --amp off)")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        loss_value = checked_step(loss, optimizer, scaler, ctx, f"at epoch {epoch + 1}, iteration {i + 1}: run "
+                                  f"stopped, this epoch is not checkpointed")
         batch_correct = topk_correct(output, target, (1,))[0]
         progress.add(loss_value, batch_correct, target.size(0))
         elapsed = time.time() - start

@@ -94,6 +94,19 @@ def recipe_line(args):
             f"{recipe['arch']}, batch {recipe['batch_size']}, lr {recipe['lr']:g}")
 
 
+def _check_div_schedule_and_mode(args):
+    """Checks shared with the video entry point: --div, --lr-steps, --amp, --device, --valid."""
+    _check(args.div > 0, f"--div must be positive, got {args.div}")
+    _check(list(args.lr_steps) == sorted(set(args.lr_steps)), f"--lr-steps must increase, got {args.lr_steps}")
+    # In the reference a decay inside the warm-up was never applied; refuse it rather than guess.
+    _check(all(step >= args.warmup_epochs for step in args.lr_steps),
+           f"--lr-steps {args.lr_steps} must not fall inside the {args.warmup_epochs} warm-up epochs")
+    _check(args.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {args.amp!r}")
+    _check(DEVICE_PATTERN.match(str(args.device)) is not None,
+           f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
+    _check(not (args.valid and not args.check_path), "--valid needs --check_path CHECKPOINT")
+
+
 def _validate(args):
     for flag, value in (("--lr", args.lr), ("--lr-gamma", args.lr_gamma), ("--weight-decay", args.weight_decay),
                         ("--momentum", args.momentum), ("--div", args.div), ("--hflip", args.hflip)):
@@ -118,15 +131,7 @@ def _validate(args):
     _check(args.input_size is None or args.input_size >= 1, f"--input-size must be >= 1, got {args.input_size}")
     _check(args.nl_nums >= 0, f"--nl-nums must be >= 0, got {args.nl_nums}")
     _check(args.stage_nums >= 1, f"--stage-nums must be >= 1, got {args.stage_nums}")
-    _check(args.div > 0, f"--div must be positive, got {args.div}")
-    _check(list(args.lr_steps) == sorted(set(args.lr_steps)), f"--lr-steps must increase, got {args.lr_steps}")
-    # In the reference a decay inside the warm-up was never applied; refuse it rather than guess.
-    _check(all(step >= args.warmup_epochs for step in args.lr_steps),
-           f"--lr-steps {args.lr_steps} must not fall inside the {args.warmup_epochs} warm-up epochs")
-    _check(args.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {args.amp!r}")
-    _check(DEVICE_PATTERN.match(str(args.device)) is not None,
-           f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
-    _check(not (args.valid and not args.check_path), "--valid needs --check_path CHECKPOINT")
+    _check_div_schedule_and_mode(args)
     _check_order(args)
     _check_data_dir(args)
     _check(not args.pretrained or args.backbone == "resnet", "--pretrained loads torchvision ImageNet weights into "

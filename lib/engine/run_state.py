@@ -6,11 +6,10 @@ from typing import Optional
 
 import torch
 
-from lib.engine.checkpoint import (BEST_NAME, WriteFailed, atomic_save, capture_rng, checkpoint_name,
-                                   epoch_checkpoints, has_checkpoints, latest_checkpoint, link_checkpoint,
-                                   mid_epoch_checkpoints, mid_epoch_name, model_args_mismatch,
-                                   prune_epoch_checkpoints, write_failure)
-from lib.engine.distributed import from_main, gather_objects
+from lib.engine.checkpoint import (BEST_NAME, capture_rng, checkpoint_name, epoch_checkpoints, has_checkpoints,
+                                   latest_checkpoint, link_checkpoint, mid_epoch_checkpoints, mid_epoch_name,
+                                   model_args_mismatch, prune_epoch_checkpoints, save_from_main)
+from lib.engine.distributed import gather_objects
 from lib.engine.preemption import EpochProgress
 from lib.engine.resume_check import check_run_folder
 from lib.errors import ConfigError
@@ -161,7 +160,7 @@ def save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedu
     rng_states = gather_objects(ctx, capture_rng())
     progress_states = gather_objects(ctx, progress.state_dict()) if progress is not None else None
 
-    def write():
+    def contents():
         checkpoint = {
             "epoch": finished, "arch": f"{args.backbone}-{args.arch}", "model_args": dict(model.build_args),
             "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -173,27 +172,17 @@ def save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedu
         }
         if getattr(args, "task", None):  # which entry point the checkpoint belongs to (lib/engine/tasks.py)
             checkpoint["task"] = args.task
-        name = _own_name(args)(finished - 1)
-        path = os.path.join(run_dir, mid_epoch_name(_own_name(args)(finished), progress.iterations)
-                            if progress is not None else name)
-        try:
-            atomic_save(checkpoint, *([os.path.join(run_dir, BEST_NAME)] if is_best else []), path)
-        except OSError as error:
-            return None, str(write_failure(path, error, latest_checkpoint(run_dir)))
-        try:
-            if progress is None:
-                prune_own_checkpoints(run_dir, args)
-            else:
-                _prune_mid_epoch(run_dir, args, keep=path)
-        except OSError as error:  # the new checkpoint is complete: a file left over is no reason to stop
-            log.warn(f"could not remove an old checkpoint ({error})")
-        log.info(f"=> saved {path}" + (f" and {BEST_NAME}" if is_best else ""))
-        return path, None
+        return checkpoint
 
-    path, failure = from_main(ctx, write)
-    if failure:
-        raise WriteFailed(failure if ctx.is_main else f"rank 0: {failure}")
-    return path
+    def prune():
+        if progress is None:
+            prune_own_checkpoints(run_dir, args)
+        else:
+            _prune_mid_epoch(run_dir, args, keep=path)
+
+    path = os.path.join(run_dir, mid_epoch_name(_own_name(args)(finished), progress.iterations)
+                        if progress is not None else _own_name(args)(finished - 1))
+    return save_from_main(ctx, log, run_dir, path, is_best, contents, lambda: latest_checkpoint(run_dir), prune)
 
 
 def _prune_mid_epoch(run_dir, args, keep, before=None):

@@ -1,5 +1,7 @@
-"""What every entry point does around its model (train_val.py, train_seg.py): seeding, cudnn mode, autocast,
-compiling and wrapping the model for DDP, and turning user errors into one line and an exit status."""
+"""What every entry point does around its model (train_val.py, train_seg.py, train_video.py): seeding, cudnn mode,
+autocast, compiling and wrapping the model for DDP, the frame of main(args), and turning user errors into one line
+and an exit status."""
+import math
 import os
 import random
 import sys
@@ -8,6 +10,8 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from lib.engine.distributed import any_process, cleanup, init_distributed
+from lib.engine.logger import RunLogger
 from lib.engine.preemption import PREEMPTED_STATUS, Preempted
 from lib.engine.sync_bn import convert_sync_batchnorm
 from lib.errors import ConfigError
@@ -17,6 +21,25 @@ AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite: the run stops, and that step is never checkpointed."""
+
+
+def checked_step(loss, optimizer, scaler, ctx, stopped):
+    """The SGD step on loss (scaled with a GradScaler, if any); returns loss as a float. Checked before the update, so
+    no NaN reaches the weights, and agreed across processes, so all stop together: NonFiniteLoss, its message
+    ending with `stopped` (where, and what is kept), otherwise."""
+    loss_value = loss.item()
+    if any_process(ctx, not math.isfinite(loss_value)):
+        raise NonFiniteLoss(f"training loss became non-finite ({loss_value}) {stopped} (try a lower --lr or --amp "
+                            f"off)")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss_value
 
 
 def autocast(device, amp):
@@ -98,6 +121,31 @@ def prepare_model(model, args, ctx, log):
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         train_model = torch.nn.parallel.DistributedDataParallel(compiled, device_ids=device_ids)
     return model, train_model, compiled
+
+
+def run_main(args, launcher_pid, check_model, validate, train):
+    """An entry point's main(args) once its flags are resolved: start the processes and the log, seed, fail on a bad
+    model flag (check_model(args)) before any data is read, then validate(args, ctx, log) with --valid, else
+    train(args, ctx, log); returns what that returns. Bad input, divergence and preemption reach the log too."""
+    ctx = init_distributed(args.device, launcher_pid)
+    log = RunLogger(enabled=ctx.is_main).start()
+    try:
+        set_cudnn_mode(args.deterministic)
+        seed_everything(args.seed + ctx.rank)
+        check_model(args)
+        warn_slow_amp(args.amp, ctx.device, log)
+        if args.valid:
+            return validate(args, ctx, log)
+        return train(args, ctx, log)
+    except (ConfigError, NonFiniteLoss) as error:
+        log.record(f"ERROR: {error}")
+        raise
+    except Preempted as error:
+        log.record(str(error))
+        raise
+    finally:
+        log.close()
+        cleanup(ctx)
 
 
 def run_cli(main, parse_args, prog, argv=None):

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from lib.engine.checkpoint import BEST_NAME, WriteFailed, atomic_save, capture_rng, write_failure
-from lib.engine.distributed import from_main, gather_objects
+from lib.engine.checkpoint import BEST_NAME, capture_rng, save_from_main
+from lib.engine.distributed import gather_objects
 from lib.engine.preemption import EpochProgress
 from lib.engine.resume_check import check_run_folder
 from lib.errors import ConfigError
@@ -89,33 +89,26 @@ def save_checkpoint(run_dir, iteration, is_best, model, optimizer, scaler, sched
     rng_states = gather_objects(ctx, capture_rng())
     progress_states = gather_objects(ctx, progress.state_dict()) if progress is not None else None
 
-    def write():
-        checkpoint = {
+    def contents():
+        return {
             "iteration": iteration, "model_args": dict(model.build_args), "state_dict": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
             "lr_schedule": schedule.state_dict(), "rng_states": rng_states, "world_size": ctx.world_size,
             "args": {key: value for key, value in vars(args).items() if key != "resolved"},
             "interval_progress": progress_states, **tracker.state_dict(),
         }
-        path = os.path.join(run_dir, f"iter_{iteration}.pth.tar")
-        try:
-            atomic_save(checkpoint, *([os.path.join(run_dir, BEST_NAME)] if is_best else []), path)
-        except OSError as error:
-            found = iteration_checkpoints(run_dir)
-            return None, str(write_failure(path, error, found[-1][1] if found else None))
-        if args.keep_checkpoints > 0:
-            try:
-                for _, old in iteration_checkpoints(run_dir)[:-args.keep_checkpoints]:
-                    os.remove(old)
-            except OSError as error:  # the new checkpoint is complete: a file left over is no reason to stop
-                log.warn(f"could not remove an old checkpoint ({error})")
-        log.info(f"=> saved {path}" + (f" and {BEST_NAME}" if is_best else ""))
-        return path, None
 
-    path, failure = from_main(ctx, write)
-    if failure:
-        raise WriteFailed(failure if ctx.is_main else f"rank 0: {failure}")
-    return path
+    def last_good():
+        found = iteration_checkpoints(run_dir)
+        return found[-1][1] if found else None
+
+    def prune():
+        if args.keep_checkpoints > 0:
+            for _, old in iteration_checkpoints(run_dir)[:-args.keep_checkpoints]:
+                os.remove(old)
+
+    path = os.path.join(run_dir, f"iter_{iteration}.pth.tar")
+    return save_from_main(ctx, log, run_dir, path, is_best, contents, last_good, prune)
 
 
 def resumed_interval(checkpoint, path, ctx, args):

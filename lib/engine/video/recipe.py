@@ -10,8 +10,9 @@ the test split (docs/video.md, "Deviations").
 import math
 import os
 
-from lib.engine.cli import AMP_MODES, parse_stages
-from lib.engine.recipe import CPUS, DEVICE_PATTERN, _check, _check_output_dir, _check_run_name, _fill
+from lib.engine.cli import parse_stages
+from lib.engine.recipe import (CPUS, _check, _check_div_schedule_and_mode, _check_output_dir, _check_run_name,
+                               _fill)
 from lib.engine.video.cli import VIDEO_BACKBONES, VIDEO_DATASETS
 from lib.errors import ConfigError
 
@@ -54,14 +55,7 @@ def _validate(args):
     _check(args.save_every >= 0 and args.save_every_minutes >= 0,
            f"--save-every and --save-every-minutes must be >= 0, got {args.save_every}, {args.save_every_minutes}")
     _check(0 <= args.ft_begin_index <= 5, f"--ft-begin-index must be in 0..5, got {args.ft_begin_index}")
-    _check(args.div > 0, f"--div must be positive, got {args.div}")
-    _check(list(args.lr_steps) == sorted(set(args.lr_steps)), f"--lr-steps must increase, got {args.lr_steps}")
-    _check(all(step >= args.warmup_epochs for step in args.lr_steps),
-           f"--lr-steps {args.lr_steps} must not fall inside the {args.warmup_epochs} warm-up epochs")
-    _check(args.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {args.amp!r}")
-    _check(DEVICE_PATTERN.match(str(args.device)) is not None,
-           f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
-    _check(not (args.valid and not args.check_path), "--valid needs --check_path CHECKPOINT")
+    _check_div_schedule_and_mode(args)
     _check(not isinstance(args.pretrained, str) or os.path.isfile(args.pretrained),
            f"--pretrained {args.pretrained}: expected True/False or an existing checkpoint file")
     _check_run_name(args.checkpoints)
