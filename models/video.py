@@ -26,8 +26,7 @@ from torch import nn
 
 from lib import build_nonlocal
 from lib.errors import ConfigError
-from lib.registry import stage_based
-from models.common import assemble_stage, nonlocal_width
+from models.common import assemble_stage, nonlocal_width, resolve_output_relu
 from models.resnet import nonlocal_positions
 from models.weights import _read_state_dict, load_shifted_state_dict
 
@@ -228,12 +227,9 @@ def build_video_model(backbone: str, depth: int, num_classes: int, nl_type: Opti
                               f"got {shortcut_type!r}")
     elif shortcut_type is not None:
         raise ConfigError(f"shortcut_type applies to resnet3d only, not to {backbone} (got {shortcut_type!r})")
-    if nl_type is None:
-        output_relu = None  # no blocks: one canonical spelling for build_args
-    elif output_relu is None and stage_based(nl_type):
-        # A zero-initialized block with the output ReLU never learns (relu(0) has gradient 0 for all its
-        # parameters); without it, it starts as the identity and learns, as the earlier release's space-time units.
-        output_relu = False
+    # None = False, as the earlier release's space-time units: a zero-initialized block with the output ReLU
+    # would never learn (relu(0) has gradient 0 for all its parameters).
+    output_relu = resolve_output_relu(nl_type, output_relu, zero_init=True)
     positions = video_positions(nl_nums, layer, ResNet3d.ARCHS[depth][1] if backbone == "resnet3d"
                                 else (2, 2, 2, 2))
     div = block_kwargs["div"]
@@ -241,7 +237,8 @@ def build_video_model(backbone: str, depth: int, num_classes: int, nl_type: Opti
     def make_nonlocal(channels):
         return build_nonlocal(nl_type, channels, nonlocal_width(channels, div), stage_num=block_kwargs["stage_num"],
                               is_sys=block_kwargs["is_sys"], is_norm=block_kwargs["is_norm"],
-                              order=block_kwargs["order"], output_relu=output_relu, zero_init=True, dim=3)
+                              order=block_kwargs["order"], output_relu=output_relu, zero_init=not output_relu,
+                              dim=3)
 
     if backbone == "resnet3d":
         model = ResNet3d(depth, num_classes, positions, make_nonlocal, shortcut_type)

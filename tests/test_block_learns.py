@@ -148,3 +148,14 @@ def test_output_relu_flag_reaches_the_model(argv, expected):
     assert train_seg.model_kwargs(seg_args)["output_relu"] is expected
     with torch.device("meta"):
         assert build_model(**model_kwargs(args, 5)).build_args["output_relu"] is bool(expected)
+
+
+@pytest.mark.parametrize("backbone, arch, output_relu, bn_weight", [("resnet", 50, None, 0.0), ("resnet", 50, True, 1.0),
+                                                                    ("r3d", 18, None, 0.0), ("r3d", 18, True, 1.0)])
+def test_a_block_reset_after_building_on_meta_has_its_start_weights(backbone, arch, output_relu, bn_weight):
+    """Built on 'meta', then to_empty + reset_parameters: the block's output BN gets the weight a direct build gives
+    (0 without the ReLU: the identity; 1 with it, or it would never learn)."""
+    model = build_model(backbone, arch, 5, nl_type="snl", output_relu=output_relu, device="meta")
+    block = model.get_submodule(model.nonlocal_paths[0]).to_empty(device="cpu")
+    block.reset_parameters()
+    assert torch.equal(block.stages[0].bn.weight, torch.full_like(block.stages[0].bn.weight, bn_weight))

@@ -53,7 +53,7 @@ class LoadedModel:
 
     def __init__(self, model, task, dataset, input_size, path, checkpoint, clip=None):
         self.model, self.task, self.dataset, self.input_size, self.path = model, task, dataset, input_size, path
-        self.clip = clip  # video: the run's clip_len, frame_step, normalization and split
+        self.clip = clip  # video: the run's clip_len, frame_step, normalization, split and validation set
         progress = ("iteration", checkpoint.get("iteration")) if task == "segmentation" else \
             ("epoch", checkpoint.get("epoch"))
         self.progress = f"{progress[0]} {progress[1]}" if progress[1] is not None else None
@@ -114,7 +114,7 @@ def load_model(args):
         input_size = args.input_size or run_args.get("frame_size") or 112
         clip = dict(clip_len=run_args.get("clip_len") or 16, frame_step=run_args.get("frame_step") or 1,
                     normalization=run_args.get("normalization") or DEFAULT_NORMALIZATION,
-                    split=run_args.get("split") or 1)
+                    split=run_args.get("split") or 1, validation=run_args.get("validation") or "holdout")
     elif task == "segmentation":
         if not saved:
             raise ConfigError(f"{args.checkpoint} is a segmentation checkpoint without model arguments: the tools "
@@ -252,7 +252,8 @@ def video_clips(args, loaded, default_count):
         _, val_set, _, _ = build_video_datasets(loaded.dataset, args.data_dir, split=options["split"],
                                                 clip_len=options["clip_len"], frame_step=options["frame_step"],
                                                 frame_size=loaded.input_size, test_clips=1,
-                                                normalization=options["normalization"])
+                                                normalization=options["normalization"],
+                                                validation=options["validation"])
         indices = args.indices or list(range(min(default_count, len(val_set))))
         for index in indices:
             check_index(index, len(val_set), loaded.dataset, "videos")
