@@ -6,7 +6,7 @@
     python train_seg.py --valid --check_path save_model/cityscapes/resnet50/snl/model_best.pth.tar --data_dir DATA
     python train_seg.py --dataset fake --iters 20 --eval-every 10        # smoke run, no data needed
 
-Iteration-based, with the authors' mmsegmentation recipe (lib/engine/seg_cli.py) filling unset flags; outputs go to
+Iteration-based, with the authors' mmsegmentation recipe (lib/engine/segmentation/cli.py) filling unset flags; outputs go to
 <output-dir>/<dataset>/<backbone><arch>/<checkpoints>/. Layout as train_val.py: get_args_parser(),
 train_one_step() / train_iterations(), evaluate(), main(args). See docs/segmentation.md.
 """
@@ -34,7 +34,7 @@ from lib.engine.distributed import all_reduce_sums, from_main
 from lib.engine.epochs import guarded_run
 from lib.engine.logger import MetricsFile, open_tensorboard, write_args
 from lib.engine.metrics import format_seconds
-from lib.engine.poly import PolySchedule
+from lib.engine.segmentation.poly import PolySchedule
 from lib.engine.preemption import EpochProgress, fetch_batch
 from lib.engine.resume_check import (RESUMABLE, check_resume_settings, has_work, resume_args_path,
                                      valid_dataset_from_checkpoint)
@@ -42,10 +42,10 @@ from lib.engine.run_state import check_dataset
 from lib.engine.runtime import (autocast, checked_step, cpu_threads_note, prepare_model, run_cli, run_main,
                                 seed_everything)
 from lib.engine.schedule import set_lr
-from lib.engine.seg_cli import get_args_parser, parse_seg_args, resolve_seg_args  # noqa: F401
-from lib.engine.seg_run import (MIoUTracker, drop_records_after, resume_source, resumed_interval, run_folder,
+from lib.engine.segmentation.cli import get_args_parser, parse_seg_args, resolve_seg_args  # noqa: F401
+from lib.engine.segmentation.run import (MIoUTracker, drop_records_after, resume_source, resumed_interval, run_folder,
                                 save_checkpoint)
-from lib.engine.segmetrics import all_reduce_confusion, confusion_matrix, json_number, segmentation_metrics
+from lib.engine.segmentation.metrics import all_reduce_confusion, confusion_matrix, json_number, segmentation_metrics
 from lib.engine.tasks import require_task
 from lib.errors import ConfigError
 from models.segmentation import build_segmentor, load_segmentor_state

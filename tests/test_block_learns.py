@@ -10,7 +10,7 @@ from lib.engine.checkpoint import model_args_mismatch
 from lib.engine.config import parse_args
 from lib.engine.recipe import resolve_args
 from lib.engine.run_state import model_kwargs
-from lib.engine.seg_cli import parse_seg_args, resolve_seg_args
+from lib.engine.segmentation.cli import parse_seg_args, resolve_seg_args
 from models import build_model, with_output_relu
 from models.segmentation import build_segmentor
 from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)

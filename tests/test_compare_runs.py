@@ -18,7 +18,7 @@ CLASSIFICATION = dict(
     momentum=0.9, nl_layer=["1"], nl_nums=1, nl_type="snl", num_gpu=1, order=None, output_dir="save_model",
     pretrained=False, print_freq=100, recipe="cifar", resume="", resumename="", seed=1, stage_nums=1, sync_bn=False,
     valid=False, warmup=False, warmup_epochs=1, weight_decay=0.0001, workers=0)
-# train_seg.py's (lib/engine/seg_cli.py) and train_video.py's (the classification keys plus the clip settings).
+# train_seg.py's (lib/engine/segmentation/cli.py) and train_video.py's (the classification keys plus the clip settings).
 SEGMENTATION = dict(
     amp="off", arch="50", aux_weight=0.4, backbone="resnet", batch_size=2, cat_max_ratio=0.75, channels_last=False,
     check_path="", checkpoints="snl", compile=False, config=None, crop_size=[512, 1024], data_dir="./data",

@@ -17,7 +17,7 @@ import train_val
 from lib.engine import runtime
 from lib.engine.resume_check import (EPOCH_BASED, RESUMABLE, changed_settings, check_resume_settings,
                                      resume_args_path)
-from lib.engine.seg_cli import parse_seg_args, resolve_seg_args
+from lib.engine.segmentation.cli import parse_seg_args, resolve_seg_args
 from lib.errors import ConfigError
 from test_cli import exit_status, resolved
 from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)

@@ -19,9 +19,9 @@ from lib.data.iteration_sampler import IterationBatchSampler
 from lib.data.seg_transforms import SegPipeline, largest_class_ratio, random_crop, train_transform
 from lib.engine.distributed import DistContext
 from lib.engine.logger import RunLogger
-from lib.engine.poly import PolySchedule
+from lib.engine.segmentation.poly import PolySchedule
 from lib.engine.run_lock import LOCK_NAME, RunLock
-from lib.engine.segmetrics import all_reduce_confusion, confusion_matrix, segmentation_metrics
+from lib.engine.segmentation.metrics import all_reduce_confusion, confusion_matrix, segmentation_metrics
 from lib.errors import ConfigError
 from models.segmentation import NonlocalHead, build_segmentor, init_head
 from runs import records, run_script
@@ -415,7 +415,7 @@ def test_evaluation_over_two_processes_equals_one_process(tmp_path):
 
 
 def test_recipe_config_and_explicit_flags(tmp_path):
-    from lib.engine.seg_cli import parse_seg_args, resolve_seg_args
+    from lib.engine.segmentation.cli import parse_seg_args, resolve_seg_args
     argv = ["--dataset", "cityscapes", "--data_dir", "DATA", "--backbone", "resnet", "--arch", "50", "--nl-type", "snl",
             "--checkpoints", "snl"]
     args = resolve_seg_args(parse_seg_args(argv))

@@ -23,8 +23,8 @@ from direct_formulas import affinity as direct_affinity
 from lib.cc import CrissCrossAttention
 from lib.registry import NONLOCAL_BLOCKS, build_nonlocal, stage_based
 from lib.engine.distributed import DistContext
-from lib.engine.poly import PolySchedule
-from lib.engine.seg_run import MIoUTracker, save_checkpoint
+from lib.engine.segmentation.poly import PolySchedule
+from lib.engine.segmentation.run import MIoUTracker, save_checkpoint
 from models import build_model
 from models.segmentation import build_segmentor
 from lib.data.video import build_video_datasets
