@@ -83,6 +83,16 @@ def test_onnx_preresnet20_snl():
     assert check_onnx(model, sample((3, 16, 16)), [sample((3, 16, 16), OTHER_BATCH, seed=1)]) <= 1e-4
 
 
+@needs_onnx
+def test_video_model_exports_and_runs_in_onnxruntime():
+    """A 3-D ResNet-18 with a space-time SNL block (N = T H W): torch.export and ONNX give the eager logits."""
+    torch.manual_seed(0)
+    model = randomized(build_model("resnet3d", 18, 10, nl_type="snl", nl_layer=2))
+    x, other = sample((3, 4, 32, 32)), sample((3, 4, 32, 32), OTHER_BATCH, seed=1)
+    assert check_export(model, x, [other]) <= 1e-5
+    assert check_onnx(model, x, [other]) <= 1e-4
+
+
 @pytest.mark.parametrize("name", list(NONLOCAL_BLOCKS))
 def test_meta_then_to_empty_and_reset(name):
     """Built on 'meta' (no memory), moved with to_empty and initialized by reset_parameters(): the same weights

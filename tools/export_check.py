@@ -5,8 +5,9 @@
     python tools/export_check.py --blocks snl cc --dims 2 --models preresnet
     python tools/export_check.py --dims --models resnet segmentor   # model rows only
 
-Rows: every registry block at every dim (1, 2, 3; cc is 2-D only), PreResNet-20 + each block, ResNet-50 + SNL
-and the segmentor (dilated ResNet-50 + SNL head). Columns, each "ok <max relative error>" or "FAIL <why>":
+Rows: every registry block at every dim (1, 2, 3; cc is 2-D only), PreResNet-20 + each block, ResNet-50 + SNL,
+the segmentor (dilated ResNet-50 + SNL head) and a video model (3-D ResNet-18 + a space-time SNL block).
+Columns, each "ok <max relative error>" or "FAIL <why>":
   export   torch.export.export in eval mode with a dynamic batch size; the exported program against the eager
            module at the traced batch and at another one (relative error <= 1e-5, float32).
   onnx     torch.onnx.export (dynamo exporter) with a dynamic batch size (blocks: also dynamic spatial sizes),
@@ -44,7 +45,7 @@ CHANNELS, PLANES = 8, 4
 SPATIAL = {1: (20,), 2: (6, 5), 3: (3, 4, 3)}  # N = 20, 30, 36 >= 4 C': SNL's eager path is the fused one
 OTHER_SPATIAL = {1: (17,), 2: (7, 6), 3: (3, 3, 5)}  # the second input size of the ONNX check
 BATCH, OTHER_BATCH = 2, 3
-MODELS = ("preresnet", "resnet", "segmentor")
+MODELS = ("preresnet", "resnet", "segmentor", "video")
 
 
 def rel_err(got, want, floor=0.0):
@@ -171,6 +172,9 @@ def model_rows(names, models):
     if "segmentor" in models:
         yield ("segmentor ResNet-50 + snl", lambda: build_segmentor(num_classes=5, nl_type="snl", aux=False),
                (3, 32, 32), None)
+    if "video" in models:
+        yield ("3-D ResNet-18 + snl (video)", lambda: build_model("resnet3d", 18, 10, nl_type="snl", nl_layer=2),
+               (3, 4, 32, 32), None)
 
 
 def run_row(build, shape, other_shape, columns):
@@ -205,7 +209,7 @@ def main(argv=None):
                              "model rows only)")
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS,
                         help="model rows: preresnet (PreResNet-20 + each of --blocks), resnet (ResNet-50 + snl), "
-                             "segmentor (default all; none: --models with no names)")
+                             "segmentor, video (3-D ResNet-18 + snl) (default all; none: --models with no names)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile column (the slow one)")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX column")
     args = parser.parse_args(argv)
