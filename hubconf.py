@@ -91,6 +91,21 @@ def resnet152_snl(num_classes=1000, nl_type="snl", pretrained=None, **kwargs):
     return _model("resnet", 152, num_classes, nl_type, pretrained, kwargs)
 
 
+def resnet3d50_snl(num_classes=400, nl_type="snl", pretrained=None, **kwargs):
+    """Video: 3-D ResNet-50 (3D-ResNets layout) with a space-time block in layer3 (B, 3, T, H, W) -> logits.
+
+    pretrained: a path = a 3D-ResNets checkpoint (e.g. resnet-50-kinetics.pth) or a state_dict file.
+    Keywords of models.build_model: nl_nums, nl_layer, stage_num, div, is_sys, is_norm, output_relu, device, dtype.
+    """
+    return _model("resnet3d", 50, num_classes, nl_type, pretrained, kwargs)
+
+
+def r3d18_snl(num_classes=400, nl_type="snl", pretrained=None, **kwargs):
+    """Video: torchvision's r3d-18 with a space-time block (pretrained=True: its Kinetics-400 weights). Keywords
+    as resnet3d50_snl."""
+    return _model("r3d", 18, num_classes, nl_type, pretrained, kwargs)
+
+
 def segmentor(arch=50, num_classes=19, nl_type="snl", pretrained=None, **kwargs):
     """Segmentation: dilated ResNet-50/101 (output stride 8) with a nonlocal decode head (nl_type, default snl).
 

@@ -153,7 +153,7 @@ def test_torch_hub(monkeypatch):
     assert model.build_args["nl_type"] == "cc" and model(torch.randn(2, 3, 16, 16)).shape == (2, 7)
     monkeypatch.setattr(torch.hub, "_get_cache_or_reload", lambda *args, **kwargs: ROOT)
     entries = torch.hub.list("owner/snl", verbose=False)
-    assert set(NONLOCAL_BLOCKS) | {"preresnet20_snl", "resnet50_snl", "segmentor"} <= set(entries)
+    assert set(NONLOCAL_BLOCKS) | {"preresnet20_snl", "resnet50_snl", "segmentor", "resnet3d50_snl", "r3d18_snl"} <= set(entries)
     for entry in entries:
         doc = torch.hub.help("owner/snl", entry)
         assert doc and doc.strip().splitlines()[0].strip(), entry
