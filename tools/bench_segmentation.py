@@ -74,6 +74,36 @@ def step_flops(head, batch, crop):
     return counter.get_total_flops()
 
 
+def measure_steps(steps, device, rounds, n, memory=True):
+    """Time and inspect training steps {key: step()}: one warm-up each, then `rounds` rounds in an order that rotates
+    every round, so that no step always runs right after the one that frees the most memory and load from other jobs
+    hits all alike. Returns ({key: [seconds per round]}, {key: (median s, min s, peak MiB, largest tensor shape,
+    whether a tensor with two dimensions of size n was formed)}); peak memory (NaN without `memory`) and the shapes
+    come from one more step under the profiler and TensorShapes (which adds no allocations of its own)."""
+    keys = list(steps)
+    for step in steps.values():
+        step()  # warm-up: first-touch allocations, oneDNN primitive caches
+    times = {key: [] for key in keys}
+    for k in range(rounds):
+        for key in keys[k % len(keys):] + keys[:k % len(keys)]:
+            times[key].append(timed(steps[key], device))
+        print(f"  round {k + 1}: " + ", ".join(f"{key or 'plain'} {times[key][-1]:.2f} s" for key in keys), flush=True)
+    measured = {}
+    for key, step in steps.items():
+        recorder = TensorShapes()
+
+        def recorded_step():
+            with recorder:
+                step()
+        peak = peak_memory_bytes(recorded_step, device) / MIB if memory else float("nan")
+        if not memory:
+            recorded_step()
+        largest = max(recorder.shapes, key=lambda shape: torch.Size(shape).numel())
+        dense = any(shape.count(n) >= 2 for shape in recorder.shapes)
+        measured[key] = (statistics.median(times[key]), min(times[key]), peak, largest, dense)
+    return times, measured
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--heads", nargs="+", default=["none", "snl", "nl"],
@@ -95,29 +125,8 @@ def main(argv=None):
         if n <= 2560:
             print(f"note: N = {n} is not above every channel count (2560), so 'N x N formed' may be a false yes")
         steps = {h: make_step(h, args.batch, args.crop, device) for h in heads}
-        for step in steps.values():
-            step()  # warm-up: first-touch allocations, oneDNN primitive caches
-        times = {h: [] for h in heads}
-        for k in range(args.rounds):
-            # The order rotates every round, so no head always runs right after the one that frees the most memory.
-            for h in heads[k % len(heads):] + heads[:k % len(heads)]:
-                times[h].append(timed(steps[h], device))
-            print(f"  round {k + 1}: " + ", ".join(f"{h or 'plain'} {times[h][-1]:.2f} s" for h in heads), flush=True)
-        rows = []
-        for h, step in steps.items():
-            recorder = TensorShapes()
-
-            def recorded_step():
-                with recorder:
-                    step()
-            # One step under both the profiler and the shape recorder (which adds no allocations of its own).
-            peak = peak_memory_bytes(recorded_step, device) / MIB if args.memory else float("nan")
-            if not args.memory:
-                recorded_step()
-            largest = max(recorder.shapes, key=lambda s: torch.Size(s).numel())
-            dense = any(shape.count(n) >= 2 for shape in recorder.shapes)
-            rows.append((h, statistics.median(times[h]), min(times[h]), peak, largest, dense,
-                         step_flops(h, args.batch, args.crop)))
+        times, measured = measure_steps(steps, device, args.rounds, n, args.memory)
+        rows = [(h, *measured[h], step_flops(h, args.batch, args.crop)) for h in heads]
         base = times[heads[0]]
         first = rows[0]
         print(f"\n| head | s / step (median) | min s | vs {heads[0] or 'plain'} (median ratio) | GFLOPs / step | "

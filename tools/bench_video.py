@@ -29,8 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lib import NONLOCAL_BLOCKS  # noqa: E402
 from lib.engine.tasks import VIDEO_BACKBONES  # noqa: E402
 from models import build_model  # noqa: E402
-from tools.bench_blocks import peak_memory_bytes, timed  # noqa: E402
-from tools.bench_segmentation import TensorShapes  # noqa: E402
+from tools.bench_segmentation import measure_steps  # noqa: E402
 
 MIB = 2 ** 20
 NUM_CLASSES = 101  # UCF-101
@@ -100,27 +99,8 @@ def main(argv=None):
         if n <= 2048:
             print(f"note: N = {n} is not above every channel count (2048), so 'N x N formed' may be a false yes")
         steps = {b: make_step(args, b, device) for b in blocks}
-        for step in steps.values():
-            step()  # warm-up: first-touch allocations, oneDNN primitive caches
-        times = {b: [] for b in blocks}
-        for k in range(args.rounds):
-            # The order rotates every round, so no model always runs right after the one that frees the most memory.
-            for b in blocks[k % len(blocks):] + blocks[:k % len(blocks)]:
-                times[b].append(timed(steps[b], device))
-            print(f"  round {k + 1}: " + ", ".join(f"{b or 'plain'} {times[b][-1]:.2f} s" for b in blocks), flush=True)
-        rows = []
-        for b, step in steps.items():
-            recorder = TensorShapes()
-
-            def recorded_step():
-                with recorder:
-                    step()
-            peak = peak_memory_bytes(recorded_step, device) / MIB if args.memory else float("nan")
-            if not args.memory:
-                recorded_step()
-            dense = any(shape.count(n) >= 2 for shape in recorder.shapes)
-            largest = max(recorder.shapes, key=lambda s: torch.Size(s).numel())
-            rows.append((b, statistics.median(times[b]), min(times[b]), peak, largest, dense, step_flops(args, b)))
+        times, measured = measure_steps(steps, device, args.rounds, n, args.memory)
+        rows = [(b, *measured[b], step_flops(args, b)) for b in blocks]
         base_times, (_, _, _, base_peak, _, _, base_flops) = times[blocks[0]], rows[0]
         label = blocks[0] or "plain"
         print(f"\n| model | s / step (median) | min s | vs {label} | GFLOPs / step | vs {label} | peak MiB | "
