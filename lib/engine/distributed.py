@@ -120,31 +120,28 @@ def _comm_device(ctx: DistContext) -> torch.device:
     return ctx.device if ctx.device.type == "cuda" else torch.device("cpu")
 
 
-def all_reduce_sums(ctx: DistContext, values):
-    """Element-wise sum of a list of numbers over all processes (float64, so image counts stay exact)."""
+def _all_reduce(ctx: DistContext, values, op):
+    """Element-wise reduction `op` of a list of numbers over all processes, in float64 (counts stay exact)."""
     if not ctx.distributed:
         return [float(v) for v in values]
     tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device(ctx))
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    dist.all_reduce(tensor, op=op)
     return tensor.tolist()
+
+
+def all_reduce_sums(ctx: DistContext, values):
+    """Element-wise sum of a list of numbers over all processes (float64, so image counts stay exact)."""
+    return _all_reduce(ctx, values, dist.ReduceOp.SUM)
 
 
 def any_process(ctx: DistContext, flag: bool) -> bool:
     """True if flag is True in any process: lets all processes stop together (a lone raise would hang the rest)."""
-    if not ctx.distributed:
-        return bool(flag)
-    tensor = torch.tensor([1.0 if flag else 0.0], device=_comm_device(ctx))
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item() > 0)
+    return max_values(ctx, [1.0 if flag else 0.0])[0] > 0
 
 
 def max_values(ctx: DistContext, values):
     """Element-wise maximum of a few small numbers over all processes: several agreements, one all_reduce."""
-    if not ctx.distributed:
-        return [float(v) for v in values]
-    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device(ctx))
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor.tolist()
+    return _all_reduce(ctx, values, dist.ReduceOp.MAX)
 
 
 def gather_objects(ctx: DistContext, obj):
