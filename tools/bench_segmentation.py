@@ -74,6 +74,14 @@ def step_flops(head, batch, crop):
     return counter.get_total_flops()
 
 
+def add_measure_flags(parser):
+    """The flags of measure_steps' callers: --rounds, --threads, --devices, --no-memory."""
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--devices", nargs="+", default=["cpu"], help="cpu and / or cuda")
+    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
+
+
 def measure_steps(steps, device, rounds, n, memory=True):
     """Time and inspect training steps {key: step()}: one warm-up each, then `rounds` rounds in an order that rotates
     every round, so that no step always runs right after the one that frees the most memory and load from other jobs
@@ -110,10 +118,7 @@ def main(argv=None):
                         choices=["none"] + list(NONLOCAL_BLOCKS), help="none = the plain FCN head")
     parser.add_argument("--crop", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"))
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
-    parser.add_argument("--devices", nargs="+", default=["cpu"], help="cpu and / or cuda")
-    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
+    add_measure_flags(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     n = (args.crop[0] // 8) * (args.crop[1] // 8)

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lib import NONLOCAL_BLOCKS  # noqa: E402
 from lib.engine.tasks import VIDEO_BACKBONES  # noqa: E402
 from models import build_model  # noqa: E402
-from tools.bench_segmentation import measure_steps  # noqa: E402
+from tools.bench_segmentation import add_measure_flags, measure_steps  # noqa: E402
 
 MIB = 2 ** 20
 NUM_CLASSES = 101  # UCF-101
@@ -83,10 +83,7 @@ def main(argv=None):
                         help="2: after layer2's first residual block (default); 1 / 3: in layer3 (nl_nums 1)")
     parser.add_argument("--clip", type=int, nargs=3, default=[16, 112, 112], metavar=("T", "H", "W"))
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
-    parser.add_argument("--devices", nargs="+", default=["cpu"], help="cpu and / or cuda")
-    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
+    add_measure_flags(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     channels, n = block_positions(args)
