@@ -6,6 +6,9 @@
         train_sampler.set_epoch(epoch)   # order and augmentation are a function of (seed, epoch): resumes are exact
         ...
 """
+import atexit
+import multiprocessing
+import multiprocessing.util  # registers multiprocessing's exit hook now, so that ours (below) runs before it
 import os
 import signal
 from functools import partial
@@ -42,6 +45,24 @@ def shield_worker(worker_id):
     for name in STOP_SIGNALS:
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+def stop_loader_workers():
+    """At exit, SIGKILL this process's daemonic children: its data-loader workers. A worker ignores SIGTERM
+    (shield_worker), and multiprocessing's own exit hook ends daemonic children with SIGTERM and then joins them,
+    so an exit with a live loader (after an error or a traceback) would wait forever. Runs before that hook."""
+    workers = [p for p in multiprocessing.active_children() if p.daemon]
+    if not workers:
+        return
+    if hasattr(signal, "SIGCHLD"):  # the loader's SIGCHLD handler would report the kill as a failed worker
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for worker in workers:
+        worker.kill()
+    for worker in workers:
+        worker.join(timeout=5)
+
+
+atexit.register(stop_loader_workers)
 
 __all__ = ["DATASETS", "DatasetInfo", "build_datasets", "build_loaders", "CifarDataset", "FakeDataset",
            "ListFileDataset", "read_list_file", "EpochShuffleSampler", "SeededAugmentation",

@@ -1,0 +1,74 @@
+"""A run that fails while its data-loader workers are alive exits at once and leaves no process behind: its workers
+ignore the stop signals (lib.data.shield_worker), so multiprocessing's exit hook alone (SIGTERM, then join) waited
+for them forever. Real processes, real loader workers, each of the three entry points."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from datagen import write_imagefolder
+from videogen import write_ucf101
+
+EXIT_SECONDS = 90  # generous for a loaded 2-core machine; the hang this guards against lasted until killed
+
+
+def leftover_processes(marker):
+    """Processes whose command line names marker (the run's unique output folder)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def run_entry(script, argv, out_dir):
+    try:
+        result = subprocess.run([sys.executable, os.path.join(ROOT, script), *argv, "--output-dir", out_dir],
+                                capture_output=True, text=True, cwd=ROOT, timeout=EXIT_SECONDS,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+    except subprocess.TimeoutExpired:
+        for pid in leftover_processes(out_dir):
+            os.kill(pid, 9)
+        pytest.fail(f"{script} {' '.join(argv)} did not exit within {EXIT_SECONDS} s")
+    assert leftover_processes(out_dir) == [], "loader workers left behind"
+    return result
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds leftover processes through /proc")
+def test_unreadable_training_image_with_workers_exits(tmp_path):
+    data = write_imagefolder(str(tmp_path / "images"), n_per_class=(4, 2))
+    bad = os.path.join(data, "train", "cat", "0000.png")
+    with open(bad, "wb") as f:
+        f.write(b"not a png")
+    result = run_entry("train_val.py", ["--dataset", "imagefolder", "--data-dir", data, "--input-size", "32",
+                                        "--arch", "20", "--epochs", "1", "-b", "4", "-j", "2"],
+                       str(tmp_path / "run"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "0000.png" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds leftover processes through /proc")
+def test_empty_video_with_a_worker_exits(tmp_path):
+    root = str(tmp_path / "ucf")
+    splits = write_ucf101(root, num_frames=8, height=24, width=32)
+    empty = os.path.join(root, "UCF-101", splits[1][0][0][0])
+    open(empty, "wb").close()
+    result = run_entry("train_video.py", ["--dataset", "ucf101", "--data-dir", root, "--clip-len", "4",
+                                          "--frame-size", "16", "--arch", "18", "--epochs", "1", "-b", "2", "-j", "1"],
+                       str(tmp_path / "run"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert os.path.basename(empty) in result.stderr
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds leftover processes through /proc")
+def test_error_in_the_step_with_workers_exits(tmp_path):
+    # One 1 x 1 crop per batch: BatchNorm in the pooled branch has one value per channel and raises in the step.
+    result = run_entry("train_seg.py", ["--dataset", "fake", "--crop-size", "7", "7", "-b", "1", "-j", "2",
+                                        "--iters", "2"], str(tmp_path / "run"))
+    assert result.returncode != 0
