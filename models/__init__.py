@@ -1,4 +1,5 @@
-"""Backbones with nonlocal blocks: a name -> class registry and one factory, build_model (README, "Models").
+"""Backbones with nonlocal blocks: a name -> class registry and one factory, build_model (docs/classification.md,
+"Models").
 
     model = build_model("preresnet", 20, num_classes=10, nl_type="snl", is_sys=True, is_norm=True)
     model = build_model("resnet", "50", num_classes=1000, nl_type="snl", nl_nums=5, pretrained=True)
@@ -65,7 +66,7 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
                 pretrained: Union[None, bool, str] = None, order: Optional[int] = None,
                 output_relu: Optional[bool] = None, shortcut_type: Optional[str] = None, device=None,
                 dtype=None) -> nn.Module:
-    """Build backbone-arch with nl_type nonlocal blocks at the reference positions (README, "Models").
+    """Build backbone-arch with nl_type nonlocal blocks at the reference positions (docs/classification.md, "Models").
 
     backbone: "preresnet" (CIFAR; arch 20, 56, 110) or "resnet" (ImageNet; arch 50, 101, 152).
     nl_type None or nl_nums 0: the plain backbone. nl_nums: preresnet 0 or 1 (one block in each nl_layer

@@ -25,7 +25,7 @@ def assemble_stage(residual_blocks: Sequence[nn.Module], insert_after: Iterable[
     """Return nn.Sequential of the residual blocks with a nonlocal block after each index in insert_after.
 
     The blocks are inserted into the same Sequential (not wrapped), as the reference does, so the module paths
-    and state_dict keys of the later residual blocks shift by one per inserted block (README, "Models"):
+    and state_dict keys of the later residual blocks shift by one per inserted block (docs/classification.md, "Models"):
     that is what lets a reference checkpoint load unchanged. The path of every inserted block
     ("<stage_name>.<index>") is appended to nonlocal_paths.
     """

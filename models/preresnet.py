@@ -1,4 +1,4 @@
-"""Pre-activation ResNet for CIFAR with nonlocal blocks (README, "Models").
+"""Pre-activation ResNet for CIFAR with nonlocal blocks (docs/classification.md, "Models").
 
 Module names follow the reference code (conv, layer1..3, bn1, fc1, bn2, fc2; blocks bn1, conv1, bn2, conv2,
 bn3, conv3, downsample) so that a reference state_dict loads here once its unused conv1/maxpool/fc entries are
@@ -24,7 +24,7 @@ def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 
 
 class PreActBasicBlock(nn.Module):
-    """BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3, plus the shortcut (README, "Models")."""
+    """BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3, plus the shortcut (docs/classification.md, "Models")."""
 
     expansion = 1
 
@@ -46,7 +46,8 @@ class PreActBasicBlock(nn.Module):
 
 
 class PreActBottleneck(nn.Module):
-    """BN-ReLU-conv1x1-BN-ReLU-conv3x3(stride)-BN-ReLU-conv1x1(x4), plus the shortcut (README, "Models")."""
+    """BN-ReLU-conv1x1-BN-ReLU-conv3x3(stride)-BN-ReLU-conv1x1(x4), plus the shortcut (docs/classification.md,
+    "Models")."""
 
     expansion = 4
 
@@ -85,8 +86,8 @@ class PreResNet(nn.Module):
     ARCHS = {20: (PreActBasicBlock, (3, 3, 3)), 56: (PreActBottleneck, (9, 9, 9)),
              110: (PreActBottleneck, (18, 18, 18))}
     NL_NUMS = (0, 1)
-    # Modules the reference's training script bolts onto CIFAR models and never uses (README, "Deviations from the
-    # reference code"); their checkpoint entries are dropped on load.
+    # Modules the reference's training script bolts onto CIFAR models and never uses (docs/deviations.md, item 5);
+    # their checkpoint entries are dropped on load.
     REFERENCE_UNUSED_MODULES = ("conv1", "maxpool", "fc")
 
     def __init__(self, depth: int, num_classes: int, nl_type: Optional[str] = None, nl_nums: int = 1,

@@ -1,4 +1,4 @@
-"""ImageNet ResNet-50/101/152 with nonlocal blocks (README, "Models").
+"""ImageNet ResNet-50/101/152 with nonlocal blocks (docs/classification.md, "Models").
 
 Module names are torchvision's (conv1, bn1, maxpool, layer1..4, fc; blocks conv1..3, bn1..3, downsample), so a
 torchvision ResNet state_dict loads once its residual-block indices are shifted past the inserted nonlocal
@@ -44,7 +44,8 @@ class Bottleneck(nn.Module):
 
 
 def nonlocal_positions(nl_nums: int, depths: Sequence[int]) -> Dict[str, Tuple[int, ...]]:
-    """Per stage, the 0-based residual-block indices after which a nonlocal block goes (README, "Models").
+    """Per stage, the 0-based residual-block indices after which a nonlocal block goes (docs/classification.md,
+    "Models").
 
     nl_nums 1: layer3, right before its last residual block (after block n3 - 2).
     nl_nums 5: layer3 after blocks floor(k * n3 / 3) for k = 0, 1, 2, and layer4 after its first and last blocks.

@@ -1,5 +1,5 @@
 """Video backbones (input (B, 3, T, H, W) -> logits (B, num_classes)) with space-time nonlocal blocks (dim=3);
-README "Models" and docs/blocks.md ("output_relu").
+docs/classification.md "Models" and docs/blocks.md ("output_relu").
 
 - `resnet3d` 18 / 34 / 50 / 101: the 3-D ResNet of Hara et al.'s 3D-ResNets framework ("Can Spatiotemporal 3D
   CNNs Retrace the History of 2D CNNs and ImageNet?", CVPR 2018): conv1 7x7x7 stride (1, 2, 2), BN, ReLU, 3x3x3
@@ -106,7 +106,8 @@ class ZeroPadShortcut(nn.Module):
 
 
 def video_positions(nl_nums: int, nl_layer: int, depths: Tuple[int, ...]) -> Dict[str, Tuple[int, ...]]:
-    """Per stage, the 0-based residual-block indices after which a block goes (README "Models"): nl_layer 2: after
+    """Per stage, the 0-based residual-block indices after which a block goes (docs/classification.md, "Models"):
+    nl_layer 2: after
     layer2's first block; else as the image ResNets (nl_nums 1: layer3 before its last block; nl_nums 5: three in
     layer3, two in layer4)."""
     if nl_nums == 0:

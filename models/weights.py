@@ -1,7 +1,7 @@
 """Loading weights into the models: our / the reference's checkpoints, and torchvision's ResNet weights.
 
 - load_state_dict_checked: strict loading for eval and resume, with one-line ConfigErrors for a checkpoint of
-  another architecture, and the reference's quirks handled (README "Deviations from the reference code").
+  another architecture, and the reference's quirks handled (docs/deviations.md).
 - classifier_size: how many classes a checkpoint's classifier has (a reference CIFAR checkpoint has 1000).
 - load_torchvision_resnet: torchvision ImageNet weights (downloaded, or a local file) into our ResNet.
 - load_shifted_state_dict: a plain backbone's state_dict into a model with blocks in its layer1..4 (the ResNets
@@ -78,7 +78,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: StateDict) -> None:
 
     Accepts our checkpoints and the reference's: strips a "module." prefix (DataParallel / DDP), and for
     PreResNet drops the entries of the reference's unused conv1 / maxpool / fc modules with a printed notice
-    (README "Deviations from the reference code", item 5). Anything else that does not fit (another depth, another
+    (docs/deviations.md, item 5). Anything else that does not fit (another depth, another
     nl_type, fewer classes) raises ConfigError naming the first few missing / unexpected keys and shape mismatches.
     """
     model = getattr(model, "module", model)  # a DataParallel / DDP wrapper: load into the wrapped model

@@ -34,8 +34,8 @@ from models.resnet import Bottleneck  # noqa: E402
 COMPLEXITY_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_complexity.json")
 NUM_CLASSES = {"preresnet": 10, "resnet": 1000}
 
-# Where the blocks must be, written out by hand from the README "Models" and docs/blocks.md section 4 (not computed
-# by the code under test).
+# Where the blocks must be, written out by hand from docs/classification.md "Models" and docs/blocks.md section 4
+# (not computed by the code under test).
 EXPECTED_PATHS = {
     ("preresnet", 20, 1): ("layer1.2",), ("preresnet", 56, 1): ("layer1.2",), ("preresnet", 110, 1): ("layer1.2",),
     ("resnet", 50, 1): ("layer3.5",),
@@ -190,7 +190,7 @@ def test_build_args_rebuild_the_same_model():
 
 
 def reference_layout(state_dict, data_parallel):
-    """A state_dict as the reference's train_val.py saves a CIFAR PreResNet (README "Deviations", item 5): the model's
+    """A state_dict as the reference's train_val.py saves a CIFAR PreResNet (docs/deviations.md, item 5): the model's
     entries, then the unused conv1 (3 -> 64, 3x3) and fc (2048 -> num_classes) it bolts on (its maxpool is an
     empty Sequential: no entries); under DataParallel every key starts with "module."."""
     layout = dict(state_dict)

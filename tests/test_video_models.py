@@ -242,7 +242,8 @@ def test_blocks_start_as_the_identity(backbone):
         assert with_block.shape == (1, 5) and torch.equal(model(x), with_block)
 
 
-# Written out by hand (README "Models"): nl_nums 1 = layer3 before its last residual block, nl_nums 5 = after
+# Written out by hand (docs/classification.md, "Models"): nl_nums 1 = layer3 before its last residual block,
+# nl_nums 5 = after
 # layer3's blocks floor(k n / 3), k = 0, 1, 2, and layer4's first and last; nl_layer 2 = after layer2's first.
 EXPECTED_VIDEO_PATHS = {
     ("resnet3d", 18, 1, "1"): ("layer3.1",), ("resnet3d", 34, 1, "1"): ("layer3.5",),

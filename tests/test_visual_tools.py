@@ -641,7 +641,8 @@ def test_compare_runs_table(runs, capsys, tmp_path):
         plain_final = top1s(base / "base")[-1]
         assert float(row["delta_final"]) == pytest.approx(statistics.fmean(finals) - plain_final, abs=1e-9)
     assert table["snl"]["is_sys"] == "True" and table["a2"]["is_norm"] == "False"  # the blocks' defaults
-    assert int(table["snl"]["params"]) - int(table["none"]["params"]) == 672  # README: + 672 for one SNL block
+    # docs/performance.md: + 672 for one SNL block
+    assert int(table["snl"]["params"]) - int(table["none"]["params"]) == 672
     assert float(table["snl"]["gflops"]) > float(table["none"]["gflops"]) > 0
     # the unfinished run is marked, in the table and in a note; the run without metrics is skipped with a note
     assert "1 (unfinished: 1/2)" in lines["plain"] and table["none"]["unfinished"] == "1"

@@ -4,8 +4,8 @@ blocks, and where their pictures go.
 - Checkpoints: of train_val.py (classification), train_seg.py (segmentation: the decode head's block is drawn) or
   train_video.py (video); ours are rebuilt from their stored `model_args`; the reference's (no `model_args`) from
   the model flags, as `train_val.py --valid` does, with the classifier size the checkpoint holds.
-- Images: files or validation-set indices. Classification: the dataset's validation transform (README "Data"), or
-  with keep_aspect (attention maps of files) the whole photo, its shorter side resized to the input size.
+- Images: files or validation-set indices. Classification: the dataset's validation transform (docs/classification.md,
+  "Data"), or with keep_aspect (attention maps of files) the whole photo, its shorter side resized to the input size.
   Segmentation: the whole image, its shorter side resized to --input-size (default 256), as train_seg.py
   normalizes it.
 - Clips (video checkpoints): video files, frame folders or validation-set indices, decoded as the run's
@@ -163,7 +163,8 @@ def built_from_state(builder, kwargs, state_dict, load):
 
 
 def preprocessing(dataset, input_size):
-    """(transform PIL -> normalized tensor, mean, std) of the dataset's validation pipeline (README "Data")."""
+    """(transform PIL -> normalized tensor, mean, std) of the dataset's validation pipeline (docs/classification.md,
+    "Data")."""
     if dataset in SMALL_DATASETS:
         # fake data has no files; images given to a model trained on it are normalized as ImageNet's
         mean, std = (CIFAR_MEAN, CIFAR_STD) if dataset.startswith("cifar") else (IMAGENET_MEAN, IMAGENET_STD)
@@ -417,8 +418,8 @@ def criss_cross_attention(module, x):
     """A (B, N, N) of one CrissCrossAttention on x (B, C, H, W): row n holds the weights of query n.
 
     Query (i, j) attends to its column (k, j), k != i, and its row (i, k) with one softmax over the H + W
-    energies query . key (README, block table: cc); everything else in its row of A is 0. So the module's output
-    is x + gamma * (value A^T) on the (B, C, N) view.
+    energies query . key (docs/blocks.md, "At a glance": cc); everything else in its row of A is 0. So the module's
+    output is x + gamma * (value A^T) on the (B, C, N) view.
     """
     with torch.no_grad():
         q, k = module.query_conv(x), module.key_conv(x)  # (B, C', H, W)

@@ -1,4 +1,5 @@
-"""Training-step cost of a video backbone plain vs with one space-time nonlocal block (README "Models").
+"""Training-step cost of a video backbone plain vs with one space-time nonlocal block (docs/classification.md,
+"Models").
 
     python tools/bench_video.py                               # r3d-18, 16 x 112 x 112, batch 2, CPU, 2 threads
     python tools/bench_video.py --blocks snl nl --rounds 5

@@ -5,7 +5,8 @@
     python tools/compare_runs.py save_model --csv out/runs.csv --plot out/curves.png
     python tools/compare_runs.py save_model/cifar10/20/snl_seed67 save_model/cifar10/20/snl_seed68
 
-A run folder is one that holds args.yaml (README, "What a run writes"); its metrics.jsonl gives the evaluations.
+A run folder is one that holds args.yaml (docs/classification.md, "What a run writes"); its metrics.jsonl gives the
+evaluations.
 Each task gets its own table: classification (train_val.py: test top-1), segmentation (train_seg.py: mIoU) and
 video (train_video.py: clip top-1 and video top-1, each on its own). A group holds the runs of one experiment:
 runs whose every setting that changes what is trained and measured is equal (model arguments, dataset, input

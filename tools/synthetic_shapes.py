@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A small image dataset of shapes in scenes, generated offline, in the imagefolder layout (README "Data").
+"""A small image dataset of shapes in scenes, generated offline, in the imagefolder layout (docs/classification.md,
+"Data").
 
     python tools/synthetic_shapes.py data/shapes --train 200 --val 50 --size 32
     python train_val.py --dataset imagefolder --data_dir data/shapes --input-size 32 ...

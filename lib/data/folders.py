@@ -15,7 +15,7 @@ from lib.data.transforms import (DEFAULT_HFLIP, IMAGENET_MEAN, IMAGENET_STD, SMA
 from lib.errors import ConfigError
 
 IMAGENET_LISTS = ("imagenet_train.list", "imagenet_val.list")
-# The reference's ImageNet training crop: scale up to 1.25 of the image area (README "Data").
+# The reference's ImageNet training crop: scale up to 1.25 of the image area (docs/classification.md, "Data").
 IMAGENET_CROP_SCALE = (0.08, 1.25)
 
 

@@ -1,7 +1,8 @@
 """Image pipelines: the small-image (CIFAR-style) one and the ImageNet-style one, as the reference used them."""
 from torchvision import transforms as T
 
-# The reference normalizes CIFAR-100 with these CIFAR-10 statistics too (README "Data"); kept for parity.
+# The reference normalizes CIFAR-100 with these CIFAR-10 statistics too (docs/classification.md, "Data"); kept for
+# parity.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

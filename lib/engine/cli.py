@@ -1,4 +1,4 @@
-"""Command line of train_val.py: the reference's flags (README "Flags"), kept working, plus ours.
+"""Command line of train_val.py: the reference's flags (docs/classification.md, "Flags"), kept working, plus ours.
 
 Flags whose default depends on the dataset (the recipe, lib/engine/recipe.py) default to None here, so that a value
 given on the command line or in --config is detectable and wins over the recipe (the reference overwrote them).
@@ -118,7 +118,8 @@ def _add_reference_flags(parser):
 
 
 def _add_recipe_flags(parser):
-    recipe = parser.add_argument_group("training recipe (unset = the dataset's recipe, README \"Training\")")
+    recipe = parser.add_argument_group(
+        "training recipe (unset = the dataset's recipe, docs/classification.md, \"Training\")")
     recipe.add_argument("--config", default=None, metavar="FILE.yaml",
                         help="YAML file of flag values (keys = flag names); command-line flags win")
     recipe.add_argument("--recipe", default=None, choices=("cifar", "imagenet"),

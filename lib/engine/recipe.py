@@ -1,4 +1,4 @@
-"""The reference's per-dataset training recipe (README "Training"), applied to flags left unset.
+"""The reference's per-dataset training recipe (docs/classification.md, "Training"), applied to flags left unset.
 
 The reference overwrote --lr, the epochs and the batch size inside main(); here a value given on the command
 line or in --config wins, and only unset (None) values take the recipe's. Epoch counts include the warm-up:
@@ -181,7 +181,7 @@ def resolve_args(args):
     args.nl_layer = parse_stages(args.nl_layer)
     if str(args.nl_type).lower() in ("none", "base"):
         args.nl_type, args.nl_nums = None, 0
-    # The reference's default was "snl" whatever the block; here the block's name (a deviation, see the README),
+    # The reference's default was "snl" whatever the block; here the block's name (a deviation, see docs/deviations.md),
     # with its order when not the default one (cheb3), so that runs of different orders never share a folder.
     _fill(args, "checkpoints", _default_run_name(args))
     if float(args.div).is_integer():

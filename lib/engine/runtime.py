@@ -74,8 +74,8 @@ def warn_slow_amp(amp, device, log):
 
 
 def cpu_threads_note(device):
-    """'  N threads' for a progress line of a CPU run (torch's intra-op threads: OMP_NUM_THREADS, README "CPU
-    notes"), '' on an accelerator."""
+    """'  N threads' for a progress line of a CPU run (torch's intra-op threads: OMP_NUM_THREADS,
+    docs/classification.md, "CPU notes"), '' on an accelerator."""
     return f"  {torch.get_num_threads()} CPU thread(s)" if device.type == "cpu" else ""
 
 

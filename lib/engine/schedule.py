@@ -1,4 +1,4 @@
-"""Learning rate as a pure function of the epoch: linear warm-up, then step decays (README "Training").
+"""Learning rate as a pure function of the epoch: linear warm-up, then step decays (docs/classification.md, "Training").
 
 The reference kept the lr in a global that each decay multiplied in place, so a resumed run restarted from the
 undecayed lr. Here lr_at(epoch) depends on nothing else, so a resume at any epoch uses the right lr.
