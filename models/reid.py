@@ -203,6 +203,14 @@ class ReidNet(nn.Module):
         return self.neck(clip)
 
 
+@torch.no_grad()
+def tracklet_feature(model: nn.Module, clips: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+    """Evaluation feature of one tracklet from its clips (num_clips, T, 3, H, W) (ReidVideoDataset's test items):
+    the model's (eval-mode) features of the clips, `chunk` clips at a time, averaged (Gao & Nevatia's dense test)."""
+    features = [model(clips[start:start + chunk]) for start in range(0, len(clips), chunk)]
+    return torch.cat(features).mean(0)
+
+
 def _check(name, value, valid):
     if value not in valid:
         raise ConfigError(f"unknown {name} {value!r}; valid: {', '.join(map(str, valid))}")

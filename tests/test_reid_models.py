@@ -101,6 +101,8 @@ def test_video_pooling_and_3d_trunk():
     tp.eval()
     frames = tp.pool(tp.trunk(clips.flatten(0, 1))).view(2, 3, -1)
     assert torch.allclose(tp(clips), tp.neck.bn(frames.mean(1)), atol=1e-5)
+    many = torch.randn(5, 3, 3, *SIZE)
+    assert torch.allclose(reid.tracklet_feature(tp, many, chunk=2), tp(many).mean(0), atol=1e-5)
     model = small(backbone="reid_video", trunk="resnet3d", nl_type="snl", nl_nums=1)
     logits, feature = model(clips)
     assert logits.shape == (2, 5) and feature.shape == (2, 512)

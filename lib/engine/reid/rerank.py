@@ -47,7 +47,7 @@ class KReciprocalReranker:
         num = len(self.features)
         if k1 + 1 > num:
             raise ConfigError(f"re-ranking with k1 = {k1} needs more than {k1} query + gallery items, got {num}")
-        self._neighbours_and_scale()
+        self._neighbours_and_scale()  # features may live on an accelerator: distances run there, the rest on CPU
         self._encode()
 
     def _rows(self, start: int, stop: int) -> torch.Tensor:
@@ -61,12 +61,12 @@ class KReciprocalReranker:
             scale.append(rows.max(1).values)
             # A stable full sort of the block, so ties resolve by index as a dense argsort would.
             ranks.append(torch.sort(rows, dim=1, stable=True).indices[:, :self.k1 + 1])
-        self.scale = torch.cat(scale).clamp_min(torch.finfo(self.features.dtype).tiny).numpy()
-        self.nearest = torch.cat(ranks).numpy()
+        self.scale = torch.cat(scale).clamp_min(torch.finfo(self.features.dtype).tiny).double().cpu().numpy()
+        self.nearest = torch.cat(ranks).cpu().numpy()
 
     def _pair_distances(self, i: int, js: np.ndarray) -> np.ndarray:
         return pairwise_distances(self.features[i:i + 1], self.features[js], self.distance,
-                                  self.normalize)[0].double().numpy() / self.scale[i]
+                                  self.normalize)[0].double().cpu().numpy() / self.scale[i]
 
     def _reciprocal(self, i: int, k: int) -> np.ndarray:
         forward = self.nearest[i, :k + 1]
@@ -109,7 +109,7 @@ class KReciprocalReranker:
         q = self.num_query
         for start in range(0, q, self.block_size):
             stop = min(start + self.block_size, q)
-            original = (self._rows(start, stop)[:, q:].double().numpy()) / self.scale[start:stop, None]
+            original = self._rows(start, stop)[:, q:].double().cpu().numpy() / self.scale[start:stop, None]
             jaccard = np.stack([self._jaccard_row(i)[q:] for i in range(start, stop)])
             yield (1 - self.lambda_value) * jaccard + self.lambda_value * original
 
