@@ -142,7 +142,8 @@ def test_ilidsvid_mat_split(tmp_path):
     ilids_tree(tmp_path)
     train, query, gallery, info = build_reid_datasets("ilidsvid", tmp_path, img_size=SIZE, split=1)
     # split 1: row [6, 1, 2, 3, 4, 5]: first half (6, 1, 2) tests, the rest (3, 4, 5) trains
-    names = lambda samples: sorted({os.path.basename(os.path.dirname(f[0])) for f, _, _ in samples})
+    def names(samples):
+        return sorted({os.path.basename(os.path.dirname(f[0])) for f, _, _ in samples})
     assert names(query.samples) == ["person001", "person002", "person006"] == names(gallery.samples)
     assert names(train.samples) == ["person003", "person004", "person005"]
     assert set(query.camids) == {0} and set(gallery.camids) == {1} and info.num_splits == 10

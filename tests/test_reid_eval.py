@@ -4,9 +4,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.engine.reid import (CenterLoss, KReciprocalReranker, ReidCriterion, batch_hard_triplet, evaluate,
-                             evaluate_distances, label_smoothing_ce, pairwise_distances,
-                             weighted_regularized_triplet)
+from lib.engine.reid import (
+    CenterLoss,
+    KReciprocalReranker,
+    ReidCriterion,
+    batch_hard_triplet,
+    evaluate,
+    evaluate_distances,
+    label_smoothing_ce,
+    pairwise_distances,
+    weighted_regularized_triplet,
+)
 from lib.errors import ConfigError
 
 

@@ -15,7 +15,7 @@ A missing dataset, an unreadable image and a file name that does not parse raise
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 import torch
