@@ -219,7 +219,7 @@ def _check(name, value, valid):
 def build_reid_model(backbone: str, depth: int, num_classes: int, block_args: dict,
                      output_relu: Optional[bool] = None, pretrained=None, last_stride: int = 1,
                      pooling: str = "avg", temporal: str = "avg", trunk: str = "resnet", device=None,
-                     dtype=None) -> Tuple[nn.Module, dict]:
+                     dtype=None, **unknown) -> Tuple[nn.Module, dict]:
     """The re-ID model and its build_args beyond the common ones; called by models.build_model (backbone 'reid' or
     'reid_video'), which has checked nl_type, stage_num, div, is_sys, is_norm, order (block_args).
 
@@ -228,6 +228,9 @@ def build_reid_model(backbone: str, depth: int, num_classes: int, block_args: di
     video task's 3-D ResNet, its block placement and weights: pretrained a 3D-ResNets / torchvision file).
     pretrained (resnet trunk): True = torchvision's ImageNet weights, a str = a state_dict file.
     """
+    if unknown:
+        raise ConfigError(f"unknown re-ID model option(s) {', '.join(unknown)}; valid: last_stride, pooling, "
+                          "temporal, trunk")
     video = backbone == "reid_video"
     _check("arch", depth, ARCHS)
     _check("nl_nums", block_args["nl_nums"], NL_NUMS)

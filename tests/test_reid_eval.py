@@ -43,23 +43,25 @@ def direct_protocol(dist, q_pids, g_pids, q_cams, g_cams, max_rank=20):
 
 
 def test_hand_made_case():
-    # Query 0 (pid 1, cam 0): gallery sorted by distance = g0 (pid 1, cam 0: same camera, removed), g1 (pid 2),
-    # g2 (pid 1, cam 1: the true match, kept rank 2), g3 (pid -1 junk-like other id), g4 (pid 1 cam 2: rank 4).
-    # Query 1 (pid 3) has only a same-camera match: skipped.
-    dist = np.array([[0.1, 0.2, 0.3, 0.4, 0.5],
-                     [0.5, 0.4, 0.3, 0.2, 0.1]])
-    g_pids, g_cams = [1, 2, 1, 0, 1], [0, 0, 1, 1, 2]
-    dist = np.concatenate([dist, [[0.9, 0.9, 0.9, 0.1, 0.9]]])
-    g_pids.append(3), g_cams.append(4)
-    dist = np.concatenate([dist, [[0.0]] * 3], axis=1)
+    # Gallery (pid, camera): g0 (1, 0), g1 (2, 0), g2 (1, 1), g3 (0, 1) distractor, g4 (1, 2), g5 (3, 4), g6 (-1, 1)
+    g_pids, g_cams = [1, 2, 1, 0, 1, 3, -1], [0, 0, 1, 1, 2, 4, 1]
+    dist = np.array([
+        # query A (pid 1, cam 0): order g6 g0 g1 g2 g3 g4 g5; g6 junk and g0 (same pid + camera) removed ->
+        # kept g1 g2(hit, rank 2) g3 g4(hit, rank 4) g5: AP (1/2 + 2/4) / 2, INP 2/4
+        [0.2, 0.3, 0.4, 0.5, 0.6, 0.9, 0.1],
+        # query B (pid 3, cam 4): its only match g5 has its camera: skipped
+        [0.5, 0.4, 0.3, 0.2, 0.1, 0.0, 0.9],
+        # query C (pid 0, cam 5): order g5, g3 (hit, rank 2), ...: AP 1/2, INP 1/2
+        [0.9, 0.9, 0.9, 0.1, 0.9, 0.0, 0.9],
+    ])
     metrics = evaluate_distances(dist, [1, 3, 0], g_pids, [0, 4, 5], g_cams)
-    # query 0: kept order g5? no: g5 has pid 3. Query 0's kept list: g5 (0.0, pid 3), g1, g2 (match at 3), g3, g4
-    # (match at 5): AP = (1/3 + 2/5) / 2, INP = 2/5. Query 1: g5 removed (same pid and cam): skipped.
-    # Query 2 (pid 0, cam 5): g5 0.0, then g3 (0.1, pid 0) at rank 2: AP 1/2, INP 1/2.
     assert metrics["num_skipped"] == 1 and metrics["num_queries"] == 2
     assert metrics["rank1"] == 0 and metrics["rank5"] == 1
-    assert metrics["mAP"] == pytest.approx(((1 / 3 + 2 / 5) / 2 + 1 / 2) / 2)
-    assert metrics["mINP"] == pytest.approx((2 / 5 + 1 / 2) / 2)
+    assert metrics["mAP"] == pytest.approx(((1 / 2 + 2 / 4) / 2 + 1 / 2) / 2)
+    assert metrics["mINP"] == pytest.approx((2 / 4 + 1 / 2) / 2)
+    # From camera 3 no match is excluded: hits g0, g2, g4 at ranks 1, 3, 5 (g6 junk still removed).
+    alone = evaluate_distances(dist[:1], [1], g_pids, [3], g_cams)
+    assert alone["rank1"] == 1 and alone["mAP"] == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
 
 
 def test_ties_resolve_by_gallery_order():

@@ -115,6 +115,8 @@ def test_build_args_round_trip_and_errors():
         small(pooling="max")
     with pytest.raises(ConfigError, match="apply to the re-ID backbones"):
         build_model("resnet", 50, num_classes=3, pooling="gem")
+    with pytest.raises(ConfigError, match="unknown re-ID model option.s. pool"):
+        small(pool="gem")
     with pytest.raises(ConfigError, match="unknown arch"):
         small(arch=152)
 

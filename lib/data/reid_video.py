@@ -62,9 +62,9 @@ class ReidVideoDataset(Dataset):
     def frame_indices(self, count: int) -> np.ndarray:
         """(num_clips, seq_len) frame indices of a tracklet of `count` frames; 'train' draws from torch's RNG."""
         t = self.seq_len
-        if self.mode == "train":
+        if self.mode == "train":  # a window inside the tracklet, or the whole tracklet looped
             start = int(torch.randint(count - t + 1, ()).item()) if count > t else 0
-            return ((start + np.arange(t)) % count)[None] if count > t else (np.arange(t) % count)[None]
+            return ((start + np.arange(t)) % count)[None]
         if self.mode == "evenly":
             return np.linspace(0, count - 1, t).round().astype(int)[None]
         padded = -(-count // t) * t

@@ -17,7 +17,7 @@ Memory: the N x N distance matrix is never formed. Distances are computed in blo
 each row's k1 + 1 nearest neighbours and its maximum; d(p, g) for the few pairs eq. 7 needs comes from the features.
 V is a sparse matrix with at most about k2 * |R*| entries per row. Peak memory is therefore the features (N x D),
 the sparse V (Market-1501: N = 19,281, under 10 M entries, about 100 MB), one block_size x N distance block and the
-block_size x G output block: about 0.5 GB at Market scale with 256-row blocks, instead of the dense original's
+block_size x G output block: an estimated 0.5 GB at Market scale with 128-row blocks, instead of the dense original's
 several N x N float matrices (about 1.5 GB each in float32).
 """
 from typing import Iterator
@@ -35,7 +35,7 @@ class KReciprocalReranker:
     time (the rows of d* for the queries, in order), distances() returns the whole (Q, G) matrix."""
 
     def __init__(self, qf: torch.Tensor, gf: torch.Tensor, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-                 distance: str = "euclidean", normalize: bool = True, block_size: int = 256):
+                 distance: str = "euclidean", normalize: bool = True, block_size: int = 128):
         if not (isinstance(k1, int) and isinstance(k2, int) and k1 >= 1 and k2 >= 1):
             raise ConfigError(f"re-ranking needs integers k1 >= 1 and k2 >= 1, got {k1!r}, {k2!r}")
         if not 0 <= lambda_value <= 1:
