@@ -8,8 +8,8 @@ nonlocal blocks over the clip's space-time volume and temporal pooling, or the v
     model = build_model("reid_video", 50, num_classes=625, nl_type="snl", nl_nums=1, temporal="attention")
     logits, feature = model(clips)           # clips (B, T, 3, H, W)
 
-Heads (Luo et al., "Bag of Tricks and a Strong Baseline for Deep Person Re-identification", CVPRW 2019, sec. 3.4
-BNNeck; Radenovic et al., TPAMI 2019, GeM; Gao & Nevatia 2018, "Revisiting Temporal Modeling for Video-based
+Heads (Luo et al., "Bag of Tricks and a Strong Baseline for Deep Person Re-identification", CVPRW 2019:
+BNNeck, last stride 1; Radenovic et al., TPAMI 2019, GeM; Gao & Nevatia 2018, "Revisiting Temporal Modeling for Video-based
 Person ReID", temporal pooling TP and attention TA).
 """
 import os
@@ -111,7 +111,7 @@ def _out_channels(block: nn.Module) -> int:
 
 
 def _unstride(block: nn.Module) -> None:
-    """Last stride 1 (BoT sec. 3.3): the first block of layer4 keeps the resolution (spatially; a 3-D block keeps
+    """Last stride 1 (BoT): the first block of layer4 keeps the resolution (spatially; a 3-D block keeps
     its temporal stride), doubling the final map's height and width."""
     for module in block.modules():
         if isinstance(module, (nn.Conv2d, nn.Conv3d)) and max(module.stride) > 1:
@@ -121,7 +121,7 @@ def _unstride(block: nn.Module) -> None:
 
 
 class GeM(nn.Module):
-    """Generalized-mean pooling (Radenovic et al., TPAMI 2019, eq. 3): (mean_x clamp(x, eps)^p)^(1/p) over every
+    """Generalized-mean pooling (Radenovic et al., TPAMI 2019): (mean_x clamp(x, eps)^p)^(1/p) over every
     position, p learned (init 3). p = 1: average pooling; p -> inf: max pooling."""
 
     def __init__(self, p: float = 3.0, eps: float = 1e-6, device=None, dtype=None):
@@ -155,7 +155,7 @@ class TemporalAttention(nn.Module):
 
 
 class BNNeck(nn.Module):
-    """BatchNorm1d with a frozen zero bias, then a bias-free classifier (BoT sec. 3.4; init as its code: BN weight
+    """BatchNorm1d with a frozen zero bias, then a bias-free classifier (BoT; init as its code: BN weight
     1, classifier weights normal with std 0.001)."""
 
     def __init__(self, channels: int, num_classes: int, device=None, dtype=None):

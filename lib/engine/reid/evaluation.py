@@ -6,11 +6,12 @@ re-identification), as are gallery entries with pid -1 (Market-1501's junk conve
 drop them already, this guards other callers), and the remaining list is scored:
     CMC(k) = 1 if a true match is among the first k kept entries, else 0;
     AP     = (1 / |P|) sum_{j in P} (j-th true match's position among the true matches) / (its rank),
-    INP    = |P| / rank of the last (hardest) true match                                   (Ye et al., eq. 17),
+    INP    = |P| / rank of the last (hardest) true match                                   (Ye et al.'s INP)  ,
 with P the kept true matches. A query without any kept true match is skipped and counted in `num_skipped`. The
 metrics are means over the scored queries. Queries are processed in blocks of `block_size`: memory is
 O(block_size x num_gallery) whatever the number of queries (Market-1501, 3,368 x 15,913 with the default
-128-query blocks: about 130 MB, measured with tracemalloc), and a caller may feed the blocks of distances itself (evaluate_distances accepts any iterable).
+128-query blocks: about 130 MB, measured with tracemalloc), and a caller may feed the blocks of distances itself
+(evaluate_distances accepts any iterable of them).
 """
 from typing import Dict, Iterable, Optional, Sequence, Tuple
 

@@ -19,7 +19,7 @@ TRIPLETS = ("hard", "weighted", "none")
 
 
 def label_smoothing_ce(logits: torch.Tensor, targets: torch.Tensor, epsilon: float = 0.1) -> torch.Tensor:
-    """Cross-entropy against q = (1 - eps) onehot(y) + eps / K (Szegedy et al. 2016, eq. in sec. 7; BoT sec. 3.3)."""
+    """Cross-entropy against q = (1 - eps) onehot(y) + eps / K (Szegedy et al. 2016, label smoothing; used by BoT)."""
     return F.cross_entropy(logits, targets, label_smoothing=epsilon)
 
 
@@ -37,7 +37,7 @@ def _masks(targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 def batch_hard_triplet(features: torch.Tensor, targets: torch.Tensor, margin: float = 0.3,
                        normalize: bool = False) -> torch.Tensor:
-    """Batch-hard triplet loss (Hermans et al. 2017, eq. 5): mean over anchors a of
+    """Batch-hard triplet loss (Hermans et al. 2017, "In Defense of the Triplet Loss"): mean over anchors a of
     max(0, margin + max_{p: y_p = y_a} d(a, p) - min_{n: y_n != y_a} d(a, n)). Every anchor needs a negative in the
     batch (P >= 2); normalize: L2-normalize the features first (off in BoT)."""
     if normalize:
@@ -53,7 +53,7 @@ def batch_hard_triplet(features: torch.Tensor, targets: torch.Tensor, margin: fl
 
 def weighted_regularized_triplet(features: torch.Tensor, targets: torch.Tensor,
                                  normalize: bool = False) -> torch.Tensor:
-    """AGW's weighted regularized triplet (Ye et al., TPAMI 2021, eq. 2): per anchor i,
+    """AGW's weighted regularized triplet (Ye et al., TPAMI 2021): per anchor i,
     w_ij^p = exp(d_ij) / sum_{k in P_i} exp(d_ik) over its positives (the anchor itself included, as in AGW's
     code), w_ij^n = exp(-d_ij) / sum_{k in N_i} exp(-d_ik) over its negatives, and
     loss_i = log(1 + exp(sum_j w_ij^p d_ij - sum_j w_ij^n d_ij)), averaged: a soft margin, no margin parameter."""
@@ -71,7 +71,7 @@ def weighted_regularized_triplet(features: torch.Tensor, targets: torch.Tensor,
 
 
 class CenterLoss(nn.Module):
-    """Center loss (Wen et al., ECCV 2016, eq. 2 averaged over the batch): mean_i |x_i - c_{y_i}|^2 with one
+    """Center loss (Wen et al., ECCV 2016, averaged over the batch): mean_i |x_i - c_{y_i}|^2 with one
     learned centre per class (initialized from a standard normal, as BoT). Its parameters are trained by their
     own optimizer (BoT: SGD lr 0.5, gradients divided by the loss weight before its step)."""
 
@@ -85,7 +85,7 @@ class CenterLoss(nn.Module):
 
 class ReidCriterion(nn.Module):
     """CE with label smoothing on the logits + a triplet loss (and optionally a weighted center loss) on the
-    pre-BN feature: BoT's total L = L_ID + L_triplet + w L_center (eq. 2, 5); triplet 'weighted' gives AGW.
+    pre-BN feature: BoT's total L = L_ID + L_triplet + w L_center; triplet 'weighted' gives AGW.
 
     forward(logits, features, targets) -> (total, {"ce": ..., "triplet": ..., "center": ...}) (detached parts,
     for logging). label_smoothing 0 turns smoothing off; triplet 'none' drops that term.

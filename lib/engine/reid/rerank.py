@@ -2,21 +2,22 @@
 Encoding", CVPR 2017), computed in bounded memory.
 
 Over all N = Q + G probe and gallery features, with d the pairwise distance divided by its row's maximum:
-  R(p, k)   = {g in N(p, k) : p in N(g, k)}                      k-reciprocal neighbours (eq. 4), N(., k) the
+  R(p, k)   = {g in N(p, k) : p in N(g, k)}                      k-reciprocal neighbours, N(., k) the
               k nearest including the item itself;
   R*(p, k1) = R(p, k1) united with R(q, k1/2) for each q in R(p, k1) sharing more than 2/3 of R(q, k1/2) with
-              R(p, k1)                                            (eq. 6);
-  V_p[g]    = exp(-d(p, g)) / sum_{g' in R*} exp(-d(p, g')) on R*(p, k1), else 0          (eq. 7 with eq. 9);
-  local query expansion: V_p <- mean of V_q over the k2 nearest q of p                     (eq. 11);
-  d_J(p, g) = 1 - sum_j min(V_p[j], V_g[j]) / sum_j max(V_p[j], V_g[j])                   (eq. 10; with rows
+              R(p, k1)                                            (the expansion);
+  V_p[g]    = exp(-d(p, g)) / sum_{g' in R*} exp(-d(p, g')) on R*(p, k1), else 0 (Gaussian kernel);
+  local query expansion: V_p <- mean of V_q over the k2 nearest q of p;
+  d_J(p, g) = 1 - sum_j min(V_p[j], V_g[j]) / sum_j max(V_p[j], V_g[j])                   (Jaccard; with rows
               summing to 1, sum max = 2 - sum min);
-  d*(p, g)  = (1 - lambda) d_J(p, g) + lambda d(p, g)                                      (eq. 12).
+  d*(p, g)  = (1 - lambda) d_J(p, g) + lambda d(p, g)                                      (final distance).
 Defaults k1 20, k2 6, lambda 0.3 (the paper's Market-1501 setting).
 
 Memory: the N x N distance matrix is never formed. Distances are computed in blocks of `block_size` rows to keep
-each row's k1 + 1 nearest neighbours and its maximum; d(p, g) for the few pairs eq. 7 needs comes from the features.
+each row's k1 + 1 nearest neighbours and its maximum; d(p, g) for the few pairs the
+encoding needs comes from the features.
 V is a sparse matrix with at most about k2 * |R*| entries per row. Peak memory is therefore the features (N x D),
-the sparse V (Market-1501: N = 19,281, under 10 M entries, about 100 MB), one block_size x N distance block and the
+the sparse V (Market-1501: N = 19,281; estimated under 10 M entries, about 100 MB), one block_size x N distance block and the
 block_size x G output block: an estimated 0.5 GB at Market scale with 128-row blocks, instead of the dense original's
 several N x N float matrices (about 1.5 GB each in float32).
 """
