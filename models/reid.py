@@ -8,9 +8,9 @@ nonlocal blocks over the clip's space-time volume and temporal pooling, or the v
     model = build_model("reid_video", 50, num_classes=625, nl_type="snl", nl_nums=1, temporal="attention")
     logits, feature = model(clips)           # clips (B, T, 3, H, W)
 
-Heads (Luo et al., "Bag of Tricks and a Strong Baseline for Deep Person Re-identification", CVPRW 2019:
-BNNeck, last stride 1; Radenovic et al., TPAMI 2019, GeM; Gao & Nevatia 2018, "Revisiting Temporal Modeling for Video-based
-Person ReID", temporal pooling TP and attention TA).
+Sources: Luo et al., "Bag of Tricks and a Strong Baseline for Deep Person Re-identification", CVPRW 2019 (BNNeck,
+last stride 1); Radenovic et al., TPAMI 2019 (GeM); Gao & Nevatia 2018, "Revisiting Temporal Modeling for
+Video-based Person ReID" (temporal pooling TP and attention TA); Ye et al., TPAMI 2021 (AGW's block positions).
 """
 import os
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -27,7 +27,7 @@ from models.video import ZeroPadShortcut, build_video_model, init_nonlocal_block
 from models.weights import _read_state_dict, load_shifted_state_dict
 
 REID_BACKBONES = ("reid", "reid_video")
-ARCHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+REID_ARCHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 POOLINGS = ("avg", "gem")
 TEMPORAL = ("avg", "attention")
 VIDEO_TRUNKS = ("resnet", "resnet3d")
@@ -232,7 +232,7 @@ def build_reid_model(backbone: str, depth: int, num_classes: int, block_args: di
         raise ConfigError(f"unknown re-ID model option(s) {', '.join(unknown)}; valid: last_stride, pooling, "
                           "temporal, trunk")
     video = backbone == "reid_video"
-    _check("arch", depth, ARCHS)
+    _check("arch", depth, REID_ARCHS)
     _check("nl_nums", block_args["nl_nums"], NL_NUMS)
     _check("last_stride", last_stride, (1, 2))
     _check("pooling", pooling, POOLINGS)
@@ -259,7 +259,7 @@ def build_reid_model(backbone: str, depth: int, num_classes: int, block_args: di
                                   stage_num=block_args["stage_num"], is_sys=block_args["is_sys"],
                                   is_norm=block_args["is_norm"], order=block_args["order"],
                                   output_relu=output_relu, zero_init=not output_relu, dim=3 if video else 2)
-        positions = reid_positions(block_args["nl_nums"], ARCHS[depth]) if nl_type else {}
+        positions = reid_positions(block_args["nl_nums"], REID_ARCHS[depth]) if nl_type else {}
         net = ResNetTrunk(depth, positions, make_nonlocal, last_stride)
         init_nonlocal_blocks(net, identity=not output_relu)
         if pretrained:

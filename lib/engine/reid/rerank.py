@@ -17,9 +17,9 @@ Memory: the N x N distance matrix is never formed. Distances are computed in blo
 each row's k1 + 1 nearest neighbours and its maximum; d(p, g) for the few pairs the
 encoding needs comes from the features.
 V is a sparse matrix with at most about k2 * |R*| entries per row. Peak memory is therefore the features (N x D),
-the sparse V (Market-1501: N = 19,281; estimated under 10 M entries, about 100 MB), one block_size x N distance block and the
-block_size x G output block: an estimated 0.5 GB at Market scale with 128-row blocks, instead of the dense original's
-several N x N float matrices (about 1.5 GB each in float32).
+the sparse V (Market-1501: N = 19,281; estimated under 10 M entries, about 100 MB), one block_size x N distance
+block and the block_size x G output block: an estimated 0.5 GB at Market scale with 128-row blocks, instead of the
+dense original's several N x N float matrices (about 1.5 GB each in float32).
 """
 from typing import Iterator
 
