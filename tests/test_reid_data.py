@@ -251,3 +251,13 @@ def test_identity_sampler_with_loader_workers():
     assert len(results[0]) == len(results[1]) > 0
     for (a, pa), (b, pb) in zip(*results):
         assert torch.equal(a, b) and torch.equal(pa, pb) and a.shape == (8, 3, *SIZE)
+
+
+def test_mars_broken_info(tmp_path):
+    base = mars_tree(tmp_path)
+    savemat(os.path.join(base, "info", "tracks_test_info.mat"), {"track_test_info": np.ones((3, 2))})
+    with pytest.raises(ConfigError, match="tracks_test_info.mat holds shape"):
+        build_reid_datasets("mars", tmp_path)
+    os.remove(os.path.join(base, "info", "query_IDX.mat"))
+    with pytest.raises(ConfigError, match="mars: missing .*query_IDX.mat"):
+        build_reid_datasets("mars", tmp_path)
