@@ -19,6 +19,7 @@ from lib.engine.tasks import VIDEO_BACKBONES
 from lib.registry import DEFAULT_ORDER, ORDER_BLOCKS
 from models.common import build_on, resolve_output_relu, with_output_relu
 from models.preresnet import PreResNet
+from models.reid import REID_ARCHS, REID_BACKBONES, build_reid_model
 from models.resnet import ResNet
 from models.video import VIDEO_ARCHS, build_video_model
 from models.weights import classifier_size, load_state_dict_checked, load_torchvision_resnet
@@ -35,7 +36,7 @@ def _valid(names: Iterable) -> str:
 
 
 def _parse_arch(backbone: str, arch: Union[int, str]) -> int:
-    archs = VIDEO_ARCHS[backbone] if backbone in VIDEO_ARCHS else BACKBONES[backbone].ARCHS
+    archs = VIDEO_ARCHS.get(backbone) or (REID_ARCHS if backbone in REID_BACKBONES else BACKBONES[backbone].ARCHS)
     try:
         depth = int(str(arch).strip())
     except ValueError:
@@ -65,7 +66,7 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
                 div: float = 2, is_sys: Optional[bool] = None, is_norm: Optional[bool] = None,
                 pretrained: Union[None, bool, str] = None, order: Optional[int] = None,
                 output_relu: Optional[bool] = None, shortcut_type: Optional[str] = None, device=None,
-                dtype=None) -> nn.Module:
+                dtype=None, **reid_options) -> nn.Module:
     """Build backbone-arch with nl_type nonlocal blocks at the reference positions (docs/classification.md, "Models").
 
     backbone: "preresnet" (CIFAR; arch 20, 56, 110) or "resnet" (ImageNet; arch 50, 101, 152).
@@ -84,13 +85,18 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
     the identity. preresnet: None = the block's default (True; gsnl False). shortcut_type (resnet3d):
     'B' (default) or 'A'. pretrained: True = torchvision's Kinetics-400 weights (r3d / mc3 / r2plus1d), a str = a
     torchvision-format state_dict or a 3D-ResNets checkpoint.
+    Re-ID (models/reid.py): backbone "reid" / "reid_video" (arch 18, 34, 50, 101; nl_nums 0, 1, 5) with
+    reid_options last_stride, pooling, temporal, trunk.
     device, dtype: where and in which dtype the parameters are created (e.g. 'meta': no memory, then
     `to_empty`; build_args leave them out).
     Raises ConfigError for any unknown name or unsupported combination.
     """
-    if backbone not in BACKBONES and backbone not in VIDEO_BACKBONES:
-        raise ConfigError(f"unknown backbone {backbone!r}; valid: {_valid(list(BACKBONES) + list(VIDEO_BACKBONES))}")
-    video = backbone in VIDEO_BACKBONES
+    known = list(BACKBONES) + list(VIDEO_BACKBONES) + list(REID_BACKBONES)
+    if backbone not in known:
+        raise ConfigError(f"unknown backbone {backbone!r}; valid: {_valid(known)}")
+    if reid_options and backbone not in REID_BACKBONES:
+        raise ConfigError(f"{', '.join(reid_options)} apply to the re-ID backbones ({_valid(REID_BACKBONES)}) only")
+    video = backbone in VIDEO_BACKBONES or backbone in REID_BACKBONES  # re-ID: models/reid.py checks nl_nums
     depth = _parse_arch(backbone, arch)
     if nl_type is not None and nl_type not in NONLOCAL_BLOCKS:
         raise ConfigError(f"unknown nl_type {nl_type!r}; valid: {_valid(NONLOCAL_BLOCKS)} (or None for none)")
@@ -121,6 +127,11 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
         raise ConfigError(f"order applies to {' and '.join(ORDER_BLOCKS)} only, not to {nl_type!r}")
     block_args = dict(nl_type=nl_type, nl_nums=nl_nums, stage_num=stage_num, div=div, is_sys=is_sys,
                       is_norm=is_norm, order=order)
+    if backbone in REID_BACKBONES:  # models/reid.py (re-ID: last_stride, pooling, temporal, trunk)
+        model, reid_args = build_reid_model(backbone, depth, num_classes, block_args, output_relu, pretrained,
+                                            device=device, dtype=dtype, **reid_options)
+        model.build_args = dict(backbone=backbone, arch=depth, num_classes=num_classes, **block_args, **reid_args)
+        return model
     if video:
         model, video_args = build_on(device, None, build_video_model, backbone, depth, num_classes, nl_type, nl_nums,
                                      nl_layer, block_args, output_relu, shortcut_type, pretrained)
