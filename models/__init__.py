@@ -16,6 +16,7 @@ from lib import NONLOCAL_BLOCKS
 from lib.errors import ConfigError
 from lib.engine.tasks import VIDEO_BACKBONES
 from lib.registry import DEFAULT_ORDER, ORDER_BLOCKS
+from models.detection import DETECTORS, build_detector
 from models.common import build_on, resolve_output_relu, with_output_relu
 from models.preresnet import PreResNet
 from models.resnet import ResNet
@@ -64,7 +65,7 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
                 div: float = 2, is_sys: Optional[bool] = None, is_norm: Optional[bool] = None,
                 pretrained: Union[None, bool, str] = None, order: Optional[int] = None,
                 output_relu: Optional[bool] = None, shortcut_type: Optional[str] = None, device=None,
-                dtype=None) -> nn.Module:
+                dtype=None, **detector_kwargs) -> nn.Module:
     """Build backbone-arch with nl_type nonlocal blocks at the reference positions (README, "Models").
 
     backbone: "preresnet" (CIFAR; arch 20, 56, 110) or "resnet" (ImageNet; arch 50, 101, 152).
@@ -85,8 +86,16 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
     torchvision-format state_dict or a 3D-ResNets checkpoint.
     device, dtype: where and in which dtype the parameters are created (e.g. 'meta': no memory, then
     `to_empty`; build_args leave them out).
+    Detection: backbone "maskrcnn" / "fasterrcnn" (arch 18, 34, 50, 101), detector_kwargs as in
+    models.detection.build_detector (pretrained_backbone, trainable_backbone_layers, min_size, ...).
     Raises ConfigError for any unknown name or unsupported combination.
     """
+    if backbone in DETECTORS:
+        return build_on(device, dtype, build_detector, backbone, arch, num_classes, nl_type=nl_type, nl_nums=nl_nums,
+                        stage_num=stage_num, div=div, is_sys=is_sys, is_norm=is_norm, order=order,
+                        output_relu=output_relu, pretrained=pretrained, **detector_kwargs)
+    if detector_kwargs:
+        raise ConfigError(f"{', '.join(detector_kwargs)}: detection models only, not {backbone}")
     if backbone not in BACKBONES and backbone not in VIDEO_BACKBONES:
         raise ConfigError(f"unknown backbone {backbone!r}; valid: {_valid(list(BACKBONES) + list(VIDEO_BACKBONES))}")
     video = backbone in VIDEO_BACKBONES
