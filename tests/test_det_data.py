@@ -75,6 +75,9 @@ def test_labels_map_contiguously_and_back(sample):
     _, target = data[0]
     assert target["labels"].tolist() == [3, 1, 2]  # cats 42, 3, 10 in annotation order
     assert [data.label_to_category[l] for l in target["labels"].tolist()] == [42, 3, 10]
+    as_ids = CocoDetection(*sample, train=True, labels_as_ids=True)  # torchvision's COCO heads: label = id
+    assert as_ids.num_classes == 43 and as_ids[0][1]["labels"].tolist() == [42, 3, 10]
+    assert as_ids.label_to_category == {3: 3, 10: 10, 42: 42}
 
 
 def test_training_drops_crowd_and_unannotated_images_val_keeps_them(sample):

@@ -82,12 +82,14 @@ class CocoDetection(Dataset):
     train: leave out images without a usable (non-crowd, wider and taller than 1 px) box, and flip horizontally
     with probability hflip (drawn from torch's CPU generator, so SeededAugmentation makes it a function of the
     sample's seed). masks: decode instance masks (Mask R-CNN); off for Faster R-CNN. category_ids: the label
-    order (sorted ids); a val set takes the train set's so both map alike.
+    order (sorted ids); a val set takes the train set's so both map alike. labels_as_ids: label = category id
+    (no remapping; num_classes = largest id + 1), which is what torchvision's COCO detectors were trained with
+    (91 classes for COCO's ids 1..90): fine-tuning their heads needs it, or their classes get scrambled.
     Raises ConfigError for a broken file, an annotation of an unknown image / category, or one outside its image.
     """
 
     def __init__(self, ann_file: str, image_dir: str, train: bool, hflip: float = 0.0, masks: bool = True,
-                 category_ids: Optional[Sequence[int]] = None):
+                 category_ids: Optional[Sequence[int]] = None, labels_as_ids: bool = False):
         if not 0.0 <= hflip <= 1.0:
             raise ConfigError(f"hflip must be a probability in [0, 1], got {hflip!r}")
         self.ann_file, self.image_dir, self.train, self.hflip, self.masks = ann_file, image_dir, train, hflip, masks
@@ -97,7 +99,11 @@ class CocoDetection(Dataset):
         unknown = sorted(set(own) - set(self.category_ids))
         if unknown:
             raise ConfigError(f"{ann_file}: categories {unknown} are not among the training categories")
-        self.label_to_category = {label: cat for label, cat in enumerate(self.category_ids, start=1)}
+        self.labels_as_ids = labels_as_ids
+        if labels_as_ids and min(self.category_ids, default=1) < 1:
+            raise ConfigError(f"{ann_file}: category id {min(self.category_ids)} cannot be a label (0 = background)")
+        self.label_to_category = ({cat: cat for cat in self.category_ids} if labels_as_ids else
+                                  {label: cat for label, cat in enumerate(self.category_ids, start=1)})
         self.category_to_label = {cat: label for label, cat in self.label_to_category.items()}
         self._check_annotations()
         ids = sorted(self.coco.imgs)
@@ -105,8 +111,8 @@ class CocoDetection(Dataset):
 
     @property
     def num_classes(self) -> int:
-        """Classes of the detector's heads: the categories plus the background."""
-        return len(self.category_ids) + 1
+        """Classes of the detector's heads: the categories (or with labels_as_ids the largest id) + background."""
+        return (max(self.category_ids, default=0) if self.labels_as_ids else len(self.category_ids)) + 1
 
     def _check_annotations(self) -> None:
         for ann in self.coco.dataset["annotations"]:
@@ -197,10 +203,12 @@ def collate_detection(batch):
 def build_detection_datasets(name: str, data_dir: Optional[str] = None, train_ann: Optional[str] = None,
                              train_images: Optional[str] = None, val_ann: Optional[str] = None,
                              val_images: Optional[str] = None, hflip: float = 0.5, masks: bool = True,
-                             fake_images: int = 8) -> Tuple[CocoDetection, CocoDetection, int]:
+                             fake_images: int = 8, labels_as_ids: bool = False
+                             ) -> Tuple[CocoDetection, CocoDetection, int]:
     """(train_set, val_set, num_classes) of "coco" (COCO 2017 under data_dir), "cocoformat" (train_ann /
     train_images / val_ann / val_images) or "fake" (a tiny generated set written into data_dir, see
-    lib.data.fake_coco). num_classes counts the background. The val set uses the train set's label order."""
+    lib.data.fake_coco). num_classes counts the background. The val set uses the train set's label order.
+    labels_as_ids: labels are the category ids themselves (to fine-tune torchvision's COCO heads: coco gives 91)."""
     if name == "coco":
         if not data_dir:
             raise ConfigError("dataset coco needs a data directory (DIR/annotations, DIR/train2017, DIR/val2017)")
@@ -219,6 +227,8 @@ def build_detection_datasets(name: str, data_dir: Optional[str] = None, train_an
             raise ConfigError(f"dataset cocoformat needs --{', --'.join(missing)}")
     else:
         raise ConfigError(f"unknown detection dataset {name!r}; valid: coco, cocoformat, fake")
-    train_set = CocoDetection(train_ann, train_images, train=True, hflip=hflip, masks=masks)
-    val_set = CocoDetection(val_ann, val_images, train=False, masks=masks, category_ids=train_set.category_ids)
+    train_set = CocoDetection(train_ann, train_images, train=True, hflip=hflip, masks=masks,
+                              labels_as_ids=labels_as_ids)
+    val_set = CocoDetection(val_ann, val_images, train=False, masks=masks, category_ids=train_set.category_ids,
+                            labels_as_ids=labels_as_ids)
     return train_set, val_set, train_set.num_classes
