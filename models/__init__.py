@@ -16,8 +16,8 @@ from lib import NONLOCAL_BLOCKS
 from lib.errors import ConfigError
 from lib.engine.tasks import VIDEO_BACKBONES
 from lib.registry import DEFAULT_ORDER, ORDER_BLOCKS
-from models.detection import DETECTORS, build_detector
 from models.common import build_on, resolve_output_relu, with_output_relu
+from models.detection import DETECTORS, build_detector
 from models.preresnet import PreResNet
 from models.resnet import ResNet
 from models.video import VIDEO_ARCHS, build_video_model
@@ -97,7 +97,7 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
     if detector_kwargs:
         raise ConfigError(f"{', '.join(detector_kwargs)}: detection models only, not {backbone}")
     if backbone not in BACKBONES and backbone not in VIDEO_BACKBONES:
-        raise ConfigError(f"unknown backbone {backbone!r}; valid: {_valid(list(BACKBONES) + list(VIDEO_BACKBONES))}")
+        raise ConfigError(f"unknown backbone {backbone!r}; valid: {_valid([*BACKBONES, *VIDEO_BACKBONES, *DETECTORS])}")
     video = backbone in VIDEO_BACKBONES
     depth = _parse_arch(backbone, arch)
     if nl_type is not None and nl_type not in NONLOCAL_BLOCKS:

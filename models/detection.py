@@ -6,7 +6,8 @@
 
 Heads, FPN and the image transform are torchvision's (He et al., "Mask R-CNN", ICCV 2017; Lin et al., "Feature
 Pyramid Networks for Object Detection", CVPR 2017). The backbone is torchvision's ResNet with frozen BN
-(FrozenBatchNorm2d) and its residual stages as nn.Sequential; the nonlocal blocks go *into* those Sequentials
+(FrozenBatchNorm2d) whenever it starts from trained weights, as torchvision's builders, and its residual stages
+as nn.Sequential; the nonlocal blocks go *into* those Sequentials
 (models.common.assemble_stage), so the later residual blocks' keys shift by one per block, as in the CGNL
 release's detection backbone (Yue et al., "Compact Generalized Non-local Network", NeurIPS 2018), whose loader
 renames layer3's indices past its block. Placement (models.resnet.nonlocal_positions): nl_nums 1 = one block in
@@ -55,14 +56,15 @@ BODY_PREFIX = "backbone.body."
 
 
 def nonlocal_backbone(depth: int, nl_type: Optional[str], nl_nums: int, trainable_layers: int, block_args: dict,
-                      output_relu: Optional[bool], pretrained_backbone: bool = False) -> nn.Module:
-    """torchvision's ResNet-FPN extractor with frozen BN and nonlocal blocks inside layer3 / layer4.
+                      output_relu: Optional[bool], pretrained_backbone: bool = False,
+                      frozen_bn: bool = True) -> nn.Module:
+    """torchvision's ResNet-FPN extractor (frozen BN or BatchNorm2d) with nonlocal blocks inside layer3 / layer4.
 
     backbone.body.nonlocal_paths lists the blocks ("layer3.5", ...) relative to the body, as load_shifted_state_dict
     expects. pretrained_backbone: torchvision's ImageNet weights (downloaded) before the blocks go in.
     """
     weights = _fetch(IMAGENET_WEIGHTS[depth], f"ResNet-{depth} ImageNet") if pretrained_backbone else None
-    resnet = RESNETS[depth](weights=None, norm_layer=FrozenBatchNorm2d)
+    resnet = RESNETS[depth](weights=None, norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
     if weights is not None:
         resnet.load_state_dict(weights)
     positions = nonlocal_positions(nl_nums, DEPTHS[depth]) if nl_type is not None else {}
@@ -126,13 +128,16 @@ def build_detector(model: str, arch: Union[int, str], num_classes: int = COCO_CL
                    is_norm: Optional[bool] = None, order: Optional[int] = None,
                    output_relu: Optional[bool] = None, pretrained: Union[None, bool, str] = None,
                    pretrained_backbone: bool = False, trainable_backbone_layers: Optional[int] = None,
-                   **detector_kwargs) -> nn.Module:
+                   frozen_bn: Optional[bool] = None, **detector_kwargs) -> nn.Module:
     """model "maskrcnn" / "fasterrcnn" on ResNet-arch (18, 34, 50, 101; int or str) + FPN with nl_nums nl_type blocks.
 
     num_classes counts the background (COCO: 91, torchvision's). pretrained: True = torchvision's COCO detector
     (ResNet-50 only; downloaded), a str = a torchvision-format detector state_dict file. pretrained_backbone:
     torchvision's ImageNet ResNet (ignored with pretrained, which holds a backbone too). trainable_backbone_layers:
-    as torchvision, 0..5 stages from layer4 down (None: 3 with pretrained weights, else 5). detector_kwargs go
+    as torchvision, 0..5 stages from layer4 down (None: 3 with pretrained weights, else 5). frozen_bn: the
+    ResNet's norm is FrozenBatchNorm2d (True) or BatchNorm2d (False); None = torchvision's rule, frozen exactly
+    when pretrained or pretrained_backbone brings statistics to keep (from scratch they are 0 / 1, and frozen
+    they would normalize nothing). detector_kwargs go
     to torchvision's MaskRCNN / FasterRCNN (min_size, max_size, box_score_thresh, ...).
     build_args holds the canonical arguments (without pretrained), for rebuilding from a checkpoint.
     """
@@ -153,13 +158,14 @@ def build_detector(model: str, arch: Union[int, str], num_classes: int = COCO_CL
     trained = bool(pretrained) or pretrained_backbone
     if trainable_backbone_layers is None:
         trainable_backbone_layers = 3 if trained else 5  # torchvision's defaults
+    frozen_bn = trained if frozen_bn is None else frozen_bn
     if not 0 <= trainable_backbone_layers <= 5:
         raise ConfigError(f"trainable_backbone_layers must be in 0..5, got {trainable_backbone_layers!r}")
     output_relu = resolve_output_relu(nl_type, output_relu, zero_init=True)
     block_args = dict(nl_type=nl_type, nl_nums=nl_nums, stage_num=stage_num, div=div, is_sys=is_sys,
                       is_norm=is_norm, order=order)
     backbone = nonlocal_backbone(depth, nl_type, nl_nums, trainable_backbone_layers, block_args, output_relu,
-                                 pretrained_backbone=pretrained_backbone and not pretrained)
+                                 pretrained_backbone=pretrained_backbone and not pretrained, frozen_bn=frozen_bn)
     detector = DETECTORS[model](backbone, num_classes=COCO_CLASSES if pretrained else num_classes,
                                 **detector_kwargs)
     if pretrained:
@@ -170,6 +176,7 @@ def build_detector(model: str, arch: Union[int, str], num_classes: int = COCO_CL
         load_torchvision_detector(detector, source, what)
     detector.build_args = dict(backbone=model, arch=depth, num_classes=num_classes,
                                output_relu=output_relu, trainable_backbone_layers=trainable_backbone_layers,
+                               frozen_bn=frozen_bn,
                                **block_args, **detector_kwargs)
     return detector
 

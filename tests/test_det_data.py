@@ -63,7 +63,8 @@ def sample(tmp_path):
             dict(image_id=7, category_id=3, bbox=[20, 5, 15, 10], segmentation=rle(rect_mask(20, 5, 35, 15))),
             dict(image_id=7, category_id=10, bbox=[40, 20, 10, 10],
                  segmentation=rle(rect_mask(40, 20, 50, 30), compressed=False)),
-            dict(image_id=7, category_id=3, bbox=[0, 30, 20, 10], iscrowd=1, segmentation=rle(rect_mask(0, 30, 20, 40))),
+            dict(image_id=7, category_id=3, bbox=[0, 30, 20, 10], iscrowd=1,
+                 segmentation=rle(rect_mask(0, 30, 20, 40))),
             dict(image_id=8, category_id=10, bbox=[0, 0, 20, 20], iscrowd=1, segmentation=rle(rect_mask(0, 0, 20, 20)))]
     return write_set(str(tmp_path), {7: (H, W), 8: (H, W), 9: (H, W)}, anns)
 

@@ -118,13 +118,17 @@ def test_wrong_file_and_offline_download_are_one_line_errors(tmp_path, monkeypat
 
 def test_frozen_backbone_bn_and_trainable_blocks():
     model = build_detector("fasterrcnn", 18, num_classes=3, nl_type="snl", nl_nums=1, trainable_backbone_layers=1,
-                           **SMALL)
+                           frozen_bn=True, **SMALL)
     body = model.backbone.body
     assert isinstance(body.bn1, FrozenBatchNorm2d) and isinstance(body.layer3[0].bn1, FrozenBatchNorm2d)
     assert not body.layer3[0].conv1.weight.requires_grad and body.layer4[0].conv1.weight.requires_grad
     block = body.get_submodule(body.nonlocal_paths[0])
     assert all(p.requires_grad for p in block.parameters())  # in a frozen stage, still trainable
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in block.modules())  # its own, learnable norm
+    # torchvision's rule: frozen with trained weights only; from scratch BatchNorm2d, recorded for rebuilding
+    scratch = build_detector("fasterrcnn", 18, num_classes=3, **SMALL)
+    assert isinstance(scratch.backbone.body.bn1, torch.nn.BatchNorm2d) and not scratch.build_args["frozen_bn"]
+    assert isinstance(build_model(**dict(scratch.build_args, frozen_bn=True)).backbone.body.bn1, FrozenBatchNorm2d)
 
 
 @pytest.mark.parametrize("nl_type", sorted(NONLOCAL_BLOCKS))
