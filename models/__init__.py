@@ -18,6 +18,7 @@ from lib.errors import ConfigError
 from lib.engine.tasks import VIDEO_BACKBONES
 from lib.registry import DEFAULT_ORDER, ORDER_BLOCKS
 from models.common import build_on, resolve_output_relu, with_output_relu
+from models.detection import DETECTORS, build_detector
 from models.preresnet import PreResNet
 from models.reid import REID_ARCHS, REID_BACKBONES, build_reid_model
 from models.resnet import ResNet
@@ -66,7 +67,7 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
                 div: float = 2, is_sys: Optional[bool] = None, is_norm: Optional[bool] = None,
                 pretrained: Union[None, bool, str] = None, order: Optional[int] = None,
                 output_relu: Optional[bool] = None, shortcut_type: Optional[str] = None, device=None,
-                dtype=None, **reid_options) -> nn.Module:
+                dtype=None, **task_options) -> nn.Module:
     """Build backbone-arch with nl_type nonlocal blocks at the reference positions (docs/classification.md, "Models").
 
     backbone: "preresnet" (CIFAR; arch 20, 56, 110) or "resnet" (ImageNet; arch 50, 101, 152).
@@ -86,16 +87,23 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
     'B' (default) or 'A'. pretrained: True = torchvision's Kinetics-400 weights (r3d / mc3 / r2plus1d), a str = a
     torchvision-format state_dict or a 3D-ResNets checkpoint.
     Re-ID (models/reid.py): backbone "reid" / "reid_video" (arch 18, 34, 50, 101; nl_nums 0, 1, 5) with
-    reid_options last_stride, pooling, temporal, trunk.
+    task_options last_stride, pooling, temporal, trunk.
     device, dtype: where and in which dtype the parameters are created (e.g. 'meta': no memory, then
     `to_empty`; build_args leave them out).
+    Detection: backbone "maskrcnn" / "fasterrcnn" (arch 18, 34, 50, 101), task_options as in
+    models.detection.build_detector (pretrained_backbone, trainable_backbone_layers, min_size, ...).
     Raises ConfigError for any unknown name or unsupported combination.
     """
+    if backbone in DETECTORS:
+        return build_on(device, dtype, build_detector, backbone, arch, num_classes, nl_type=nl_type, nl_nums=nl_nums,
+                        stage_num=stage_num, div=div, is_sys=is_sys, is_norm=is_norm, order=order,
+                        output_relu=output_relu, pretrained=pretrained, **task_options)
     known = list(BACKBONES) + list(VIDEO_BACKBONES) + list(REID_BACKBONES)
     if backbone not in known:
-        raise ConfigError(f"unknown backbone {backbone!r}; valid: {_valid(known)}")
-    if reid_options and backbone not in REID_BACKBONES:
-        raise ConfigError(f"{', '.join(reid_options)} apply to the re-ID backbones ({_valid(REID_BACKBONES)}) only")
+        raise ConfigError(f"unknown backbone {backbone!r}; valid: {_valid([*known, *DETECTORS])}")
+    if task_options and backbone not in REID_BACKBONES:
+        raise ConfigError(f"{', '.join(task_options)} apply to the re-ID backbones ({_valid(REID_BACKBONES)}) and "
+                          f"the detection models ({_valid(DETECTORS)}) only, not {backbone}")
     video = backbone in VIDEO_BACKBONES or backbone in REID_BACKBONES  # re-ID: models/reid.py checks nl_nums
     depth = _parse_arch(backbone, arch)
     if nl_type is not None and nl_type not in NONLOCAL_BLOCKS:
@@ -129,7 +137,7 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
                       is_norm=is_norm, order=order)
     if backbone in REID_BACKBONES:  # models/reid.py (re-ID: last_stride, pooling, temporal, trunk)
         model, reid_args = build_reid_model(backbone, depth, num_classes, block_args, output_relu, pretrained,
-                                            device=device, dtype=dtype, **reid_options)
+                                            device=device, dtype=dtype, **task_options)
         model.build_args = dict(backbone=backbone, arch=depth, num_classes=num_classes, **block_args, **reid_args)
         return model
     if video:

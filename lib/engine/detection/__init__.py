@@ -1,0 +1,1 @@
+"""Detection / instance segmentation task pieces (docs/detection.md); evaluation.py: COCO evaluation."""
