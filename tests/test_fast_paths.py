@@ -15,7 +15,7 @@ from lib.cc import CCStage
 from lib.cgnl import CGNL
 from models import build_model, load_state_dict_checked
 from test_blocks import saved_bytes
-from tools.gpu_check import randomized
+from tools._checks import randomized
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOFTMAX_KINDS = ("nl", "ns", "dnl")

@@ -36,7 +36,7 @@ from lib.engine.video.recipe import resolve_video_args
 from lib.engine.video.setup import model_kwargs, run_folder
 from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 from tools import attention_maps, compare_runs, spectrum
-from tools._checkpoint import capture_inputs, criss_cross_attention, nonlocal_blocks
+from tools._attention import capture_inputs, criss_cross_attention, nonlocal_blocks
 from videogen import class_video, decode_video, write_frame_folder, write_ucf101, write_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -25,13 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib import NONLOCAL_BLOCKS  # noqa: E402
-from lib.engine.tasks import VIDEO_BACKBONES  # noqa: E402
-from models import build_model  # noqa: E402
-from tools.bench_segmentation import add_measure_flags, measure_steps  # noqa: E402
+import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
+from lib import NONLOCAL_BLOCKS
+from models import build_model
+from models.video import VIDEO_BACKBONES
+from tools._measure import add_measure_flags, measure_steps
 
-MIB = 2 ** 20
 NUM_CLASSES = 101  # UCF-101
 
 

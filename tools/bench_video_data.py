@@ -25,11 +25,11 @@ import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.data import build_loaders  # noqa: E402
-from lib.data.samplers import SeededAugmentation  # noqa: E402
-from lib.data.video import build_video_datasets  # noqa: E402
-from lib.errors import ConfigError  # noqa: E402
+import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
+from lib.data import build_loaders
+from lib.data.samplers import SeededAugmentation
+from lib.data.video import build_video_datasets
+from lib.errors import ConfigError
 
 
 def get_args_parser():

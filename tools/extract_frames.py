@@ -23,9 +23,9 @@ from multiprocessing import Pool
 
 import cv2
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.data.video import FRAME_ROOT_SUFFIX  # noqa: E402
-from lib.data.video_reader import FRAME_PATTERN, VIDEO_EXTENSIONS  # noqa: E402
+import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
+from lib.data.video import FRAME_ROOT_SUFFIX
+from lib.data.video_reader import FRAME_PATTERN, VIDEO_EXTENSIONS
 
 VIDEO_ROOTS = {"ucf101": ["UCF-101"], "hmdb51": ["hmdb51"], "kinetics": ["train", "val"],
                "videofolder": ["train", "val"]}

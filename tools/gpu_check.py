@@ -34,9 +34,11 @@ import time
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from lib import NONLOCAL_BLOCKS, build_nonlocal  # noqa: E402
+import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
+from lib import NONLOCAL_BLOCKS, build_nonlocal
+from tools._checks import one_line, randomized
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where the commands it runs start
 
 CHECKS = ("blocks", "fused-snl", "train", "compile", "ddp", "bench")
 SOFTMAX_KINDS = ("nl", "ns", "dnl")
@@ -51,28 +53,6 @@ class Failed(Exception):
 
 class Skipped(Exception):
     """A check that does not apply here (the reason goes into the detail column)."""
-
-
-def one_line(text, limit=200):
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def randomized(module, seed=0):
-    """Random norm parameters / running statistics and a non-zero CC gamma (defaults would hide errors)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm)):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-        for name, p in module.named_parameters():
-            if name.endswith("gamma"):
-                p.fill_(0.7)
-    return module
 
 
 def forward_backward(block, x, grad):
