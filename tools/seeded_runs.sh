@@ -1,4 +1,4 @@
-# Shared by train_snl.sh, train_all_CIFAR10.sh and train_all_CIFAR100.sh (POSIX sh; sourced, not run).
+# The run helpers of train_snl.sh (POSIX sh; sourced, not run).
 #
 #   DRY_RUN   empty or 0: run the commands; any other value: only print them
 #   LAUNCH    what runs the entry point (default python3; e.g. "torchrun --standalone --nproc_per_node 8")
