@@ -72,30 +72,14 @@ cifar10() { snl --dataset cifar10 --backbone preresnet --arch 20 "$@"; }
 
 # Segmentation writes mIoU, not top-1: it is not part of the comparison table.
 cityscapes() {
-    set -- --dataset cityscapes --data_dir "$DATA_ROOT" --backbone resnet --arch 50 --nl-type snl --checkpoints snl \
-        "$@"
-    if [ -z "${SEEDS:-}" ]; then
-        launch train_seg.py "$@"
-        return
-    fi
-    name=$(last_value snl --checkpoints --checkpoints "$@")
-    for seed in $SEEDS; do
-        launch train_seg.py "$@" --seed "$seed" --checkpoints "${name}_seed$seed"
-    done
+    seeded launch train_seg.py --dataset cityscapes --data_dir "$DATA_ROOT" --backbone resnet --arch 50 --nl-type snl \
+        --checkpoints snl "$@"
 }
 
 # Video writes clip and video top-1 (train_video.py, docs/video.md): not part of the comparison table either.
 video() {
-    set -- --data_dir "$DATA_ROOT" --backbone resnet3d --arch 50 --nl-type snl --nl-nums 1 --is_norm --is_sys \
-        --checkpoints snl "$@"
-    if [ -z "${SEEDS:-}" ]; then
-        launch train_video.py "$@"
-        return
-    fi
-    name=$(last_value snl --checkpoints --checkpoints "$@")
-    for seed in $SEEDS; do
-        launch train_video.py "$@" --seed "$seed" --checkpoints "${name}_seed$seed"
-    done
+    seeded launch train_video.py --data_dir "$DATA_ROOT" --backbone resnet3d --arch 50 --nl-type snl --nl-nums 1 \
+        --is_norm --is_sys --checkpoints snl "$@"
 }
 # The 3D-ResNets Kinetics checkpoints of 2017 (resnet-50-kinetics.pth) expect ActivityNet mean subtraction.
 ucf101() { video --dataset ucf101 ${PRETRAINED:+--normalization activitynet} --pretrained "${PRETRAINED:-False}" "$@"; }
