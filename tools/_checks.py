@@ -1,5 +1,6 @@
-"""What the checking tools (gpu_check.py, export_check.py) share: a failure message on one table cell, and
-blocks / models whose norm layers are randomized so that none is the identity."""
+"""What the checking tools (gpu_check.py, export_check.py) share: a failure message on one table cell, the table's
+last line with the exit status, and blocks / models whose norm layers are randomized so that none is the
+identity."""
 import torch
 
 
@@ -23,3 +24,9 @@ def randomized(module, seed=0):
             if name.endswith("gamma"):
                 p.fill_(0.7)
     return module
+
+
+def failure_summary(failed, total, what):
+    """Prints the table's last line ("2 of 9 rows failed: a, b"); returns the exit status: 1 if any failed, else 0."""
+    print(f"\n{len(failed)} of {total} {what} failed" + (f": {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0

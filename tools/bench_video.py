@@ -10,7 +10,7 @@ entries (157 MB in float32) per clip. One step = forward (training mode) + cross
 median of --rounds steps after one warm-up step each; the models run alternately in an order that rotates every
 round, so load from other jobs hits all of them alike; "vs plain" is the median of the per-round ratios. Peak
 memory: the most memory allocated during one step above what was held before it (CUDA: max_memory_allocated;
-CPU: the allocator's running total recorded by torch.profiler, see tools/bench_blocks.py). "GFLOPs / step" counts
+CPU: the allocator's running total recorded by torch.profiler, see tools/_measure.py). "GFLOPs / step" counts
 matrix products and convolutions (2 per multiply-add, forward + backward) on the meta device: exact, and free of
 load. "N x N formed" says whether any op created a tensor with two dimensions of size N (a dense affinity).
 Exit status 0; the numbers are printed, not judged.

@@ -36,7 +36,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
 from lib import NONLOCAL_BLOCKS, build_nonlocal
-from tools._checks import one_line, randomized
+from tools._checks import failure_summary, one_line, randomized
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where the commands it runs start
 
@@ -216,25 +216,27 @@ def table_rows(output):
     return [row for row in rows if row[0] not in ("model", "shape")]
 
 
+def bench_rows(ctx, tool, *flags):
+    """The table rows of one benchmark tool run with flags; Failed when it printed none."""
+    rows = table_rows(run_command([sys.executable, tool, *flags], timeout=ctx.timeout)[0])
+    if not rows:
+        raise Failed("no table in the output")
+    return rows
+
+
 def check_bench(ctx):
     small = ["--batch", "8", "--rounds", "1", "--warmup", "0"] if ctx.smoke else ["--rounds", "5"]
     blocks = ["snl"] if ctx.smoke else ["snl", "nl"]
     for amp in ("off", "bf16"):
         def check(amp=amp):
-            argv = [sys.executable, "tools/bench_train_step.py", "--device", ctx.device_arg, "--amp", amp,
-                    "--blocks", *blocks, *small]
-            rows = table_rows(run_command(argv, timeout=ctx.timeout)[0])
-            if not rows:
-                raise Failed("no table in the output")
+            rows = bench_rows(ctx, "tools/bench_train_step.py", "--device", ctx.device_arg, "--amp", amp,
+                              "--blocks", *blocks, *small)
             return "; ".join(f"{r[0]} {r[2]} img/s {r[3].split()[0]} {r[4]} MiB" for r in rows)
         yield f"bench train step ({'fp32' if amp == 'off' else amp})", check
 
     def check_blocks_bench():
-        argv = [sys.executable, "tools/bench_blocks.py", "--devices", ctx.device_arg, "--shapes", "cifar1",
-                "--blocks", *blocks, *small]
-        rows = table_rows(run_command(argv, timeout=ctx.timeout)[0])
-        if not rows:
-            raise Failed("no table in the output")
+        rows = bench_rows(ctx, "tools/bench_blocks.py", "--devices", ctx.device_arg, "--shapes", "cifar1",
+                          "--blocks", *blocks, *small)
         return "; ".join(f"{r[2]} {r[3]} ms {r[5]} MiB" for r in rows)
     yield "bench blocks (C=16 32x32)", check_blocks_bench
 
@@ -279,9 +281,7 @@ def main(argv=None):
     print("| check | result | detail |\n|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    failed = [row[0] for row in rows if row[1] == "FAIL"]
-    print(f"\n{len(failed)} of {len(rows)} checks failed" + (f": {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    return failure_summary([row[0] for row in rows if row[1] == "FAIL"], len(rows), "checks")
 
 
 if __name__ == "__main__":
