@@ -4,6 +4,8 @@
     model = torch.hub.load("/path/to/clone", "preresnet20_snl", source="local")     # from a clone
     torch.hub.list("/path/to/clone", source="local"); torch.hub.help(..., "cgnl")
 
+    model = torch.hub.load("/path/to/clone", "from_checkpoint", source="local", path="model_best.pth.tar")
+
 The blocks need only torch; the models also import torchvision (imported when a model entry is called).
 """
 from lib import NONLOCAL_BLOCKS as _BLOCKS, build_nonlocal as _build_nonlocal
@@ -116,3 +118,15 @@ def segmentor(arch=50, num_classes=19, nl_type="snl", pretrained=None, **kwargs)
     from models.segmentation import build_segmentor
     return build_segmentor("resnet", arch, num_classes=num_classes, nl_type=nl_type, pretrained=pretrained,
                            **kwargs)
+
+
+def from_checkpoint(path, **model_flags):
+    """A model this repository trained (train_val.py, train_seg.py or train_video.py), rebuilt from the checkpoint
+    file at path with its weights, in eval mode (models.checkpoints.rebuild_model).
+
+    The reference's classification checkpoints store no model arguments: pass build_model's keywords for them
+    (backbone, arch, nl_type, is_sys, is_norm, ...; num_classes defaults to the checkpoint's classifier size).
+    """
+    from lib.engine.checkpoint import load_checkpoint
+    from models.checkpoints import rebuild_model
+    return rebuild_model(load_checkpoint(path), model_flags or None, source=path).eval()

@@ -7,7 +7,7 @@ import torch
 import direct_formulas as direct
 from lib import NONLOCAL_BLOCKS, ConfigError, build_nonlocal
 from lib.affinity import DenseAffinity, ReluDotAffinity, SoftmaxAffinity, build_affinity
-from tools.gpu_check import randomized
+from tools._checks import randomized
 
 FIRST_STAGE_KINDS = ("snl", "nl", "a2", "ns", "dnl")  # the spectral family's own tests: tests/test_filters.py
 STAGE_KINDS = FIRST_STAGE_KINDS + ("cheb", "gsnl", "cayley", "arma")

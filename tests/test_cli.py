@@ -58,11 +58,14 @@ def test_train_snl_passes_extra_flags_through():
     assert bad.returncode == 2 and "unknown experiment" in bad.stderr
 
 
-@pytest.mark.parametrize("script,dataset,arch", [("train_all_CIFAR10.sh", "cifar10", "20"),
-                                                 ("train_all_CIFAR100.sh", "cifar100", "56")])
-def test_block_comparison_scripts(script, dataset, arch):
-    runs = [resolved(argv) for argv in script_commands(script)]
-    assert sorted(args.nl_type for args in runs) == sorted(["a2", "nl", "snl", "ns", "cgnl", "dnl"])
+@pytest.mark.parametrize("experiment,dataset,arch,order", [
+    ("blocks-cifar10", "cifar10", "20", ["a2", "nl", "snl", "ns", "cgnl", "dnl"]),
+    ("blocks-cifar100", "cifar100", "56", ["a2", "nl", "ns", "cgnl", "dnl", "snl"])])
+def test_block_comparison_experiments(experiment, dataset, arch, order):
+    """train_snl.sh blocks-cifar10 / blocks-cifar100: the reference's train_all_CIFAR10.sh / _CIFAR100.sh runs, in
+    their order."""
+    runs = [resolved(argv) for argv in script_commands("train_snl.sh", experiment)]
+    assert [args.nl_type for args in runs] == order
     for args in runs:
         assert (args.dataset, args.backbone, args.arch, args.nl_nums) == (dataset, "preresnet", arch, 1)
         assert args.checkpoints == args.nl_type and args.pretrained is False and args.nl_layer == ["1"]

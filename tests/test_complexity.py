@@ -10,7 +10,8 @@ import os
 import torch
 
 from lib import build_nonlocal
-from tools.complexity import block_complexity, count, pinned_numbers
+from tools._measure import count
+from tools.complexity import block_complexity, pinned_numbers
 
 PINNED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "complexity.json")
 

@@ -18,7 +18,7 @@ from models.segmentation import build_segmentor
 from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 from tools.export_check import (CHANNELS, OTHER_BATCH, OTHER_SPATIAL, PLANES, SPATIAL, check_export, check_onnx,
                                 compare, rel_err, sample)
-from tools.gpu_check import randomized
+from tools._checks import randomized
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK_DIMS = [(name, dim) for name in NONLOCAL_BLOCKS for dim in (1, 2, 3) if name != "cc" or dim == 2]

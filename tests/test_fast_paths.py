@@ -2,7 +2,6 @@
 checks and dims, CC's reference checkpoint layout, and tools/gpu_check.py's CPU behaviour."""
 import copy
 import os
-import sys
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from lib.cc import CCStage
 from lib.cgnl import CGNL
 from models import build_model, load_state_dict_checked
 from test_blocks import saved_bytes
-from tools.gpu_check import randomized
+from tools._checks import randomized
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOFTMAX_KINDS = ("nl", "ns", "dnl")
@@ -233,12 +232,8 @@ def test_reference_preresnet_cc_checkpoint_loads_and_gives_the_same_logits(capsy
 
 @pytest.fixture()
 def gpu_check():
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    try:
-        import gpu_check
-        yield gpu_check
-    finally:
-        sys.path.remove(os.path.join(ROOT, "tools"))
+    from tools import gpu_check
+    return gpu_check
 
 
 def test_gpu_check_without_cuda_says_so_in_one_line(gpu_check, monkeypatch, capsys):

@@ -26,7 +26,7 @@ from lib.errors import ConfigError
 from models.segmentation import NonlocalHead, build_segmentor, init_head
 from runs import records, run_script
 from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
-from tools.bench_segmentation import TensorShapes
+from tools._measure import TensorShapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny geometry for the end-to-end runs: fake scenes resized to about 32x64, crops 32x64, batch 2.

@@ -36,7 +36,7 @@ from lib.engine.video.recipe import resolve_video_args
 from lib.engine.video.setup import model_kwargs, run_folder
 from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 from tools import attention_maps, compare_runs, spectrum
-from tools._checkpoint import capture_inputs, criss_cross_attention, nonlocal_blocks
+from tools._attention import capture_inputs, criss_cross_attention, nonlocal_blocks
 from videogen import class_video, decode_video, write_frame_folder, write_ucf101, write_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -677,7 +677,7 @@ def test_dry_run_prints_the_reference_commands_unchanged():
 
 
 def test_seeds_repeat_every_experiment_into_its_own_folder():
-    result = script("train_all_CIFAR10.sh", "--epochs", "1", "--output-dir", "/tmp/o",
+    result = script("train_snl.sh", "blocks-cifar10", "--epochs", "1", "--output-dir", "/tmp/o",
                     env={"DRY_RUN": "yes", "SEEDS": "67 68"})
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines() + result.stderr.splitlines()
@@ -689,7 +689,7 @@ def test_seeds_repeat_every_experiment_into_its_own_folder():
         assert lines[k].endswith(f" --seed {seed} --checkpoints {block}_seed{seed}")
     assert lines[-1] == "python3 tools/compare_runs.py " + " ".join(
         f"/tmp/o/cifar10/20/{b}_seed{s}" for b in blocks for s in (67, 68))
-    cifar100 = script("train_all_CIFAR100.sh", env={"DRY_RUN": "1", "SEEDS": "5"})
+    cifar100 = script("train_snl.sh", "blocks-cifar100", env={"DRY_RUN": "1", "SEEDS": "5"})
     assert len(cifar100.stdout.splitlines()) == 6 and "--arch 56" in cifar100.stdout
     assert cifar100.stderr.strip().endswith("save_model/cifar100/56/snl_seed5")
 

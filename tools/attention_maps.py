@@ -27,18 +27,18 @@ share one colour scale (red = the row's largest weight over the whole clip), so 
 attends to. The white square marks the query in its own step. Queries are x,y,t fractions (t: time in the clip,
 default 0.5: the middle step).
 """
-import argparse
 import os
 import sys
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.errors import ConfigError  # noqa: E402
-from tools._checkpoint import (OneLineParser, add_input_args, attention_matrix, block_kind,  # noqa: E402
-                               check_writable_folder, checkpoint_stem, inputs_per_image, load_images, load_model,
-                               nonlocal_blocks, parse_error_exit, run_folder)
+import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
+from lib.errors import ConfigError
+from tools._attention import attention_matrix, block_kind, inputs_per_image, nonlocal_blocks
+from tools._inputs import load_images
+from tools._loaded_model import checkpoint_tool_parser, load_model
+from tools._outputs import check_writable_folder, checkpoint_stem, main_reporting_errors, run_folder
 
 DEFAULT_QUERIES = ((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75))
 GAP = 4  # white pixels between panels
@@ -157,8 +157,7 @@ def join(parts, axis):
 
 
 def get_parser():
-    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_input_args(parser)
+    parser = checkpoint_tool_parser(__doc__)
     parser.add_argument("--block", help="module name of the block to draw (default: the first; the names are "
                         "printed when the model has several, e.g. layer1.2 or layer3.6)")
     parser.add_argument("--queries", nargs="+", metavar="X,Y[,T]", help="query positions as fractions x,y "
@@ -176,11 +175,7 @@ def get_parser():
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
-    try:
-        return run(args)
-    except ConfigError as error:
-        return parse_error_exit("attention_maps.py", error)
+    return main_reporting_errors("attention_maps.py", run, get_parser().parse_args(argv))
 
 
 def default_output_dir(checkpoint):

@@ -11,88 +11,22 @@ Time: the median of --rounds runs after --warmup runs; the configurations are ru
 so that a machine that other jobs slow down slows all of them alike, and a ratio between rows stays honest
 (a fast configuration also gets an untimed run before each timed one, see alternate_timings).
 Peak memory: the most memory allocated during one forward + backward, above what was held before it (the block's
-weights and the input). CUDA: torch.cuda.max_memory_allocated. CPU: the allocator's running total recorded by
-torch.profiler(profile_memory=True) (every tensor allocation and free, with the total after each), so neither
-the interpreter nor other configurations count, unlike a process-wide maxrss.
+weights and the input), as tools/_measure.py measures it.
 """
 import argparse
-import json
-import os
 import statistics
-import sys
-import tempfile
-import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib import NONLOCAL_BLOCKS, build_nonlocal  # noqa: E402
+import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
+from lib import NONLOCAL_BLOCKS, build_nonlocal
+from tools._measure import MIB, alternate_timings, peak_memory_bytes
 
 SHAPES = {  # name: (C, H, W, which batch flag)
     "cifar1": (16, 32, 32, "batch"), "cifar2": (32, 16, 16, "batch"), "cifar3": (64, 8, 8, "batch"),
     "r50-layer3": (1024, 14, 14, "batch_imagenet"),
 }
 TWO_PATH_BLOCKS = ("snl", "a2")  # the blocks whose affinity has a factorized form
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device):
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-def alternate_timings(fns, rounds, warmup, device, settle_below=0.25):
-    """{name: [seconds per run]}: each fn runs `warmup` times, then once per round, in turn.
-
-    A run right after a memory-hungry one (a dense affinity frees GiBs) pays for fresh pages; fns faster than
-    settle_below seconds therefore get one untimed run before each timed one, which is cheap for them.
-    """
-    settle = set()
-    for name, fn in fns.items():
-        for _ in range(warmup):
-            if timed(fn, device) < settle_below:
-                settle.add(name)
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            if name in settle:
-                fn()
-            times[name].append(timed(fn, device))
-    return times
-
-
-def peak_memory_bytes(fn, device):
-    """Peak bytes allocated while fn runs, above the bytes allocated when it starts."""
-    if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        held = torch.cuda.memory_allocated(device)
-        fn()
-        synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - held
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    with tempfile.TemporaryDirectory() as tmp:  # the trace lists every allocation with the running total
-        path = os.path.join(tmp, "trace.json")
-        prof.export_chrome_trace(path)
-        with open(path) as f:
-            events = json.load(f)["traceEvents"]
-    memory = [e["args"] for e in events if e.get("name") == "[memory]" and e["args"].get("Device Type", 0) == 0]
-    if not memory:
-        return 0
-    # The running total carries over from earlier profiled runs (memory they left allocated, e.g. gradients, is
-    # still counted), so measure from the total before this run's first event.
-    base = memory[0]["Total Allocated"] - memory[0]["Bytes"]
-    return max(0, max(m["Total Allocated"] for m in memory) - base)
-
 
 def block_configs(blocks, shapes):
     """(label, nl_type, affinity_path, shape name) for every block, shape and (SNL, A2) affinity path."""
@@ -142,7 +76,7 @@ def main(argv=None):
                      for label, kind, path, shape_ in block_configs(args.blocks, [shape])}
             times = alternate_timings(steps, args.rounds, args.warmup, device)
             for label, step in steps.items():
-                peak = peak_memory_bytes(step, device) / 2 ** 20
+                peak = peak_memory_bytes(step, device) / MIB
                 print(f"| C={c} {h}x{w} | {batch} | {label} | {statistics.median(times[label]) * 1e3:.1f} | "
                       f"{min(times[label]) * 1e3:.1f} | {peak:.1f} |", flush=True)
 

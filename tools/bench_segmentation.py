@@ -9,7 +9,7 @@ backward, at the authors' crop 512x1024 where the head sees N = 64 x 128 = 8192 
 --rounds steps after one warm-up step each; the heads run alternately, in an order that rotates every round
 (A B C, B C A, C A B, ...), so that load from other jobs hits every head alike; "vs plain" is the median of the
 per-round ratios. Peak memory: the most memory allocated during one step above what was held before it (CUDA:
-max_memory_allocated; CPU: the allocator's running total recorded by torch.profiler, see tools/bench_blocks.py).
+max_memory_allocated; CPU: the allocator's running total recorded by torch.profiler, see tools/_measure.py).
 "GFLOPs / step" counts the step's matrix products and convolutions (2 per multiply-add, forward + backward) with
 torch.utils.flop_counter on the meta device: exact, and unaffected by load. "largest tensor" is the largest tensor
 any op created during the step, and "N x N formed" says whether any tensor had two dimensions of size N, i.e.
@@ -21,31 +21,13 @@ import statistics
 import sys
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib import NONLOCAL_BLOCKS  # noqa: E402
-from models.segmentation import build_segmentor  # noqa: E402
-from tools.bench_blocks import peak_memory_bytes, timed  # noqa: E402
-from train_seg import SegLoss  # noqa: E402
-
-MIB = 2 ** 20
-
-
-class TensorShapes(TorchDispatchMode):
-    """Records the shape of every tensor an op creates (to look for an N x N affinity)."""
-
-    def __init__(self):
-        super().__init__()
-        self.shapes = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for item in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(item, torch.Tensor):
-                self.shapes.append(tuple(item.shape))
-        return out
+import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
+from lib import NONLOCAL_BLOCKS
+from lib.engine.segmentation.loss import SegLoss
+from models.segmentation import build_segmentor
+from tools._measure import add_measure_flags, measure_steps
 
 
 def make_step(head, batch, crop, device):
@@ -72,45 +54,6 @@ def step_flops(head, batch, crop):
         loss, _ = SegLoss(0.4)(model(images), target)
         loss.backward()
     return counter.get_total_flops()
-
-
-def add_measure_flags(parser):
-    """The flags of measure_steps' callers: --rounds, --threads, --devices, --no-memory."""
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
-    parser.add_argument("--devices", nargs="+", default=["cpu"], help="cpu and / or cuda")
-    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
-
-
-def measure_steps(steps, device, rounds, n, memory=True):
-    """Time and inspect training steps {key: step()}: one warm-up each, then `rounds` rounds in an order that rotates
-    every round, so that no step always runs right after the one that frees the most memory and load from other jobs
-    hits all alike. Returns ({key: [seconds per round]}, {key: (median s, min s, peak MiB, largest tensor shape,
-    whether a tensor with two dimensions of size n was formed)}); peak memory (NaN without `memory`) and the shapes
-    come from one more step under the profiler and TensorShapes (which adds no allocations of its own)."""
-    keys = list(steps)
-    for step in steps.values():
-        step()  # warm-up: first-touch allocations, oneDNN primitive caches
-    times = {key: [] for key in keys}
-    for k in range(rounds):
-        for key in keys[k % len(keys):] + keys[:k % len(keys)]:
-            times[key].append(timed(steps[key], device))
-        print(f"  round {k + 1}: " + ", ".join(f"{key or 'plain'} {times[key][-1]:.2f} s" for key in keys), flush=True)
-    measured = {}
-    for key, step in steps.items():
-        recorder = TensorShapes()
-
-        def recorded_step():
-            with recorder:
-                step()
-        peak = peak_memory_bytes(recorded_step, device) / MIB if memory else float("nan")
-        if not memory:
-            recorded_step()
-        largest = max(recorder.shapes, key=lambda shape: torch.Size(shape).numel())
-        dense = any(shape.count(n) >= 2 for shape in recorder.shapes)
-        measured[key] = (statistics.median(times[key]), min(times[key]), peak, largest, dense)
-    return times, measured
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -13,17 +13,15 @@ Peak memory: the most memory allocated during one step above what was held befor
 buffers, the batch), measured as in tools/bench_blocks.py; its ratio is to the plain backbone's.
 """
 import argparse
-import os
 import statistics
-import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib import NONLOCAL_BLOCKS  # noqa: E402
-from models import build_model  # noqa: E402
-from tools.bench_blocks import peak_memory_bytes, timed  # noqa: E402
+import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
+from lib import NONLOCAL_BLOCKS
+from models import build_model
+from tools._measure import peak_memory_bytes, timed
 
 
 def make_train_step(nl_type, arch, batch, device, nl_layer, amp="off"):

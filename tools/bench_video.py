@@ -11,7 +11,7 @@ entries (157 MB in float32) per clip. One step = forward (training mode) + cross
 median of --rounds steps after one warm-up step each; the models run alternately in an order that rotates every
 round, so load from other jobs hits all of them alike; "vs plain" is the median of the per-round ratios. Peak
 memory: the most memory allocated during one step above what was held before it (CUDA: max_memory_allocated;
-CPU: the allocator's running total recorded by torch.profiler, see tools/bench_blocks.py). "GFLOPs / step" counts
+CPU: the allocator's running total recorded by torch.profiler, see tools/_measure.py). "GFLOPs / step" counts
 matrix products and convolutions (2 per multiply-add, forward + backward) on the meta device: exact, and free of
 load. "N x N formed" says whether any op created a tensor with two dimensions of size N (a dense affinity).
 Exit status 0; the numbers are printed, not judged.
@@ -26,13 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib import NONLOCAL_BLOCKS  # noqa: E402
-from lib.engine.tasks import VIDEO_BACKBONES  # noqa: E402
-from models import build_model  # noqa: E402
-from tools.bench_segmentation import add_measure_flags, measure_steps  # noqa: E402
+import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
+from lib import NONLOCAL_BLOCKS
+from models import build_model
+from models.video import VIDEO_BACKBONES
+from tools._measure import add_measure_flags, measure_steps
 
-MIB = 2 ** 20
 NUM_CLASSES = 101  # UCF-101
 
 

@@ -25,11 +25,12 @@ import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.data import build_loaders  # noqa: E402
-from lib.data.samplers import SeededAugmentation  # noqa: E402
-from lib.data.video import build_video_datasets  # noqa: E402
-from lib.errors import ConfigError  # noqa: E402
+import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
+from lib.data import build_loaders
+from lib.data.samplers import SeededAugmentation
+from lib.data.video import build_video_datasets
+from lib.errors import ConfigError
+from tools._frames import write_frames
 
 
 def get_args_parser():
@@ -69,14 +70,7 @@ def write_videos(root, args):
         writer.release()
         frame_dir = os.path.join(root, part + "_jpg", label, str(k))
         os.makedirs(frame_dir, exist_ok=True)
-        capture = cv2.VideoCapture(path)
-        index = 0
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            index += 1
-            cv2.imwrite(os.path.join(frame_dir, f"image_{index:05d}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        write_frames(path, frame_dir)
 
 
 def clips_per_second(dataset, count, train):

@@ -40,15 +40,15 @@ import sys
 import torch
 import yaml
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib import NONLOCAL_BLOCKS  # noqa: E402
-from lib.engine.cli import OneLineParser  # noqa: E402
-from lib.engine.tasks import TASKS, args_task  # noqa: E402
-from lib.errors import ConfigError  # noqa: E402
-from lib.stage import NonlocalStage  # noqa: E402
-from models import build_model  # noqa: E402
-from tools._checkpoint import check_output_file, image_suffixes  # noqa: E402
-from tools.complexity import count  # noqa: E402
+import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
+from lib import NONLOCAL_BLOCKS
+from lib.engine.cli import OneLineParser
+from lib.errors import ConfigError
+from lib.stage import NonlocalStage
+from models import build_model
+from models.tasks import TASKS, args_task
+from tools._measure import count
+from tools._outputs import check_output_file, image_suffixes, pyplot
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "fake": 10}
 INPUT_SIZES = {"cifar10": 32, "cifar100": 32, "fake": 32, "imagenet": 224, "imagefolder": 224}
@@ -556,11 +556,9 @@ LINE_STYLES = ("-", "--", "-.", ":")
 def figure(tables):
     """One panel per task, model family and metric; one line per group (mean over seeds, band of ± one sample
     std), 20 distinct colours x 4 line styles, the legend to the right of the axes, integer x ticks."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.ticker import MaxNLocator
+    plt = pyplot()
 
     panels = []
     for task, rows in tables.items():
@@ -598,10 +596,9 @@ def figure(tables):
 
 
 def plot(tables, path):
-    import matplotlib.pyplot as plt
     fig = figure(tables)
     fig.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
 
 
 # --- command line -----------------------------------------------------------------------------------------------

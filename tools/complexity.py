@@ -14,15 +14,13 @@ Every registered block is counted (cheb and arma at their default order 2, cheb 
 """
 import argparse
 import json
-import os
-import sys
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib import NONLOCAL_BLOCKS, build_nonlocal  # noqa: E402
-from models import build_model  # noqa: E402
+import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
+from lib import NONLOCAL_BLOCKS, build_nonlocal
+from models import build_model
+from tools._measure import count
 
 BLOCK_SHAPES = {"cifar1": (16, 32, 32), "cifar2": (32, 16, 16), "cifar3": (64, 8, 8), "r50-layer3": (1024, 14, 14)}
 TWO_PATH_BLOCKS = ("snl", "a2")
@@ -37,15 +35,6 @@ VIDEO_MODELS = ([(backbone, arch, nl_type, 1 if nl_type else 0, layer)
                                         ("r3d", 18), ("mc3", 18), ("r2plus1d", 18))
                  for nl_type, layer in ((None, 1), ("snl", 1), ("snl", 2))]
                 + [("resnet3d", 50, "snl", 5, 1)])
-
-
-def count(module, input_shape):
-    """(parameters, forward FLOPs) of module for one input of input_shape, on the meta device."""
-    params = sum(p.numel() for p in module.parameters())
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        module.eval()(torch.empty(1, *input_shape, device="meta"))
-    return params, counter.get_total_flops()
 
 
 def block_name(kind, shape, path, order=None):

@@ -24,7 +24,6 @@ Exit status 1 if any cell failed, else 0.
 """
 import argparse
 import copy
-import os
 import sys
 import time
 import warnings
@@ -32,10 +31,9 @@ import warnings
 import torch
 from torch import nn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from lib import NONLOCAL_BLOCKS, build_nonlocal  # noqa: E402
-from tools.gpu_check import one_line, randomized  # noqa: E402
+import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
+from lib import NONLOCAL_BLOCKS, build_nonlocal
+from tools._checks import failure_summary, one_line, randomized
 
 EXPORT_TOL, ONNX_TOL, COMPILE_TOL = 1e-5, 1e-4, 1e-4
 # A tensor's error is relative to its largest entry, but to at least this fraction of the largest entry of all the
@@ -228,8 +226,7 @@ def main(argv=None):
     for label, cells in rows:
         print(f"| {label} | " + " | ".join(cells[c] for c in columns) + " |")
     failed = [label for label, cells in rows if any(c.startswith("FAIL") for c in cells.values())]
-    print(f"\n{len(failed)} of {len(rows)} rows failed" + (f": {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    return failure_summary(failed, len(rows), "rows")
 
 
 if __name__ == "__main__":

@@ -21,11 +21,10 @@ import shutil
 import sys
 from multiprocessing import Pool
 
-import cv2
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.data.video import FRAME_ROOT_SUFFIX  # noqa: E402
-from lib.data.video_reader import FRAME_PATTERN, VIDEO_EXTENSIONS  # noqa: E402
+import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
+from lib.data.video import FRAME_ROOT_SUFFIX
+from lib.data.video_reader import VIDEO_EXTENSIONS
+from tools._frames import write_frames
 
 VIDEO_ROOTS = {"ucf101": ["UCF-101"], "hmdb51": ["hmdb51"], "kinetics": ["train", "val"],
                "videofolder": ["train", "val"]}
@@ -51,22 +50,7 @@ def extract(task):
     temporary = folder + ".tmp"
     shutil.rmtree(temporary, ignore_errors=True)
     os.makedirs(temporary)
-    capture = cv2.VideoCapture(video)
-    count = 0
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        if short_side:
-            height, width = frame.shape[:2]
-            factor = short_side / min(height, width)
-            size = (max(1, round(width * factor)), max(1, round(height * factor)))
-            frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
-        count += 1
-        cv2.imwrite(os.path.join(temporary, FRAME_PATTERN.format(count) + ".jpg"), frame,
-                    [cv2.IMWRITE_JPEG_QUALITY, quality])
-    capture.release()
-    if count == 0:
+    if write_frames(video, temporary, quality, short_side) == 0:
         shutil.rmtree(temporary)
         return f"cannot decode {video}: no frame (replace or remove the file)"
     os.rename(temporary, folder)

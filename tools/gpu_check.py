@@ -34,9 +34,11 @@ import time
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from lib import NONLOCAL_BLOCKS, build_nonlocal  # noqa: E402
+import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
+from lib import NONLOCAL_BLOCKS, build_nonlocal
+from tools._checks import failure_summary, one_line, randomized
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where the commands it runs start
 
 CHECKS = ("blocks", "fused-snl", "train", "compile", "ddp", "bench")
 SOFTMAX_KINDS = ("nl", "ns", "dnl")
@@ -51,28 +53,6 @@ class Failed(Exception):
 
 class Skipped(Exception):
     """A check that does not apply here (the reason goes into the detail column)."""
-
-
-def one_line(text, limit=200):
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def randomized(module, seed=0):
-    """Random norm parameters / running statistics and a non-zero CC gamma (defaults would hide errors)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm)):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-        for name, p in module.named_parameters():
-            if name.endswith("gamma"):
-                p.fill_(0.7)
-    return module
 
 
 def forward_backward(block, x, grad):
@@ -236,25 +216,27 @@ def table_rows(output):
     return [row for row in rows if row[0] not in ("model", "shape")]
 
 
+def bench_rows(ctx, tool, *flags):
+    """The table rows of one benchmark tool run with flags; Failed when it printed none."""
+    rows = table_rows(run_command([sys.executable, tool, *flags], timeout=ctx.timeout)[0])
+    if not rows:
+        raise Failed("no table in the output")
+    return rows
+
+
 def check_bench(ctx):
     small = ["--batch", "8", "--rounds", "1", "--warmup", "0"] if ctx.smoke else ["--rounds", "5"]
     blocks = ["snl"] if ctx.smoke else ["snl", "nl"]
     for amp in ("off", "bf16"):
         def check(amp=amp):
-            argv = [sys.executable, "tools/bench_train_step.py", "--device", ctx.device_arg, "--amp", amp,
-                    "--blocks", *blocks, *small]
-            rows = table_rows(run_command(argv, timeout=ctx.timeout)[0])
-            if not rows:
-                raise Failed("no table in the output")
+            rows = bench_rows(ctx, "tools/bench_train_step.py", "--device", ctx.device_arg, "--amp", amp,
+                              "--blocks", *blocks, *small)
             return "; ".join(f"{r[0]} {r[2]} img/s {r[3].split()[0]} {r[4]} MiB" for r in rows)
         yield f"bench train step ({'fp32' if amp == 'off' else amp})", check
 
     def check_blocks_bench():
-        argv = [sys.executable, "tools/bench_blocks.py", "--devices", ctx.device_arg, "--shapes", "cifar1",
-                "--blocks", *blocks, *small]
-        rows = table_rows(run_command(argv, timeout=ctx.timeout)[0])
-        if not rows:
-            raise Failed("no table in the output")
+        rows = bench_rows(ctx, "tools/bench_blocks.py", "--devices", ctx.device_arg, "--shapes", "cifar1",
+                          "--blocks", *blocks, *small)
         return "; ".join(f"{r[2]} {r[3]} ms {r[5]} MiB" for r in rows)
     yield "bench blocks (C=16 32x32)", check_blocks_bench
 
@@ -299,9 +281,7 @@ def main(argv=None):
     print("| check | result | detail |\n|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    failed = [row[0] for row in rows if row[1] == "FAIL"]
-    print(f"\n{len(failed)} of {len(rows)} checks failed" + (f": {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    return failure_summary([row[0] for row in rows if row[1] == "FAIL"], len(rows), "checks")
 
 
 if __name__ == "__main__":

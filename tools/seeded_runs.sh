@@ -1,4 +1,4 @@
-# Shared by train_snl.sh, train_all_CIFAR10.sh and train_all_CIFAR100.sh (POSIX sh; sourced, not run).
+# The run helpers of train_snl.sh (POSIX sh; sourced, not run).
 #
 #   DRY_RUN   empty or 0: run the commands; any other value: only print them
 #   LAUNCH    what runs the entry point (default python3; e.g. "torchrun --standalone --nproc_per_node 8")
@@ -41,17 +41,22 @@ launch() {
     fi
 }
 
-# train ARGS...: one train_val.py run per seed; each run folder is remembered for the table at the end.
-train() {
+# seeded COMMAND ARGS...: COMMAND ARGS once, or once per seed of SEEDS with --seed S --checkpoints <name>_seed<S>.
+seeded() {
+    _command=$1
+    shift
     if [ -z "${SEEDS:-}" ]; then
-        _train_one "$@"
+        "$_command" "$@"
         return
     fi
     _base=$(last_value snl --checkpoints --checkpoints "$@")
     for _seed in $SEEDS; do
-        _train_one "$@" --seed "$_seed" --checkpoints "${_base}_seed$_seed"
+        "$_command" "$@" --seed "$_seed" --checkpoints "${_base}_seed$_seed"
     done
 }
+
+# train ARGS...: train_val.py runs (seeded); each run folder is remembered for the table at the end.
+train() { seeded _train_one "$@"; }
 
 _train_one() {
     _folder="$(last_value save_model --output-dir --output_dir "$@")/$(last_value imagenet --dataset --dataset "$@")"

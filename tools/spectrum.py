@@ -7,7 +7,7 @@
     python tools/spectrum.py save_model/ucf101/resnet3d50/snl/model_best.pth.tar --indices 0 1   # validation clips
 
 A stage-based block builds a graph over the N positions of its input with adjacency A (B, N, N); with SNL's
-normalized symmetric A, the Laplacian L = I - A has its eigenvalues in [0, 2] (README, "What SNL computes"). For
+normalized symmetric A, the Laplacian L = I - A has its eigenvalues in [0, 2] (README.md, "What SNL computes"). For
 each block and a batch of images this tool computes the eigenvalues of L in float64 (the block is run in float64:
 torch.linalg.eigvalsh when A is symmetric, else torch.linalg.eigvals, real parts), and draws their histogram over
 the batch. Where the block has `filter_response(lam)` (the frequency response of each unit's linear part, a
@@ -18,25 +18,22 @@ spectrum_<checkpoint name>.png / .json in the checkpoint's run folder; the title
 A video checkpoint (train_video.py) takes video files, frame folders or validation videos (default the first 8),
 each as its validation clip; a space-time block's graph is over its N = T H W positions.
 """
-import argparse
 import copy
 import json
 import math
 import os
 import sys
 
-import matplotlib
 import numpy as np
 import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.errors import ConfigError  # noqa: E402
-from tools._checkpoint import (OneLineParser, add_input_args, attention_matrix, block_kind,  # noqa: E402
-                               check_output_file, checkpoint_stem, image_suffixes, inputs_per_image, load_images,
-                               load_model, nonlocal_blocks, parse_error_exit, run_folder, run_label)
+import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
+from lib.errors import ConfigError
+from tools._attention import attention_matrix, block_kind, inputs_per_image, nonlocal_blocks
+from tools._inputs import load_images
+from tools._loaded_model import checkpoint_tool_parser, load_model
+from tools._outputs import (check_output_file, checkpoint_stem, image_suffixes, main_reporting_errors, pyplot,
+                            run_folder, run_label)
 
 DEFAULT_IMAGES = 8
 NO_RESPONSE = "no filter_response: spectrum only"
@@ -102,6 +99,7 @@ def analyse(loaded, images, points, bins):
 
 
 def draw(results, title, path):
+    plt = pyplot()
     fig, axes = plt.subplots(len(results), 2, figsize=(10, 3.2 * len(results)), squeeze=False)
     for (hist_ax, resp_ax), entry in zip(axes, results):
         hist = entry["histogram"]
@@ -132,8 +130,7 @@ def draw(results, title, path):
 
 
 def get_parser():
-    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_input_args(parser)
+    parser = checkpoint_tool_parser(__doc__)
     parser.add_argument("--num-images", "--num_images", "--num-clips", dest="num_images", type=int,
                         default=DEFAULT_IMAGES, help=f"without files or --indices: the first N validation images "
                         f"(clips) (default {DEFAULT_IMAGES})")
@@ -148,11 +145,7 @@ def get_parser():
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
-    try:
-        return run(args)
-    except ConfigError as error:
-        return parse_error_exit("spectrum.py", error)
+    return main_reporting_errors("spectrum.py", run, get_parser().parse_args(argv))
 
 
 def run(args):

@@ -12,6 +12,7 @@ from lib.data.seg_transforms import IGNORE_INDEX
 SIZE = (128, 256)  # (H, W): the Cityscapes aspect ratio
 OBJECT_CLASSES = (3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18)
 _SPLITS = {"train": 0, "val": 1}
+SPLIT_SIZES = {"train": 16, "val": 8}  # scenes per split of `--dataset fake`
 
 
 def make_scene(seed, size=SIZE, num_classes=19):
