@@ -1,5 +1,5 @@
 """Which task (entry point) a checkpoint or a run folder belongs to: classification (train_val.py), segmentation
-(train_seg.py) or video (train_video.py).
+(train_seg.py), video (train_video.py), person re-identification (train_reid.py) or detection (train_det.py).
 
 Checkpoints (in their stored "args") and args.yaml written since the video task arrived carry a "task" entry;
 older ones are recognized by what they hold (a segmentor's model arguments have "aux"; a segmentation checkpoint
@@ -8,9 +8,12 @@ TypeError deep inside a builder. It lives beside the builders because rebuilding
 (models/checkpoints.py) needs it, and models never import the engine.
 """
 from lib.errors import ConfigError
+from models.detection import DETECTORS
+from models.reid import REID_BACKBONES
 from models.video import VIDEO_BACKBONES
 
-TASKS = {"classification": "train_val.py", "segmentation": "train_seg.py", "video": "train_video.py"}
+TASKS = {"classification": "train_val.py", "segmentation": "train_seg.py", "video": "train_video.py",
+         "reid": "train_reid.py", "detection": "train_det.py"}
 
 
 def _infer(values, model_args):
@@ -19,7 +22,12 @@ def _infer(values, model_args):
         return task
     if "aux" in model_args or "iteration" in values or "iters" in values:
         return "segmentation"
-    if model_args.get("backbone", values.get("backbone")) in VIDEO_BACKBONES or "clip_len" in values:
+    backbone = model_args.get("backbone", values.get("backbone"))
+    if backbone in REID_BACKBONES:
+        return "reid"
+    if backbone in DETECTORS:
+        return "detection"
+    if backbone in VIDEO_BACKBONES or "clip_len" in values:
         return "video"
     return "classification"
 
