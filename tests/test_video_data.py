@@ -109,7 +109,9 @@ def test_ucf101_holdout_refuses_to_empty_a_class_and_needs_group_names(tmp_path)
     lists = tmp_path / "ucfTrainTestlist"
     os.rename(tmp_path / "UCF-101" / "Basketball" / "v_Basketball_g02_c01.avi", tmp_path / "UCF-101" / "Basketball"
               / "clip2.avi")
-    (lists / "trainlist01.txt").write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01.avi 1\nBasketball/clip2.avi 2\n")
+    # every class keeps a training video: a class without one is its own error (test_class_without_videos_...)
+    (lists / "trainlist01.txt").write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01.avi 1\nBasketball/clip2.avi 2\n"
+                                           "HandstandPushups/v_HandStandPushups_g02_c01.avi 3\n")
     with pytest.raises(ConfigError, match=r"v_<Class>_gXX_cYY names, got .*clip2.avi"):
         build_video_datasets("ucf101", tmp_path, **SMALL)
 

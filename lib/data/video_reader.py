@@ -16,6 +16,7 @@ only one a broken video prints.
 """
 import contextlib
 import os
+import re
 
 # FFmpeg's own messages go to stderr unless OpenCV is told its log level, which it reads once, when it first opens
 # a capture: set it before that (quiet; a user's own setting wins).
@@ -183,12 +184,7 @@ class FrameFolderReader:
         except OSError as error:
             raise ConfigError(f"cannot read frame folder {folder}: {error.strerror or error} (extract the "
                               f"video's frames there, or remove the frame root to read the videos)") from None
-        frames = sorted(name for name in names
-                        if name.startswith("image_") and name.lower().endswith(FRAME_EXTENSIONS))
-        if not frames:
-            raise ConfigError(f"frame folder {folder} holds no image_00001.jpg ... frames")
-        self.extension = os.path.splitext(frames[0])[1]
-        self.num_frames = len(frames)
+        self.num_frames, self.extension = frame_folder_count(folder, names)
 
     def close(self):
         pass
@@ -214,6 +210,32 @@ class FrameFolderReader:
                                   f"video's frames again)")
             frames[index] = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         return np.stack([frames[int(i)] for i in indices])
+
+
+FRAME_NAME = re.compile(r"image_(\d+)(\.(?:jpg|jpeg|png))$", re.IGNORECASE)
+
+
+def frame_folder_count(folder, names):
+    """(frame count, extension) of a frame folder from its listing `names`; a ConfigError naming the folder when
+    it holds no frames or its numbers have gaps (a clip reading a missing frame would otherwise fail, or silently
+    shift every later frame). Only names are looked at: no image is opened."""
+    numbers, extension = set(), None
+    for name in names:
+        match = FRAME_NAME.match(name)
+        if match:
+            numbers.add(int(match.group(1)))
+            extension = extension or match.group(2)
+    if not numbers:
+        raise ConfigError(f"frame folder {folder} holds no image_00001.jpg ... frames (extract the video's frames "
+                          f"there, or remove the frame root to read the videos)")
+    last = max(numbers)
+    if len(numbers) != last or min(numbers) != 1:  # numbered from 1 without gaps <=> {1, ..., count}
+        missing = sorted(set(range(1, last + 1)) - numbers)
+        shown = ", ".join(FRAME_PATTERN.format(n) + extension for n in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ConfigError(f"frame folder {folder} has gaps: {shown}{more} missing of image_00001 ... "
+                          f"{FRAME_PATTERN.format(last)} (extract the video's frames again)")
+    return last, extension
 
 
 def open_video(path):
