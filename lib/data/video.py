@@ -8,8 +8,8 @@
     probabilities = video_scores(model(clips))   # softmax averaged over the clips -> (num_classes,)
 
 build_video_datasets(name, data_dir, split=1, clip_len=16, frame_step=1, frame_size=112, hflip=0.5, test_clips=10,
-validation='holdout', **options) -> (train_set, val_set, test_set, info); name is one of ucf101, hmdb51, kinetics,
-videofolder, fake.
+validation='holdout', train_crop='corner', crop_scales=CROP_SCALES, min_frame_size=None, **options) ->
+(train_set, val_set, test_set, info); name is one of ucf101, hmdb51, kinetics, videofolder, fake.
 Options: normalization ('kinetics', default: (x - mean) / std with Kinetics statistics, as 3D-ResNets' current
 version; 'activitynet': x - ActivityNet mean on 0-255 pixels, the input of its 2017 Kinetics checkpoints
 resnet-*-kinetics.pth; see lib/data/video_transforms.py), use_frames (None, default: frame folders when their root
@@ -36,7 +36,10 @@ split, as the 3D-ResNets framework did. test_set is the test split (val/ for kin
 
 Training items draw every random choice from torch's default CPU generator (lib/data/video_transforms.py), so
 through lib.data.samplers (EpochShuffleSampler + SeededAugmentation) a clip is a function of (seed, epoch, index).
-Unreadable videos raise a one-line ConfigError naming the file, also from DataLoader workers.
+Unreadable videos raise a one-line ConfigError naming the file, also from DataLoader workers. Checked when the
+datasets are built, each a one-line ConfigError: split files naming missing videos, classes without training
+videos, frame folders without frames or with gaps. For the entry point's log: source_line(info) (videos or frame
+folders, and how many) and short_video_warning(train_set) (videos shorter than a clip's span, loop-padded).
 """
 import os
 import re
