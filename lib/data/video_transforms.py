@@ -82,7 +82,8 @@ def crop_box(height, width, scale, position):
     side = max(1, int(min(height, width) * scale))
     if not isinstance(position, str):
         v, h = position
-        return min(int(v * (height - side + 1)), height - side), min(int(h * (width - side + 1)), width - side), side
+        top, left = int(v * (height - side + 1)), int(h * (width - side + 1))
+        return min(top, height - side), min(left, width - side), side
     top = {"c": (height - side) // 2, "tl": 0, "tr": 0, "bl": height - side, "br": height - side}[position]
     left = {"c": (width - side) // 2, "tl": 0, "tr": width - side, "bl": 0, "br": width - side}[position]
     return top, left, side
