@@ -3,6 +3,8 @@ for broken files, clip sampling and crops, determinism in (seed, epoch, index), 
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -11,9 +13,10 @@ import torch
 
 from lib.data import build_loaders
 from lib.data import video_reader
-from lib.data.video import build_video_datasets, video_scores
+from lib.data.video import (MIN_FRAME_SIZE, build_video_datasets, short_video_warning, short_videos, source_line,
+                            video_scores)
 from lib.data.video_reader import ShortRead, VideoFileReader, read_clip_frames
-from lib.data.video_transforms import (CROP_POSITIONS, CROP_SCALES, NORMALIZATIONS, EvalClips, TrainClip,
+from lib.data.video_transforms import (CROP_POSITIONS, CROP_SCALES, NORMALIZATIONS, TRAIN_CROPS, EvalClips, TrainClip,
                                        center_start, clip_indices, crop_box, even_starts, random_start,
                                        to_normalized_tensor)
 from lib.errors import ConfigError
@@ -109,7 +112,9 @@ def test_ucf101_holdout_refuses_to_empty_a_class_and_needs_group_names(tmp_path)
     lists = tmp_path / "ucfTrainTestlist"
     os.rename(tmp_path / "UCF-101" / "Basketball" / "v_Basketball_g02_c01.avi", tmp_path / "UCF-101" / "Basketball"
               / "clip2.avi")
-    (lists / "trainlist01.txt").write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01.avi 1\nBasketball/clip2.avi 2\n")
+    # every class keeps a training video: a class without one is its own error (test_class_without_videos_...)
+    (lists / "trainlist01.txt").write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01.avi 1\nBasketball/clip2.avi 2\n"
+                                           "HandstandPushups/v_HandStandPushups_g02_c01.avi 3\n")
     with pytest.raises(ConfigError, match=r"v_<Class>_gXX_cYY names, got .*clip2.avi"):
         build_video_datasets("ucf101", tmp_path, **SMALL)
 
@@ -543,3 +548,180 @@ def test_extract_frames_builds_the_tree_the_datasets_then_read(tmp_path, capsys)
     assert (from_frames[0][0] - from_videos[0][0]).abs().mean() < 0.05  # JPEG quality 95
     assert main(get_args_parser().parse_args(["--dataset", "hmdb51", "--data-dir", str(tmp_path / "x")])) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ---- checked up front (issue 24, items 6 and 7) ----------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def one_line_error(*args, **kwargs):
+    with pytest.raises(ConfigError) as caught:
+        build_video_datasets(*args, **kwargs)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_missing_listed_video_is_reported_when_the_dataset_is_built(tmp_path):
+    splits = write_ucf101(str(tmp_path), groups=4, test_groups={k: (1,) for k in (1, 2, 3)})
+    train = splits[1][0]
+    # not the first line: the first is what a wrong --data-dir shows, and was all that was checked
+    os.remove(tmp_path / "UCF-101" / train[4][0])
+    message = one_line_error("ucf101", tmp_path, validation="test", **SMALL)
+    assert f"trainlist01.txt:5: {tmp_path / 'UCF-101' / train[4][0]} does not exist" in message
+    for k in (5, 6, 7, 8):
+        os.remove(tmp_path / "UCF-101" / train[k][0])
+    message = one_line_error("ucf101", tmp_path, validation="test", **SMALL)
+    assert message.startswith("5 of the 9 videos the split files name do not exist")
+    assert "trainlist01.txt:5:" in message and "trainlist01.txt:7:" in message and "and 2 more" in message
+
+
+def test_a_missing_hmdb51_video_names_its_split_file_and_line(hmdb, tmp_path):
+    shutil.copytree(hmdb[0], tmp_path / "h")
+    os.remove(tmp_path / "h" / "hmdb51" / "smile" / "smile_video_2.avi")
+    message = one_line_error("hmdb51", tmp_path / "h", **SMALL)
+    assert "smile_test_split1.txt:3:" in message and "smile_video_2.avi does not exist" in message
+
+
+def test_a_gap_in_a_frame_folder_is_reported_when_the_dataset_is_built(tmp_path):
+    write_ucf101(str(tmp_path), groups=3, test_groups={k: (1,) for k in (1, 2, 3)}, num_frames=20)
+    frame_root = extract_frame_folders(str(tmp_path / "UCF-101"))
+    folder = os.path.join(frame_root, "Basketball", "v_Basketball_g03_c01")
+    os.remove(os.path.join(folder, "image_00005.png"))
+    message = one_line_error("ucf101", tmp_path, validation="test", **SMALL)
+    assert message == (f"frame folder {folder} has gaps: image_00005.png missing of image_00001 ... image_00020 "
+                       f"(extract the video's frames again)")
+    for k in (7, 8, 9, 10):
+        os.remove(os.path.join(folder, f"image_{k:05d}.png"))
+    assert "image_00005.png, image_00007.png, image_00008.png and 2 more missing" in one_line_error(
+        "ucf101", tmp_path, validation="test", **SMALL)
+    with pytest.raises(ConfigError, match="has gaps"):  # and a reader opened directly says the same
+        video_reader.FrameFolderReader(folder)
+    shutil.rmtree(folder)
+    os.makedirs(folder)
+    assert "holds no image_00001.jpg" in one_line_error("ucf101", tmp_path, validation="test", **SMALL)
+
+
+def test_gaps_in_folder_layout_frame_trees_are_counted(tmp_path):
+    write_video_folder(str(tmp_path), n_per_class=(2, 1))
+    frame_root = extract_frame_folders(str(tmp_path / "train"))
+    extract_frame_folders(str(tmp_path / "val"))
+    for name in ("jump/0", "run/1"):
+        os.remove(os.path.join(frame_root, name, "image_00002.png"))
+    message = one_line_error("videofolder", tmp_path, validation="test", **SMALL)
+    assert message.startswith("2 frame folders are broken, e.g. frame folder ") and "jump/0 has gaps" in message
+
+
+def test_a_class_without_training_videos_is_an_error(tmp_path):
+    write_ucf101(str(tmp_path), groups=2, test_groups={k: (1,) for k in (1, 2, 3)})
+    with open(tmp_path / "ucfTrainTestlist" / "classInd.txt", "a") as f:
+        f.write("4 YoYo\n")
+    message = one_line_error("ucf101", tmp_path, validation="test", **SMALL)
+    assert "1 class(es) have no training videos" in message and message.split(": ")[-1].startswith("YoYo")
+    write_video_folder(str(tmp_path / "f"))
+    os.makedirs(tmp_path / "f" / "train" / "swim")
+    assert "swim" in one_line_error("videofolder", tmp_path / "f", validation="test", **SMALL)
+
+
+def test_frame_size_below_the_networks_downsampling_is_refused(ucf):
+    assert MIN_FRAME_SIZE == 32  # models/video.py: stride 2 in conv1, the max-pool and layers 2, 3, 4
+    message = one_line_error("ucf101", ucf[0], min_frame_size=MIN_FRAME_SIZE, **dict(SMALL, frame_size=1))
+    assert message.startswith("--frame-size 1 is below 32")
+    assert build_video_datasets("fake", None, min_frame_size=MIN_FRAME_SIZE, frame_size=32, clip_len=4)[3]
+
+
+def test_short_videos_are_counted_for_videos_and_frame_folders(tmp_path):
+    write_ucf101(str(tmp_path), groups=3, test_groups={k: (1,) for k in (1, 2, 3)})  # 24 frames each
+    for use_frames in (False, True):
+        if use_frames:
+            extract_frame_folders(str(tmp_path / "UCF-101"))
+        fits = build_video_datasets("ucf101", tmp_path, validation="test", clip_len=8, frame_step=3, frame_size=16,
+                                    use_frames=use_frames)[0]  # span 22 <= 24
+        assert short_videos(fits) == (0, 6, 6, 22) and short_video_warning(fits) is None
+        spans = build_video_datasets("ucf101", tmp_path, validation="test", clip_len=8, frame_step=4, frame_size=16,
+                                     use_frames=use_frames)[0]  # span 29 > 24: every clip loop-padded
+        assert short_videos(spans).fraction == 1.0
+        # video files are opened, so a sample of them; frame folders' counts are known, so all
+        assert short_videos(spans, max_checked=2)[:3] == ((6, 6, 6) if use_frames else (2, 2, 6))
+        assert short_video_warning(spans).startswith("6 videos, 100%, are shorter than a clip's span of 29 frames")
+
+
+def test_source_line_says_frame_folders_are_read_instead_of_the_videos(tmp_path):
+    write_ucf101(str(tmp_path), groups=3, test_groups={k: (1,) for k in (1, 2, 3)})
+    info = build_video_datasets("ucf101", tmp_path, validation="test", **SMALL)[3]
+    assert source_line(info) == f"data: videos under {tmp_path / 'UCF-101'} (6 training, 3 validation, 3 test videos)"
+    extract_frame_folders(str(tmp_path / "UCF-101"))
+    info = build_video_datasets("ucf101", tmp_path, validation="test", **SMALL)[3]
+    assert source_line(info).startswith(f"data: frame folders under {tmp_path / 'UCF-101_jpg'} instead of the videos")
+
+
+def replayed_corner_clip(frames, seed, transform):
+    """The training clip as the transform made it before train_crop existed: u, a scale index, a corner index and
+    the flip drawn in that order, the multi-scale corner crop, the flip, the normalization."""
+    torch.manual_seed(seed)
+    torch.rand(())
+    scale = CROP_SCALES[int(torch.randint(5, ()))]
+    position = CROP_POSITIONS[int(torch.randint(5, ()))]
+    flip = torch.rand(()).item() < 0.5
+    box = crop_box(frames.shape[1], frames.shape[2], scale, position)
+    out = np.stack([cv2.resize(f[box[0]:box[0] + box[2], box[1]:box[1] + box[2]], (16, 16),
+                               interpolation=cv2.INTER_AREA if box[2] > 16 else cv2.INTER_LINEAR) for f in frames])
+    return to_normalized_tensor(out[:, :, ::-1] if flip else out)
+
+
+def test_the_default_train_crop_gives_the_clips_it_gave_before(ucf):
+    train = build_video_datasets("ucf101", ucf[0], **SMALL)[0]
+    assert train.transform.train_crop == "corner" and train.transform.scales == CROP_SCALES
+    for index in range(len(train)):
+        torch.manual_seed(index)
+        u, scale, position, flip = train.transform.draw()
+        frames = read_clip_frames(train.samples[index][0], lambda n: train.transform.indices(n, u))
+        torch.manual_seed(index)
+        assert torch.equal(train[index][0], replayed_corner_clip(frames, index, train.transform))
+
+
+def test_each_train_crop_does_what_it_says(ucf):
+    draws = {}
+    for kind in TRAIN_CROPS:
+        transform = TrainClip(clip_len=4, size=16, train_crop=kind, scales=(0.5, 0.75))
+        torch.manual_seed(0)
+        draws[kind] = [transform.draw() for _ in range(200)]
+        assert {scale for _, scale, _, _ in draws[kind]} == {0.5, 0.75}
+    assert {position for _, _, position, _ in draws["corner"]} == set(CROP_POSITIONS)
+    assert {position for _, _, position, _ in draws["center"]} == {"c"}
+    # centre: the corner crop's draws with the position replaced, so it differs from it by the position only
+    assert [(u, s, f) for u, s, _, f in draws["center"]] == [(u, s, f) for u, s, _, f in draws["corner"]]
+    boxes = {crop_box(32, 40, scale, position) for _, scale, position, _ in draws["random"]}
+    assert len(boxes) > 50 and all(0 <= top <= 32 - side and 0 <= left <= 40 - side for top, left, side in boxes)
+    assert crop_box(32, 40, 0.5, (0.0, 0.999)) == (0, 24, 16) and crop_box(32, 40, 0.5, (0.999, 0.0)) == (16, 0, 16)
+    train, _, _, info = build_video_datasets("ucf101", ucf[0], train_crop="random", crop_scales=(0.5,), **SMALL)
+    assert (train.transform.train_crop, train.transform.scales, info.train_crop) == ("random", (0.5,), "random")
+    assert train[0][0].shape == (3, 8, 16, 16)
+    assert "train_crop is one of corner, center, random" in one_line_error("ucf101", ucf[0], train_crop="top", **SMALL)
+    assert "crop_scales are fractions" in one_line_error("ucf101", ucf[0], crop_scales=(0.5, 0), **SMALL)
+
+
+QUIET_READ = """
+import sys
+from lib.data.video_reader import read_clip_frames
+from lib.errors import ConfigError
+try:
+    read_clip_frames(sys.argv[1], lambda n: [0])
+except ConfigError as error:
+    print(error, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_a_corrupt_video_prints_only_the_projects_line(tmp_path, damage):
+    path = write_video(str(tmp_path / "v.avi"), class_video(0, num_frames=40))
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(b"" if damage == "empty" else data[:len(data) // 3])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENCV_", "OMP_"))}
+    result = subprocess.run([sys.executable, "-c", QUIET_READ, path], cwd=REPO, env=dict(env, OMP_NUM_THREADS="1"),
+                            capture_output=True, text=True, timeout=120, check=False)
+    # without the silencing, OpenCV's "[ WARN:0@... ] global cap.cpp ... VIDEOIO(FFMPEG) ..." line came first
+    assert result.stderr.splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(f"cannot read video {path}")

@@ -8,8 +8,8 @@
     probabilities = video_scores(model(clips))   # softmax averaged over the clips -> (num_classes,)
 
 build_video_datasets(name, data_dir, split=1, clip_len=16, frame_step=1, frame_size=112, hflip=0.5, test_clips=10,
-validation='holdout', **options) -> (train_set, val_set, test_set, info); name is one of ucf101, hmdb51, kinetics,
-videofolder, fake.
+validation='holdout', train_crop='corner', crop_scales=CROP_SCALES, min_frame_size=None, **options) ->
+(train_set, val_set, test_set, info); name is one of ucf101, hmdb51, kinetics, videofolder, fake.
 Options: normalization ('kinetics', default: (x - mean) / std with Kinetics statistics, as 3D-ResNets' current
 version; 'activitynet': x - ActivityNet mean on 0-255 pixels, the input of its 2017 Kinetics checkpoints
 resnet-*-kinetics.pth; see lib/data/video_transforms.py), use_frames (None, default: frame folders when their root
@@ -36,7 +36,10 @@ split, as the 3D-ResNets framework did. test_set is the test split (val/ for kin
 
 Training items draw every random choice from torch's default CPU generator (lib/data/video_transforms.py), so
 through lib.data.samplers (EpochShuffleSampler + SeededAugmentation) a clip is a function of (seed, epoch, index).
-Unreadable videos raise a one-line ConfigError naming the file, also from DataLoader workers.
+Unreadable videos raise a one-line ConfigError naming the file, also from DataLoader workers. Checked when the
+datasets are built, each a one-line ConfigError: split files naming missing videos, classes without training
+videos, frame folders without frames or with gaps. For the entry point's log: source_line(info) (videos or frame
+folders, and how many) and short_video_warning(train_set) (videos shorter than a clip's span, loop-padded).
 """
 import os
 import re
@@ -47,13 +50,13 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from lib.data.info import DatasetInfo
-from lib.data.video_reader import VIDEO_EXTENSIONS, read_clip_frames
-from lib.data.video_transforms import (DEFAULT_NORMALIZATION, NORMALIZATIONS, EvalClips, TrainClip,
-                                       check_clip_options, clip_span, video_scores)
+from lib.data.video_reader import VIDEO_EXTENSIONS, VideoFileReader, frame_folder_count, read_clip_frames
+from lib.data.video_transforms import (CROP_SCALES, DEFAULT_NORMALIZATION, NORMALIZATIONS, EvalClips, TrainClip,
+                                       check_clip_options, check_train_crop, clip_span, video_scores)
 from lib.errors import ConfigError
 
 __all__ = ["build_video_datasets", "video_scores", "VideoDatasetInfo", "VideoFileDataset", "FakeVideoDataset",
-           "VIDEO_DATASETS"]
+           "VIDEO_DATASETS", "MIN_FRAME_SIZE", "short_videos", "short_video_warning", "source_line"]
 
 FRAME_ROOT_SUFFIX = "_jpg"
 UCF_DOWNLOAD = ("download UCF101.rar and UCF101TrainTestSplits-RecognitionTask.zip from "
@@ -70,8 +73,9 @@ FOLDER_HINT = ("put the videos in {dir}/train/<class>/*.mp4 and {dir}/val/<class
 @dataclass(frozen=True)
 class VideoDatasetInfo(DatasetInfo):
     """DatasetInfo plus: classes (names, index order), num_train / num_val / num_test (videos), clip options,
-    split (1-3 for ucf101 / hmdb51), source ('videos', 'frames' or 'generated'), the normalization name,
-    validation ('holdout' or 'test', as asked) and val_from (what the validation videos are, in words)."""
+    split (1-3 for ucf101 / hmdb51), source ('videos', 'frames' or 'generated') and source_root (the training
+    videos' or frame folders' root), the normalization name, validation ('holdout' or 'test', as asked), val_from
+    (what the validation videos are, in words) and train_crop (the training crop's kind)."""
     classes: tuple = ()
     num_train: int = 0
     num_val: int = 0
@@ -84,6 +88,8 @@ class VideoDatasetInfo(DatasetInfo):
     normalization: str = DEFAULT_NORMALIZATION
     validation: str = "holdout"
     val_from: str = ""
+    source_root: str = ""
+    train_crop: str = "corner"
 
 
 class _ClipDataset(Dataset):
@@ -107,12 +113,13 @@ class _ClipDataset(Dataset):
 class VideoFileDataset(_ClipDataset):
     """Videos (files, or frame folders) given as samples [(path, label)]; targets = the labels."""
 
-    def __init__(self, samples, classes, transform, mode):
+    def __init__(self, samples, classes, transform, mode, frame_counts=None):
         super().__init__(transform, mode)
         self.samples = samples
         self.classes = classes
         self.targets = [label for _, label in samples]
         self.true_counts = {}  # path -> frames that really decode, where the container's count was wrong
+        self.frame_counts = frame_counts or {}  # path -> frames, known without decoding (frame folders)
 
     def __len__(self):
         return len(self.samples)
@@ -193,21 +200,64 @@ def _sample_path(video_root, frame_root, relative):
     return os.path.join(frame_root, os.path.splitext(relative)[0])
 
 
-def _check_first(samples, list_file):
-    """A wrong root shows in the first sample: check one path instead of stat-ing thousands."""
-    path = samples[0][0]
-    if not os.path.exists(path):
-        raise ConfigError(f"{list_file} names a video whose file {path} does not exist")
+SHOWN = 3  # problems named in full in one line; the rest are counted
+
+
+def _some(items):
+    """The first SHOWN items joined, and how many more there are, for a one-line message."""
+    more = f" and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
+    return "; ".join(items[:SHOWN]) + more
+
+
+def _check_listed(samples, origins, what):
+    """Every video (or frame folder) a split file names exists, checked now (one stat each) rather than when an
+    epoch first reads it. origins[i] = (list file, line) of samples[i]."""
+    missing = [f"{file}:{line}: {path}" for (path, _), (file, line) in zip(samples, origins)
+               if not os.path.exists(path)]
+    if len(missing) == 1:
+        raise ConfigError(f"{missing[0]} does not exist (the split file names a {what} that is not there)")
+    if missing:
+        raise ConfigError(f"{len(missing)} of the {len(samples)} {what}s the split files name do not exist, e.g. "
+                          f"{_some(missing)} (is --data-dir right? otherwise restore them or remove their lines)")
+
+
+def _check_classes(classes, train, where):
+    """A class without training videos cannot be learnt but would still take an output: an error, naming it."""
+    empty = sorted(set(range(len(classes))) - {label for _, label in train})
+    if empty:
+        names = [classes[label] for label in empty]
+        raise ConfigError(f"{len(empty)} class(es) have no training videos in {where}: {_some(names)} (restore "
+                          f"their videos or remove the class)")
+
+
+def _frame_counts(samples):
+    """path -> frame count of every frame folder in samples, from one listing each (no image opened): gaps and
+    empty folders are reported now, not when a clip reaches them."""
+    counts, problems = {}, []
+    for path, _ in samples:
+        if path in counts:
+            continue
+        try:
+            counts[path] = frame_folder_count(path, os.listdir(path))[0]
+        except (ConfigError, OSError) as error:
+            problems.append(str(error) if isinstance(error, ConfigError) else
+                            f"cannot read frame folder {path}: {error.strerror or error}")
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} frame folders are broken, e.g. {_some(problems)}")
+    return counts
 
 
 class VideoSplit(NamedTuple):
     """What a layout reader finds: class names, [(path, label)] of the training and test videos, whether paths are
-    frame folders, and (HMDB-51) the videos the split uses for neither."""
+    frame folders, (HMDB-51) the videos the split uses for neither, and the training videos' root."""
     classes: list
     train: list
     test: list
     frames: bool
     unused: list = ()
+    root: str = ""
 
 
 def ucf101_samples(data_dir, split, use_frames=None):
@@ -229,7 +279,7 @@ def ucf101_samples(data_dir, split, use_frames=None):
 
     def read(kind):
         list_file = os.path.join(lists, f"{kind}list0{split}.txt")
-        samples = []
+        samples, origins = [], []
         for line_no, fields in _read_lines(list_file, "UCF-101 split file"):
             relative = fields[0]
             folder = relative.replace("\\", "/").split("/")[0].lower()
@@ -241,12 +291,16 @@ def ucf101_samples(data_dir, split, use_frames=None):
                 raise ConfigError(f"{list_file}:{line_no}: label {fields[1]} disagrees with {class_ind}, "
                                   f"where {classes[label]} is {label + 1}")
             samples.append((_sample_path(video_root, frame_root, relative), label))
+            origins.append((list_file, line_no))
         if not samples:
             raise ConfigError(f"{list_file} lists no videos")
-        _check_first(samples, list_file)
+        _check_listed(samples, origins, "frame folder" if frame_root else "video")
         return samples
 
-    return VideoSplit(classes, read("train"), read("test"), frame_root is not None)
+    train = read("train")
+    # Every official UCF-101 class has videos in every split's training list: an empty one is a damaged list.
+    _check_classes(classes, train, f"{os.path.join(lists, f'trainlist0{split}.txt')} (classes of {class_ind})")
+    return VideoSplit(classes, train, read("test"), frame_root is not None, root=frame_root or video_root)
 
 
 def hmdb51_samples(data_dir, split, use_frames=None):
@@ -260,7 +314,7 @@ def hmdb51_samples(data_dir, split, use_frames=None):
     classes = sorted(name[:-len(suffix)] for name in os.listdir(lists) if name.endswith(suffix))
     if not classes:
         raise ConfigError(f"{lists} holds no <class>{suffix} files: " + HMDB_DOWNLOAD.format(dir=data_dir))
-    train, test, unused = [], [], []
+    train, test, unused, origins = [], [], [], {}
     for label, name in enumerate(classes):
         list_file = os.path.join(lists, name + suffix)
         for line_no, fields in _read_lines(list_file, "HMDB-51 split file"):
@@ -268,11 +322,14 @@ def hmdb51_samples(data_dir, split, use_frames=None):
                 raise ConfigError(f"{list_file}:{line_no}: expected '<video>.avi 0|1|2', got {' '.join(fields)!r}")
             sample = (_sample_path(video_root, frame_root, os.path.join(name, fields[0])), label)
             {"1": train, "2": test, "0": unused}[fields[1]].append(sample)
+            origins[sample[0]] = (list_file, line_no)
     for samples, kind in ((train, "training (1)"), (test, "test (2)")):
         if not samples:
             raise ConfigError(f"the {suffix[1:]} files in {lists} mark no {kind} videos")
-        _check_first(samples, lists)
-    return VideoSplit(classes, train, test, frame_root is not None, unused)
+    every = train + test + list(unused)
+    _check_listed(every, [origins[path] for path, _ in every], "frame folder" if frame_root else "video")
+    _check_classes(classes, train, f"the {suffix[1:]} files in {lists} (mark 1)")
+    return VideoSplit(classes, train, test, frame_root is not None, unused, frame_root or video_root)
 
 
 def _folder_split(root, classes=None):
@@ -309,7 +366,8 @@ def folder_samples(data_dir, split=None, use_frames=None):
         raise ConfigError(f"video folders not found in {data_dir}: " + FOLDER_HINT.format(dir=data_dir))
     classes, train = _folder_split(roots[0])
     _, val = _folder_split(roots[1], classes)
-    return VideoSplit(classes, train, val, roots[0].endswith(FRAME_ROOT_SUFFIX))
+    _check_classes(classes, train, roots[0])  # an empty class folder: a failed download or extraction
+    return VideoSplit(classes, train, val, roots[0].endswith(FRAME_ROOT_SUFFIX), root=roots[0])
 
 
 # ---- validation sets held out of the training data ------------------------------------------------------------
@@ -375,10 +433,15 @@ HOLDOUTS = {"ucf101": ucf101_holdout, "hmdb51": hmdb51_holdout, "kinetics": fold
             "videofolder": folder_holdout}
 VALIDATIONS = {"holdout": "videos held out of the training data", "test": "the test split"}
 FAKE_DEFAULTS = dict(num_train=64, num_val=32, num_classes=6, frames=None)
+# The largest spatial downsampling of the video backbones: models/video.py's 3-D ResNets halve the frame in conv1,
+# the max-pool and layers 2-4 (x32; torchvision's r3d / mc3 / r2plus1d x16). A smaller frame leaves the last
+# stages 1 x 1 maps of zero padding: it trains, on nothing. The entry points pass min_frame_size=MIN_FRAME_SIZE.
+MIN_FRAME_SIZE = 32
 
 
 def build_video_datasets(name, data_dir, split=1, clip_len=16, frame_step=1, frame_size=112, hflip=0.5,
-                         test_clips=10, validation="holdout", **options):
+                         test_clips=10, validation="holdout", train_crop="corner", crop_scales=CROP_SCALES,
+                         min_frame_size=None, **options):
     """(train_set, val_set, test_set, info) of video dataset `name` under data_dir; see the module docstring.
 
     split: the official split (ucf101, hmdb51; ignored otherwise). clip_len frames taken every frame_step frames,
@@ -388,8 +451,13 @@ def build_video_datasets(name, data_dir, split=1, clip_len=16, frame_step=1, fra
     epoch is chosen) holds: 'holdout' (default) videos held out of the training data, never test videos (ucf101:
     the split's three highest-numbered training groups; hmdb51: the videos the split marks 0; kinetics /
     videofolder: every 50th training video of each class; fake: its generated validation videos); 'test' the test
-    split itself (the 3D-ResNets framework's practice). test_set is the test split either way. Bad values are
-    ConfigErrors.
+    split itself (the 3D-ResNets framework's practice). test_set is the test split either way.
+    train_crop: the training clip's spatial crop, a square of side s x the short side with s drawn from
+    crop_scales (default 1, 2^-1/4, ..., 1/2), at 'corner' (default, 3D-ResNets': the centre or one of the four
+    corners), 'center' (always the centre) or 'random' (anywhere, uniformly). min_frame_size: refuse a smaller
+    frame_size (None: any; the entry points pass MIN_FRAME_SIZE, the networks' downsampling).
+    Checked up front, each a one-line ConfigError: bad values, split files naming missing videos, classes without
+    training videos, frame folders without frames or with gaps in their numbering.
     """
     if name not in VIDEO_DATASETS:
         raise ConfigError(f"unknown video dataset '{name}': choose one of {', '.join(sorted(VIDEO_DATASETS))}")
@@ -409,13 +477,19 @@ def build_video_datasets(name, data_dir, split=1, clip_len=16, frame_step=1, fra
         raise ConfigError(f"video dataset '{name}' takes no option(s) {', '.join(unknown)}")
     if name in ("ucf101", "hmdb51") and split not in (1, 2, 3):
         raise ConfigError(f"{name} has official splits 1, 2 and 3, got split {split}")
-    train_tf = TrainClip(clip_len, frame_step, frame_size, hflip, normalization=normalization)
+    _check_frame_size(frame_size, min_frame_size)
+    problems = check_train_crop(train_crop, crop_scales)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    train_tf = TrainClip(clip_len, frame_step, frame_size, hflip, scales=crop_scales, normalization=normalization,
+                         train_crop=train_crop)
     val_tf = EvalClips(clip_len, frame_step, frame_size, None, normalization)
     test_tf = EvalClips(clip_len, frame_step, frame_size, test_clips, normalization)
     if name == "fake":
         sets, classes, source = _fake_sets(dict(FAKE_DEFAULTS, **options), clip_len, frame_step, frame_size,
                                            (train_tf, val_tf, test_tf))
         val_from = "generated validation videos (the test set's videos too)"
+        source_root = ""
     else:
         data_dir = os.fspath(data_dir) if data_dir is not None else "."  # a missing one: the layout says what to get
         found = VIDEO_DATASETS[name](data_dir, split, use_frames)
@@ -424,14 +498,83 @@ def build_video_datasets(name, data_dir, split=1, clip_len=16, frame_step=1, fra
             train, val, val_from = found.train, found.test, "the test split"
         else:
             train, val, val_from = holdout_validation(name, found, split)
-        sets = (VideoFileDataset(train, classes, train_tf, "train"), VideoFileDataset(val, classes, val_tf, "val"),
-                VideoFileDataset(found.test, classes, test_tf, "test"))
-        source = "frames" if found.frames else "videos"
+        counts = _frame_counts(train + val + found.test) if found.frames else {}
+        sets = (VideoFileDataset(train, classes, train_tf, "train", counts),
+                VideoFileDataset(val, classes, val_tf, "val", counts),
+                VideoFileDataset(found.test, classes, test_tf, "test", counts))
+        source, source_root = ("frames" if found.frames else "videos"), found.root
     info = VideoDatasetInfo(name, len(classes), frame_size, False, classes=tuple(classes), num_train=len(sets[0]),
                             num_val=len(sets[1]), num_test=len(sets[2]), clip_len=clip_len, frame_step=frame_step,
                             test_clips=test_clips, split=split, source=source, normalization=normalization,
-                            validation=validation, val_from=val_from)
+                            validation=validation, val_from=val_from, source_root=source_root,
+                            train_crop=train_crop)
     return (*sets, info)
+
+
+def _check_frame_size(frame_size, minimum):
+    if minimum is not None and frame_size < minimum:
+        raise ConfigError(f"--frame-size {frame_size} is below {minimum}, the video networks' spatial downsampling "
+                          f"(a smaller frame leaves their last stages nothing but padding); use --frame-size "
+                          f"{minimum} or more (the recipe's is 112)")
+
+
+def source_line(info):
+    """One line saying where the clips come from (for the entry point's log): videos, frame folders (read instead
+    of the videos because their root exists) or generated, with the numbers of videos."""
+    counts = f"{info.num_train} training, {info.num_val} validation, {info.num_test} test videos"
+    if info.source == "frames":
+        return (f"data: frame folders under {info.source_root} instead of the videos ({counts}; "
+                f"rename that root to read the videos)")
+    if info.source == "videos":
+        return f"data: videos under {info.source_root} ({counts})"
+    return f"data: generated videos ({counts})"
+
+
+class ShortVideos(NamedTuple):
+    """short of checked videos (checked: all, or an evenly spaced sample of total) have fewer frames than span."""
+    short: int
+    checked: int
+    total: int
+    span: int
+
+    @property
+    def fraction(self):
+        return self.short / self.checked if self.checked else 0.0
+
+
+def _num_frames(dataset, index):
+    """Frames of video `index`: known for frame folders and generated videos, else the container's count."""
+    if isinstance(dataset, FakeVideoDataset):
+        return dataset.num_frames
+    path = dataset.samples[index][0]
+    if path in dataset.frame_counts:
+        return dataset.frame_counts[path]
+    with VideoFileReader(path) as reader:  # opens the file and reads its header; decodes nothing if it has a count
+        return reader.num_frames
+
+
+def short_videos(dataset, max_checked=200):
+    """ShortVideos: how many videos of `dataset` are shorter than one clip's span ((clip_len - 1) x frame_step + 1
+    of its transform), whose clips are therefore loop-padded (frames repeated). Frame folders are all counted
+    (their counts are known); video files are opened, so at most max_checked evenly spaced ones (None: all)."""
+    span = clip_span(dataset.transform.clip_len, dataset.transform.frame_step)
+    total = len(dataset)
+    checked = total if max_checked is None or getattr(dataset, "frame_counts", None) else min(total, max_checked)
+    picks = sorted({k * total // checked for k in range(checked)}) if checked else []
+    short = sum(_num_frames(dataset, index) < span for index in picks)
+    return ShortVideos(short, len(picks), total, span)
+
+
+def short_video_warning(dataset, max_checked=200):
+    """The one warning line for the entry point when videos are shorter than a clip's span, else None."""
+    found = short_videos(dataset, max_checked)
+    if not found.short:
+        return None
+    sample = "" if found.checked == found.total else f" (of {found.checked} checked)"
+    transform = dataset.transform
+    return (f"{found.short} videos{sample}, {100 * found.fraction:.0f}%, are shorter than a clip's span of "
+            f"{found.span} frames (--clip-len {transform.clip_len} x --frame-step {transform.frame_step}): their "
+            f"clips repeat frames (loop padding); a smaller --frame-step or --clip-len avoids it")
 
 
 def _fake_sets(options, clip_len, frame_step, frame_size, transforms):

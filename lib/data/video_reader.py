@@ -10,11 +10,19 @@ whole long video. OpenCV's frame count comes from the container and can be wrong
 estimated durations in MKV/WebM): when fewer frames decode than it promised, the reader counts what really
 decodes and the caller samples again with the true count (`ShortRead`, read_clip_frames). A file that cannot be
 opened, has no decodable frame, or is much shorter than its header says (a truncated download) is a ConfigError
-naming it, on one line, also from a DataLoader worker (lib/errors.py).
+naming it, on one line, also from a DataLoader worker (lib/errors.py). OpenCV's and FFmpeg's own log lines
+(`[ WARN ... VIDEOIO(FFMPEG) ... ]`, `[mpeg4 @ ...] ...`) are silenced while we open and read, so that line is the
+only one a broken video prints.
 """
+import contextlib
 import os
+import re
 
-import cv2
+# FFmpeg's own messages go to stderr unless OpenCV is told its log level, which it reads once, when it first opens
+# a capture: set it before that (quiet; a user's own setting wins).
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+import cv2  # noqa: E402
 import numpy as np
 import torch.utils.data
 
@@ -44,6 +52,22 @@ def _one_thread_in_workers():
         cv2.setNumThreads(1)
 
 
+@contextlib.contextmanager
+def _quiet_opencv():
+    """OpenCV's own warnings for a file it cannot open or decode say less than our ConfigError and would print
+    before it: silence them for our calls only, restoring the caller's level after."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is None:  # a build without the logging module prints nothing to silence here
+        yield
+        return
+    previous = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        logging.setLogLevel(previous)
+
+
 def _unreadable(path, reason):
     return ConfigError(f"cannot read video {path}: {reason} (replace or remove the file)")
 
@@ -58,10 +82,8 @@ class VideoFileReader:
         self.seek_min = seek_min
         if not os.path.isfile(path):
             raise ConfigError(f"video {path} does not exist (the split file names it)")
-        # FFmpeg with one decoding thread (the loader's workers are the parallelism); any backend otherwise.
-        self.capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
-        if not self.capture.isOpened():
-            self.capture = cv2.VideoCapture(path)
+        with _quiet_opencv():
+            self.capture = self._open(path)
         if not self.capture.isOpened():
             reason = "empty file" if os.path.getsize(path) == 0 else "not a video OpenCV can open"
             raise _unreadable(path, reason)
@@ -69,7 +91,14 @@ class VideoFileReader:
         self.num_frames = self.claimed
         self.position = 0  # index of the frame the next grab() decodes
         if self.num_frames <= 0:  # no count in the container: count by decoding, once
-            self._accept_count(self._count_by_decoding())
+            with _quiet_opencv():
+                self._accept_count(self._count_by_decoding())
+
+    @staticmethod
+    def _open(path):
+        """FFmpeg with one decoding thread (the loader's workers are the parallelism); any backend otherwise."""
+        capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
+        return capture if capture.isOpened() else cv2.VideoCapture(path)
 
     def close(self):
         self.capture.release()
@@ -104,6 +133,10 @@ class VideoFileReader:
 
     def read(self, indices):
         """uint8 RGB frames (len(indices), H, W, 3); ShortRead if an index is past the frames that decode."""
+        with _quiet_opencv():  # a corrupt packet makes OpenCV / FFmpeg print before our own line
+            return self._read(indices)
+
+    def _read(self, indices):
         wanted = sorted(set(int(i) for i in indices))
         if wanted[0] < 0:
             raise IndexError(f"negative frame index {wanted[0]}")
@@ -151,12 +184,7 @@ class FrameFolderReader:
         except OSError as error:
             raise ConfigError(f"cannot read frame folder {folder}: {error.strerror or error} (extract the "
                               f"video's frames there, or remove the frame root to read the videos)") from None
-        frames = sorted(name for name in names
-                        if name.startswith("image_") and name.lower().endswith(FRAME_EXTENSIONS))
-        if not frames:
-            raise ConfigError(f"frame folder {folder} holds no image_00001.jpg ... frames")
-        self.extension = os.path.splitext(frames[0])[1]
-        self.num_frames = len(frames)
+        self.num_frames, self.extension = frame_folder_count(folder, names)
 
     def close(self):
         pass
@@ -182,6 +210,32 @@ class FrameFolderReader:
                                   f"video's frames again)")
             frames[index] = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         return np.stack([frames[int(i)] for i in indices])
+
+
+FRAME_NAME = re.compile(r"image_(\d+)(\.(?:jpg|jpeg|png))$", re.IGNORECASE)
+
+
+def frame_folder_count(folder, names):
+    """(frame count, extension) of a frame folder from its listing `names`; a ConfigError naming the folder when
+    it holds no frames or its numbers have gaps (a clip reading a missing frame would otherwise fail, or silently
+    shift every later frame). Only names are looked at: no image is opened."""
+    numbers, extension = set(), None
+    for name in names:
+        match = FRAME_NAME.match(name)
+        if match:
+            numbers.add(int(match.group(1)))
+            extension = extension or match.group(2)
+    if not numbers:
+        raise ConfigError(f"frame folder {folder} holds no image_00001.jpg ... frames (extract the video's frames "
+                          f"there, or remove the frame root to read the videos)")
+    last = max(numbers)
+    if len(numbers) != last or min(numbers) != 1:  # numbered from 1 without gaps <=> {1, ..., count}
+        missing = sorted(set(range(1, last + 1)) - numbers)
+        shown = ", ".join(FRAME_PATTERN.format(n) + extension for n in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ConfigError(f"frame folder {folder} has gaps: {shown}{more} missing of image_00001 ... "
+                          f"{FRAME_PATTERN.format(last)} (extract the video's frames again)")
+    return last, extension
 
 
 def open_video(path):

@@ -7,8 +7,13 @@ MultiScaleCornerCrop in spatial_transforms.py: a square of side scale x the shor
 temporal random crop with loop padding and centre crop for validation (temporal_transforms.py); means and
 standard deviations per channel (mean.py, see NORMALIZATIONS).
 
-Randomness: a training clip draws four numbers from torch's default CPU generator, always the same four in the
-same order and before any frame is decoded (temporal offset, scale, position, flip), so with
+The training crop's kind is a choice (TrainClip's train_crop, --train-crop): 'corner' (default, the recipe's),
+'center' (3D-ResNets' option of that name: multi-scale, always centred) or 'random' (multi-scale at a uniformly
+drawn position, 3D-ResNets' 'random'). The corner crop can cut a small subject out of the clip; the other two trade
+that for less (centre) or more (random) positional variety.
+
+Randomness: a training clip draws its numbers from torch's default CPU generator, for a given train_crop always
+the same ones in the same order and before any frame is decoded (temporal offset, scale, position, flip), so with
 lib.data.samplers.SeededAugmentation a clip is a function of (seed, epoch, index) whatever the video, the number
 of workers or a wrong container frame count.
 """
@@ -33,6 +38,7 @@ DEFAULT_NORMALIZATION = "kinetics"
 CROP_SCALES = tuple(2 ** (-k / 4) for k in range(5))
 # centre first, then the four corners (top-left, top-right, bottom-left, bottom-right).
 CROP_POSITIONS = ("c", "tl", "tr", "bl", "br")
+TRAIN_CROPS = ("corner", "center", "random")
 
 
 def clip_span(clip_len, frame_step):
@@ -71,8 +77,13 @@ def even_starts(num_frames, clip_len, frame_step, count):
 
 
 def crop_box(height, width, scale, position):
-    """(top, left, side) of the square of side int(scale x short side) at `position` (c, tl, tr, bl, br)."""
+    """(top, left, side) of the square of side int(scale x short side) at `position`: c, tl, tr, bl, br, or
+    (v, h) in [0, 1)^2 for a free position (v: how far down, h: how far right, every pixel offset as likely)."""
     side = max(1, int(min(height, width) * scale))
+    if not isinstance(position, str):
+        v, h = position
+        top, left = int(v * (height - side + 1)), int(h * (width - side + 1))
+        return min(top, height - side), min(left, width - side), side
     top = {"c": (height - side) // 2, "tl": 0, "tr": 0, "bl": height - side, "br": height - side}[position]
     left = {"c": (width - side) // 2, "tl": 0, "tr": width - side, "bl": 0, "br": width - side}[position]
     return top, left, side
@@ -110,23 +121,30 @@ def to_normalized_tensor(frames, normalization=DEFAULT_NORMALIZATION):
 
 
 class TrainClip:
-    """The training transform: random temporal crop, multi-scale corner crop, horizontal flip, normalization.
+    """The training transform: random temporal crop, multi-scale crop, horizontal flip, normalization.
 
-    hflip: probability of a horizontal flip. A mirror turns "moving left" into "moving right" and clockwise into
+    train_crop: where the square of a scale drawn from `scales` lies: 'corner' (default: the centre or a corner,
+    drawn), 'center' (always the centre; the position is still drawn, so that the other draws match 'corner's) or
+    'random' (a uniformly drawn position: two uniform numbers in place of the corner's one). hflip: probability of a horizontal flip. A mirror turns "moving left" into "moving right" and clockwise into
     counter-clockwise: for classes defined by direction use 0. The flip is drawn even when hflip is 0, so the
     other draws do not shift.
     """
 
     def __init__(self, clip_len=16, frame_step=1, size=112, hflip=0.5, scales=CROP_SCALES,
-                 normalization=DEFAULT_NORMALIZATION):
+                 normalization=DEFAULT_NORMALIZATION, train_crop="corner"):
         self.clip_len, self.frame_step, self.size = clip_len, frame_step, size
         self.hflip, self.scales, self.normalization = hflip, tuple(scales), normalization
+        self.train_crop = train_crop
 
     def draw(self):
         """The random choices of one clip, from torch's default generator: (u, scale, position, flip)."""
         u = torch.rand(()).item()
         scale = self.scales[int(torch.randint(len(self.scales), ()))]
-        position = CROP_POSITIONS[int(torch.randint(len(CROP_POSITIONS), ()))]
+        if self.train_crop == "random":
+            position = (torch.rand(()).item(), torch.rand(()).item())
+        else:
+            position = CROP_POSITIONS[int(torch.randint(len(CROP_POSITIONS), ()))]
+            position = "c" if self.train_crop == "center" else position
         flip = torch.rand(()).item() < self.hflip
         return u, scale, position, flip
 
@@ -188,4 +206,18 @@ def check_clip_options(clip_len, frame_step, frame_size, hflip, test_clips):
             problems.append(f"{name} must be a positive integer, got {value!r}")
     if not 0 <= hflip <= 1 or math.isnan(hflip):
         problems.append(f"hflip is a probability in [0, 1], got {hflip}")
+    return problems
+
+
+def check_train_crop(train_crop, scales):
+    """Messages for a bad training crop kind or scales (an empty list when both are fine)."""
+    problems = []
+    if train_crop not in TRAIN_CROPS:
+        problems.append(f"train_crop is one of {', '.join(TRAIN_CROPS)}, got {train_crop!r}")
+    try:
+        bad = not scales or any(not 0 < float(s) <= 1 for s in scales)
+    except (TypeError, ValueError):
+        bad = True
+    if bad:
+        problems.append(f"crop_scales are fractions of the short side in (0, 1], at least one, got {scales!r}")
     return problems
