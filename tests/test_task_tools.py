@@ -1,0 +1,144 @@
+"""The re-ID and detection picture tools (tools/retrieval.py, tools/detections.py) on tiny models and generated
+data: the ranking shown is the protocol's, frames and boxes are drawn where they belong, errors are one line."""
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from lib.data.reid import build_reid_datasets
+from lib.engine.reid.evaluation import evaluate_distances, pairwise_distances
+from models import build_model
+from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
+from tools import retrieval
+
+REID_SIZE = (64, 32)
+
+
+def save_checkpoint(path, model, args):
+    torch.save({"state_dict": model.state_dict(), "model_args": model.build_args, "args": args, "epoch": 3}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def reid_checkpoint(tmp_path_factory):
+    """A ResNet-18 re-ID model with one SNL block, its BNNeck statistics moved by a few training-mode passes (so
+    the features are not those of the initialization alone), saved as train_reid.py saves it."""
+    root = tmp_path_factory.mktemp("reid")
+    torch.manual_seed(0)
+    model = build_model("reid", 18, num_classes=8, nl_type="snl", nl_nums=1)
+    train_set, _, _, _ = build_reid_datasets("fake", None, img_size=REID_SIZE)
+    with torch.no_grad():
+        for _ in range(2):
+            model.train()(torch.stack([train_set[i][0] for i in range(8)]))
+    args = dict(task="reid", dataset="fake", data_dir=str(root), img_size=list(REID_SIZE), distance="euclidean")
+    return save_checkpoint(root / "model_best.pth.tar", model.eval(), args)
+
+
+def tool(module, argv, capsys):
+    status = module.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+# --- retrieval ---------------------------------------------------------------------------------------------------
+
+def test_rank_gallery_is_the_protocol_on_a_hand_made_case():
+    # gallery: pid, camera, distance. Entry 1 (pid 5, camera 0 = the query's) and entry 4 (junk) are removed;
+    # entries 2 and 3 tie at 0.3 and keep gallery order.
+    g_pids, g_cams = [7, 5, 5, 9, -1, 0], [1, 0, 1, 1, 1, 1]
+    distances = [0.5, 0.1, 0.3, 0.3, 0.05, 0.2]
+    ranked = retrieval.rank_gallery(distances, 5, 0, g_pids, g_cams)
+    assert ranked == [(5, 0.2, False), (2, 0.3, True), (3, 0.3, False), (0, 0.5, False)]
+    assert retrieval.rank_gallery(distances, 5, 0, g_pids, g_cams, top_k=2) == ranked[:2]
+    unknown = retrieval.rank_gallery(distances, None, None, g_pids, g_cams)
+    assert [i for i, _, _ in unknown] == [1, 5, 2, 3, 0] and all(same is None for _, _, same in unknown)
+
+
+def test_rank_gallery_gives_the_protocol_metrics_on_random_features():
+    """Per query, rank-1 and AP computed from rank_gallery's list equal evaluate_distances' for that query."""
+    generator = torch.Generator().manual_seed(1)
+    qf, gf = torch.randn(12, 6, generator=generator), torch.randn(40, 6, generator=generator)
+    q_pids, q_cams = torch.randint(0, 5, (12,), generator=generator), torch.randint(0, 3, (12,), generator=generator)
+    g_pids, g_cams = torch.randint(-1, 5, (40,), generator=generator), torch.randint(0, 3, (40,), generator=generator)
+    dist = pairwise_distances(qf, gf).numpy()
+    checked = 0
+    for q in range(12):
+        hits = [same for _, _, same in retrieval.rank_gallery(dist[q], int(q_pids[q]), int(q_cams[q]), g_pids, g_cams)]
+        if not any(hits):
+            continue
+        positions = np.flatnonzero(hits) + 1
+        ap = np.mean(np.arange(1, len(positions) + 1) / positions)
+        metrics = evaluate_distances(dist[q:q + 1], q_pids[q:q + 1], g_pids, q_cams[q:q + 1], g_cams)
+        assert metrics["rank1"] == float(hits[0]) and metrics["mAP"] == pytest.approx(ap)
+        checked += 1
+    assert checked >= 6
+
+
+def frame_colour(picture, panel, panel_width):
+    """The BGR colour at the middle of the left frame edge of the panel-th panel (0 = the query)."""
+    left = panel * (panel_width + retrieval.GAP) + (retrieval.GAP if panel else 0)
+    return tuple(int(v) for v in picture[picture.shape[0] // 2, left + 1])
+
+
+def test_retrieval_picture_shows_the_protocol_ranking(reid_checkpoint, capsys):
+    status, out, err = tool(retrieval, [reid_checkpoint, "--query", 1, "--display-height", 64], capsys)
+    assert status == 0, err
+    path = os.path.join(os.path.dirname(reid_checkpoint), "model_best_retrieval_fake_q1.png")
+    assert f"wrote {path}" in out
+    picture = cv2.imread(path)
+    # The ranking the protocol makes from the model's features, computed here independently of the tool.
+    from models.checkpoints import rebuild_model
+    model = rebuild_model(torch.load(reid_checkpoint, weights_only=True)).eval()
+    _, query_set, gallery_set, _ = build_reid_datasets("fake", None, img_size=REID_SIZE)
+    with torch.no_grad():
+        qf = model(query_set[1][0][None])
+        gf = model(torch.stack([gallery_set[i][0] for i in range(len(gallery_set))]))
+    order = np.argsort(pairwise_distances(qf, gf)[0].numpy(), kind="stable")[:10]
+    expected = ["+" if gallery_set.pids[i] == query_set.pids[1] else "-" for i in order]
+    assert f": {''.join(expected)} (+ right" in out
+    panel_width = 32 + 2 * retrieval.BORDER
+    assert picture.shape == (64 + 2 * retrieval.BORDER + retrieval.CAPTION,
+                             11 * panel_width + 11 * retrieval.GAP, 3)
+    assert frame_colour(picture, 0, panel_width) == retrieval.BLUE
+    for k, sign in enumerate(expected, 1):
+        assert frame_colour(picture, k, panel_width) == (retrieval.GREEN if sign == "+" else retrieval.RED), k
+
+
+def test_a_query_file_of_a_known_identity_drops_its_same_camera_entries(reid_checkpoint, capsys, tmp_path):
+    """A file named as a gallery identity's camera-1 image: its 4 gallery entries (all camera 1) are removed."""
+    _, query_set, gallery_set, _ = build_reid_datasets("fake", None, img_size=REID_SIZE)
+    pid = query_set.pids[0]
+    image = query_set.read(query_set.samples[0][0]).permute(1, 2, 0).numpy()[:, :, ::-1]
+    path = tmp_path / f"{pid:04d}_c2s1_000001_00.png"
+    cv2.imwrite(str(path), np.ascontiguousarray(image))
+    output = tmp_path / "out" / "q.png"
+    status, out, err = tool(retrieval, [reid_checkpoint, "--query-file", path, "--top-k", 20, "--output", output],
+                            capsys)
+    assert status == 0, err
+    assert output.exists()
+    assert f"top {len(gallery_set) - 4} of {len(gallery_set)} gallery entries by euclidean distance: {'-' * 14} (" in out
+    # Named as seen by camera 1 (camid 0), which saw none of the gallery: all of them stay, its 4 among them.
+    os.rename(path, tmp_path / f"{pid:04d}_c1s1_000001_00.png")
+    status, out, err = tool(retrieval, [reid_checkpoint, "--query-file", tmp_path / f"{pid:04d}_c1s1_000001_00.png",
+                                        "--top-k", 20, "--output", output], capsys)
+    assert status == 0, err
+    assert f"top {len(gallery_set)} of" in out and out.split("distance: ")[1].count("+") == 4 + 1  # + legend's
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--query", 99], "--query 99 out of range: the fake query set has 4 images (0..3)"),
+    (["--query", 0, "--output", "x.txt"], "the file name must end in one of"),
+    (["--query-file", "missing.png"], "query file not found: missing.png"),
+])
+def test_retrieval_errors_are_one_line(reid_checkpoint, capsys, argv, expected):
+    status, out, err = tool(retrieval, [reid_checkpoint, *argv], capsys)
+    assert status == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_retrieval_refuses_another_task_checkpoint(capsys, tmp_path):
+    model = build_model("preresnet", 20, num_classes=3)
+    path = save_checkpoint(tmp_path / "cls.pth.tar", model, dict(task="classification", dataset="fake"))
+    status, out, err = tool(retrieval, [path, "--query", 0], capsys)
+    assert status == 2 and "is a classification checkpoint, not a reid one: use it with train_val.py" in err
