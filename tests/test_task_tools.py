@@ -6,11 +6,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 
 from lib.data.reid import build_reid_datasets
 from lib.engine.reid.evaluation import evaluate_distances, pairwise_distances
 from models import build_model
-from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 from tools import retrieval
 
 REID_SIZE = (64, 32)
@@ -118,7 +118,8 @@ def test_a_query_file_of_a_known_identity_drops_its_same_camera_entries(reid_che
                             capsys)
     assert status == 0, err
     assert output.exists()
-    assert f"top {len(gallery_set) - 4} of {len(gallery_set)} gallery entries by euclidean distance: {'-' * 14} (" in out
+    shown = f"top {len(gallery_set) - 4} of {len(gallery_set)} gallery entries by euclidean distance: {'-' * 14} ("
+    assert shown in out
     # Named as seen by camera 1 (camid 0), which saw none of the gallery: all of them stay, its 4 among them.
     os.rename(path, tmp_path / f"{pid:04d}_c1s1_000001_00.png")
     status, out, err = tool(retrieval, [reid_checkpoint, "--query-file", tmp_path / f"{pid:04d}_c1s1_000001_00.png",

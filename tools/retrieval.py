@@ -37,8 +37,8 @@ from tools._task_checkpoint import load_task_model, progress
 
 # BGR frame colours: right identity, wrong identity, unknown identity (a query file without a parsable name), query.
 GREEN, RED, GREY, BLUE = (40, 180, 40), (40, 40, 220), (150, 150, 150), (200, 120, 0)
-BORDER, GAP, CAPTION = 4, 6, 18
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # what cv2.imwrite writes everywhere  # pixels: frame width, white gap between images, caption strip height
+BORDER, GAP, CAPTION = 4, 6, 18  # pixels: frame width, white gap between images, caption strip height
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # what cv2.imwrite writes everywhere
 
 
 def rank_gallery(distances, q_pid, q_camid, g_pids, g_camids, top_k=None):
