@@ -143,3 +143,97 @@ def test_retrieval_refuses_another_task_checkpoint(capsys, tmp_path):
     path = save_checkpoint(tmp_path / "cls.pth.tar", model, dict(task="classification", dataset="fake"))
     status, out, err = tool(retrieval, [path, "--query", 0], capsys)
     assert status == 2 and "is a classification checkpoint, not a reid one: use it with train_val.py" in err
+
+
+# --- detections --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def det_checkpoint(tmp_path_factory):
+    """A Mask R-CNN R-18-FPN with one SNL block (untrained heads) for the fake COCO set (3 categories, ids 1, 3, 7),
+    at a small input size, saved as train_det.py saves it."""
+    root = tmp_path_factory.mktemp("det")
+    torch.manual_seed(0)
+    model = build_model("maskrcnn", 18, num_classes=4, nl_type="snl", nl_nums=1, min_size=64, max_size=128)
+    args = dict(task="detection", dataset="fake", data_dir=str(root / "data"), min_size=64, max_size=128)
+    return save_checkpoint(root / "checkpoint.pth.tar", model, args)
+
+
+def controlled_forward(self, images, targets=None):
+    """Two detections in image coordinates: a triangle (label 2 = category 3) at 0.9 with a mask over the
+    box's left half, and a box (label 1) at 0.2, below the default threshold."""
+    height, width = images[0].shape[-2:]
+    masks = torch.zeros(2, 1, height, width)
+    masks[0, 0, 12:28, 12:25] = 0.9
+    return [{"boxes": torch.tensor([[10.0, 10.0, 40.0, 30.0], [5.0, 35.0, 30.0, 55.0]]),
+             "labels": torch.tensor([2, 1]), "scores": torch.tensor([0.9, 0.2]), "masks": masks}]
+
+
+def test_detections_draw_boxes_masks_and_names_where_predicted(det_checkpoint, capsys, tmp_path, monkeypatch):
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+
+    from lib.data.coco import build_detection_datasets
+    from tools import detections
+    monkeypatch.setattr(GeneralizedRCNN, "forward", controlled_forward)
+    output = tmp_path / "drawn.png"
+    status, out, err = tool(detections, [det_checkpoint, "--index", 0, "--scale", 1, "--output", output], capsys)
+    assert status == 0, err
+    assert "1 of 2 detections at score >= 0.5: triangle 0.90" in out
+    data_dir = os.path.join(os.path.dirname(det_checkpoint), "data")
+    image = build_detection_datasets("fake", data_dir)[1][0][0]
+    original = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)[:, :, ::-1]
+    picture = cv2.imread(str(output))
+    assert picture.shape == original.shape
+    triangle = np.array(detections.colour(2))
+    for y, x in ((20, 10), (20, 40), (30, 30)):  # left, right and bottom edges of the box
+        assert np.array_equal(picture[y, x], triangle), (y, x)
+    # Inside the mask: the blend of the image and the colour; inside the box but off the mask: the image.
+    blended = (original[20, 18] * 0.55 + triangle * 0.45).round()
+    assert np.abs(picture[20, 18].astype(int) - blended).max() <= 1
+    assert np.array_equal(picture[20, 32], original[20, 32])
+    # The 0.2 detection is not drawn; with --score-threshold 0.1 its box edge is.
+    assert np.array_equal(picture[45, 5], original[45, 5])
+    status, out, err = tool(detections, [det_checkpoint, "--index", 0, "--scale", 1, "--output", output,
+                                         "--score-threshold", 0.1], capsys)
+    assert status == 0 and "2 of 2 detections" in out and "box 0.20" in out
+    assert np.array_equal(cv2.imread(str(output))[45, 5], np.array(detections.colour(1)))
+
+
+def test_detections_of_a_real_forward_go_next_to_the_checkpoint(det_checkpoint, capsys, tmp_path):
+    from tools import detections
+    path = tmp_path / "photo.png"
+    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 255, (60, 90, 3)).astype(np.uint8))
+    status, out, err = tool(detections, [det_checkpoint, path, "--score-threshold", 0], capsys)
+    assert status == 0, err
+    expected = os.path.join(os.path.dirname(det_checkpoint), "checkpoint_detections_photo.png")
+    assert f"wrote {expected}" in out
+    assert cv2.imread(expected).shape == (480, 720, 3)  # enlarged: the shorter side to 480
+
+
+def test_category_names_follow_the_label_mapping():
+    from types import SimpleNamespace
+
+    from tools.detections import category_names
+    cats = {1: {"name": "box"}, 3: {"name": "triangle"}, 7: {"name": "bar"}}
+    val_set = SimpleNamespace(coco=SimpleNamespace(cats=cats))
+    assert category_names(val_set, 4) == {1: "box", 2: "triangle", 3: "bar"}
+    assert category_names(val_set, 8) == {1: "box", 3: "triangle", 7: "bar"}  # labels_as_ids heads
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--index", 99], "--index 99 out of range: the fake validation set has 8 images (0..7)"),
+    ([], "give an image file or --index"),
+    (["missing.png"], "image file not found: missing.png"),
+    (["--index", 0, "--score-threshold", 2], "--score-threshold and --alpha must lie in [0, 1]"),
+])
+def test_detections_errors_are_one_line(det_checkpoint, capsys, argv, expected):
+    from tools import detections
+    status, out, err = tool(detections, [det_checkpoint, *argv], capsys)
+    assert status == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_each_tool_refuses_the_other_task(det_checkpoint, reid_checkpoint, capsys):
+    from tools import detections
+    status, _, err = tool(detections, [reid_checkpoint, "--index", 0], capsys)
+    assert status == 2 and "is a reid checkpoint, not a detection one: use it with train_reid.py" in err
+    status, _, err = tool(retrieval, [det_checkpoint, "--query", 0], capsys)
+    assert status == 2 and "is a detection checkpoint, not a reid one: use it with train_det.py" in err
