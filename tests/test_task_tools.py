@@ -237,3 +237,24 @@ def test_each_tool_refuses_the_other_task(det_checkpoint, reid_checkpoint, capsy
     assert status == 2 and "is a reid checkpoint, not a detection one: use it with train_reid.py" in err
     status, _, err = tool(retrieval, [det_checkpoint, "--query", 0], capsys)
     assert status == 2 and "is a detection checkpoint, not a reid one: use it with train_det.py" in err
+
+
+def test_retrieval_of_a_video_checkpoint_ranks_tracklets(capsys, tmp_path):
+    from models.reid import tracklet_feature
+    torch.manual_seed(0)
+    model = build_model("reid_video", 18, num_classes=8, nl_type="snl", nl_nums=1).eval()
+    args = dict(task="reid", dataset="fakevideo", img_size=list(REID_SIZE), seq_len=2, test_sampling="evenly")
+    path = save_checkpoint(tmp_path / "video.pth.tar", model, args)
+    status, out, err = tool(retrieval, [path, "--query", 2, "--top-k", 5, "--display-height", 32], capsys)
+    assert status == 0, err
+    _, query_set, gallery_set, _ = build_reid_datasets("fakevideo", None, img_size=REID_SIZE, seq_len=2,
+                                                       test_sampling="evenly")
+    with torch.no_grad():
+        qf = tracklet_feature(model, query_set[2][0])[None]
+        gf = torch.stack([tracklet_feature(model, gallery_set[i][0]) for i in range(len(gallery_set))])
+    order = np.argsort(pairwise_distances(qf, gf)[0].numpy(), kind="stable")[:5]
+    expected = "".join("+" if gallery_set.pids[i] == query_set.pids[2] else "-" for i in order)
+    assert f"top 5 of {len(gallery_set)} gallery entries by euclidean distance: {expected} (" in out
+    assert (tmp_path / "video_retrieval_fakevideo_q2.png").exists()
+    status, out, err = tool(retrieval, [path, "--query-file", "x.png"], capsys)
+    assert status == 2 and "a video checkpoint ranks tracklets" in err
