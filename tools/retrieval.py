@@ -17,6 +17,7 @@ a <pid>_c<camera> name (then its own gallery entries are removed as for a query 
 are grey (unknown identity) and nothing is removed. Video checkpoints rank tracklets (the run's test sampling)
 and show each tracklet's middle frame. Without --output the PNG goes next to the checkpoint:
 <checkpoint name>_retrieval_<dataset>_q<index>.png (or _<file name> for a query file). Re-ranking is not applied.
+Every gallery feature is computed for each call (Market-1501: 15,913 images, minutes on a CPU; --device cuda).
 """
 import argparse
 import os
