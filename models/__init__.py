@@ -14,12 +14,11 @@ from torch import nn
 
 from lib import NONLOCAL_BLOCKS
 from lib.errors import ConfigError
-from lib.engine.tasks import VIDEO_BACKBONES
 from lib.registry import DEFAULT_ORDER, ORDER_BLOCKS
 from models.common import build_on, resolve_output_relu, with_output_relu
 from models.preresnet import PreResNet
 from models.resnet import ResNet
-from models.video import VIDEO_ARCHS, build_video_model
+from models.video import VIDEO_ARCHS, VIDEO_BACKBONES, build_video_model
 from models.weights import classifier_size, load_state_dict_checked, load_torchvision_resnet
 
 BACKBONES = {"preresnet": PreResNet, "resnet": ResNet}

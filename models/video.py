@@ -37,6 +37,7 @@ SHORTCUT_TYPES = ("A", "B")
 TORCHVISION_VIDEO = {"r3d": ("r3d_18", "R3D_18_Weights"), "mc3": ("mc3_18", "MC3_18_Weights"),
                      "r2plus1d": ("r2plus1d_18", "R2Plus1D_18_Weights")}
 VIDEO_ARCHS = {"resnet3d": (18, 34, 50, 101), "r3d": (18,), "mc3": (18,), "r2plus1d": (18,)}
+VIDEO_BACKBONES = tuple(VIDEO_ARCHS)
 # nl_layer 2: one block after layer2's first residual block; 1 (the default) and 3: the positions of nl_nums.
 VIDEO_NL_LAYERS = (1, 2, 3)
 

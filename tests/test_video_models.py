@@ -15,7 +15,7 @@ from torch import nn
 import direct_formulas as direct
 from lib import NONLOCAL_BLOCKS, build_nonlocal
 from lib.errors import ConfigError
-from lib.engine.tasks import VIDEO_BACKBONES
+from models.video import VIDEO_BACKBONES
 from lib.registry import stage_based
 from models import build_model
 from models.video import VIDEO_ARCHS, fine_tuning_parameters

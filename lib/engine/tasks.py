@@ -7,9 +7,9 @@ counts iterations, not epochs), so every tool can refuse a checkpoint of another
 TypeError deep inside a builder.
 """
 from lib.errors import ConfigError
+from models.video import VIDEO_BACKBONES
 
 TASKS = {"classification": "train_val.py", "segmentation": "train_seg.py", "video": "train_video.py"}
-VIDEO_BACKBONES = ("resnet3d", "r3d", "mc3", "r2plus1d")
 
 
 def _infer(values, model_args):

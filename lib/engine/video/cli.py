@@ -7,9 +7,9 @@ from lib.engine.cli import AMP_MODES, LR_SCALES, OneLineParser, _bool_flag, add_
 from lib.engine.config import parse_args
 from lib.engine.resume_check import add_allow_changed_flag
 from lib.registry import NONLOCAL_BLOCKS, ORDER_BLOCKS
+from models.video import VIDEO_BACKBONES
 
 VIDEO_DATASETS = ("ucf101", "hmdb51", "kinetics", "videofolder", "fake")
-VIDEO_BACKBONES = ("resnet3d", "r3d", "mc3", "r2plus1d")
 VALIDATIONS = ("holdout", "test")
 
 

@@ -13,8 +13,9 @@ import os
 from lib.engine.cli import parse_stages
 from lib.engine.recipe import (CPUS, _check, _check_div_schedule_and_mode, _check_output_dir, _check_run_name,
                                _fill)
-from lib.engine.video.cli import VIDEO_BACKBONES, VIDEO_DATASETS
+from lib.engine.video.cli import VIDEO_DATASETS
 from lib.errors import ConfigError
+from models.video import VIDEO_BACKBONES
 
 _FRAMEWORK = dict(batch_size=128, lr=0.1, momentum=0.9, dampening=0.9, weight_decay=1e-3, epochs=200,
                   lr_steps=[50, 100, 150], warmup_epochs=0, eval_freq=1, clip_len=16, frame_step=1,
