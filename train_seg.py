@@ -6,7 +6,8 @@
     python train_seg.py --valid --check_path save_model/cityscapes/resnet50/snl/model_best.pth.tar --data_dir DATA
     python train_seg.py --dataset fake --iters 20 --eval-every 10        # smoke run, no data needed
 
-Iteration-based, with the authors' mmsegmentation recipe (lib/engine/segmentation/cli.py) filling unset flags; outputs go to
+Iteration-based, with the authors' mmsegmentation recipe (lib/engine/segmentation/cli.py) filling unset flags; the
+run itself is lib/engine's lifecycle (class Segmentation below is what this task gives it); outputs go to
 <output-dir>/<dataset>/<backbone><arch>/<checkpoints>/. Layout as train_val.py: get_args_parser(),
 train_one_step() / train_iterations(), evaluate(), main(args). See docs/segmentation.md.
 """

@@ -5,9 +5,10 @@
     torchrun --nproc_per_node 8 train_val.py --dataset imagenet --backbone resnet --arch 50 --nl-type snl
     python train_val.py --valid --check_path CHECKPOINT --dataset cifar10 ...
 
-The reference's command lines keep working (lib/engine/classification/cli.py); the per-dataset recipe fills unset flags
-(lib/engine/classification/recipe.py). Outputs go to <output-dir>/<dataset>/<arch>/<checkpoints>/. Layout as torchvision's
-references/classification/train.py: get_args_parser(), train_one_epoch(), evaluate(), main(args).
+The reference's command lines keep working (lib/engine/classification/cli.py); the per-dataset recipe fills
+unset flags (lib/engine/classification/recipe.py). The run itself is lib/engine's lifecycle (class Classification
+below is what this task gives it). Outputs go to <output-dir>/<dataset>/<arch>/<checkpoints>/. Layout as
+torchvision's references/classification/train.py: get_args_parser(), train_one_epoch(), evaluate(), main(args).
 """
 import os
 

@@ -33,8 +33,9 @@ def imported_names(path):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
-            if node.level:
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            if node.level:  # relative: up node.level - 1 packages from this one
+                parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)
     return names
@@ -109,7 +110,8 @@ def test_models_and_blocks_never_import_the_engine():
 def test_tools_import_only_helpers():
     tools = [path for path in python_files("tools")]
     scripts = {module_name(path) for path in tools if not os.path.basename(path).startswith("_")}
-    entry_points = {name[:-len(".py")] for name in os.listdir(ROOT) if name.startswith("train_") and name.endswith(".py")}
+    entry_points = {name[:-len(".py")] for name in os.listdir(ROOT)
+                    if name.startswith("train_") and name.endswith(".py")}
     offenders = []
     for path in tools:
         for name in imported_names(path):

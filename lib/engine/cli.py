@@ -79,8 +79,9 @@ def add_save_flags(group, recipes="30 for ImageNet and Cityscapes, off for CIFAR
 
 
 
-def add_run_flags(parser, print_freq, steps="per-epoch", save_recipes="30 for ImageNet and Cityscapes, off for CIFAR and "
-                  "fake", checkpoints=None, model_dir="<arch>"):
+def add_run_flags(parser, print_freq, steps="per-epoch",
+                  save_recipes="30 for ImageNet and Cityscapes, off for CIFAR and fake", checkpoints=None,
+                  model_dir="<arch>"):
     """The flags every entry point has, in one group: --config, --valid / --check_path, the run folder, resume,
     checkpoints, progress lines, loader workers, device and performance. print_freq, checkpoints: the entry point's
     defaults (checkpoints None: the block's name); steps, save_recipes, model_dir: words for the help."""

@@ -1,6 +1,5 @@
 """What train_video.py builds from its flags: the fine-tuning parameter groups, the 5-D memory format, the data and
 its loaders."""
-import os
 from argparse import Namespace
 
 import torch
