@@ -18,6 +18,7 @@ LAUNCHER_PID = os.getppid()  # first thing: under torchrun, a launcher that dies
 import math  # noqa: E402  (these imports follow the launcher's pid)
 import sys
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -38,12 +39,12 @@ from lib.engine.preemption import EpochProgress, fetch_batch
 from lib.engine.resume_check import RESUMABLE, valid_dataset_from_checkpoint
 from lib.engine.run_files import IterationFiles
 from lib.engine.run_state import check_dataset, check_model_flags, model_kwargs, run_folder
-from lib.engine.runtime import autocast, checked_step, cpu_threads_note, prepare_model, run_cli, run_main
+from lib.engine.runtime import autocast, checked_step, cpu_threads_note, prepare_model, run_cli
 from lib.engine.schedule import set_lr
 from lib.engine.segmentation.cli import get_args_parser, parse_seg_args, resolve_seg_args  # noqa: F401
 from lib.engine.segmentation.metrics import all_reduce_confusion, confusion_matrix, json_number, segmentation_metrics
 from lib.engine.segmentation.poly import PolySchedule
-from lib.engine.segmentation.run import best_line, miou_tracker, summary_line
+from lib.engine.segmentation.run import best_line, miou_tracker, summary_line  # noqa: F401  (task hooks)
 from lib.engine.tasks import require_task
 from models.segmentation import build_segmentor, load_segmentor_state
 
@@ -240,7 +241,8 @@ def validate_checkpoint(args, ctx, log):
     return stats
 
 
-def log_setup(args, ctx, train_set, val_set, model, log):
+def log_setup(args, ctx, data, model, schedule, log):
+    train_set, val_set = data["train_set"], data["val_set"]
     params = sum(p.numel() for p in model.parameters()) / 1e6
     log.info(f"=> data: {args.dataset}, {len(train_set)} train / {len(val_set)} val images, crop "
              f"{args.crop_size[0]}x{args.crop_size[1]}, scale {args.img_scale} x {args.ratio_range}")
@@ -251,76 +253,63 @@ def log_setup(args, ctx, train_set, val_set, model, log):
              f"{args.power:g}, min {args.min_lr:g}), evaluation every {args.eval_every}")
 
 
-class Segmentation:
-    """The segmentation task of the run lifecycle (lib/engine/__init__.py says what each member is for)."""
-    name, Files, total_flag, resumable = "segmentation", IterationFiles, "iters", RESUMABLE  # not: more --iters
-    tracker, summary, best_line = staticmethod(miou_tracker), staticmethod(summary_line), staticmethod(best_line)
-    run_folder, load_weights = staticmethod(run_folder), staticmethod(load_segmentor_state)
-    prepare_model = staticmethod(prepare_model)
-
-    @staticmethod
-    def load_data(args, ctx):
-        train_set, val_set = build_seg_datasets(args)
-        return dict(train_set=train_set, val_set=val_set, val_loader=val_loader_of(val_set, ctx, args))
-
-    @staticmethod
-    def build_model(args, data, pretrained):
-        return build_segmentor(**segmentor_kwargs(args, pretrained))
-
-    @staticmethod
-    def schedule(args, ctx):
-        return PolySchedule(args.lr, args.iters, args.power, args.min_lr)
-
-    @staticmethod
-    def optimizer(model, args, lr):
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
-
-    @staticmethod
-    def log_setup(args, ctx, data, model, schedule, log):
-        log_setup(args, ctx, data["train_set"], data["val_set"], model, log)
-
-    @staticmethod
-    def build_criterion(args):
-        return build_criterion(args)
-
-    @staticmethod
-    def train_batches(run):
-        return iter(train_loader_of(run.data["train_set"], run.ctx, run.args, run.start))
-
-    @staticmethod
-    def train_iterations(run, batches, start, stop, progress, save):
-        return train_iterations(run.train_model, run.criterion, run.optimizer, run.scaler, batches, start, stop,
-                                run.schedule, run.ctx, run.args, run.log, run.guard, progress, save)
-
-    @staticmethod
-    def evaluate(run, finished):
-        return evaluate(run.eval_model, run.data["val_loader"], run.ctx, run.args, run.log)
-
-    @staticmethod
-    def selects(args):
-        return True
-
-    @staticmethod
-    def record(stats, record):
-        return metrics_record(stats), tensorboard_scalars(stats, record)
+# ---- what this task gives the run lifecycle (lib/engine/__init__.py says what each name is for) ----
+TASK, STEP_FILES, TOTAL_FLAG = "segmentation", IterationFiles, "iters"
+RESUMABLE_SETTINGS = RESUMABLE  # not: more --iters (the poly schedule depends on their number)
+tracker, summary, task_run_folder, load_weights = miou_tracker, summary_line, run_folder, load_segmentor_state
 
 
-def train(args, ctx, log):
-    return lifecycle.train(Segmentation, args, ctx, log)
+def resolve(args):
+    return resolve_seg_args(valid_dataset_from_checkpoint(args, TASK))
 
 
-def main(args):
-    """Train (or with --valid, evaluate); returns the final evaluation's stats. Raises ConfigError for bad input."""
-    args = resolve_seg_args(valid_dataset_from_checkpoint(args, "segmentation"))
-    return run_main(args, LAUNCHER_PID, lambda args: check_model_flags(build_segmentor, segmentor_kwargs(args)),
-                    validate_checkpoint, train)
+def check_model(args):
+    check_model_flags(build_segmentor, segmentor_kwargs(args))
 
 
-def cli_main(argv=None):
-    """Entry point: returns the exit status (0; 2 for bad input or a failed write, 3 for a diverged run, 75 when
-    stopped by a signal after a checkpoint) with a one-line message."""
-    return run_cli(main, parse_seg_args, "train_seg.py", argv)
+def load_data(args, ctx):
+    train_set, val_set = build_seg_datasets(args)
+    return dict(train_set=train_set, val_set=val_set, val_loader=val_loader_of(val_set, ctx, args))
 
+
+def create_model(args, data, pretrained):
+    return build_segmentor(**segmentor_kwargs(args, pretrained))
+
+
+def lr_schedule(args, ctx):
+    return PolySchedule(args.lr, args.iters, args.power, args.min_lr)
+
+
+def create_optimizer(model, args, lr):
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+
+def train_batches(run):
+    return iter(train_loader_of(run.data["train_set"], run.ctx, run.args, run.start))
+
+
+def train_steps(run, batches, start, stop, progress, save):
+    return train_iterations(run.train_model, run.criterion, run.optimizer, run.scaler, batches, start, stop,
+                            run.schedule, run.ctx, run.args, run.log, run.guard, progress, save)
+
+
+def evaluate_run(run, finished):
+    return evaluate(run.eval_model, run.data["val_loader"], run.ctx, run.args, run.log)
+
+
+def selects(args):
+    return True
+
+
+def record(stats, record):
+    return metrics_record(stats), tensorboard_scalars(stats, record)
+
+
+def main(args):  # train (or with --valid, evaluate): the final evaluation's stats; ConfigError for bad input
+    return lifecycle.main(sys.modules[__name__], args, LAUNCHER_PID)
+
+
+cli_main = partial(run_cli, main, parse_seg_args, "train_seg.py")  # the exit status and a one-line message
 
 if __name__ == "__main__":
     sys.exit(cli_main())

@@ -15,6 +15,7 @@ import os
 LAUNCHER_PID = os.getppid()  # first thing: under torchrun, a launcher that dies during the imports is noticed
 
 import sys  # noqa: E402  (these imports follow the launcher's pid)
+from functools import partial
 
 import torch
 from torch import nn
@@ -24,14 +25,14 @@ from lib.engine import epochs, lifecycle
 from lib.engine.checkpoint import load_checkpoint
 from lib.engine.classification.cli import get_args_parser, parse_args  # noqa: F401  (torchvision-style entry point)
 from lib.engine.classification.recipe import RECIPES, recipe_line, resolve_args
-from lib.engine.classification.run import accuracy_tracker, best_line, summary_line
+from lib.engine.classification.run import accuracy_tracker, best_line, summary_line  # noqa: F401  (task hooks)
 from lib.engine.distributed import local_main_first
 from lib.engine.evaluation import classifier_stats
 from lib.engine.metrics import percent
 from lib.engine.resume_check import EPOCH_BASED, RESUMABLE, valid_dataset_from_checkpoint
 from lib.engine.run_files import EpochFiles
 from lib.engine.run_state import check_dataset, check_model_flags, check_requested_model, model_kwargs, run_folder
-from lib.engine.runtime import prepare_model, run_cli, run_main
+from lib.engine.runtime import prepare_model, run_cli
 from lib.engine.tasks import require_task
 from lib.errors import ConfigError
 from models import build_model, classifier_size, load_state_dict_checked, with_output_relu
@@ -74,9 +75,10 @@ def load_data(args, ctx):
     train_set, val_set, info = local_main_first(
         ctx, lambda: build_datasets(args.dataset, args.data_dir, args.input_size, download=args.download,
                                     hflip=args.hflip))
-    loaders = build_loaders(train_set, val_set, args.batch_size, args.workers, distributed=ctx.distributed,
-                            seed=args.seed)
-    return (train_set, val_set, info) + tuple(loaders)
+    train_loader, val_loader, train_sampler = build_loaders(train_set, val_set, args.batch_size, args.workers,
+                                                            distributed=ctx.distributed, seed=args.seed)
+    return dict(train_set=train_set, val_set=val_set, info=info, train_loader=train_loader, val_loader=val_loader,
+                train_sampler=train_sampler)
 
 
 def validate_checkpoint(args, ctx, log):
@@ -86,7 +88,8 @@ def validate_checkpoint(args, ctx, log):
     checkpoint = load_checkpoint(args.check_path)
     require_task(checkpoint, args.check_path, "classification")
     check_dataset(checkpoint, args.check_path, args.dataset)
-    _, val_set, info, _, val_loader, _ = load_data(args, ctx)
+    data = load_data(args, ctx)
+    info = data["info"]
     saved = checkpoint.get("model_args")
     if saved:
         saved = with_output_relu(saved)  # a checkpoint from before it was stored
@@ -98,14 +101,16 @@ def validate_checkpoint(args, ctx, log):
     if model.build_args["num_classes"] < info.num_classes:
         raise ConfigError(f"{args.check_path} has {model.build_args['num_classes']} classes, {args.dataset} "
                           f"{info.num_classes}")
-    log.info(f"=> loaded {args.check_path} (epoch {checkpoint.get('epoch', '?')}); evaluating {len(val_set)} images")
+    log.info(f"=> loaded {args.check_path} (epoch {checkpoint.get('epoch', '?')}); evaluating {len(data['val_set'])} "
+             f"images")
     _, _, eval_model = prepare_model(model, args, ctx, log)
-    stats = evaluate(eval_model, val_loader, ctx, args, log)
+    stats = evaluate(eval_model, data["val_loader"], ctx, args, log)
     log.heading(f" * Final Accuracy: Prec@1 {stats['top1']:.3f}, Prec@5 {stats['top5']:.3f} ({stats['n']} images)")
     return stats
 
 
-def log_setup(args, ctx, info, train_set, val_set, model, schedule, log):
+def log_setup(args, ctx, data, model, schedule, log):
+    info, train_set, val_set = data["info"], data["train_set"], data["val_set"]
     global_batch = args.batch_size * ctx.world_size
     params = sum(p.numel() for p in model.parameters()) / 1e6
     blocks = f"{args.nl_nums} {args.nl_type} block(s)" if args.nl_nums else "no nonlocal block"
@@ -120,89 +125,65 @@ def log_setup(args, ctx, info, train_set, val_set, model, schedule, log):
     if ctx.world_size > 1 and args.lr_scale == "none":
         log.warn(f"the lr is not rescaled for the global batch {global_batch} (the recipe assumes "
                  f"{RECIPES[args.recipe]['batch_size']}); pass --lr-scale linear to scale it")
+    if args.num_gpu > 1:
+        log.warn("--num_gpu is superseded: launch with torchrun --nproc_per_node N for N GPUs; running 1 process")
     if args.debug:
         log.warn("debug mode")
         log.info(str(model))
 
 
-class Classification:
-    """The classification task of the run lifecycle (lib/engine/__init__.py says what each member is for)."""
-    name, Files, total_flag, resumable = "classification", EpochFiles, "epochs", RESUMABLE | EPOCH_BASED
-    tracker, summary = staticmethod(accuracy_tracker), staticmethod(summary_line)
-
-    @staticmethod
-    def run_folder(args):
-        return run_folder(args, str(args.arch))  # the reference's layout: the depth names the backbone
-
-    @staticmethod
-    def load_data(args, ctx):
-        train_set, val_set, info, train_loader, val_loader, train_sampler = load_data(args, ctx)
-        return dict(train_set=train_set, val_set=val_set, info=info, train_loader=train_loader,
-                    val_loader=val_loader, train_sampler=train_sampler)
-
-    @staticmethod
-    def build_model(args, data, pretrained):
-        return build_model(**model_kwargs(args, data["info"].num_classes, pretrained))
-
-    load_weights = staticmethod(load_state_dict_checked)
-    prepare_model = staticmethod(prepare_model)
-
-    @staticmethod
-    def schedule(args, ctx):
-        return epochs.step_schedule(args, ctx, RECIPES[args.recipe]["batch_size"])
-
-    @staticmethod
-    def optimizer(model, args, lr):
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
-
-    @staticmethod
-    def log_setup(args, ctx, data, model, schedule, log):
-        log_setup(args, ctx, data["info"], data["train_set"], data["val_set"], model, schedule, log)
-
-    @staticmethod
-    def build_criterion(args):
-        return build_criterion(args)
-
-    @staticmethod
-    def train_one_epoch(run, epoch, lr, progress, save):
-        return train_one_epoch(run.train_model, run.criterion, run.optimizer, run.scaler, run.data["train_loader"],
-                               run.ctx, epoch, lr, run.args, run.log, guard=run.guard, progress=progress, save=save)
-
-    @staticmethod
-    def evaluate(run, finished):
-        return evaluate(run.eval_model, run.data["val_loader"], run.ctx, run.args, run.log)
-
-    @staticmethod
-    def selects(args):
-        return True
-
-    best_line = staticmethod(best_line)
-
-    @staticmethod
-    def record(stats, record):
-        """The metrics.jsonl row (beside the training record) and the tensorboard scalars of an evaluation."""
-        return dict(stats), [(tag, stats[key]) for tag, key in (("Top1", "top1"), ("Top5", "top5"),
-                                                                ("Test Loss", "loss"))]
+# ---- what this task gives the run lifecycle (lib/engine/__init__.py says what each name is for) ----
+TASK, STEP_FILES, TOTAL_FLAG, RESUMABLE_SETTINGS = "classification", EpochFiles, "epochs", RESUMABLE | EPOCH_BASED
+tracker, summary, best_line, load_weights = accuracy_tracker, summary_line, best_line, load_state_dict_checked
 
 
-def train(args, ctx, log):
-    if args.num_gpu > 1:
-        log.warn("--num_gpu is superseded: launch with torchrun --nproc_per_node N for N GPUs; running 1 process")
-    return lifecycle.train(Classification, args, ctx, log)
+def resolve(args):
+    return resolve_args(valid_dataset_from_checkpoint(args, TASK))
 
 
-def main(args):
-    """Train (or with --valid, evaluate); returns the final evaluation's stats. Raises ConfigError for bad input."""
-    args = resolve_args(valid_dataset_from_checkpoint(args, "classification"))
-    return run_main(args, LAUNCHER_PID, lambda args: check_model_flags(build_model, model_kwargs(args, 2)),
-                    validate_checkpoint, train)
+def check_model(args):
+    check_model_flags(build_model, model_kwargs(args, 2))
 
 
-def cli_main(argv=None):
-    """Entry point: returns the exit status (0; 2 for bad input or a failed write, 3 for a diverged run, 75 when
-    stopped by a signal after a checkpoint) with a one-line message."""
-    return run_cli(main, parse_args, "train_val.py", argv)
+def task_run_folder(args):
+    return run_folder(args, str(args.arch))  # the reference's layout: the depth names the backbone
 
+
+def create_model(args, data, pretrained):
+    return build_model(**model_kwargs(args, data["info"].num_classes, pretrained))
+
+
+def lr_schedule(args, ctx):
+    return epochs.step_schedule(args, ctx, RECIPES[args.recipe]["batch_size"])
+
+
+def create_optimizer(model, args, lr):
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+
+def train_epoch(run, epoch, lr, progress, save):
+    return train_one_epoch(run.train_model, run.criterion, run.optimizer, run.scaler, run.data["train_loader"],
+                           run.ctx, epoch, lr, run.args, run.log, guard=run.guard, progress=progress, save=save)
+
+
+def evaluate_run(run, finished):
+    return evaluate(run.eval_model, run.data["val_loader"], run.ctx, run.args, run.log)
+
+
+def selects(args):
+    return True
+
+
+def record(stats, record):
+    """The metrics.jsonl fields (beside the training record) and the tensorboard scalars of an evaluation."""
+    return dict(stats), [(tag, stats[key]) for tag, key in (("Top1", "top1"), ("Top5", "top5"), ("Test Loss", "loss"))]
+
+
+def main(args):  # train (or with --valid, evaluate): the final evaluation's stats; ConfigError for bad input
+    return lifecycle.main(sys.modules[__name__], args, LAUNCHER_PID)
+
+
+cli_main = partial(run_cli, main, parse_args, "train_val.py")  # the exit status and a one-line message
 
 if __name__ == "__main__":
     sys.exit(cli_main())

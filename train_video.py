@@ -20,6 +20,7 @@ import os
 LAUNCHER_PID = os.getppid()  # first thing: under torchrun, a launcher that dies during the imports is noticed
 
 import sys  # noqa: E402  (these imports follow the launcher's pid)
+from functools import partial
 import time
 
 import torch
@@ -28,13 +29,13 @@ from torch import nn
 from lib.data import build_loaders
 from lib.engine import epochs, lifecycle
 from lib.engine.checkpoint import load_checkpoint
-from lib.engine.classification.run import accuracy_tracker, best_line
+from lib.engine.classification.run import accuracy_tracker, best_line as accuracy_line
 from lib.engine.evaluation import classifier_stats
 from lib.engine.metrics import format_seconds, percent
 from lib.engine.resume_check import EPOCH_BASED, RESUMABLE, valid_dataset_from_checkpoint
 from lib.engine.run_files import EpochFiles
 from lib.engine.run_state import check_dataset, check_model_flags, check_requested_model, model_kwargs, run_folder
-from lib.engine.runtime import run_cli, run_main
+from lib.engine.runtime import run_cli
 from lib.engine.tasks import require_task
 from lib.engine.video.cli import get_args_parser, parse_video_args  # noqa: F401  (torchvision-style entry point)
 from lib.engine.video.multiclip import evaluate_videos
@@ -159,81 +160,69 @@ def log_setup(args, ctx, data, model, schedule, log):
                  f"{VIDEO_RECIPES[args.recipe]['batch_size']}); pass --lr-scale linear to scale it")
 
 
+# ---- what this task gives the run lifecycle (lib/engine/__init__.py says what each name is for) ----
+TASK, STEP_FILES, TOTAL_FLAG = "video", EpochFiles, "epochs"
+# Settings a resume may change besides train_val.py's: the multi-clip test only measures, it does not train.
+RESUMABLE_SETTINGS = RESUMABLE | EPOCH_BASED | {"test_clips"}
+tracker, summary, task_run_folder, load_weights = accuracy_tracker, summary_line, run_folder, load_state_dict_checked
+
+
+def resolve(args):
+    return resolve_video_args(valid_dataset_from_checkpoint(args, TASK))
+
+
+def check_model(args):
+    check_model_flags(build_model, model_kwargs(args, 2))
+
+
+def create_model(args, data, pretrained):
+    return build_model(**model_kwargs(args, data["info"].num_classes, pretrained))
+
+
 def prepare_model(model, args, ctx, log):
     # Frozen before the model is wrapped for DDP, which registers the parameters that receive gradients.
     freeze_for_fine_tuning(model, args.ft_begin_index)
     return prepare_video_model(model, args, ctx, log)
 
 
-class Video:
-    """The video task of the run lifecycle (lib/engine/__init__.py says what each member is for)."""
-    name, Files, total_flag = "video", EpochFiles, "epochs"
-    # Settings a resume may change besides train_val.py's: the multi-clip test only measures, it does not train.
-    resumable = RESUMABLE | EPOCH_BASED | {"test_clips"}
-    tracker, summary, selects = staticmethod(accuracy_tracker), staticmethod(summary_line), staticmethod(selects)
-    run_folder, load_data = staticmethod(run_folder), staticmethod(load_data)
-    load_weights, prepare_model = staticmethod(load_state_dict_checked), staticmethod(prepare_model)
-    log_setup = staticmethod(log_setup)
-
-    @staticmethod
-    def build_model(args, data, pretrained):
-        return build_model(**model_kwargs(args, data["info"].num_classes, pretrained))
-
-    @staticmethod
-    def schedule(args, ctx):
-        return epochs.step_schedule(args, ctx, VIDEO_RECIPES[args.recipe]["batch_size"])
-
-    @staticmethod
-    def optimizer(model, args, lr):
-        return torch.optim.SGD(trainable_parameters(model), lr=lr, momentum=args.momentum,
-                               dampening=args.dampening, weight_decay=args.weight_decay)
-
-    @staticmethod
-    def build_criterion(args):
-        return build_criterion(args)
-
-    @staticmethod
-    def train_one_epoch(run, epoch, lr, progress, save):
-        return train_one_epoch(run.train_model, run.criterion, run.optimizer, run.scaler, run.data["train_loader"],
-                               run.ctx, epoch, lr, run.args, run.log, guard=run.guard, progress=progress, save=save)
-
-    @staticmethod
-    def evaluate(run, finished):
-        """Centre-clip validation; after the last epoch the multi-clip test too."""
-        return evaluate_all(run.eval_model, run.data, run.ctx, run.args, run.log,
-                            with_test=finished == run.args.epochs)
-
-    @staticmethod
-    def best_line(best):
-        return best_line(best, "clip accuracy")
-
-    @staticmethod
-    def record(stats, record):
-        """The metrics.jsonl row (beside the training record) and the tensorboard scalars of an evaluation."""
-        row = dict(clip_top1=stats["top1"], clip_top5=stats["top5"], loss=stats["loss"])
-        tags = [("Clip Top1", "top1"), ("Clip Top5", "top5"), ("Test Loss", "loss")]
-        if "video_top1" in stats:
-            row.update(video_top1=stats["video_top1"], video_top5=stats["video_top5"])
-            tags += [("Video Top1", "video_top1"), ("Video Top5", "video_top5")]
-        return row, [(tag, stats[key]) for tag, key in tags]
+def lr_schedule(args, ctx):
+    return epochs.step_schedule(args, ctx, VIDEO_RECIPES[args.recipe]["batch_size"])
 
 
-def train(args, ctx, log):
-    return lifecycle.train(Video, args, ctx, log)
+def create_optimizer(model, args, lr):
+    return torch.optim.SGD(trainable_parameters(model), lr=lr, momentum=args.momentum, dampening=args.dampening,
+                           weight_decay=args.weight_decay)
 
 
-def main(args):
-    """Train (or with --valid, evaluate); returns the final evaluation's stats. Raises ConfigError for bad input."""
-    args = resolve_video_args(valid_dataset_from_checkpoint(args, "video"))
-    return run_main(args, LAUNCHER_PID, lambda args: check_model_flags(build_model, model_kwargs(args, 2)),
-                    validate_checkpoint, train)
+def train_epoch(run, epoch, lr, progress, save):
+    return train_one_epoch(run.train_model, run.criterion, run.optimizer, run.scaler, run.data["train_loader"],
+                           run.ctx, epoch, lr, run.args, run.log, guard=run.guard, progress=progress, save=save)
 
 
-def cli_main(argv=None):
-    """Entry point: returns the exit status (0; 2 for bad input or a failed write, 3 for a diverged run, 75 when
-    stopped by a signal after a checkpoint) with a one-line message."""
-    return run_cli(main, parse_video_args, "train_video.py", argv)
+def evaluate_run(run, finished):
+    """Centre-clip validation; after the last epoch the multi-clip test too."""
+    return evaluate_all(run.eval_model, run.data, run.ctx, run.args, run.log, with_test=finished == run.args.epochs)
 
+
+def best_line(best):
+    return accuracy_line(best, "clip accuracy")
+
+
+def record(stats, record):
+    """The metrics.jsonl fields (beside the training record) and the tensorboard scalars of an evaluation."""
+    row = dict(clip_top1=stats["top1"], clip_top5=stats["top5"], loss=stats["loss"])
+    tags = [("Clip Top1", "top1"), ("Clip Top5", "top5"), ("Test Loss", "loss")]
+    if "video_top1" in stats:
+        row.update(video_top1=stats["video_top1"], video_top5=stats["video_top5"])
+        tags += [("Video Top1", "video_top1"), ("Video Top5", "video_top5")]
+    return row, [(tag, stats[key]) for tag, key in tags]
+
+
+def main(args):  # train (or with --valid, evaluate): the final evaluation's stats; ConfigError for bad input
+    return lifecycle.main(sys.modules[__name__], args, LAUNCHER_PID)
+
+
+cli_main = partial(run_cli, main, parse_video_args, "train_video.py")  # the exit status and a one-line message
 
 if __name__ == "__main__":
     sys.exit(cli_main())

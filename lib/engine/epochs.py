@@ -160,15 +160,15 @@ def evaluated(evaluate, finished, guard, writer, save_pending):
 
 def run_epochs(run):
     """The epochs from run.start to --epochs, after the evaluation a checkpoint awaits (pending_eval). The task's
-    train_one_epoch(run, epoch, lr, progress, save) trains one (progress: where a mid-epoch checkpoint stopped
-    inside the first epoch, else None; save(progress): a mid-epoch checkpoint); its evaluate(run, finished)
+    train_epoch(run, epoch, lr, progress, save) trains one (progress: where a mid-epoch checkpoint stopped
+    inside the first epoch, else None; save(progress): a mid-epoch checkpoint); its evaluate_run(run, finished)
     evaluates, every --eval-freq epochs and after the last (lib.engine.run_context.finish_step)."""
     args, task, log = run.args, run.task, run.log
 
     def finish_epoch(finished, record, started, due):
         # evaluated: a stop or a bad input before the evaluation is done checkpoints the epoch as awaiting it
         finish_step(run, finished, record, started, due, lambda: evaluated(
-            lambda: task.evaluate(run, finished), finished, run.guard, run.writer,
+            lambda: task.evaluate_run(run, finished), finished, run.guard, run.writer,
             lambda: run.save(finished, pending_eval=dict(record, time=time.time() - started))))
 
     pending = (run.checkpoint or {}).get("pending_eval")
@@ -182,8 +182,8 @@ def run_epochs(run):
         set_lr(run.optimizer, lr)
         # A resume inside the epoch leaves out the samples its checkpoint's iterations saw.
         run.data["train_sampler"].set_epoch(epoch, skip=progress.iterations * args.batch_size if progress else 0)
-        train_stats = task.train_one_epoch(run, epoch, lr, progress,
-                                           lambda progress, epoch=epoch: run.save(epoch, progress=progress))
+        train_stats = task.train_epoch(run, epoch, lr, progress,
+                                       lambda progress, epoch=epoch: run.save(epoch, progress=progress))
         finished = epoch + 1
         run.add_scalars([("Train Loss", train_stats["loss"]), ("LR", lr)], finished)
         record = dict(train_loss=train_stats["loss"], train_top1=train_stats["top1"], lr=lr)

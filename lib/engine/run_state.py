@@ -22,7 +22,7 @@ def run_folder(args, model_dir=None):
 
 
 # Model flags a task may not have, or leave unset (None: the builder's default).
-OPTIONAL_MODEL_FLAGS = ("nl_layer", "order", "output_relu", "shortcut_type")
+OPTIONAL_MODEL_FLAGS = ("nl_layer", "order", "shortcut_type")
 
 
 def model_kwargs(args, num_classes, pretrained=None, **task_kwargs):
@@ -31,7 +31,8 @@ def model_kwargs(args, num_classes, pretrained=None, **task_kwargs):
     nl_nums = getattr(args, "nl_nums", None)
     kwargs = dict(backbone=args.backbone, arch=args.arch, num_classes=num_classes,
                   nl_type=args.nl_type if nl_nums is None or nl_nums else None, stage_num=args.stage_nums,
-                  div=args.div, is_sys=args.is_sys, is_norm=args.is_norm, pretrained=pretrained or None, **task_kwargs)
+                  div=args.div, is_sys=args.is_sys, is_norm=args.is_norm, output_relu=args.output_relu,
+                  pretrained=pretrained or None, **task_kwargs)
     if nl_nums is not None:
         kwargs["nl_nums"] = nl_nums
     for name in OPTIONAL_MODEL_FLAGS:
