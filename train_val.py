@@ -20,7 +20,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from lib.data import build_datasets, build_loaders
+from lib.data import build_datasets
 from lib.engine import epochs, lifecycle
 from lib.engine.checkpoint import load_checkpoint
 from lib.engine.classification.cli import get_args_parser, parse_args  # noqa: F401  (torchvision-style entry point)
@@ -75,10 +75,7 @@ def load_data(args, ctx):
     train_set, val_set, info = local_main_first(
         ctx, lambda: build_datasets(args.dataset, args.data_dir, args.input_size, download=args.download,
                                     hflip=args.hflip))
-    train_loader, val_loader, train_sampler = build_loaders(train_set, val_set, args.batch_size, args.workers,
-                                                            distributed=ctx.distributed, seed=args.seed)
-    return dict(train_set=train_set, val_set=val_set, info=info, train_loader=train_loader, val_loader=val_loader,
-                train_sampler=train_sampler)
+    return epochs.epoch_data(train_set, val_set, info, args, ctx)
 
 
 def validate_checkpoint(args, ctx, log):

@@ -26,7 +26,6 @@ import time
 import torch
 from torch import nn
 
-from lib.data import build_loaders
 from lib.engine import epochs, lifecycle
 from lib.engine.checkpoint import load_checkpoint
 from lib.engine.classification.run import accuracy_tracker, best_line as accuracy_line
@@ -78,10 +77,7 @@ def evaluate(model, loader, ctx, args, log):
 
 def load_data(args, ctx):
     train_set, val_set, test_set, info = build_data(args, ctx)
-    train_loader, val_loader, train_sampler = build_loaders(train_set, val_set, args.batch_size, args.workers,
-                                                            distributed=ctx.distributed, seed=args.seed)
-    return dict(train_set=train_set, val_set=val_set, test_set=test_set, info=info, train_loader=train_loader,
-                val_loader=val_loader, train_sampler=train_sampler)
+    return epochs.epoch_data(train_set, val_set, info, args, ctx, test_set=test_set)
 
 
 def evaluate_all(model, data, ctx, args, log, with_test):

@@ -79,6 +79,19 @@ def add_save_flags(group, recipes="30 for ImageNet and Cityscapes, off for CIFAR
 
 
 
+def add_step_schedule_flags(group, lr_steps, warmup):
+    """The warm-up / step lr schedule of the epoch tasks (lib.engine.schedule.WarmupStepSchedule): --lr-steps,
+    --lr-gamma, --warmup-epochs, --lr-scale; lr_steps, warmup: their defaults, for the help."""
+    group.add_argument("--lr-steps", "--lr_steps", dest="lr_steps", type=int, nargs="+", default=None,
+                       metavar="EPOCH", help=f"0-based epochs where the lr is multiplied by --lr-gamma ({lr_steps})")
+    group.add_argument("--lr-gamma", "--lr_gamma", dest="lr_gamma", type=float, default=0.1,
+                       help="lr decay factor at each step (default 0.1)")
+    group.add_argument("--warmup-epochs", "--warmup_epochs", dest="warmup_epochs", type=int, default=None,
+                       help=f"linear warm-up epochs from lr * gamma^len(lr-steps) to lr ({warmup})")
+    group.add_argument("--lr-scale", "--lr_scale", dest="lr_scale", choices=LR_SCALES, default="none",
+                       help="linear: multiply lr by global batch / recipe batch (default none: lr as given)")
+
+
 def add_run_flags(parser, print_freq, steps="per-epoch",
                   save_recipes="30 for ImageNet and Cityscapes, off for CIFAR and fake", checkpoints=None,
                   model_dir="<arch>"):

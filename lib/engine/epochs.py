@@ -8,6 +8,7 @@ batch moves to the device, the name of a sample in progress lines).
 import os
 import time
 
+from lib.data import build_loaders
 from lib.engine.checkpoint import remove_stale_temp_files, restore_rng
 from lib.engine.distributed import all_reduce_sums
 from lib.engine.logger import MetricsFile, open_tensorboard, write_args
@@ -40,6 +41,15 @@ def step_schedule(args, ctx, recipe_batch):
     """The warm-up / step lr schedule; --lr-scale linear scales --lr by the global batch over the recipe's."""
     scale = args.batch_size * ctx.world_size / recipe_batch if args.lr_scale == "linear" else 1
     return WarmupStepSchedule(args.lr * scale, args.lr_steps, args.warmup_epochs, args.lr_gamma)
+
+
+def epoch_data(train_set, val_set, info, args, ctx, **more):
+    """The data dict of an epoch task (lib/engine/__init__.py): the sets, their loaders and the training sampler
+    (each process its shard; set_epoch reshuffles and skips what a resumed epoch saw)."""
+    train_loader, val_loader, train_sampler = build_loaders(train_set, val_set, args.batch_size, args.workers,
+                                                            distributed=ctx.distributed, seed=args.seed)
+    return dict(train_set=train_set, val_set=val_set, info=info, train_loader=train_loader, val_loader=val_loader,
+                train_sampler=train_sampler, **more)
 
 
 def resumed_state(checkpoint, resume_path, optimizer, scaler, ctx, args, log, guard, tracker, files):

@@ -4,7 +4,7 @@ entry point shares come from lib.engine.cli.add_run_flags.
 Flags whose default depends on the dataset (the recipe, lib/engine/classification/recipe.py) default to None here, so
 that a value given on the command line or in --config is detectable and wins over the recipe.
 """
-from lib.engine.cli import LR_SCALES, OneLineParser, add_run_flags, bool_flag, parse_pretrained
+from lib.engine.cli import OneLineParser, add_run_flags, add_step_schedule_flags, bool_flag, parse_pretrained
 from lib.engine.config import parse_flags
 from lib.registry import NONLOCAL_BLOCKS, ORDER_BLOCKS
 
@@ -60,15 +60,8 @@ def _add_recipe_flags(parser):
                         "(recipe: 300 + warm-up CIFAR, 100 + warm-up ImageNet)")
     recipe.add_argument("-b", "--batch-size", "--batch_size", dest="batch_size", type=int, default=None,
                         help="images per process and iteration (recipe: 128 CIFAR, 100 ImageNet)")
-    recipe.add_argument("--lr-steps", "--lr_steps", dest="lr_steps", type=int, nargs="+", default=None,
-                        metavar="EPOCH", help="0-based epochs where the lr is multiplied by --lr-gamma, counted "
-                        "from the run's start (recipe: 150 250 CIFAR, 31 61 81 ImageNet, shifted by the warm-up)")
-    recipe.add_argument("--lr-gamma", "--lr_gamma", dest="lr_gamma", type=float, default=0.1,
-                        help="lr decay factor at each step (default 0.1)")
-    recipe.add_argument("--warmup-epochs", "--warmup_epochs", dest="warmup_epochs", type=int, default=None,
-                        help="linear warm-up epochs from lr * gamma^len(lr-steps) to lr (recipe 10; 0 = none)")
-    recipe.add_argument("--lr-scale", "--lr_scale", dest="lr_scale", choices=LR_SCALES, default="none",
-                        help="linear: multiply lr by global batch / recipe batch (default none: lr as given)")
+    add_step_schedule_flags(recipe, lr_steps="counted from the run's start; recipe: 150 250 CIFAR, 31 61 81 "
+                            "ImageNet, shifted by the warm-up", warmup="recipe 10; 0 = none")
     recipe.add_argument("--eval-freq", "--eval_freq", dest="eval_freq", type=int, default=None,
                         help="evaluate every N epochs and at the last one (recipe 5)")
     recipe.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=1e-4,

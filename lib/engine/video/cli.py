@@ -3,7 +3,7 @@
 Flags whose default depends on the dataset (the recipe, lib/engine/video/recipe.py) default to None here, so that a
 value given on the command line or in --config is detectable and wins. No flag uses argparse's bool type.
 """
-from lib.engine.cli import LR_SCALES, OneLineParser, add_run_flags, bool_flag, parse_pretrained
+from lib.engine.cli import OneLineParser, add_run_flags, add_step_schedule_flags, bool_flag, parse_pretrained
 from lib.engine.config import parse_flags
 from lib.registry import NONLOCAL_BLOCKS, ORDER_BLOCKS
 from models.video import VIDEO_BACKBONES
@@ -84,15 +84,7 @@ def _add_schedule_flags(parser):
                        help="clips per process and iteration (default 128; fake 4)")
     sched.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=None,
                        help="base learning rate (default 0.1)")
-    sched.add_argument("--lr-steps", "--lr_steps", dest="lr_steps", type=int, nargs="+", default=None,
-                       metavar="EPOCH", help="0-based epochs where the lr is multiplied by --lr-gamma "
-                       "(default 50 100 150)")
-    sched.add_argument("--lr-gamma", "--lr_gamma", dest="lr_gamma", type=float, default=0.1,
-                       help="lr decay factor at each step (default 0.1)")
-    sched.add_argument("--warmup-epochs", "--warmup_epochs", dest="warmup_epochs", type=int, default=None,
-                       help="linear warm-up epochs from lr * gamma^len(lr-steps) to lr (default 0)")
-    sched.add_argument("--lr-scale", "--lr_scale", dest="lr_scale", choices=LR_SCALES, default="none",
-                       help="linear: multiply lr by global batch / recipe batch (default none: lr as given)")
+    add_step_schedule_flags(sched, lr_steps="default 50 100 150", warmup="default 0")
     sched.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
     sched.add_argument("--dampening", type=float, default=None, help="SGD dampening (default 0.9)")
     sched.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=None,
