@@ -64,10 +64,7 @@ def evaluate(model, loader, ctx, args, log):
     def report(i, loss_sum, correct1, correct5, count):
         log.info(f"Test [{i + 1}/{len(loader)}]  top-1 {percent(correct1, count):.3f}  "
                  f"top-5 {percent(correct5, count):.3f}")
-    stats = classifier_stats(model, loader, ctx, args, _to_device, report)
-    log.info(f" * Prec@1 {stats['top1']:.3f} Prec@5 {stats['top5']:.3f}  loss {stats['loss']:.4f}  "
-             f"({stats['n']} images)")
-    return stats
+    return classifier_stats(model, loader, ctx, args, _to_device, report, log)
 
 
 def load_data(args, ctx):

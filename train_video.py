@@ -69,10 +69,7 @@ def evaluate(model, loader, ctx, args, log):
                  f"clip top-5 {percent(correct5, count):.3f}  "
                  f"{count * ctx.world_size / max(elapsed, 1e-9):.1f} clips/s  "
                  f"eta {format_seconds(elapsed / (i + 1) * (len(loader) - i - 1))}")
-    stats = classifier_stats(model, loader, ctx, args, to_device, report)
-    log.info(f" * Clip Prec@1 {stats['top1']:.3f} Clip Prec@5 {stats['top5']:.3f}  loss {stats['loss']:.4f}  "
-             f"({stats['n']} centre clips)")
-    return stats
+    return classifier_stats(model, loader, ctx, args, to_device, report, log, kind="Clip ", samples="centre clips")
 
 
 def load_data(args, ctx):
