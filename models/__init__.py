@@ -84,7 +84,8 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
     torchvision-format state_dict or a 3D-ResNets checkpoint.
     device, dtype: where and in which dtype the parameters are created (e.g. 'meta': no memory, then
     `to_empty`; build_args leave them out).
-    Raises ConfigError for any unknown name or unsupported combination.
+    Raises ConfigError for any unknown name or unsupported combination (the blocks check their own arguments:
+    stage_num, is_sys, is_norm, output_relu).
     """
     if backbone not in BACKBONES and backbone not in VIDEO_BACKBONES:
         raise ConfigError(f"unknown backbone {backbone!r}; valid: {_valid(list(BACKBONES) + list(VIDEO_BACKBONES))}")
@@ -95,19 +96,12 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
     if not video and nl_nums not in BACKBONES[backbone].NL_NUMS:  # video: checked in models/video.py
         valid = _valid(BACKBONES[backbone].NL_NUMS)
         raise ConfigError(f"nl_nums {nl_nums!r} is not supported for {backbone}; valid: {valid}")
-    if isinstance(stage_num, bool) or not isinstance(stage_num, int) or stage_num < 1:
-        raise ConfigError(f"stage_num must be a positive integer, got {stage_num!r}")
     if not div > 0:
         raise ConfigError(f"div must be positive, got {div!r}")
     if num_classes < 1:
         raise ConfigError(f"num_classes must be positive, got {num_classes!r}")
-    for name, value in (("is_sys", is_sys), ("is_norm", is_norm)):
-        if value is not None and not isinstance(value, bool):
-            raise ConfigError(f"{name} must be True, False or None (the block's default), got {value!r}")
     if not video and shortcut_type is not None:
         raise ConfigError(f"shortcut_type applies to the video backbones only, not to {backbone}")
-    if output_relu is not None and not isinstance(output_relu, bool):
-        raise ConfigError(f"output_relu must be True, False or None (the block's default), got {output_relu!r}")
     stages = None if video else _parse_nl_layer(nl_layer)  # video: models/video.py parses its own
     if nl_type is None or nl_nums == 0:
         nl_type, nl_nums, order = None, 0, None  # one canonical spelling of "no blocks", for build_args
