@@ -2,9 +2,8 @@
 
 train(task, args, ctx, log): run folder -> lock and preemption guard -> resume source -> data -> checkpoint ->
 model (resumed weights, same settings?) -> optimizer, schedule, scaler -> resumed state and best -> records ->
-RNG -> the step loop of the task's unit (lib.engine.epochs.run_epochs or lib.engine.iterations.run_iterations)
--> the closing line. Nothing is written before data, model and checkpoint are loaded: a failed start leaves no
-trace.
+RNG -> the step loop of the task's unit (epochs.run_epochs or iterations.run_iterations) -> the closing line.
+Nothing is written before data, model and checkpoint are loaded: a failed start leaves no trace.
 """
 import torch
 

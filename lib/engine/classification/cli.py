@@ -1,8 +1,8 @@
 """Command line of train_val.py: the reference's flags (README "Flags"), kept working, plus ours; the flags every
 entry point shares come from lib.engine.cli.add_run_flags.
 
-Flags whose default depends on the dataset (the recipe, lib/engine/classification/recipe.py) default to None here, so
-that a value given on the command line or in --config is detectable and wins over the recipe.
+Flags whose default depends on the dataset (the recipe, lib/engine/classification/recipe.py) default to None
+here, so that a value given on the command line or in --config is detectable and wins over the recipe.
 """
 from lib.engine.cli import OneLineParser, add_run_flags, add_step_schedule_flags, bool_flag, parse_pretrained
 from lib.engine.config import parse_flags
