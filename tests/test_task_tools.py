@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 
-from lib.data.reid import build_reid_datasets
+from lib.data.reid_sets import build_reid_datasets
 from lib.engine.reid.evaluation import evaluate_distances, pairwise_distances
 from models import build_model
 from tools import retrieval

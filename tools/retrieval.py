@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
-from lib.data.reid import NAME_PATTERN, build_reid_datasets, read_image
+from lib.data.reid import NAME_PATTERN, read_image
+from lib.data.reid_sets import build_reid_datasets
 from lib.engine.cli import OneLineParser
 from lib.engine.reid.evaluation import JUNK_PID, pairwise_distances
 from lib.errors import ConfigError

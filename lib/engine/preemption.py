@@ -29,12 +29,11 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
-from lib.engine.checkpoint import write_failure
 from lib.engine.distributed import gather_objects, max_values
+from lib.engine.errors import NonFiniteLoss, Preempted, write_failure
 from lib.errors import ConfigError
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name))
-PREEMPTED_STATUS = 75  # EX_TEMPFAIL of <sysexits.h>: a temporary failure, run the same command again
 
 
 @dataclass
@@ -60,10 +59,6 @@ class EpochProgress:
     @classmethod
     def from_state(cls, state):
         return cls(**{key: state[key] for key in cls.__dataclass_fields__ if key in state})
-
-
-class Preempted(Exception):
-    """The run stopped on a signal after writing a checkpoint: exit status 75, continue with --resume auto."""
 
 
 class RunGuard:
@@ -173,7 +168,6 @@ def reported_errors(guard, log_path):
             raise
         raise write_failure(error.filename or "a file of the run", error, guard.last_path) from None
     except Exception as error:
-        from lib.engine.runtime import NonFiniteLoss  # here: runtime imports this module
         if guard.ctx.rank != 0 and not isinstance(error, (ConfigError, Preempted, NonFiniteLoss)):
             note_error(log_path, f"ERROR: rank {guard.ctx.rank}: {type(error).__name__}: {error}")
         raise

@@ -12,15 +12,11 @@ import torch
 
 from lib.engine.distributed import any_process, cleanup, init_distributed
 from lib.engine.logger import RunLogger
-from lib.engine.preemption import PREEMPTED_STATUS, Preempted
+from lib.engine.errors import PREEMPTED_STATUS, NonFiniteLoss, Preempted
 from lib.engine.sync_bn import convert_sync_batchnorm
 from lib.errors import ConfigError
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite: the run stops, and that step is never checkpointed."""
 
 
 def checked_step(loss, optimizer, scaler, ctx, stopped):
