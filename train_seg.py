@@ -38,7 +38,7 @@ from lib.engine.preemption import EpochProgress, fetch_batch
 from lib.engine.resume_check import RESUMABLE, valid_dataset_from_checkpoint
 from lib.engine.run_files import IterationFiles
 from lib.engine.run_state import check_dataset, check_model_flags, model_kwargs, run_folder
-from lib.engine.runtime import autocast, checked_step, cpu_threads_note, prepare_model, run_cli
+from lib.engine.runtime import LossCheck, autocast, cpu_threads_note, optimizer_step, prepare_model, run_cli
 from lib.engine.schedule import set_lr
 from lib.engine.segmentation.cli import get_args_parser, parse_seg_args, resolve_seg_args  # noqa: F401
 from lib.engine.segmentation.loss import SegLoss
@@ -100,7 +100,8 @@ def segmentor_kwargs(args, pretrained=None):
 
 
 def train_one_step(model, criterion, optimizer, scaler, images, target, ctx, args, iteration):
-    """Forward, loss, backward, SGD step; returns (loss, {part: loss}) as floats."""
+    """Forward, loss, backward, SGD step; returns (loss, {part: loss}) as tensors on the device (read when printed;
+    the caller checks that the loss is finite at the next agreement of the processes, lib.engine.runtime.LossCheck)."""
     images = images.to(ctx.device, non_blocking=True)
     target = target.to(ctx.device, non_blocking=True)
     if args.channels_last:
@@ -108,9 +109,8 @@ def train_one_step(model, criterion, optimizer, scaler, images, target, ctx, arg
     with autocast(ctx.device, args.amp):
         outputs = model(images)
     loss, parts = criterion(outputs, target)
-    loss_value = checked_step(loss, optimizer, scaler, ctx,
-                              f"at iteration {iteration + 1}: run stopped, the last checkpoint is kept")
-    return loss_value, {name: value.item() for name, value in parts.items()}
+    optimizer_step(loss, optimizer, scaler)
+    return loss.detach(), {name: value.detach() for name, value in parts.items()}
 
 
 def train_iterations(model, criterion, optimizer, scaler, batches, start, stop, schedule, ctx, args, log,
@@ -123,29 +123,33 @@ def train_iterations(model, criterion, optimizer, scaler, batches, start, stop, 
     """
     model.train()
     progress = progress or EpochProgress()
-    count, began, seconds_before = 0, time.time(), progress.seconds
+    count, began, seconds_before, loss_check = 0, time.time(), progress.seconds, None
     for iteration in range(start, stop):
         lr = schedule.lr_at(iteration)
         set_lr(optimizer, lr)
         batch, error = fetch_batch(batches)
         if guard is not None:
-            guard.at_boundary(iteration, lambda: save(iteration, progress), f"iteration {iteration}", error)
+            guard.at_boundary(iteration, lambda: save(iteration, progress), f"iteration {iteration}", error,
+                              loss_check)
         elif error is not None:
             raise error
         images, target = batch
-        loss_value, parts = train_one_step(model, criterion, optimizer, scaler, images, target, ctx, args, iteration)
-        progress.add(loss_value, 0, 1)
+        loss, parts = train_one_step(model, criterion, optimizer, scaler, images, target, ctx, args, iteration)
+        loss_check = LossCheck(loss, f"at iteration {iteration + 1}: run stopped, the last checkpoint is kept")
+        progress.add(loss, 0, 1)
         count, elapsed = count + 1, time.time() - began
         progress.seconds = seconds_before + elapsed
         if guard is not None:
             guard.step_done()
         done = iteration + 1
         if done % args.print_freq == 0 or done == stop:
-            shown = "  ".join(f"{name} {value:.4f}" for name, value in parts.items())
-            log.info(f"Iter [{done}/{args.iters}]  loss {loss_value:.4f} ({progress.loss_sum / progress.count:.4f})"
+            shown = "  ".join(f"{name} {value.item():.4f}" for name, value in parts.items())
+            log.info(f"Iter [{done}/{args.iters}]  loss {loss.item():.4f} ({progress.mean_loss():.4f})"
                      f"  {shown}  lr {lr:.6g}  {count * args.batch_size * ctx.world_size / max(elapsed, 1e-9):.2f} "
                      f"img/s  eta {format_seconds(elapsed / count * (args.iters - done))}"
                      + (cpu_threads_note(ctx.device) if count <= args.print_freq else ""))
+    if loss_check is not None:
+        loss_check.raise_if_any(ctx)  # the last step, before the checkpoint that follows an interval
     loss_sum, count = all_reduce_sums(ctx, [progress.loss_sum, progress.count])
     return loss_sum / max(count, 1)
 

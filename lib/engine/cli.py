@@ -121,7 +121,8 @@ def add_run_flags(parser, print_freq, steps="per-epoch",
                      "(default min(4, cores); 0 in train_val.py's --debug)")
     run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto: cuda if available)")
     run.add_argument("--deterministic", action="store_true",
-                     help="cudnn.deterministic (reproducible GPU runs); otherwise cudnn.benchmark")
+                     help="deterministic algorithms (torch.use_deterministic_algorithms, cuDNN, cuBLAS: "
+                     "reproducible GPU runs, slower); otherwise cudnn.benchmark")
     run.add_argument("--amp", choices=AMP_MODES, default="off", help="mixed precision autocast: off | bf16 | fp16 "
                      "(fp16 uses a GradScaler; on the CPU both are slower than off unless the CPU has native bf16)")
     run.add_argument("--channels-last", "--channels_last", dest="channels_last", action="store_true",

@@ -12,13 +12,13 @@ from lib.data import build_loaders
 from lib.engine.checkpoint import remove_stale_temp_files, restore_rng
 from lib.engine.distributed import all_reduce_sums
 from lib.engine.logger import MetricsFile, open_tensorboard, write_args
-from lib.engine.metrics import format_seconds, percent, topk_correct
+from lib.engine.metrics import format_seconds, percent, topk_hits
 from lib.engine.preemption import EpochProgress, RunGuard, fetch_batch, reported_errors
 from lib.engine.resume_check import resume_args_path
 from lib.engine.run_lock import RunLock
 from lib.engine.run_context import finish_step
 from lib.engine.run_state import load_resumed_state, resumed_progress
-from lib.engine.runtime import autocast, checked_step, cpu_threads_note, seed_everything
+from lib.engine.runtime import LossCheck, autocast, cpu_threads_note, optimizer_step, seed_everything
 from lib.engine.schedule import WarmupStepSchedule, set_lr
 from lib.errors import ConfigError
 
@@ -116,35 +116,39 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr,
     progress = progress or EpochProgress()
     first, seconds_before = progress.iterations, progress.seconds
     num_batches, start, seen = first + len(loader), time.time(), 0
-    batches = iter(loader)
+    batches, loss_check = iter(loader), None
     for i in range(first, num_batches + 1):
         batch, error = fetch_batch(batches) if i < num_batches else (None, None)
         if batch is None and error is None:
             break  # every process has as many batches: all leave here together
         if guard is not None:
             guard.at_boundary(epoch * num_batches + i, lambda: save(progress), f"epoch {epoch + 1}, iteration {i}",
-                              error)
+                              error, loss_check)
         elif error is not None:
             raise error
         inputs, target = to_device(*batch, ctx, args)
         with autocast(ctx.device, args.amp):
             output = model(inputs)
             loss = criterion(output, target)
-        loss_value = checked_step(loss, optimizer, scaler, ctx, f"at epoch {epoch + 1}, iteration {i + 1}: run "
-                                  f"stopped, this epoch is not checkpointed")
-        batch_correct = topk_correct(output, target, (1,))[0]
-        progress.add(loss_value, batch_correct, target.size(0))
+        optimizer_step(loss, optimizer, scaler)
+        loss_check = LossCheck(loss, f"at epoch {epoch + 1}, iteration {i + 1}: run stopped, this epoch is not "
+                                     f"checkpointed")
+        batch_correct = topk_hits(output, target, (1,))[0]  # on the device: read only when printed
+        progress.add(loss, batch_correct, target.size(0))
         elapsed = time.time() - start
         progress.seconds, seen = seconds_before + elapsed, seen + target.size(0)
         if guard is not None:
             guard.step_done()
         if i % args.print_freq == 0 or i == num_batches - 1:
-            log.info(f"Epoch [{epoch + 1}/{args.epochs}][{i + 1}/{num_batches}]  loss {loss_value:.4f} "
-                     f"({progress.loss_sum / progress.count:.4f})  {accuracy} "
-                     f"{percent(batch_correct, target.size(0)):.2f} ({percent(progress.correct, progress.count):.2f})"
+            log.info(f"Epoch [{epoch + 1}/{args.epochs}][{i + 1}/{num_batches}]  loss {loss.item():.4f} "
+                     f"({progress.mean_loss():.4f})  {accuracy} "
+                     f"{percent(int(batch_correct), target.size(0)):.2f} "
+                     f"({percent(int(progress.correct), progress.count):.2f})"
                      f"  lr {lr:.6g}  {seen * ctx.world_size / max(elapsed, 1e-9):.1f} {unit}/s  "
                      f"eta {format_seconds(elapsed / (i + 1 - first) * (num_batches - i - 1))}"
                      + (cpu_threads_note(ctx.device) if i == first else ""))
+    if loss_check is not None:
+        loss_check.raise_if_any(ctx)  # the last step, before the epoch's checkpoint
     loss_sum, correct_sum, count = all_reduce_sums(ctx, [progress.loss_sum, progress.correct, progress.count])
     return {"loss": loss_sum / count, "top1": percent(correct_sum, count), "n": int(count),
             "seconds": progress.seconds}
