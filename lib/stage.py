@@ -322,8 +322,9 @@ class FusedReluDotStage(torch.autograd.Function):
         x_flat, grad_y = x.reshape(b, c, h * w), grad_y.reshape(b, c, h * w)
         features, z, factors = _features(x_flat, w_gtp)  # recomputed: [Z; F]
         scaled = features
-        if scale is not None:  # [Z; Fs] beside [Z; F]: the backward needs both (written in one pass)
-            scaled = torch.cat([z, factors * scale], dim=1)
+        if scale is not None:  # [Z; Fs] beside [Z; F]: the backward needs both
+            scaled = features.clone()
+            scaled[:, k:].mul_(scale)
         weights = _unit_weights(w_1, w_2, mixed)
         pre = torch.bmm(weights, scaled)
         grad_out = grad_y
@@ -335,19 +336,15 @@ class FusedReluDotStage(torch.autograd.Function):
             [True, bn_weight is not None, bn_bias is not None])
         del pre, grad_out
         grad_weights = torch.bmm(grad_pre, scaled.transpose(1, 2))  # dL/d[W1 | V] (B, C, 3C')
+        grad_features = torch.bmm(weights.transpose(1, 2), grad_pre)  # dL/d[Z; Fs]; dL/d[Z; W_tp X] below
+        del grad_pre
         grad_v = grad_weights[:, :, k:]
         grad_w_1 = None if w_1 is None else grad_weights[:, :, :k].sum(0)
         grad_w_2 = torch.bmm(grad_v, mixed.transpose(1, 2)).sum(0)  # V = W2 R
-        grad_zf = mix_transposed(torch.bmm(w_2.t().expand(b, -1, -1), grad_v), is_sys)  # dL/d(Z Fs^T) (B, C', 2C')
-        # dL/d[Z; Fs] = [W1 | V]^T dL/dpre + [dL/d(Z Fs^T) Fs; dL/d(Z Fs^T)^T Z]; the second term is
-        # [[0, G], [G^T, 0]] [Z; Fs] with G = dL/d(Z Fs^T): one product into which the first is accumulated
-        # (two passes over (B, 3C', N) instead of three products and two in-place sums)
-        coupling = scaled.new_zeros(b, 3 * k, 3 * k)
-        coupling[:, :k, k:] = grad_zf
-        coupling[:, k:, :k] = grad_zf.transpose(1, 2)
-        grad_features = torch.bmm(coupling, scaled).baddbmm_(weights.transpose(1, 2), grad_pre)
-        del grad_pre
-        grad_f = grad_features[:, k:]  # a view: updated in place; now all of dL/dFs
+        grad_zf = mix_transposed(torch.bmm(w_2.t().expand(b, -1, -1), grad_v), is_sys)  # dL/d(Z Fs^T)
+        grad_z, grad_f = grad_features[:, :k], grad_features[:, k:]  # views: updated in place
+        grad_z.add_(torch.bmm(grad_zf, scaled[:, k:]))
+        grad_f.add_(torch.bmm(grad_zf.transpose(1, 2), z))  # now all of dL/dFs
         if scale is not None:  # Fs = F s, s = d^(-1/2), d = q^T F, q = S (F 1)
             grad_d = (grad_f * factors).sum(1, keepdim=True).mul_(scale.pow(3))  # times -1/2, applied below
             grad_q = torch.bmm(factors, grad_d.transpose(1, 2)).squeeze(2)
