@@ -10,11 +10,10 @@ is the step of train_val.py (lib/engine/runtime.py): loss.item(), zero_grad(set_
 autocast with --amp, cross-entropy, backward, SGD step (momentum 0.9, weight decay 1e-4, lr 0.1: the CIFAR recipe;
 a gradient scaler only with --amp fp16). In a training loop every step follows a step of the same model, so each
 round runs, for every block in turn: the plain model once untimed and once timed, then the model with the block
-once untimed and once timed. Timing a step right after another model's step measures that model's memory
-traffic too (the allocator hands back pages the other model freed, the caches hold its data); the plain model
-of the earlier version of this script had that untimed step and the block's model did not. Load from other
-jobs hits both sides of every pair alike; the ratio to the plain backbone is the median over rounds of the ratio
-within the pair.
+once untimed and once timed (the earlier version gave only the plain model that untimed step, so the two sides
+of a pair were not timed alike). Load from other jobs hits both sides of every pair alike; the ratio to the plain
+backbone is the median over rounds of the ratio within the pair. On a shared CPU a few percent between runs is
+noise: compare runs of the same command, and give the load average.
 Peak memory: the most memory allocated during one step above what was held before it (weights, momentum
 buffers, the batch), measured as in tools/bench_blocks.py; its ratio is to the plain backbone's.
 """
