@@ -48,8 +48,24 @@ class CGNL(nn.Module):
         self.gn = nn.GroupNorm(num_groups=1, num_channels=inplanes, device=device, dtype=dtype)
         beta = math.exp(-2 * gamma)
         self.alpha = [math.sqrt(beta * (2 * gamma) ** k / math.factorial(k)) for k in range(order + 1)]
+        # alpha_k^2 on the block's device, so that neither pass copies a Python list to the device (a blocking
+        # host-to-device copy per block per pass on GPU). Not persistent: state_dict keys stay the reference's.
+        self.register_buffer("taylor_weights", self._taylor_weights(self.t.weight.device), persistent=False)
         if zero_init:
             nn.init.zeros_(self.gn.weight)
+
+    def _taylor_weights(self, device):
+        """alpha_k^2 (k = 0..K) as a tensor on `device`, float64 where the device has it (the smallest of them,
+        ~(2 gamma)^K / K!, is below float16's range; the kernel casts them to its compute dtype)."""
+        dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
+        return torch.tensor([a * a for a in self.alpha], dtype=dtype, device=device)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(dtype) / .half() would round the buffer and to_empty() would leave it uninitialized: recompute it
+        # (once per move or cast, not per step) in full precision on the buffer's new device.
+        module = super()._apply(fn, *args, **kwargs)
+        self.taylor_weights = self._taylor_weights(self.taylor_weights.device)
+        return module
 
     def reset_parameters(self):
         """Initialize the parameters as the constructor does (e.g. after building on 'meta' and `to_empty`)."""
@@ -63,7 +79,7 @@ class CGNL(nn.Module):
         weights = torch.cat([self.t.weight, self.p.weight, self.g.weight]).flatten(1)  # (3C', C)
         features = project(x, weights)  # [t; p; g] (B, 3C', N) from one product
         with full_precision(x.device.type):
-            out = taylor_kernel(upcast(features), [a * a for a in self.alpha]).to(features.dtype)  # (B, C', N)
+            out = taylor_kernel(upcast(features), self.taylor_weights).to(features.dtype)  # (B, C', N)
         return x + self.gn(project(out, self.z.weight.flatten(1)).reshape(x.shape))
 
     def extra_repr(self):
@@ -83,7 +99,7 @@ class TaylorKernel(torch.autograd.Function):
     def forward(ctx, features, weights):
         out, coefficients = taylor_forward(features, weights)
         ctx.save_for_backward(features, coefficients)
-        ctx.weights = weights
+        ctx.weights = weights  # (K+1,) already on the device: no host-to-device copy in the backward
         return out
 
     @staticmethod
@@ -93,7 +109,7 @@ class TaylorKernel(torch.autograd.Function):
         order = coefficients.shape[1] - 1
         grad = torch.empty_like(features)
         grad_t, grad_p, grad_g = grad.chunk(3, dim=1)
-        scaled = torch.stack(powers_dot(t, grad_out, order + 1), dim=1) * coefficients.new_tensor(ctx.weights)
+        scaled = torch.stack(powers_dot(t, grad_out, order + 1), dim=1) * ctx.weights.to(coefficients.dtype)
         polyval(p, scaled, out=grad_g)
         if order == 0:
             grad_t.zero_()
@@ -105,19 +121,22 @@ class TaylorKernel(torch.autograd.Function):
 
 
 def taylor_kernel(features, weights):
-    """See `TaylorKernel`: features [t; p; g] (B, 3C', N), weights alpha_k^2 (k = 0..K) -> (B, C', N).
+    """See `TaylorKernel`: features [t; p; g] (B, 3C', N), weights alpha_k^2 (k = 0..K) -> (B, C', N); weights a
+    tensor on features' device (CGNL's buffer; a list or tuple is turned into one, which costs a copy).
     When the forward is exported or compiled, the same operations without the autograd.Function (TorchDynamo
     cannot trace its backward's `out=` writes into views); autograd or the compiler derives the backward."""
+    if not torch.is_tensor(weights):
+        weights = torch.tensor(list(weights), dtype=features.dtype, device=features.device)
     if exporting() or compiling():
-        return taylor_forward(features, list(weights))[0]
-    return TaylorKernel.apply(features.contiguous(), list(weights))
+        return taylor_forward(features, weights)[0]
+    return TaylorKernel.apply(features.contiguous(), weights)
 
 
 def taylor_forward(features, weights):
-    """(out, coefficients (B, K+1)) of `TaylorKernel`'s forward, out of place."""
+    """(out, coefficients (B, K+1)) of `TaylorKernel`'s forward, out of place; weights a (K+1,) tensor."""
     t, p, g = features.chunk(3, dim=1)
-    moments = torch.stack(powers_dot(p, g, len(weights)), dim=1)  # (B, K+1): <p^k, g>
-    coefficients = moments * moments.new_tensor(weights)
+    moments = torch.stack(powers_dot(p, g, weights.shape[0]), dim=1)  # (B, K+1): <p^k, g>
+    coefficients = moments * weights.to(moments.dtype)
     return polyval(t, coefficients), coefficients
 
 

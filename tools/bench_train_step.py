@@ -4,11 +4,16 @@
     python tools/bench_train_step.py --blocks snl --rounds 20
     python tools/bench_train_step.py --device cuda --amp bf16 --blocks snl nl
 
-One step = forward, cross-entropy loss, backward, SGD step (momentum 0.9, weight decay 1e-4, lr 0.1: the CIFAR
-recipe), under autocast with --amp (fp16 with a gradient scaler, as train_val.py --amp fp16). Each round steps,
-for every block in turn: the plain model once untimed (after a memory-hungry model the first step pays for fresh
-pages), the plain model timed, the model with the block timed. So load from other jobs hits both sides of every
-pair alike; the ratio to the plain backbone is the median over rounds of the ratio within the pair.
+What a training loop pays per step. The models are built as a user builds them (`build_model("preresnet", "20",
+nl_type=...)`: its default placement, one block at index 2 of stage 1; --stage 2 / 3 passes nl_layer) and one step
+is the step of train_val.py (lib/engine/runtime.py): loss.item(), zero_grad(set_to_none=True), forward under
+autocast with --amp, cross-entropy, backward, SGD step (momentum 0.9, weight decay 1e-4, lr 0.1: the CIFAR recipe;
+a gradient scaler only with --amp fp16). In a training loop every step follows a step of the same model, so each
+round runs, for every block in turn: the plain model once untimed and once timed, then the model with the block
+once untimed and once timed (the earlier version gave only the plain model that untimed step, so the two sides
+of a pair were not timed alike). Load from other jobs hits both sides of every pair alike; the ratio to the plain
+backbone is the median over rounds of the ratio within the pair. On a shared CPU a few percent between runs is
+noise: compare runs of the same command, and give the load average.
 Peak memory: the most memory allocated during one step above what was held before it (weights, momentum
 buffers, the batch), measured as in tools/bench_blocks.py; its ratio is to the plain backbone's.
 """
@@ -25,22 +30,35 @@ from tools._measure import peak_memory_bytes, timed
 
 
 def make_train_step(nl_type, arch, batch, device, nl_layer, amp="off"):
+    """One training step of PreResNet-`arch` with block nl_type (None: plain) as train_val.py runs it."""
     torch.manual_seed(0)
-    model = build_model("preresnet", arch, num_classes=10, nl_type=nl_type, nl_layer=nl_layer).to(device).train()
+    placement = {} if nl_layer is None else dict(nl_layer=nl_layer)  # None: build_model's default, as a user gets
+    model = build_model("preresnet", arch, num_classes=10, nl_type=nl_type, **placement).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     images = torch.randn(batch, 3, 32, 32, device=device)
     labels = torch.randint(0, 10, (batch,), device=device)
     dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
 
-    def step():
-        optimizer.zero_grad(set_to_none=True)
+    def step():  # lib/engine/runtime.py: the forward, then checked_step (its loss.item() included)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = F.cross_entropy(model(images), labels)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        loss.item()
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
     return step
+
+
+def loop_timed(step, device):
+    """The time of one step taken as a training loop takes it: right after a step of the same model."""
+    step()
+    return timed(step, device)
 
 
 def main(argv=None):
@@ -58,7 +76,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     names = ["plain"] + args.blocks
-    steps = {name: make_train_step(None if name == "plain" else name, args.arch, args.batch, device, (args.stage,),
+    nl_layer = None if args.stage == "1" else (args.stage,)  # stage 1 is build_model's default placement
+    steps = {name: make_train_step(None if name == "plain" else name, args.arch, args.batch, device, nl_layer,
                                    args.amp)
              for name in names}
     for step in steps.values():
@@ -68,8 +87,8 @@ def main(argv=None):
     ratios = {name: [] for name in names}
     for _ in range(args.rounds):
         for name in args.blocks:
-            steps["plain"]()
-            plain, block = timed(steps["plain"], device), timed(steps[name], device)
+            plain = loop_timed(steps["plain"], device)
+            block = loop_timed(steps[name], device)
             times["plain"].append(plain)
             times[name].append(block)
             ratios[name].append(block / plain)
@@ -77,7 +96,8 @@ def main(argv=None):
     where = f"{torch.cuda.get_device_name(device)}" if device.type == "cuda" else f"CPU, {args.threads} threads"
     amp = "" if args.amp == "off" else f", autocast {args.amp}"
     print(f"PreResNet-{args.arch}, batch {args.batch}, block at stage {args.stage}; {where}{amp}; "
-          f"{args.rounds} rounds of (plain, block) pairs after {args.warmup} warm-up steps\n")
+          f"{args.rounds} rounds of (plain, block) pairs, each timed step right after an untimed one of the "
+          f"same model, after {args.warmup} warm-up steps\n")
     print("| model | ms / step (median) | images / s | time vs plain (quartiles) | peak MiB | memory vs plain |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in names:
