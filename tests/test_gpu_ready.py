@@ -1,0 +1,135 @@
+"""CUDA paths that no GPU here can run (issue 25), checked on the CPU with torch.cuda and
+torch.distributed.init_process_group monkeypatched: the process group's timeout and device_id, the single-process
+GPU made current, pinned memory only for CUDA runs, the emulated-bf16 warning."""
+import datetime
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import train_val
+from lib.data import FakeDataset, build_loaders
+from lib.engine import distributed, runtime
+from lib.engine.amp_support import emulated_bf16_warning
+
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+SLURM_ENV = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST",
+             "SLURM_STEP_NODELIST", "SLURM_JOB_ID")
+
+
+class Recorder:
+    def __init__(self):
+        self.warnings = []
+
+    def warn(self, text):
+        self.warnings.append(text)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Two visible 'GPUs' of compute capability 7.0 (bf16 only by emulation); records set_device."""
+    made_current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    return made_current
+
+
+@pytest.fixture
+def captured_init(monkeypatch):
+    """dist.init_process_group's arguments, without starting a group; no launcher watch."""
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(distributed, "die_with_launcher", lambda **kwargs: None)
+    for name in TORCHRUN_ENV + SLURM_ENV:
+        monkeypatch.delenv(name, raising=False)
+    return calls
+
+
+def torchrun_env(monkeypatch, rank, world_size, local_rank):
+    for name, value in zip(("RANK", "WORLD_SIZE", "LOCAL_RANK"), (rank, world_size, local_rank)):
+        monkeypatch.setenv(name, str(value))
+
+
+# --- 25.1: an explicit timeout, and device_id for NCCL ------------------------------------------------------------
+
+def test_gloo_process_group_gets_an_explicit_timeout(captured_init, monkeypatch):
+    torchrun_env(monkeypatch, 0, 2, 0)
+    ctx = distributed.init_distributed("cpu")
+    assert ctx.distributed and ctx.world_size == 2
+    assert captured_init == [dict(backend="gloo", init_method="env://", timeout=datetime.timedelta(minutes=60))]
+
+
+def test_nccl_process_group_gets_the_timeout_and_its_device(captured_init, fake_cuda, monkeypatch):
+    torchrun_env(monkeypatch, 1, 2, 1)
+    ctx = distributed.init_distributed("cuda", timeout_minutes=90)
+    assert ctx.device == torch.device("cuda", 1) and fake_cuda == [torch.device("cuda", 1)]
+    call, = captured_init
+    assert call["backend"] == "nccl" and call["timeout"] == datetime.timedelta(minutes=90)
+    assert call["device_id"] == torch.device("cuda", 1)
+
+
+def test_dist_timeout_flag_reaches_the_process_group(monkeypatch):
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def init(device, launcher_pid, timeout_minutes):
+        seen.append(timeout_minutes)
+        raise Stop
+
+    monkeypatch.setattr(runtime, "init_distributed", init)
+    for argv, minutes in (([], 60), (["--dist-timeout", "120"], 120)):
+        with pytest.raises(Stop):
+            train_val.main(train_val.parse_args(["--dataset", "fake", *argv]))
+        assert seen[-1] == minutes
+
+
+def test_a_non_positive_timeout_is_a_config_error(captured_init, monkeypatch):
+    torchrun_env(monkeypatch, 0, 2, 0)
+    with pytest.raises(distributed.ConfigError, match="--dist-timeout"):
+        distributed.init_distributed("cpu", timeout_minutes=0)
+
+
+# --- 25.7: the single process's GPU is made current; memory pinned only for CUDA runs -----------------------------
+
+def test_single_process_cuda_n_becomes_the_current_device(captured_init, fake_cuda):
+    ctx = distributed.init_distributed("cuda:1")
+    assert not ctx.distributed and ctx.device == torch.device("cuda", 1)
+    assert fake_cuda == [torch.device("cuda", 1)] and captured_init == []
+
+
+def test_single_process_cpu_run_touches_no_gpu(captured_init, fake_cuda):
+    assert distributed.init_distributed("cpu").device == torch.device("cpu") and fake_cuda == []
+
+
+def test_memory_is_pinned_only_for_a_cuda_run(fake_cuda):
+    data = FakeDataset(8, 4, 2)
+    for device, pinned in (("cpu", False), (torch.device("cpu"), False), (None, False),
+                           (torch.device("cuda", 1), True)):
+        train_loader, val_loader, _ = build_loaders(data, data, 4, 0, device=device)
+        assert train_loader.pin_memory is pinned and val_loader.pin_memory is pinned, device
+
+
+# --- 25.5: bf16 on a GPU without bf16 tensor cores ----------------------------------------------------------------
+
+def test_emulated_bf16_on_a_gpu_warns_and_suggests_fp16(fake_cuda):
+    log = Recorder()
+    runtime.warn_slow_amp("bf16", torch.device("cuda", 0), log)
+    warning, = log.warnings
+    assert "emulated" in warning and "--amp fp16" in warning
+
+
+@pytest.mark.parametrize("amp", ["off", "fp16"])
+def test_other_amp_modes_on_that_gpu_say_nothing(fake_cuda, amp):
+    log = Recorder()
+    runtime.warn_slow_amp(amp, torch.device("cuda", 0), log)
+    assert log.warnings == []
+
+
+def test_native_bf16_gpu_says_nothing(fake_cuda, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert emulated_bf16_warning("bf16", torch.device("cuda", 0)) is None
