@@ -8,10 +8,10 @@ import sys
 
 import pytest
 import torch
+from test_resume import one_thread, write_runner  # noqa: F401  (one_thread: autouse fixture)
 
 from lib.engine import distributed
 from lib.errors import ConfigError
-from test_resume import one_thread, write_runner  # noqa: F401  (one_thread: autouse fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = ["--dataset", "fake", "--input-size", "16", "--epochs", "1", "--eval-freq", "1", "--print-freq", "1",
