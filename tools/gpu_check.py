@@ -338,14 +338,16 @@ def check_compile(ctx):
 
 def ddp_processes_agree(single, double, double_dir):
     """Failed unless the 2-process run is what 1 process at the same global batch computes: 2 processes recorded,
-    every validation image once, losses within a few percent (dropout draws differ, nothing else should)."""
+    every validation image once, losses close. Only the classifier's Dropout(0.5) draws differ (seeded per rank):
+    the epoch's mean training loss stays within 5% (measured on CPU: <2%), the final validation loss, a single
+    sample of the weights, within 20% (measured: 9%); gradients left unreduced or a shard left out miss these."""
     checkpoint = final_checkpoint(double_dir)
     if checkpoint.get("world_size") != 2 or len(checkpoint.get("rng_states", [])) != 2:
         raise Failed(f"checkpoint says {checkpoint.get('world_size')} process(es), not 2")
     if double["n"] != single["n"]:
         raise Failed(f"evaluated {double['n']} images over 2 processes, 1 process {single['n']}")
-    for key in ("train_loss", "loss"):
-        if not math.isclose(double[key], single[key], rel_tol=0.05):
+    for key, tolerance in (("train_loss", 0.05), ("loss", 0.2)):
+        if not math.isclose(double[key], single[key], rel_tol=tolerance):
             raise Failed(f"{key} {double[key]:.4f} (2 processes) vs {single[key]:.4f} (1 process)")
 
 
