@@ -133,3 +133,45 @@ def test_other_amp_modes_on_that_gpu_say_nothing(fake_cuda, amp):
 def test_native_bf16_gpu_says_nothing(fake_cuda, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert emulated_bf16_warning("bf16", torch.device("cuda", 0)) is None
+
+
+# --- 25.6 (helper, not yet wired): the run's own device RNG across a resume ---------------------------------------
+
+@pytest.fixture
+def fake_cuda_rng(monkeypatch, fake_cuda):
+    """Per-device CUDA RNG states kept in a dict; the 'GPUs' of fake_cuda."""
+    states = {0: torch.tensor([0], dtype=torch.uint8), 1: torch.tensor([1], dtype=torch.uint8)}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: states[torch.device(device).index].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: states.__setitem__(
+        torch.device(device).index, state.clone()))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda all_states: states.update(enumerate(all_states)))
+    return states
+
+
+def test_device_rng_is_saved_for_the_runs_own_gpu_and_restored_onto_another_count(fake_cuda_rng, monkeypatch):
+    from lib.engine.device_rng import DEVICE_KEY, device_rng_entry, restore_device_rng
+    entry = device_rng_entry(torch.device("cuda", 1))
+    assert torch.equal(entry[DEVICE_KEY], torch.tensor([1], dtype=torch.uint8))
+    assert device_rng_entry(torch.device("cpu")) == {}
+    # Resumed in a job that sees one GPU (cuda:0), with 8 states of an older layout saved beside it.
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    log = Recorder()
+    state = dict(entry, cuda=[torch.tensor([9], dtype=torch.uint8)] * 8)
+    assert restore_device_rng(state, torch.device("cuda", 0), log.warn)
+    assert torch.equal(fake_cuda_rng[0], torch.tensor([1], dtype=torch.uint8)) and log.warnings == []
+
+
+def test_an_older_checkpoint_with_another_gpu_count_warns(fake_cuda_rng):
+    from lib.engine.device_rng import restore_device_rng
+    log = Recorder()
+    legacy = dict(cuda=[torch.tensor([7], dtype=torch.uint8)] * 8)  # 8 GPUs saved, 2 visible here
+    assert not restore_device_rng(legacy, torch.device("cuda", 0), log.warn)
+    warning, = log.warnings
+    assert "8 GPU(s)" in warning and "not restored" in warning
+    assert torch.equal(fake_cuda_rng[0], torch.tensor([0], dtype=torch.uint8))  # untouched
+    # Same count: restored as before, without a word; a CPU run's checkpoint or a CPU resume: nothing to say.
+    same = dict(cuda=[torch.tensor([5], dtype=torch.uint8), torch.tensor([6], dtype=torch.uint8)])
+    assert restore_device_rng(same, torch.device("cuda", 1), log.warn) and fake_cuda_rng[1].item() == 6
+    assert not restore_device_rng(dict(cuda=[]), torch.device("cuda", 0), log.warn)
+    assert not restore_device_rng(legacy, torch.device("cpu"), log.warn)
+    assert len(log.warnings) == 1
