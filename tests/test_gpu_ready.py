@@ -175,3 +175,19 @@ def test_an_older_checkpoint_with_another_gpu_count_warns(fake_cuda_rng):
     assert not restore_device_rng(dict(cuda=[]), torch.device("cuda", 0), log.warn)
     assert not restore_device_rng(legacy, torch.device("cpu"), log.warn)
     assert len(log.warnings) == 1
+
+
+def test_video_test_loader_pins_only_for_a_cuda_run(fake_cuda):
+    import argparse
+
+    from lib.engine.video.setup import test_loader_of
+    args = argparse.Namespace(batch_size=4, test_clips=2, workers=0, seed=0)
+    for device, pinned in ((torch.device("cpu"), False), (torch.device("cuda", 1), True)):
+        loader = test_loader_of(list(range(6)), distributed.DistContext(device=device), args)
+        assert loader.pin_memory is pinned
+
+
+def test_dist_timeout_may_change_on_resume():
+    from lib.engine.resume_check import changed_settings
+    args = train_val.parse_args(["--dataset", "fake", "--dist-timeout", "120"])
+    assert changed_settings(dict(vars(args), dist_timeout=60), args) == {}
