@@ -276,7 +276,8 @@ def check_resume(ctx):
         want, got = final_checkpoint(straight), final_checkpoint(resumed)
         held = [key for key in ("optimizer", "scaler", "rng_states") if got.get(key)]
         missing = {"optimizer", "rng_states", *(["scaler"] if amp else [])} - set(held)
-        cuda_rng = ctx.device.type != "cuda" or all(len(s.get("cuda", [])) for s in got["rng_states"])
+        cuda_rng = ctx.device.type != "cuda" or all(s.get("cuda_device") is not None or len(s.get("cuda", []))
+                                                    for s in got["rng_states"])  # (the run's own GPU's, or all)
         if missing or not cuda_rng:
             raise Failed(f"checkpoint lacks {', '.join(sorted(missing)) or 'the CUDA RNG state'}")
         differ, largest = weights_difference(want["state_dict"], got["state_dict"])
