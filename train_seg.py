@@ -6,7 +6,8 @@
     python train_seg.py --valid --check_path save_model/cityscapes/resnet50/snl/model_best.pth.tar --data_dir DATA
     python train_seg.py --dataset fake --iters 20 --eval-every 10        # smoke run, no data needed
 
-Iteration-based, with the authors' mmsegmentation recipe (lib/engine/segmentation/cli.py) filling unset flags; outputs go to
+Iteration-based, with the authors' mmsegmentation recipe (lib/engine/segmentation/cli.py) filling unset flags; the
+run itself is lib/engine's lifecycle (class Segmentation below is what this task gives it); outputs go to
 <output-dir>/<dataset>/<backbone><arch>/<checkpoints>/. Layout as train_val.py: get_args_parser(),
 train_one_step() / train_iterations(), evaluate(), main(args). See docs/segmentation.md.
 """
@@ -17,66 +18,37 @@ LAUNCHER_PID = os.getppid()  # first thing: under torchrun, a launcher that dies
 import math  # noqa: E402  (these imports follow the launcher's pid)
 import sys
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader
 
 from lib.data import LOADER_TIMEOUT_SECONDS, shield_worker
 from lib.data.cityscapes import CLASSES, SegmentationSet, build_cityscapes
-from lib.data.fake_scenes import FakeScenes
+from lib.data.fake_scenes import SPLIT_SIZES, FakeScenes
 from lib.data.iteration_sampler import IterationBatchSampler
 from lib.data.samplers import ContiguousShardSampler
-from lib.data.seg_transforms import IGNORE_INDEX, SegPipeline
-from lib.engine.checkpoint import load_checkpoint, model_args_mismatch, remove_stale_temp_files, restore_rng
-from lib.engine.distributed import all_reduce_sums, from_main
-from lib.engine.epochs import guarded_run
-from lib.engine.logger import MetricsFile, open_tensorboard, write_args
+from lib.data.seg_transforms import SegPipeline
+from lib.engine import lifecycle
+from lib.engine.checkpoint import load_checkpoint
+from lib.engine.distributed import all_reduce_sums
 from lib.engine.metrics import format_seconds
-from lib.engine.segmentation.poly import PolySchedule
 from lib.engine.preemption import EpochProgress, fetch_batch
-from lib.engine.resume_check import (RESUMABLE, check_resume_settings, has_work, resume_args_path,
-                                     valid_dataset_from_checkpoint)
-from lib.engine.run_state import check_dataset
-from lib.engine.runtime import (autocast, checked_step, cpu_threads_note, prepare_model, run_cli, run_main,
-                                seed_everything)
+from lib.engine.resume_check import RESUMABLE, valid_dataset_from_checkpoint
+from lib.engine.run_files import IterationFiles
+from lib.engine.run_state import check_dataset, check_model_flags, model_kwargs, run_folder
+from lib.engine.runtime import LossCheck, autocast, cpu_threads_note, optimizer_step, prepare_model, run_cli
 from lib.engine.schedule import set_lr
 from lib.engine.segmentation.cli import get_args_parser, parse_seg_args, resolve_seg_args  # noqa: F401
-from lib.engine.segmentation.run import (MIoUTracker, drop_records_after, resume_source, resumed_interval, run_folder,
-                                save_checkpoint)
+from lib.engine.segmentation.loss import SegLoss
 from lib.engine.segmentation.metrics import all_reduce_confusion, confusion_matrix, json_number, segmentation_metrics
-from lib.engine.tasks import require_task
-from lib.errors import ConfigError
+from lib.engine.segmentation.poly import PolySchedule
+from lib.engine.segmentation.run import best_line, miou_tracker, summary_line  # noqa: F401  (task hooks)
+from models.tasks import require_task
 from models.segmentation import build_segmentor, load_segmentor_state
 
 NUM_CLASSES = len(CLASSES)
-FAKE_SIZES = {"train": 16, "val": 8}
-
-
-class SegLoss(nn.Module):
-    """Cross-entropy of the decode head + aux_weight x that of the auxiliary head, 255 ignored.
-
-    As mmsegmentation's CrossEntropyLoss (avg_non_ignore=False, its default), the per-pixel losses are averaged
-    over all pixels, ignored ones counting as 0 (docs/segmentation.md).
-    """
-
-    def __init__(self, aux_weight=0.4):
-        super().__init__()
-        self.aux_weight = aux_weight
-
-    @staticmethod
-    def pixel_loss(logits, target):
-        return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none").mean()
-
-    def forward(self, outputs, target):
-        """(total loss, {"decode": ..., "aux": ...} as floats-to-be)."""
-        parts = {"decode": self.pixel_loss(outputs["out"], target)}
-        total = parts["decode"]
-        if "aux" in outputs and self.aux_weight:
-            parts["aux"] = self.pixel_loss(outputs["aux"], target)
-            total = total + self.aux_weight * parts["aux"]
-        return total, parts
 
 
 def build_criterion(args):
@@ -94,8 +66,8 @@ def build_seg_datasets(args, train=True):
     validation split); ConfigError, on one line, for a missing or incomplete dataset."""
     pipeline = pipeline_of(args)
     if args.dataset == "fake":
-        return (SegmentationSet(FakeScenes(FAKE_SIZES["train"], "train"), True, pipeline) if train else None,
-                SegmentationSet(FakeScenes(FAKE_SIZES["val"], "val"), False, pipeline))
+        return (SegmentationSet(FakeScenes(SPLIT_SIZES["train"], "train"), True, pipeline) if train else None,
+                SegmentationSet(FakeScenes(SPLIT_SIZES["val"], "val"), False, pipeline))
     return build_cityscapes(args.data_dir, pipeline, train=train)
 
 
@@ -122,15 +94,14 @@ def train_loader_of(train_set, ctx, args, start_iter):
                       pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(args.seed))
 
 
-def model_kwargs(args, pretrained=None):
+def segmentor_kwargs(args, pretrained=None):
     """build_segmentor's keyword arguments from the flags."""
-    return dict(backbone=args.backbone, arch=args.arch, num_classes=NUM_CLASSES, nl_type=args.nl_type,
-                stage_num=args.stage_nums, div=args.div, is_sys=args.is_sys, is_norm=args.is_norm,
-                pretrained=pretrained or None, aux=args.aux_weight > 0, output_relu=args.output_relu)
+    return model_kwargs(args, NUM_CLASSES, pretrained, aux=args.aux_weight > 0)
 
 
 def train_one_step(model, criterion, optimizer, scaler, images, target, ctx, args, iteration):
-    """Forward, loss, backward, SGD step; returns (loss, {part: loss}) as floats."""
+    """Forward, loss, backward, SGD step; returns (loss, {part: loss}) as tensors on the device (read when printed;
+    the caller checks that the loss is finite at the next agreement of the processes, lib.engine.runtime.LossCheck)."""
     images = images.to(ctx.device, non_blocking=True)
     target = target.to(ctx.device, non_blocking=True)
     if args.channels_last:
@@ -138,9 +109,8 @@ def train_one_step(model, criterion, optimizer, scaler, images, target, ctx, arg
     with autocast(ctx.device, args.amp):
         outputs = model(images)
     loss, parts = criterion(outputs, target)
-    loss_value = checked_step(loss, optimizer, scaler, ctx,
-                              f"at iteration {iteration + 1}: run stopped, the last checkpoint is kept")
-    return loss_value, {name: value.item() for name, value in parts.items()}
+    optimizer_step(loss, optimizer, scaler)
+    return loss.detach(), {name: value.detach() for name, value in parts.items()}
 
 
 def train_iterations(model, criterion, optimizer, scaler, batches, start, stop, schedule, ctx, args, log,
@@ -153,29 +123,33 @@ def train_iterations(model, criterion, optimizer, scaler, batches, start, stop, 
     """
     model.train()
     progress = progress or EpochProgress()
-    count, began, seconds_before = 0, time.time(), progress.seconds
+    count, began, seconds_before, loss_check = 0, time.time(), progress.seconds, None
     for iteration in range(start, stop):
         lr = schedule.lr_at(iteration)
         set_lr(optimizer, lr)
         batch, error = fetch_batch(batches)
         if guard is not None:
-            guard.at_boundary(iteration, lambda: save(iteration, progress), f"iteration {iteration}", error)
+            guard.at_boundary(iteration, lambda: save(iteration, progress), f"iteration {iteration}", error,
+                              loss_check)
         elif error is not None:
             raise error
         images, target = batch
-        loss_value, parts = train_one_step(model, criterion, optimizer, scaler, images, target, ctx, args, iteration)
-        progress.add(loss_value, 0, 1)
+        loss, parts = train_one_step(model, criterion, optimizer, scaler, images, target, ctx, args, iteration)
+        loss_check = LossCheck(loss, f"at iteration {iteration + 1}: run stopped, the last checkpoint is kept")
+        progress.add(loss, 0, 1)
         count, elapsed = count + 1, time.time() - began
         progress.seconds = seconds_before + elapsed
         if guard is not None:
             guard.step_done()
         done = iteration + 1
         if done % args.print_freq == 0 or done == stop:
-            shown = "  ".join(f"{name} {value:.4f}" for name, value in parts.items())
-            log.info(f"Iter [{done}/{args.iters}]  loss {loss_value:.4f} ({progress.loss_sum / progress.count:.4f})"
+            shown = "  ".join(f"{name} {value.item():.4f}" for name, value in parts.items())
+            log.info(f"Iter [{done}/{args.iters}]  loss {loss.item():.4f} ({progress.mean_loss():.4f})"
                      f"  {shown}  lr {lr:.6g}  {count * args.batch_size * ctx.world_size / max(elapsed, 1e-9):.2f} "
                      f"img/s  eta {format_seconds(elapsed / count * (args.iters - done))}"
                      + (cpu_threads_note(ctx.device) if count <= args.print_freq else ""))
+    if loss_check is not None:
+        loss_check.raise_if_any(ctx)  # the last step, before the checkpoint that follows an interval
     loss_sum, count = all_reduce_sums(ctx, [progress.loss_sum, progress.count])
     return loss_sum / max(count, 1)
 
@@ -211,13 +185,20 @@ def evaluate(model, loader, ctx, args, log):
     return stats
 
 
-def metrics_record(stats, iteration, train_loss, lr, seconds):
-    """One metrics.jsonl line: per-class IoU / Acc by class name (null = absent from prediction and truth)."""
-    return {"iteration": iteration, "mIoU": json_number(stats["mIoU"]), "mAcc": json_number(stats["mAcc"]),
+def metrics_record(stats):
+    """The metrics.jsonl row of an evaluation: per-class IoU / Acc by class name (null = absent from prediction and
+    truth)."""
+    return {"mIoU": json_number(stats["mIoU"]), "mAcc": json_number(stats["mAcc"]),
             "aAcc": json_number(stats["aAcc"]), "pixels": stats["pixels"], "images": stats["images"],
             "IoU": {name: json_number(v) for name, v in zip(CLASSES, stats["IoU"])},
-            "Acc": {name: json_number(v) for name, v in zip(CLASSES, stats["Acc"])},
-            "train_loss": train_loss, "lr": lr, "time": seconds}
+            "Acc": {name: json_number(v) for name, v in zip(CLASSES, stats["Acc"])}}
+
+
+def tensorboard_scalars(stats, record):
+    scalars = [("Train Loss", record["train_loss"]), ("LR", record["lr"]), ("mIoU", stats["mIoU"]),
+               ("mAcc", stats["mAcc"]), ("aAcc", stats["aAcc"])]
+    # a class absent from prediction and truth has no IoU
+    return scalars + [(f"IoU/{name}", value) for name, value in zip(CLASSES, stats["IoU"]) if not math.isnan(value)]
 
 
 def validate_checkpoint(args, ctx, log):
@@ -228,7 +209,7 @@ def validate_checkpoint(args, ctx, log):
     check_dataset(checkpoint, args.check_path, args.dataset)
     _, val_set = build_seg_datasets(args, train=False)
     saved = checkpoint.get("model_args")
-    model = build_segmentor(**saved) if saved else build_segmentor(**model_kwargs(args))
+    model = build_segmentor(**saved) if saved else build_segmentor(**segmentor_kwargs(args))
     load_segmentor_state(model, checkpoint["state_dict"])
     log.info(f"=> loaded {args.check_path} (iteration {checkpoint.get('iteration', '?')}); evaluating "
              f"{len(val_set)} images")
@@ -238,7 +219,8 @@ def validate_checkpoint(args, ctx, log):
     return stats
 
 
-def log_setup(args, ctx, train_set, val_set, model, log):
+def log_setup(args, ctx, data, model, schedule, log):
+    train_set, val_set = data["train_set"], data["val_set"]
     params = sum(p.numel() for p in model.parameters()) / 1e6
     log.info(f"=> data: {args.dataset}, {len(train_set)} train / {len(val_set)} val images, crop "
              f"{args.crop_size[0]}x{args.crop_size[1]}, scale {args.img_scale} x {args.ratio_range}")
@@ -249,122 +231,63 @@ def log_setup(args, ctx, train_set, val_set, model, log):
              f"{args.power:g}, min {args.min_lr:g}), evaluation every {args.eval_every}")
 
 
-def train(args, ctx, log):
-    run_dir = run_folder(args)
-    log.heading(f"=> torch {torch.__version__}, device {ctx.device}, {ctx.world_size} process(es), run folder "
-                f"{run_dir}")
-    # One run per folder; signals checkpoint and stop; every rank's errors reach the log.
-    return guarded_run(run_dir, ctx, log, args, lambda guard: _train(args, ctx, log, run_dir, guard))
+# ---- what this task gives the run lifecycle (lib/engine/__init__.py says what each name is for) ----
+TASK, STEP_FILES, TOTAL_FLAG = "segmentation", IterationFiles, "iters"
+RESUMABLE_SETTINGS = RESUMABLE  # not: more --iters (the poly schedule depends on their number)
+tracker, summary, task_run_folder, load_weights = miou_tracker, summary_line, run_folder, load_segmentor_state
 
 
-def _train(args, ctx, log, run_dir, guard):
-    resume_path = from_main(ctx, lambda: resume_source(args, run_dir, log))
+def resolve(args):
+    return resolve_seg_args(valid_dataset_from_checkpoint(args, TASK))
+
+
+def check_model(args):
+    check_model_flags(build_segmentor, segmentor_kwargs(args))
+
+
+def load_data(args, ctx):
     train_set, val_set = build_seg_datasets(args)
-    checkpoint = load_checkpoint(resume_path) if resume_path else None
-    # A resumed model's weights come from its checkpoint: pretrained weights are not loaded again.
-    model = build_segmentor(**model_kwargs(args, None if checkpoint else args.pretrained))
-    if checkpoint is not None:
-        require_task(checkpoint, resume_path, "segmentation")
-        mismatch = model_args_mismatch(checkpoint.get("model_args") or model.build_args, model.build_args)
-        if mismatch:
-            raise ConfigError(f"cannot resume from {resume_path}, it holds another model: {mismatch}")
-        check_resume_settings(checkpoint, resume_path, args, log, RESUMABLE, ctx.world_size)  # not: more --iters
-        load_segmentor_state(model, checkpoint["state_dict"])
-    model, train_model, eval_model = prepare_model(model, args, ctx, log)
-    schedule = PolySchedule(args.lr, args.iters, args.power, args.min_lr)
-    optimizer = torch.optim.SGD(model.parameters(), lr=schedule.lr_at(0), momentum=args.momentum,
-                                weight_decay=args.weight_decay)
-    scaler = torch.amp.GradScaler(ctx.device.type) if args.amp == "fp16" else None
-    start_iter, tracker, resumed_inside = 0, MIoUTracker(), None
-    if checkpoint is not None:
-        if checkpoint.get("optimizer"):
-            optimizer.load_state_dict(checkpoint["optimizer"])
-        if scaler is not None and checkpoint.get("scaler"):
-            scaler.load_state_dict(checkpoint["scaler"])
-        start_iter, tracker = int(checkpoint.get("iteration", 0)), MIoUTracker.from_checkpoint(checkpoint)
-        log.heading(f"=> resuming {resume_path}: {start_iter} iteration(s) done, best mIoU "
-                    f"{tracker.best or 0:.2f} (iteration {tracker.best_iter})")
-        resumed_inside = resumed_interval(checkpoint, resume_path, ctx, args)
-        guard.saved(resume_path)
-    log_setup(args, ctx, train_set, val_set, model, log)
-
-    # Only now, with data, model and checkpoint loaded, is anything written: a failed start leaves no trace.
-    metrics_path = os.path.join(run_dir, "metrics.jsonl")
-    metrics = MetricsFile(metrics_path, enabled=ctx.is_main)
-    if ctx.is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        log.attach(os.path.join(run_dir, "log_train.txt"))
-        for name in remove_stale_temp_files(run_dir):
-            log.warn(f"removed {name}, left by an interrupted checkpoint write")
-        if has_work(start_iter, args.iters):  # a resume with nothing to train writes no records
-            write_args(resume_args_path(run_dir, start_iter) if checkpoint else os.path.join(run_dir, "args.yaml"),
-                       args)
-        drop_records_after(metrics_path, start_iter)
-    writer = open_tensorboard(run_dir, start_iter, enabled=ctx.is_main and has_work(start_iter, args.iters))
-    rng_states = (checkpoint or {}).get("rng_states") or []
-    if ctx.rank < len(rng_states):
-        restore_rng(rng_states[ctx.rank])
-    elif checkpoint is not None:
-        log.warn("the checkpoint has no RNG state for this process: random draws will differ from the original run")
-        seed_everything(args.seed + ctx.rank + 1000 * start_iter)
-    criterion = build_criterion(args)
-    val_loader = val_loader_of(val_set, ctx, args)
-    batches = iter(train_loader_of(train_set, ctx, args, start_iter))
-    iteration = start_iter
-
-    def save_between(done, progress):
-        return save_checkpoint(run_dir, done, False, model, optimizer, scaler, schedule, tracker, args, ctx, log,
-                               progress=progress)
-    try:
-        while iteration < args.iters:
-            started = time.time()
-            stop = min((iteration // args.eval_every + 1) * args.eval_every, args.iters)
-            progress = resumed_inside if iteration == start_iter else None
-            started -= progress.seconds if progress else 0
-            train_loss = train_iterations(train_model, criterion, optimizer, scaler, batches, iteration, stop,
-                                          schedule, ctx, args, log, guard, progress, save_between)
-            lr, iteration = schedule.lr_at(stop - 1), stop
-            stats = evaluate(eval_model, val_loader, ctx, args, log)
-            is_best = tracker.update(iteration, stats)
-            log.info(f" * best mIoU {tracker.best if tracker.best is not None else float('nan'):.2f} "
-                     f"(iteration {tracker.best_iter})")
-            if writer is not None:
-                for tag, value in (("Train Loss", train_loss), ("LR", lr), ("mIoU", stats["mIoU"]),
-                                   ("mAcc", stats["mAcc"]), ("aAcc", stats["aAcc"])):
-                    writer.add_scalar(tag, value, iteration)
-                for name, value in zip(CLASSES, stats["IoU"]):
-                    if not math.isnan(value):  # a class absent from prediction and truth has no IoU
-                        writer.add_scalar(f"IoU/{name}", value, iteration)
-                writer.flush()
-            metrics.append(metrics_record(stats, iteration, train_loss, lr, time.time() - started))
-            guard.saved(save_checkpoint(run_dir, iteration, is_best, model, optimizer, scaler, schedule, tracker,
-                                        args, ctx, log))
-    finally:
-        if writer is not None:
-            writer.close()
-    if start_iter >= args.iters:
-        log.warn(f"nothing left to train: the checkpoint has {start_iter} iterations, --iters is {args.iters}")
-    log.heading(tracker.summary())
-    return tracker.last
+    return dict(train_set=train_set, val_set=val_set, val_loader=val_loader_of(val_set, ctx, args))
 
 
-def check_model_flags(args):
-    """Fail on a bad model flag before any data is read: building on the meta device costs nothing."""
-    with torch.device("meta"):
-        build_segmentor(**model_kwargs(args))
+def create_model(args, data, pretrained):
+    return build_segmentor(**segmentor_kwargs(args, pretrained))
 
 
-def main(args):
-    """Train (or with --valid, evaluate); returns the final evaluation's stats. Raises ConfigError for bad input."""
-    args = resolve_seg_args(valid_dataset_from_checkpoint(args, "segmentation"))
-    return run_main(args, LAUNCHER_PID, check_model_flags, validate_checkpoint, train)
+def lr_schedule(args, ctx):
+    return PolySchedule(args.lr, args.iters, args.power, args.min_lr)
 
 
-def cli_main(argv=None):
-    """Entry point: returns the exit status (0; 2 for bad input or a failed write, 3 for a diverged run, 75 when
-    stopped by a signal after a checkpoint) with a one-line message."""
-    return run_cli(main, parse_seg_args, "train_seg.py", argv)
+def create_optimizer(model, args, lr):
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
+
+def train_batches(run):
+    return iter(train_loader_of(run.data["train_set"], run.ctx, run.args, run.start))
+
+
+def train_steps(run, batches, start, stop, progress, save):
+    return train_iterations(run.train_model, run.criterion, run.optimizer, run.scaler, batches, start, stop,
+                            run.schedule, run.ctx, run.args, run.log, run.guard, progress, save)
+
+
+def evaluate_run(run, finished):
+    return evaluate(run.eval_model, run.data["val_loader"], run.ctx, run.args, run.log)
+
+
+def selects(args):
+    return True
+
+
+def record(stats, record):
+    return metrics_record(stats), tensorboard_scalars(stats, record)
+
+
+def main(args):  # train (or with --valid, evaluate): the final evaluation's stats; ConfigError for bad input
+    return lifecycle.main(sys.modules[__name__], args, LAUNCHER_PID)
+
+
+cli_main = partial(run_cli, main, parse_seg_args, "train_seg.py")  # the exit status and a one-line message
 
 if __name__ == "__main__":
     sys.exit(cli_main())

@@ -20,35 +20,29 @@ import os
 LAUNCHER_PID = os.getppid()  # first thing: under torchrun, a launcher that dies during the imports is noticed
 
 import sys  # noqa: E402  (these imports follow the launcher's pid)
+from functools import partial
 import time
 
 import torch
 from torch import nn
 
-from lib.data import build_loaders
-from lib.engine import epochs
+from lib.engine import epochs, lifecycle
 from lib.engine.checkpoint import load_checkpoint
-from lib.engine.distributed import from_main
+from lib.engine.classification.run import accuracy_tracker, best_line as accuracy_line
 from lib.engine.evaluation import classifier_stats
 from lib.engine.metrics import format_seconds, percent
-from lib.engine.resume_check import (EPOCH_BASED, RESUMABLE, check_resume_settings, has_work,
-                                     valid_dataset_from_checkpoint)
-from lib.engine.run_state import (check_dataset, check_requested_model, load_resumed_weights, resume_source,
-                                  save_checkpoint)
-from lib.engine.runtime import run_cli, run_main
-from lib.engine.tasks import require_task
+from lib.engine.resume_check import EPOCH_BASED, RESUMABLE, valid_dataset_from_checkpoint
+from lib.engine.run_files import EpochFiles
+from lib.engine.run_state import check_dataset, check_model_flags, check_requested_model, model_kwargs, run_folder
+from lib.engine.runtime import run_cli
+from models.tasks import require_task
 from lib.engine.video.cli import get_args_parser, parse_video_args  # noqa: F401  (torchvision-style entry point)
 from lib.engine.video.multiclip import evaluate_videos
 from lib.engine.video.recipe import VIDEO_RECIPES, resolve_video_args
-from lib.engine.video.setup import (build_data, check_model_flags, freeze_for_fine_tuning, frozen_parameter_count,
-                                    model_kwargs, prepare_video_model, run_folder, test_loader_of, to_device,
-                                    trainable_parameters)
+from lib.engine.video.setup import (build_data, freeze_for_fine_tuning, frozen_parameter_count, prepare_video_model,
+                                    test_loader_of, to_device, trainable_parameters)
 from lib.errors import ConfigError
 from models import build_model, load_state_dict_checked
-
-# Settings a resume may change besides train_val.py's: the multi-clip test only measures, it does not train.
-VIDEO_RESUMABLE = RESUMABLE | EPOCH_BASED | {"test_clips"}
-
 
 def build_criterion(args):
     return nn.CrossEntropyLoss()
@@ -75,18 +69,12 @@ def evaluate(model, loader, ctx, args, log):
                  f"clip top-5 {percent(correct5, count):.3f}  "
                  f"{count * ctx.world_size / max(elapsed, 1e-9):.1f} clips/s  "
                  f"eta {format_seconds(elapsed / (i + 1) * (len(loader) - i - 1))}")
-    stats = classifier_stats(model, loader, ctx, args, to_device, report)
-    log.info(f" * Clip Prec@1 {stats['top1']:.3f} Clip Prec@5 {stats['top5']:.3f}  loss {stats['loss']:.4f}  "
-             f"({stats['n']} centre clips)")
-    return stats
+    return classifier_stats(model, loader, ctx, args, to_device, report, log, kind="Clip ", samples="centre clips")
 
 
 def load_data(args, ctx):
     train_set, val_set, test_set, info = build_data(args, ctx)
-    train_loader, val_loader, train_sampler = build_loaders(train_set, val_set, args.batch_size, args.workers,
-                                                            distributed=ctx.distributed, seed=args.seed)
-    return dict(train_set=train_set, val_set=val_set, test_set=test_set, info=info, train_loader=train_loader,
-                val_loader=val_loader, train_sampler=train_sampler)
+    return epochs.epoch_data(train_set, val_set, info, args, ctx, test_set=test_set)
 
 
 def evaluate_all(model, data, ctx, args, log, with_test):
@@ -128,8 +116,8 @@ def selects(args):
     return args.validation == "holdout"
 
 
-def summary_line(best, select=True):
-    """The run's closing line: the final evaluation (clip and video) and, when the run selects (select), the best
+def summary_line(best, args):
+    """The run's closing line: the final evaluation (clip and video) and, when the run selects, the best
     validation clip accuracies, separately."""
     if best.last is None:
         return "=> done: no evaluation was run"
@@ -137,10 +125,10 @@ def summary_line(best, select=True):
     video = (f", video top-1 {last['video_top1']:.3f} top-5 {last['video_top5']:.3f}"
              if "video_top1" in last else "")
     final = f"=> done: final clip top-1 {last['top1']:.3f} top-5 {last['top5']:.3f}{video} (epoch {last['epoch']})"
-    if not select:
+    if not selects(args):
         return final + " | no best: the validation set is the test split (--validation test)"
-    return (f"{final} | best clip top-1 {best.top1:.3f} (epoch {best.top1_epoch}), best clip top-5 {best.top5:.3f} "
-            f"(epoch {best.top5_epoch})")
+    return (f"{final} | best clip top-1 {best.value('top1'):.3f} (epoch {best.step('top1')}), best clip top-5 "
+            f"{best.value('top5'):.3f} (epoch {best.step('top5')})")
 
 
 def log_setup(args, ctx, data, model, schedule, log):
@@ -165,101 +153,69 @@ def log_setup(args, ctx, data, model, schedule, log):
                  f"{VIDEO_RECIPES[args.recipe]['batch_size']}); pass --lr-scale linear to scale it")
 
 
-def train(args, ctx, log):
-    run_dir = run_folder(args)
-    log.heading(f"=> torch {torch.__version__}, device {ctx.device}, {ctx.world_size} process(es), run folder "
-                f"{run_dir}")
-    # One run per folder; signals checkpoint and stop; every rank's errors reach the log.
-    return epochs.guarded_run(run_dir, ctx, log, args, lambda guard: _train(args, ctx, log, run_dir, guard))
+# ---- what this task gives the run lifecycle (lib/engine/__init__.py says what each name is for) ----
+TASK, STEP_FILES, TOTAL_FLAG = "video", EpochFiles, "epochs"
+# Settings a resume may change besides train_val.py's: the multi-clip test only measures, it does not train.
+RESUMABLE_SETTINGS = RESUMABLE | EPOCH_BASED | {"test_clips"}
+tracker, summary, task_run_folder, load_weights = accuracy_tracker, summary_line, run_folder, load_state_dict_checked
 
 
-def _train(args, ctx, log, run_dir, guard):
-    resume_path = from_main(ctx, lambda: resume_source(args, run_dir, log))
-    data = load_data(args, ctx)
-    checkpoint = load_checkpoint(resume_path) if resume_path else None
-    if checkpoint is not None:
-        require_task(checkpoint, resume_path, "video")
-        check_dataset(checkpoint, resume_path, args.dataset)
-    # A resumed model's weights come from its checkpoint: pretrained weights are not loaded again.
-    model = build_model(**model_kwargs(args, data["info"].num_classes, None if checkpoint else args.pretrained))
-    if checkpoint is not None:
-        load_resumed_weights(checkpoint, resume_path, model)
-        check_resume_settings(checkpoint, resume_path, args, log, resumable=VIDEO_RESUMABLE,
-                              world_size=ctx.world_size)  # same settings?
+def resolve(args):
+    return resolve_video_args(valid_dataset_from_checkpoint(args, TASK))
+
+
+def check_model(args):
+    check_model_flags(build_model, model_kwargs(args, 2))
+
+
+def create_model(args, data, pretrained):
+    return build_model(**model_kwargs(args, data["info"].num_classes, pretrained))
+
+
+def prepare_model(model, args, ctx, log):
+    # Frozen before the model is wrapped for DDP, which registers the parameters that receive gradients.
     freeze_for_fine_tuning(model, args.ft_begin_index)
-    model, train_model, eval_model = prepare_video_model(model, args, ctx, log)
-    schedule = epochs.step_schedule(args, ctx, VIDEO_RECIPES[args.recipe]["batch_size"])
-    optimizer = torch.optim.SGD(trainable_parameters(model), lr=schedule.lr_at(0),
-                                momentum=args.momentum, dampening=args.dampening, weight_decay=args.weight_decay)
-    scaler = torch.amp.GradScaler(ctx.device.type) if args.amp == "fp16" else None
-    start_epoch, best, resumed_inside = epochs.resumed_state(checkpoint, resume_path, optimizer, scaler, ctx, args,
-                                                             log, guard)
-    log_setup(args, ctx, data, model, schedule, log)
-    work = has_work(start_epoch, args.epochs, (checkpoint or {}).get("pending_eval"))  # else write no records
-
-    # Only now, with data, model and checkpoint loaded, is anything written: a failed start leaves no trace.
-    metrics, writer = epochs.open_records(run_dir, args, ctx, log, checkpoint, resume_path, start_epoch, work)
-    epochs.restore_process_rng(checkpoint, ctx, args, start_epoch, log)
-    criterion = build_criterion(args)
-
-    def finish_epoch(finished, record, started, due):
-        """Evaluate (if due; with the multi-clip test after the last epoch), log and checkpoint `finished` epochs
-        (lib.engine.epochs.evaluated: a stop or a bad input before the evaluation is done checkpoints the trained
-        epoch as awaiting it)."""
-        is_best = False
-        if due:
-            stats = epochs.evaluated(
-                lambda: evaluate_all(eval_model, data, ctx, args, log, with_test=finished == args.epochs), finished,
-                guard, writer,
-                lambda: save_checkpoint(run_dir, finished, False, model, optimizer, scaler, schedule, best, args, ctx,
-                                        log, pending_eval=dict(record, time=time.time() - started)))
-            if selects(args):
-                is_best = best.update(finished, stats)
-                log.info(f" * Best clip accuracy: Prec@1 {best.top1:.3f} (epoch {best.top1_epoch}), Prec@5 "
-                         f"{best.top5:.3f} (epoch {best.top5_epoch})")
-            else:  # the test split: its numbers are reported as they come, never selected on
-                best.last = dict(stats, epoch=finished)
-            row = dict(record, epoch=finished, clip_top1=stats["top1"], clip_top5=stats["top5"], loss=stats["loss"],
-                       time=time.time() - started)
-            tags = [("Clip Top1", "top1"), ("Clip Top5", "top5"), ("Test Loss", "loss")]
-            if "video_top1" in stats:
-                row.update(video_top1=stats["video_top1"], video_top5=stats["video_top5"])
-                tags += [("Video Top1", "video_top1"), ("Video Top5", "video_top5")]
-            if writer is not None:
-                for tag, key in tags:
-                    writer.add_scalar(tag, stats[key], finished)
-            metrics.append(row)
-        if writer is not None:
-            writer.flush()
-        guard.saved(save_checkpoint(run_dir, finished, is_best, model, optimizer, scaler, schedule, best, args,
-                                    ctx, log))
-
-    def train_epoch(epoch, lr, progress):
-        def save_inside(progress):
-            return save_checkpoint(run_dir, epoch, False, model, optimizer, scaler, schedule, best, args, ctx, log,
-                                   progress=progress)
-        return train_one_epoch(train_model, criterion, optimizer, scaler, data["train_loader"], ctx, epoch, lr, args,
-                               log, guard=guard, progress=progress, save=save_inside)
-
-    epochs.run_epochs(args, start_epoch, checkpoint, resumed_inside, schedule, optimizer, data["train_sampler"],
-                      writer, log, train_epoch, finish_epoch)
-    epochs.warn_if_nothing_left(run_dir, args, ctx, log, start_epoch)
-    log.heading(summary_line(best, selects(args)))
-    return best.last
+    return prepare_video_model(model, args, ctx, log)
 
 
-def main(args):
-    """Train (or with --valid, evaluate); returns the final evaluation's stats. Raises ConfigError for bad input."""
-    args = resolve_video_args(valid_dataset_from_checkpoint(args, "video"))
-    return run_main(args, LAUNCHER_PID, lambda args: check_model_flags(args, build_model), validate_checkpoint,
-                    train)
+def lr_schedule(args, ctx):
+    return epochs.step_schedule(args, ctx, VIDEO_RECIPES[args.recipe]["batch_size"])
 
 
-def cli_main(argv=None):
-    """Entry point: returns the exit status (0; 2 for bad input or a failed write, 3 for a diverged run, 75 when
-    stopped by a signal after a checkpoint) with a one-line message."""
-    return run_cli(main, parse_video_args, "train_video.py", argv)
+def create_optimizer(model, args, lr):
+    return torch.optim.SGD(trainable_parameters(model), lr=lr, momentum=args.momentum, dampening=args.dampening,
+                           weight_decay=args.weight_decay)
 
+
+def train_epoch(run, epoch, lr, progress, save):
+    return train_one_epoch(run.train_model, run.criterion, run.optimizer, run.scaler, run.data["train_loader"],
+                           run.ctx, epoch, lr, run.args, run.log, guard=run.guard, progress=progress, save=save)
+
+
+def evaluate_run(run, finished):
+    """Centre-clip validation; after the last epoch the multi-clip test too."""
+    return evaluate_all(run.eval_model, run.data, run.ctx, run.args, run.log, with_test=finished == run.args.epochs)
+
+
+def best_line(best):
+    return accuracy_line(best, "clip accuracy")
+
+
+def record(stats, record):
+    """The metrics.jsonl fields (beside the training record) and the tensorboard scalars of an evaluation."""
+    row = dict(clip_top1=stats["top1"], clip_top5=stats["top5"], loss=stats["loss"])
+    tags = [("Clip Top1", "top1"), ("Clip Top5", "top5"), ("Test Loss", "loss")]
+    if "video_top1" in stats:
+        row.update(video_top1=stats["video_top1"], video_top5=stats["video_top5"])
+        tags += [("Video Top1", "video_top1"), ("Video Top5", "video_top5")]
+    return row, [(tag, stats[key]) for tag, key in tags]
+
+
+def main(args):  # train (or with --valid, evaluate): the final evaluation's stats; ConfigError for bad input
+    return lifecycle.main(sys.modules[__name__], args, LAUNCHER_PID)
+
+
+cli_main = partial(run_cli, main, parse_video_args, "train_video.py")  # the exit status and a one-line message
 
 if __name__ == "__main__":
     sys.exit(cli_main())

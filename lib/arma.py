@@ -5,7 +5,8 @@ The SNL authors announced an "ARMA Filter" block and never released one; this de
 """
 import torch
 
-from .stage import NonlocalStage, NonlocalUnit, check_positive_int, frequencies, matrix, pointwise
+from .errors import check_positive_int
+from .stage import NonlocalStage, NonlocalUnit, frequencies, matrix, pointwise
 
 
 class ARMAUnit(NonlocalUnit):

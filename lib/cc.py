@@ -4,7 +4,7 @@ import torch.nn as nn
 
 from .affinity import exporting, full_precision
 from .cgnl import check_input
-from .errors import ConfigError
+from .errors import ConfigError, check_dim, check_positive_int
 
 
 class CrissCrossAttention(nn.Module):
@@ -143,6 +143,10 @@ class CCStage(nn.Sequential):
     """
 
     def __init__(self, inplanes, planes, stage_num=1, dim=2, device=None, dtype=None):
+        check_positive_int("inplanes (the block's channels C)", inplanes)
+        check_positive_int("planes (the inner width C')", planes)
+        check_positive_int("stage_num", stage_num)
+        check_dim(dim)
         if dim != 2:
             raise ConfigError(f"cc block works on images only (dim 2), got dim={dim!r}; use another block for "
                               "sequences or video")

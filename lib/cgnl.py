@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from .affinity import compiling, exporting, full_precision, upcast
-from .errors import ConfigError
+from .errors import ConfigError, check_positive_int
 from .pointwise import project
 
 CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -35,6 +35,8 @@ class CGNL(nn.Module):
 
     def __init__(self, inplanes, planes, order=2, gamma=1e-4, zero_init=False, dim=2, device=None, dtype=None):
         super().__init__()
+        check_positive_int("inplanes (the block's channels C)", inplanes)
+        check_positive_int("planes (the inner width C')", planes)
         if dim not in CONVS:
             raise ConfigError(f"cgnl block: dim must be 1, 2 or 3, got {dim!r}")
         self.order, self.dim, self.inplanes, self.zero_init = order, dim, inplanes, zero_init

@@ -4,7 +4,8 @@ Our definition of the filter the SNL authors announced ("Cheby Filter") and neve
 """
 import torch
 
-from .stage import NonlocalStage, NonlocalUnit, check_positive_int, frequencies, matrix
+from .errors import check_positive_int
+from .stage import NonlocalStage, NonlocalUnit, frequencies, matrix
 
 
 class ChebUnit(NonlocalUnit):

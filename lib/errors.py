@@ -1,4 +1,5 @@
-"""The one exception type the command line turns into a clean one-line message."""
+"""The one exception type the command line turns into a clean one-line message, and the argument checks the
+blocks share (each block checks the arguments it takes, once)."""
 
 # How torch's DataLoader re-raises an error of a worker process in the main one: type(error)(this text, the
 # worker's traceback, then "module.ErrorType: original message").
@@ -26,3 +27,19 @@ class ConfigError(ValueError):
 
     def __init__(self, message=""):
         super().__init__(_original_message(message))
+
+
+def check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_optional_bool(name, value):
+    """None (the block's default) or a real bool: a string such as "False" would otherwise read as True."""
+    if value is not None and not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True, False or None (the block's default), got {value!r}")
+
+
+def check_dim(dim):
+    if isinstance(dim, bool) or dim not in (1, 2, 3):
+        raise ConfigError(f"dim must be 1, 2 or 3 (sequences, images, video), got {dim!r}")

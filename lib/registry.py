@@ -5,12 +5,12 @@ from .cc import CCStage
 from .cgnl import CGNL
 from .cheb import Cheb
 from .dnl import DNL
-from .errors import ConfigError
+from .errors import ConfigError, check_optional_bool, check_positive_int
 from .gsnl import GSNL
 from .nl import A2, NL
 from .ns import NS
 from .snl import SNL
-from .stage import NonlocalStage, check_dim, check_optional_bool, check_positive_int
+from .stage import NonlocalStage
 
 NONLOCAL_BLOCKS = {"snl": SNL, "nl": NL, "a2": A2, "ns": NS, "dnl": DNL, "cgnl": CGNL, "cc": CCStage,
                    "cheb": Cheb, "gsnl": GSNL, "cayley": Cayley, "arma": ARMA}
@@ -39,13 +39,13 @@ def build_nonlocal(nl_type, inplanes, planes, stage_num=1, is_sys=None, is_norm=
     """
     if nl_type not in NONLOCAL_BLOCKS:
         raise ConfigError(f"unknown nonlocal block {nl_type!r}; valid: {', '.join(NONLOCAL_BLOCKS)}")
-    check_positive_int("inplanes (the block's channels C)", inplanes)
-    check_positive_int("planes (the inner width C')", planes)
-    check_positive_int("stage_num", stage_num)
-    check_optional_bool("is_sys", is_sys)
-    check_optional_bool("is_norm", is_norm)
-    check_optional_bool("output_relu", output_relu)
-    check_dim(dim)
+    # Each block checks the arguments it takes; here only what a block is not given (a typo must not pass
+    # silently because the chosen block ignores the argument) and zero_init, which the blocks take as is.
+    if not stage_based(nl_type):
+        check_optional_bool("is_sys", is_sys)
+        check_optional_bool("is_norm", is_norm)
+    if nl_type == "cgnl":
+        check_positive_int("stage_num", stage_num)
     if not isinstance(zero_init, bool):
         raise ConfigError(f"zero_init must be True or False, got {zero_init!r}")
     if order is not None and nl_type not in ORDER_BLOCKS:

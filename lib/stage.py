@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from .affinity import (AFFINITY_PATHS, build_affinity, exporting, full_precision, mix, mix_transposed, upcast,
                        uses_factorized)
-from .errors import ConfigError
+from .errors import ConfigError, check_dim, check_optional_bool, check_positive_int
 from .pointwise import MAX_PRODUCT_CHANNELS, project
 
 CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -21,22 +21,6 @@ INPUT_LAYOUTS = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, T, H, W)"}
 def conv1x1(dim, in_channels, out_channels, device=None, dtype=None):
     """A bias-free 1x1 convolution of `dim` spatial dims (its weight is (out, in, 1, ..., 1))."""
     return CONVS[dim](in_channels, out_channels, kernel_size=1, bias=False, device=device, dtype=dtype)
-
-
-def check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-
-
-def check_optional_bool(name, value):
-    """None (the block's default) or a real bool: a string such as "False" would otherwise read as True."""
-    if value is not None and not isinstance(value, bool):
-        raise ConfigError(f"{name} must be True, False or None (the block's default), got {value!r}")
-
-
-def check_dim(dim):
-    if isinstance(dim, bool) or dim not in CONVS:
-        raise ConfigError(f"dim must be 1, 2 or 3 (sequences, images, video), got {dim!r}")
 
 
 def pointwise(conv, x):

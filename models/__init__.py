@@ -91,7 +91,8 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
     `to_empty`; build_args leave them out).
     Detection: backbone "maskrcnn" / "fasterrcnn" (arch 18, 34, 50, 101), task_options as in
     models.detection.build_detector (pretrained_backbone, trainable_backbone_layers, min_size, ...).
-    Raises ConfigError for any unknown name or unsupported combination.
+    Raises ConfigError for any unknown name or unsupported combination (the blocks check their own arguments:
+    stage_num, is_sys, is_norm, output_relu).
     """
     if backbone in DETECTORS:
         return build_on(device, dtype, build_detector, backbone, arch, num_classes, nl_type=nl_type, nl_nums=nl_nums,
@@ -110,19 +111,12 @@ def build_model(backbone: str, arch: Union[int, str], num_classes: int, nl_type:
     if not video and nl_nums not in BACKBONES[backbone].NL_NUMS:  # video: checked in models/video.py
         valid = _valid(BACKBONES[backbone].NL_NUMS)
         raise ConfigError(f"nl_nums {nl_nums!r} is not supported for {backbone}; valid: {valid}")
-    if isinstance(stage_num, bool) or not isinstance(stage_num, int) or stage_num < 1:
-        raise ConfigError(f"stage_num must be a positive integer, got {stage_num!r}")
     if not div > 0:
         raise ConfigError(f"div must be positive, got {div!r}")
     if num_classes < 1:
         raise ConfigError(f"num_classes must be positive, got {num_classes!r}")
-    for name, value in (("is_sys", is_sys), ("is_norm", is_norm)):
-        if value is not None and not isinstance(value, bool):
-            raise ConfigError(f"{name} must be True, False or None (the block's default), got {value!r}")
     if not video and shortcut_type is not None:
         raise ConfigError(f"shortcut_type applies to the video backbones only, not to {backbone}")
-    if output_relu is not None and not isinstance(output_relu, bool):
-        raise ConfigError(f"output_relu must be True, False or None (the block's default), got {output_relu!r}")
     stages = None if video else _parse_nl_layer(nl_layer)  # video: models/video.py parses its own
     if nl_type is None or nl_nums == 0:
         nl_type, nl_nums, order = None, 0, None  # one canonical spelling of "no blocks", for build_args

@@ -7,8 +7,8 @@ from torch import nn
 
 import train_seg
 from lib.engine.checkpoint import model_args_mismatch
-from lib.engine.config import parse_args
-from lib.engine.recipe import resolve_args
+from lib.engine.classification.cli import parse_args
+from lib.engine.classification.recipe import resolve_args
 from lib.engine.run_state import model_kwargs
 from lib.engine.segmentation.cli import parse_seg_args, resolve_seg_args
 from models import build_model, with_output_relu
@@ -145,7 +145,7 @@ def test_output_relu_flag_reaches_the_model(argv, expected):
     args = resolve_args(parse_args(["--dataset", "imagenet", "--backbone", "resnet"] + argv))
     assert model_kwargs(args, 5)["output_relu"] is expected
     seg_args = resolve_seg_args(parse_seg_args(["--dataset", "fake"] + argv))
-    assert train_seg.model_kwargs(seg_args)["output_relu"] is expected
+    assert train_seg.segmentor_kwargs(seg_args)["output_relu"] is expected
     with torch.device("meta"):
         assert build_model(**model_kwargs(args, 5)).build_args["output_relu"] is bool(expected)
 

@@ -9,9 +9,8 @@ import sys
 import pytest
 
 import train_val
-from lib.engine.cli import get_args_parser
-from lib.engine.config import parse_args
-from lib.engine.recipe import resolve_args
+from lib.engine.classification.cli import get_args_parser, parse_args
+from lib.engine.classification.recipe import resolve_args
 from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -53,3 +53,18 @@ def test_chebyshev_order_k_costs_k_factorized_applications():
         name = "cheb-cifar1" if order == 2 else f"cheb{order}-cifar1"
         expected = 3 * k * c * n + 2 * k * n + order * 4 * k * k * n + (order + 1) * c * k * n
         assert counted[name][1] == 2 * expected, order
+
+
+def test_reid_and_detection_rows_add_exactly_their_blocks():
+    """The re-ID rows (256x128, last stride 1) and detection rows (the ResNet-FPN at 800x1344) differ from their
+    plain models by the blocks' own cost at the places the builders put them: AGW's two layer2 blocks at
+    512 x 32x16 and three layer3 blocks at 1024 x 16x8; the detector's layer3 block at 1024 x 50x84."""
+    from tools.complexity import model_complexity
+
+    def block_flops(c, h, w):
+        with torch.device("meta"):
+            return count(build_nonlocal("snl", c, c // 2), (c, h, w))[1]
+    rows = model_complexity()
+    assert rows["reid50-snl-n5"][1] - rows["reid50-plain"][1] == 2 * block_flops(512, 32, 16) + 3 * block_flops(
+        1024, 16, 8)
+    assert rows["maskrcnn50-snl-n1"][1] - rows["maskrcnn50-plain"][1] == block_flops(1024, 50, 84)

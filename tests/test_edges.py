@@ -190,7 +190,7 @@ def test_valid_takes_the_dataset_from_the_checkpoint(finished_run, capsys):
 def test_imagefolder_recipe_follows_the_input_size(size, recipe, model):
     args = resolved(["--dataset", "imagefolder"] + (["--input-size", str(size)] if size else []))
     assert (args.recipe, (args.backbone, args.arch)) == (recipe, model)
-    from lib.engine.recipe import recipe_line
+    from lib.engine.classification.recipe import recipe_line
     assert f"recipe {recipe} (imagefolder at {size or 224} px" in recipe_line(args)
     assert resolved(["--dataset", "imagefolder", "--recipe", "imagenet", "--input-size", "32"]).backbone == "resnet"
 

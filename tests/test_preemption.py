@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 import train_val
 from lib.engine.distributed import DistContext
 from lib.engine.logger import RunLogger
-from lib.engine.preemption import PREEMPTED_STATUS, Preempted, RunGuard, fetch_batch
+from lib.engine.errors import PREEMPTED_STATUS, Preempted
+from lib.engine.preemption import RunGuard, fetch_batch
 from lib.engine.run_lock import RunLock
 from lib.errors import ConfigError
 from runs import assert_same_training_state

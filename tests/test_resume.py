@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train_val
 from datagen import write_cifar
-from lib.engine.recipe import RECIPES
+from lib.engine.classification.recipe import RECIPES
 from lib.engine.schedule import WarmupStepSchedule
 from runs import assert_same_training_state, records
 

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 import train_video
-from lib.engine.preemption import PREEMPTED_STATUS
+from lib.engine.errors import PREEMPTED_STATUS
 from runs import assert_same_training_state
 from test_resume import event_scalars, one_thread  # noqa: F401  (one_thread: autouse fixture, one CPU thread)
 from test_video_train import COMMON, LAST, RUN, records, run_runner

@@ -24,16 +24,16 @@ from lib.cc import CrissCrossAttention
 from lib.registry import NONLOCAL_BLOCKS, build_nonlocal, stage_based
 from lib.engine.distributed import DistContext
 from lib.engine.segmentation.poly import PolySchedule
-from lib.engine.segmentation.run import MIoUTracker, save_checkpoint
+from lib.engine.segmentation.run import miou_tracker
 from models import build_model
 from models.segmentation import build_segmentor
 from lib.data.video import build_video_datasets
-from lib.engine.run_state import BestTracker
-from lib.engine.run_state import save_checkpoint as save_video_checkpoint
+from lib.engine.classification.run import accuracy_tracker
+from lib.engine.run_files import EpochFiles, IterationFiles
+from lib.engine.run_state import model_kwargs, run_folder, save_checkpoint
 from lib.engine.schedule import WarmupStepSchedule
 from lib.engine.video.cli import parse_video_args
 from lib.engine.video.recipe import resolve_video_args
-from lib.engine.video.setup import model_kwargs, run_folder
 from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 from tools import attention_maps, compare_runs, spectrum
 from tools._attention import capture_inputs, criss_cross_attention, nonlocal_blocks
@@ -281,8 +281,8 @@ def segmentation_run(tmp_path_factory):
     torch.manual_seed(0)
     model = build_segmentor("resnet", "50", num_classes=19, nl_type="snl")
     args = argparse.Namespace(dataset="fake", backbone="resnet", arch="50", keep_checkpoints=1, iters=3)
-    save_checkpoint(str(run_dir), 2, False, model, torch.optim.SGD(model.parameters(), lr=0.01), None,
-                    PolySchedule(0.01, 3), MIoUTracker(), args, DistContext(torch.device("cpu")),
+    save_checkpoint(IterationFiles(args), str(run_dir), 2, False, model, torch.optim.SGD(model.parameters(), lr=0.01),
+                    None, PolySchedule(0.01, 3), miou_tracker(), args, DistContext(torch.device("cpu")),
                     SimpleNamespace(info=lambda message: None))
     return run_dir / "iter_2.pth.tar", model.eval()
 
@@ -422,9 +422,9 @@ def video_checkpoint(root, nl_type):
     model = build_model(**model_kwargs(args, num_classes=3))
     run_dir = run_folder(args)
     os.makedirs(run_dir)
-    return save_video_checkpoint(run_dir, 1, False, model, torch.optim.SGD(model.parameters(), lr=0.1), None,
-                                 WarmupStepSchedule(0.1, [1], 0, 0.1), BestTracker(), args,
-                                 DistContext(torch.device("cpu")), SimpleNamespace(info=lambda m: None))
+    return save_checkpoint(EpochFiles(args), run_dir, 1, False, model, torch.optim.SGD(model.parameters(), lr=0.1),
+                           None, WarmupStepSchedule(0.1, [1], 0, 0.1), accuracy_tracker(), args,
+                           DistContext(torch.device("cpu")), SimpleNamespace(info=lambda m: None))
 
 
 @pytest.fixture(scope="module")

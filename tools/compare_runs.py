@@ -7,8 +7,9 @@
 
 A run folder is one that holds args.yaml (docs/classification.md, "What a run writes"); its metrics.jsonl gives the
 evaluations.
-Each task gets its own table: classification (train_val.py: test top-1), segmentation (train_seg.py: mIoU) and
-video (train_video.py: clip top-1 and video top-1, each on its own). A group holds the runs of one experiment:
+Each task gets its own table: classification (train_val.py: test top-1), segmentation (train_seg.py: mIoU),
+video (train_video.py: clip top-1 and video top-1, each on its own), re-ID (train_reid.py: rank-1 and mAP) and
+detection (train_det.py: COCO box AP and mask AP). A group holds the runs of one experiment:
 runs whose every setting that changes what is trained and measured is equal (model arguments, dataset, input
 size, epochs or iterations, batch size per process and number of processes, lr and its schedule, warm-up, weight
 decay, momentum, augmentation, amp, recipe, ...; unset affinity flags resolved to the block's default; a run
@@ -19,9 +20,10 @@ settings the table does not show as columns, a "differs in" column gives each ro
 
 Per group: seeds, parameters and GFLOPs per image (classification: the model built on the meta device, FLOPs
 counted as tools/complexity.py does), final (the last evaluation) and best (the highest over training: selected
-on the test data) as mean ± the sample standard deviation over seeds (n - 1; none for one seed), the difference
-of the means to the plain model's group (the same experiment without a block), and the mean wall time per
-evaluation interval. A second run with a seed already in its group is a duplicate, not a new sample: it is
+on the test data; re-ID / detection: every metric of the evaluation with the highest mAP / box AP, as their
+entry points choose model_best) as mean ± the sample standard deviation over seeds (n - 1; none for one seed),
+the difference of the means to the plain model's group (the same experiment without a block), and the mean wall
+time per evaluation interval. A second run with a seed already in its group is a duplicate, not a new sample: it is
 flagged and not counted. A run whose last evaluation is before its last epoch / iteration (args.yaml, or the
 newest args_resume_*.yaml), or whose metrics.jsonl ends in a torn line (killed while writing; the line is
 dropped), is marked unfinished and counted with what it has; a run without metrics is skipped with a note.
@@ -61,6 +63,12 @@ TASK_SPECS = {
     "segmentation": dict(step="iteration", planned="iters", metrics=(("mIoU", "mIoU"),), per="eval"),
     "video": dict(step="epoch", planned="epochs", metrics=(("clip_top1", "clip top-1"), ("video_top1", "video top-1")),
                   per="epoch"),
+    # re-ID and detection select their best checkpoint by one metric (mAP, box AP): "best" is every metric of
+    # that evaluation (best_by), not each metric's own maximum, so that best rank-1 and best mAP are one model.
+    "reid": dict(step="epoch", planned="epochs", metrics=(("rank1", "rank-1"), ("mAP", "mAP")), per="epoch",
+                 best_by="mAP"),
+    "detection": dict(step="epoch", planned="epochs", metrics=(("bbox_AP", "box AP"), ("segm_AP", "mask AP")),
+                      per="epoch", best_by="bbox_AP"),
 }
 # args.yaml entries that do not change what is trained and measured: where outputs go, how fast, how often logged.
 IGNORED = {"seed", "checkpoints", "output_dir", "resume", "resumename", "isresume", "valid", "check_path", "workers",
@@ -70,7 +78,11 @@ IGNORED = {"seed", "checkpoints", "output_dir", "resume", "resumename", "isresum
 # Entries that only mean something with a block (dropped for plain runs, so that they group together).
 BLOCK_KEYS = ("nl_nums", "nl_layer", "stage_nums", "div", "is_sys", "is_norm", "order")
 # Entries the table shows as columns; every other setting that varies goes to the "differs in" column.
-SHOWN = {"dataset", "backbone", "arch", "input_size", "crop_size", "clip_len", "frame_size", "nl_type", *BLOCK_KEYS}
+SHOWN = {"dataset", "model", "backbone", "arch", "input_size", "crop_size", "clip_len", "frame_size", "img_size",
+         "seq_len", "min_size", "max_size", "nl_type", *BLOCK_KEYS}
+# What makes runs "of one dataset and model" (a model family: one panel of the plot, plain rows first).
+FAMILY_KEYS = ("dataset", "model", "backbone", "arch", "input_size", "crop_size", "clip_len", "frame_size", "img_size",
+               "seq_len", "min_size", "max_size")
 
 
 # --- reading runs -----------------------------------------------------------------------------------------------
@@ -244,16 +256,30 @@ def read_run(folder, notes):
            "seed": args.get("seed"), "last_step": steps[-1], "planned": planned, "torn": torn,
            "unfinished": torn or (isinstance(planned, int) and steps[-1] < planned), "curves": {}, "final": {},
            "best": {}}
+    chosen = best_step(rows, steps, spec.get("best_by"))
     for key, _ in spec["metrics"]:
         curve = [(step, number(rows[step].get(key))) for step in steps]
         curve = [(step, value) for step, value in curve if value is not None]
         run["curves"][key] = curve
         run["final"][key] = curve[-1][1] if curve else None
-        run["best"][key] = max(value for _, value in curve) if curve and selectable(task, args, key) else None
+        if chosen is not None:
+            run["best"][key] = number(rows[chosen].get(key))
+        else:
+            run["best"][key] = max(value for _, value in curve) if curve and selectable(task, args, key) else None
     times = [number(row.get("time")) for row in rows.values()]
     times = [t for t in times if t is not None]
     run["time"] = statistics.fmean(times) if times else None
     return run
+
+
+def best_step(rows, steps, key):
+    """The step whose `key` is highest (the earliest of equals, as a best-checkpoint tracker keeps it); None
+    without a best_by key or any value of it."""
+    if key is None:
+        return None
+    scored = [(number(rows[step].get(key)), step) for step in steps]
+    scored = [(value, step) for value, step in scored if value is not None]
+    return max(scored, key=lambda item: (item[0], -item[1]))[1] if scored else None
 
 
 # --- grouping ---------------------------------------------------------------------------------------------------
@@ -399,12 +425,13 @@ def setting(row, key):
 
 def family(row):
     s = row["settings"]
-    return tuple(str(s.get(k, "")) for k in ("dataset", "backbone", "arch", "input_size", "crop_size",
-                                             "clip_len", "frame_size"))
+    return tuple(str(s.get(k, "")) for k in FAMILY_KEYS)
 
 
 def model_label(row):
     s = row["settings"]
+    if row["task"] == "detection":  # the detector, on a ResNet-FPN
+        return f"{s.get('model', '?')} {s.get('backbone', 'resnet')}-{s.get('arch', '?')}-FPN"
     return f"{s.get('backbone', '?')}-{s.get('arch', '?')}"
 
 
@@ -415,6 +442,12 @@ def input_label(row):
         return f"crop {crop[0]}x{crop[1]}" if isinstance(crop, tuple) and len(crop) == 2 else str(crop)
     if row["task"] == "video":
         return f"{s.get('clip_len', '?')} x {s.get('frame_size', '?')}px"
+    if row["task"] == "reid":
+        size = s.get("img_size")
+        size = f"{size[0]}x{size[1]}" if isinstance(size, tuple) and len(size) == 2 else str(size)
+        return size + (f", {s['seq_len']} frames" if s.get("backbone") == "reid_video" and "seq_len" in s else "")
+    if row["task"] == "detection":
+        return f"{s.get('min_size', '?')}-{s.get('max_size', '?')}"
     return str(s.get("input_size"))
 
 
@@ -509,7 +542,11 @@ def markdown(task, rows):
 
 TITLES = {"classification": "classification runs (train_val.py): test top-1 (%)",
           "segmentation": "segmentation runs (train_seg.py): mIoU (%)",
-          "video": "video runs (train_video.py): clip top-1 and video top-1 (%), reported separately"}
+          "video": "video runs (train_video.py): clip top-1 and video top-1 (%), reported separately",
+          "reid": "re-ID runs (train_reid.py): rank-1 and mAP (as metrics.jsonl records them); best = the evaluation "
+                  "with the highest mAP",
+          "detection": "detection runs (train_det.py): COCO box AP and mask AP (as metrics.jsonl records them); best = "
+                       "the evaluation with the highest box AP"}
 CSV_FIELDS = ("task", "metric", "dataset", "backbone", "arch", "input", "block", "nl_nums", "nl_layer", "stage_nums",
               "div", "is_sys", "is_norm", "order", "differs_in", "runs", "seeds", "duplicates", "unfinished", "params",
               "gflops", "final_mean", "final_std", "best_mean", "best_std", "delta_final", "delta_best",
@@ -567,7 +604,8 @@ def figure(tables):
             families.setdefault(family(row), []).append(row)
         for members in families.values():
             for key, name in TASK_SPECS[task]["metrics"]:
-                panels.append((task, key, name, members))
+                if any(run["curves"][key] for row in members for run in row["runs"]):  # Faster R-CNN: no mask AP
+                    panels.append((task, key, name, members))
     colours = plt.get_cmap("tab20").colors
     tallest = max(len(members) for *_, members in panels)
     fig, axes = plt.subplots(len(panels), 1, figsize=(13, max(3.5, 0.28 * tallest + 1.5) * len(panels)),
@@ -620,7 +658,8 @@ def get_parser():
 
 
 FOOTNOTE = ("final = the last evaluation, best = the highest during training (selected on the evaluated data; "
-            "not shown where a video run would select on its test split); mean ± sample std (n - 1) over seeds, "
+            "not shown where a video run would select on its test split; re-ID / detection: the evaluation with the "
+            "highest mAP / box AP); mean ± sample std (n - 1) over seeds, "
             "no std for one seed; Δ: to the same experiment without a block. "
             "s / epoch (s / eval): mean wall time of an evaluation interval (training + evaluation).")
 

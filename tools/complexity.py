@@ -11,6 +11,11 @@ the pinned numbers use the default ('auto') path. The models run at 32x32 (CIFAR
 models on one clip of 16 x 112 x 112 (GFLOPs per clip), with one block in layer3 (l3) or after layer2's first
 residual block (l2), as models.build_model places them.
 Every registered block is counted (cheb and arma at their default order 2, cheb also at orders 1 and 3).
+Re-ID models (models/reid.py: last stride 1, BNNeck, 751 classes as Market-1501; the eval forward, which ends at
+the BNNeck feature) at 256x128; detectors (models/detection.py) at 800x1333: only the ResNet-FPN backbone is
+counted, on the 800x1344 batch GeneralizedRCNNTransform feeds it (1333 padded to a multiple of 32), because the
+heads' work depends on the proposals NMS keeps, which the meta device cannot compute; their parameters are the
+whole detector's (heads included, 91 COCO classes). Mask R-CNN and Faster R-CNN share that backbone.
 """
 import argparse
 import json
@@ -35,6 +40,13 @@ VIDEO_MODELS = ([(backbone, arch, nl_type, 1 if nl_type else 0, layer)
                                         ("r3d", 18), ("mc3", 18), ("r2plus1d", 18))
                  for nl_type, layer in ((None, 1), ("snl", 1), ("snl", 2))]
                 + [("resnet3d", 50, "snl", 5, 1)])
+REID_INPUT, REID_CLASSES = (3, 256, 128), 751
+# (backbone, arch, nl_type, nl_nums): plain, SNL and NL at AGW's five places (models.reid.reid_positions).
+REID_MODELS = [("reid", 50, None, 0), ("reid", 50, "snl", 5), ("reid", 50, "nl", 5)]
+DETECTION_INPUT = (3, 800, 1344)
+# Plain, one block in layer3 (CGNL's place) and the ImageNet placement of five.
+DETECTION_MODELS = [("maskrcnn", 50, None, 0), ("maskrcnn", 50, "snl", 1), ("maskrcnn", 50, "nl", 1),
+                    ("maskrcnn", 50, "snl", 5)]
 
 
 def block_name(kind, shape, path, order=None):
@@ -80,6 +92,16 @@ def model_complexity():
         with torch.device("meta"):
             model = build_model(backbone, arch, num_classes=400, nl_type=nl_type, nl_nums=nl_nums, nl_layer=layer)
         out[model_name(backbone, arch, nl_type, nl_nums, layer)] = count(model, VIDEO_CLIP)
+    for backbone, arch, nl_type, nl_nums in REID_MODELS:
+        with torch.device("meta"):
+            model = build_model(backbone, arch, num_classes=REID_CLASSES, nl_type=nl_type, nl_nums=nl_nums)
+        out[model_name(backbone, arch, nl_type, nl_nums)] = count(model, REID_INPUT)
+    for backbone, arch, nl_type, nl_nums in DETECTION_MODELS:
+        with torch.device("meta"):
+            model = build_model(backbone, arch, num_classes=91, nl_type=nl_type, nl_nums=nl_nums)
+        # The backbone returns the FPN levels (a dict): count() only needs the forward to run.
+        params = sum(p.numel() for p in model.parameters())
+        out[model_name(backbone, arch, nl_type, nl_nums)] = (params, count(model.backbone, DETECTION_INPUT)[1])
     return out
 
 
@@ -114,6 +136,18 @@ def print_tables():
         label = f"{backbone}-{arch}" + (f" + {nl_nums} {nl_type} {where}" if nl_type else " (plain)")
         print(f"| {label} | {params / 1e6:.3f} | {params - base_params:+,} | {flops / 1e9:.2f} | "
               f"{(flops - base_flops) / 1e9:+.2f} |")
+    task_rows = [("re-ID model (751 classes, 256x128, eval feature)", "GFLOPs / image", REID_MODELS,
+                  {5: " at AGW's places (layer2 x 2, layer3 x 3)"}),
+                 ("detector (91 classes; GFLOPs: ResNet-FPN backbone only, 800x1333 padded to 800x1344)",
+                  "backbone GFLOPs / image", DETECTION_MODELS, {1: " in layer3", 5: " in layer3 / layer4"})]
+    for title, unit, rows, places in task_rows:
+        print(f"\n| {title} | params (M) | +params vs plain | {unit} | +GFLOPs vs plain |\n|---|---:|---:|---:|---:|")
+        for backbone, arch, nl_type, nl_nums in rows:
+            params, flops = models[model_name(backbone, arch, nl_type, nl_nums)]
+            base_params, base_flops = models[model_name(backbone, arch, None, 0)]
+            label = f"{backbone}-{arch}" + (f" + {nl_nums} {nl_type}{places[nl_nums]}" if nl_type else " (plain)")
+            print(f"| {label} | {params / 1e6:.3f} | {params - base_params:+,} | {flops / 1e9:.2f} | "
+                  f"{(flops - base_flops) / 1e9:+.2f} |")
 
 
 def main(argv=None):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lib.data.reid import Sample, Splits, find_root, image_files, read_image
+from lib.data.reid import Sample, Splits, fake_read, find_root, image_files, read_image
 from lib.errors import ConfigError
 
 TEST_SAMPLINGS = ("dense", "evenly")
@@ -81,7 +81,6 @@ class ReidVideoDataset(Dataset):
 
 
 def fake_read_video(key) -> torch.Tensor:
-    from lib.data.reid import fake_read
     return fake_read(key)
 
 

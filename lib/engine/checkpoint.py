@@ -9,7 +9,6 @@ newest is kept; the epoch's own file replaces it). Writes go to a temporary file
 then renamed over the target: a kill at any moment leaves either the old or the new file, never a truncated one,
 and a failed write (a full disk) leaves the previous files as they were.
 """
-import errno
 import os
 import random
 import re
@@ -20,7 +19,9 @@ import numpy as np
 import torch
 
 from lib.engine.distributed import from_main
+from lib.engine.errors import WriteFailed, write_failure
 from lib.errors import ConfigError
+from models.common import with_output_relu
 
 BEST_NAME = "model_best.pth.tar"
 TEMP_SUFFIX = ".tmp"
@@ -42,20 +43,6 @@ def checkpoint_name(epoch_index, dataset, arch, nl_nums, nl_type):
 def _epoch_index(filename):
     match = _BLOCK_NAME.match(filename) or _BASE_NAME.match(filename)
     return int(match.group(1)) if match else None
-
-
-class WriteFailed(ConfigError):
-    """A checkpoint, metrics or log write failed (full disk, I/O error, permissions, read-only file system): the run
-    stops with one line (exit status 2, as any input the user has to fix); nothing written before is lost."""
-
-
-def write_failure(path, error, last_good):
-    """The WriteFailed for OSError `error` while writing path: the path, the error, the last good checkpoint."""
-    code = errno.errorcode.get(error.errno, "") if error.errno else ""
-    reason = " ".join(str(error.strerror or error).split()) + (f" ({code})" if code else "")
-    kept = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
-    return WriteFailed(f"cannot write {path}: {reason}; {kept}; free space (or fix the folder's permissions) "
-                       f"and continue with --resume auto")
 
 
 def save_from_main(ctx, log, run_dir, path, is_best, contents, last_good, prune):
@@ -290,8 +277,6 @@ def restore_rng(state):
 def model_args_mismatch(saved, current):
     """'nl_type 'nl' (checkpoint) vs 'snl' (this run), ...' for the constructor arguments that differ, or ''.
     A checkpoint from before output_relu was stored is compared with the value its rebuilt network gets."""
-    from models.common import with_output_relu  # here: models imports lib.engine.tasks
-
     if "output_relu" in current:
         saved = with_output_relu(saved)
 

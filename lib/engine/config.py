@@ -1,13 +1,13 @@
 """Reading the command line: --config YAML defaults, then flags, remembering which values were given explicitly.
 
-Precedence, lowest first: parser defaults < the dataset recipe (lib/engine/recipe.py, fills only unset values) <
+Precedence, lowest first: parser defaults < the task's recipe (fills only unset values) <
 --config FILE.yaml < command-line flags.
 """
 import argparse
 
 import yaml
 
-from lib.engine.cli import get_args_parser, parse_bool
+from lib.engine.cli import parse_bool
 from lib.errors import ConfigError
 
 
@@ -98,12 +98,11 @@ def _given_on_command_line(argv, make_parser):
     return set(vars(parser.parse_args(argv)))
 
 
-def parse_args(argv=None, make_parser=get_args_parser):
+def parse_flags(argv, make_parser):
     """The Namespace for main(): flags over --config over parser defaults; args.explicit lists what was given.
 
-    make_parser builds the entry point's parser (train_val.py's by default). The recipe is not applied here (main
-    does it, e.g. through lib.engine.recipe.resolve_args), so that a Namespace built by any means can be passed to
-    main().
+    make_parser builds the entry point's parser. The recipe is not applied here (main does it, e.g. through
+    lib.engine.classification.recipe.resolve_args), so that a Namespace built by any means can be passed to main().
     """
     parser = make_parser()
     args = parser.parse_args(argv)  # parse errors first: one line, exit 2

@@ -200,10 +200,17 @@ def _comm_device(ctx: DistContext) -> torch.device:
 
 
 def _all_reduce(ctx: DistContext, values, op):
-    """Element-wise reduction `op` of a list of numbers over all processes, in float64 (counts stay exact)."""
+    """Element-wise reduction `op` of a list of numbers over all processes, in float64 (counts stay exact). A value
+    may be a one-element tensor on the run's device (e.g. a step's loss flag): it joins the reduction without a
+    host read of its own, so the whole agreement costs one synchronisation."""
     if not ctx.distributed:
         return [float(v) for v in values]
-    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device(ctx))
+    comm = _comm_device(ctx)
+    host = torch.tensor([0.0 if torch.is_tensor(v) else float(v) for v in values], dtype=torch.float64)
+    tensor = host.pin_memory().to(comm, non_blocking=True) if comm.type == "cuda" else host
+    on_device = [i for i, v in enumerate(values) if torch.is_tensor(v)]
+    if on_device:
+        tensor[on_device] = torch.stack([values[i].detach().reshape(()).to(comm, torch.float64) for i in on_device])
     dist.all_reduce(tensor, op=op)
     return tensor.tolist()
 
@@ -213,9 +220,10 @@ def all_reduce_sums(ctx: DistContext, values):
     return _all_reduce(ctx, values, dist.ReduceOp.SUM)
 
 
-def any_process(ctx: DistContext, flag: bool) -> bool:
-    """True if flag is True in any process: lets all processes stop together (a lone raise would hang the rest)."""
-    return max_values(ctx, [1.0 if flag else 0.0])[0] > 0
+def any_process(ctx: DistContext, flag) -> bool:
+    """True if flag is true in any process: lets all processes stop together (a lone raise would hang the rest).
+    flag: a bool, or a one-element tensor on the run's device."""
+    return max_values(ctx, [flag if torch.is_tensor(flag) else (1.0 if flag else 0.0)])[0] > 0
 
 
 def max_values(ctx: DistContext, values):

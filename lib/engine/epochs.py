@@ -1,27 +1,24 @@
-"""The epoch-based training run shared by train_val.py (images) and train_video.py (clips): the guarded run around
-the training, the records a (resumed) run opens, the RNG states it restores, and one training epoch with its
-mid-epoch checkpoints and preemption stops (lib/engine/preemption.py).
+"""The pieces of the run lifecycle (lib/engine/lifecycle.py) around the steps, and the epoch loop: the guarded run
+around the training, the resumed state, the records a (resumed) run opens, the RNG states it restores, one
+training epoch with its mid-epoch checkpoints and preemption stops (lib/engine/preemption.py), and run_epochs.
 
-    def train(args, ctx, log):
-        run_dir = run_folder(args)
-        return guarded_run(run_dir, ctx, log, args, lambda guard: _train(args, ctx, log, run_dir, guard))
-
-An entry point keeps what is its own (data, model, evaluation, metrics rows) and passes what differs as
-arguments (how a batch moves to the device, the name of a sample in progress lines).
+A task keeps what is its own (data, model, evaluation, metrics rows) and passes what differs as arguments (how a
+batch moves to the device, the name of a sample in progress lines).
 """
 import os
 import time
 
+from lib.data import build_loaders
 from lib.engine.checkpoint import remove_stale_temp_files, restore_rng
 from lib.engine.distributed import all_reduce_sums
 from lib.engine.logger import MetricsFile, open_tensorboard, write_args
-from lib.engine.metrics import format_seconds, percent, topk_correct
+from lib.engine.metrics import format_seconds, percent, topk_hits
 from lib.engine.preemption import EpochProgress, RunGuard, fetch_batch, reported_errors
 from lib.engine.resume_check import resume_args_path
 from lib.engine.run_lock import RunLock
-from lib.engine.run_state import (BestTracker, load_resumed_state, prune_own_checkpoints, restore_epoch_file,
-                                  resumed_progress)
-from lib.engine.runtime import autocast, checked_step, cpu_threads_note, seed_everything
+from lib.engine.run_context import finish_step
+from lib.engine.run_state import load_resumed_state, resumed_progress
+from lib.engine.runtime import LossCheck, autocast, cpu_threads_note, optimizer_step, seed_everything
 from lib.engine.schedule import WarmupStepSchedule, set_lr
 from lib.errors import ConfigError
 
@@ -46,25 +43,26 @@ def step_schedule(args, ctx, recipe_batch):
     return WarmupStepSchedule(args.lr * scale, args.lr_steps, args.warmup_epochs, args.lr_gamma)
 
 
-def resumed_state(checkpoint, resume_path, optimizer, scaler, ctx, args, log, guard):
-    """(epochs done, BestTracker, this process's progress inside the next epoch or None) of a run resumed from
-    checkpoint (optimizer and scaler restored; the guard knows the checkpoint), or of a new run (None)."""
+def epoch_data(train_set, val_set, info, args, ctx, **more):
+    """The data dict of an epoch task (lib/engine/__init__.py): the sets, their loaders and the training sampler
+    (each process its shard; set_epoch reshuffles and skips what a resumed epoch saw)."""
+    train_loader, val_loader, train_sampler = build_loaders(train_set, val_set, args.batch_size, args.workers,
+                                                            distributed=ctx.distributed, seed=args.seed)
+    return dict(train_set=train_set, val_set=val_set, info=info, train_loader=train_loader, val_loader=val_loader,
+                train_sampler=train_sampler, **more)
+
+
+def resumed_state(checkpoint, resume_path, optimizer, scaler, ctx, args, log, guard, tracker, files):
+    """(steps done, the best tracker, this process's progress since the last full step or None) of a run resumed
+    from checkpoint (optimizer and scaler restored; the guard knows the checkpoint), or of a new run (None:
+    0, tracker, None)."""
     if checkpoint is None:
-        return 0, BestTracker(), None
-    start_epoch, best = load_resumed_state(checkpoint, resume_path, optimizer, scaler, log)
-    resumed_inside = resumed_progress(checkpoint, resume_path, ctx, args)
+        return 0, tracker, None
+    start, best = load_resumed_state(checkpoint, resume_path, optimizer, scaler, tracker, files, log)
+    resumed_inside = resumed_progress(checkpoint, resume_path, ctx, args, files)
     warn_other_world_size(checkpoint, ctx, log)
     guard.saved(resume_path)
-    return start_epoch, best, resumed_inside
-
-
-def warn_if_nothing_left(run_dir, args, ctx, log, start_epoch):
-    """A run resumed with all of --epochs done trains nothing: say so, and still apply --keep-checkpoints."""
-    if start_epoch < args.epochs:
-        return
-    log.warn(f"nothing left to train: the checkpoint has {start_epoch} epochs, --epochs is {args.epochs}")
-    if ctx.is_main:
-        prune_own_checkpoints(run_dir, args)
+    return start, best, resumed_inside
 
 
 def warn_other_world_size(checkpoint, ctx, log):
@@ -74,10 +72,11 @@ def warn_other_world_size(checkpoint, ctx, log):
                  f"continues, but not as the same run (the data sharding and the BatchNorm batches change)")
 
 
-def open_records(run_dir, args, ctx, log, checkpoint, resume_path, start_epoch, work):
-    """(metrics file, tensorboard writer or None) of a run about to train from start_epoch. Called only once data,
-    model and checkpoint are loaded, so that a failed start leaves no trace. work: whether anything is left to
-    train or evaluate (lib.engine.resume_check.has_work); without it no args file and no event file are added."""
+def open_records(run_dir, args, ctx, log, checkpoint, resume_path, start, total, work, files):
+    """(metrics file, tensorboard writer or None) of a run about to train from step start of total. Called only
+    once data, model and checkpoint are loaded, so that a failed start leaves no trace. work: whether anything is
+    left to train or evaluate (lib.engine.resume_check.has_work); without it no args file and no event file are
+    added."""
     metrics = MetricsFile(os.path.join(run_dir, "metrics.jsonl"), enabled=ctx.is_main)
     if ctx.is_main:
         os.makedirs(run_dir, exist_ok=True)
@@ -85,13 +84,12 @@ def open_records(run_dir, args, ctx, log, checkpoint, resume_path, start_epoch, 
         for name in remove_stale_temp_files(run_dir):
             log.warn(f"removed {name}, left by an interrupted checkpoint write")
         if work:
-            write_args(resume_args_path(run_dir, start_epoch) if checkpoint else os.path.join(run_dir, "args.yaml"),
-                       args)
-        if start_epoch < args.epochs:  # rows after the checkpoint are recomputed; with nothing to train, all stay
-            metrics.drop_after(start_epoch)
-        if checkpoint is not None and restore_epoch_file(run_dir, resume_path, start_epoch, args):
-            log.info(f"=> {resume_path} is also the checkpoint of epoch {start_epoch} now")
-    return metrics, open_tensorboard(run_dir, start_epoch, enabled=ctx.is_main and work)
+            write_args(resume_args_path(run_dir, start) if checkpoint else os.path.join(run_dir, "args.yaml"), args)
+        if start < total:  # rows after the checkpoint are recomputed; with nothing to train, all stay
+            metrics.drop_after(start, files.unit)
+        if checkpoint is not None and files.restore_step_file(run_dir, resume_path, start):
+            log.info(f"=> {resume_path} is also the checkpoint of {files.unit} {start} now")
+    return metrics, open_tensorboard(run_dir, start, enabled=ctx.is_main and work)
 
 
 def restore_process_rng(checkpoint, ctx, args, start_epoch, log):
@@ -118,35 +116,39 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr,
     progress = progress or EpochProgress()
     first, seconds_before = progress.iterations, progress.seconds
     num_batches, start, seen = first + len(loader), time.time(), 0
-    batches = iter(loader)
+    batches, loss_check = iter(loader), None
     for i in range(first, num_batches + 1):
         batch, error = fetch_batch(batches) if i < num_batches else (None, None)
         if batch is None and error is None:
             break  # every process has as many batches: all leave here together
         if guard is not None:
             guard.at_boundary(epoch * num_batches + i, lambda: save(progress), f"epoch {epoch + 1}, iteration {i}",
-                              error)
+                              error, loss_check)
         elif error is not None:
             raise error
         inputs, target = to_device(*batch, ctx, args)
         with autocast(ctx.device, args.amp):
             output = model(inputs)
             loss = criterion(output, target)
-        loss_value = checked_step(loss, optimizer, scaler, ctx, f"at epoch {epoch + 1}, iteration {i + 1}: run "
-                                  f"stopped, this epoch is not checkpointed")
-        batch_correct = topk_correct(output, target, (1,))[0]
-        progress.add(loss_value, batch_correct, target.size(0))
+        optimizer_step(loss, optimizer, scaler)
+        loss_check = LossCheck(loss, f"at epoch {epoch + 1}, iteration {i + 1}: run stopped, this epoch is not "
+                                     f"checkpointed")
+        batch_correct = topk_hits(output, target, (1,))[0]  # on the device: read only when printed
+        progress.add(loss, batch_correct, target.size(0))
         elapsed = time.time() - start
         progress.seconds, seen = seconds_before + elapsed, seen + target.size(0)
         if guard is not None:
             guard.step_done()
         if i % args.print_freq == 0 or i == num_batches - 1:
-            log.info(f"Epoch [{epoch + 1}/{args.epochs}][{i + 1}/{num_batches}]  loss {loss_value:.4f} "
-                     f"({progress.loss_sum / progress.count:.4f})  {accuracy} "
-                     f"{percent(batch_correct, target.size(0)):.2f} ({percent(progress.correct, progress.count):.2f})"
+            log.info(f"Epoch [{epoch + 1}/{args.epochs}][{i + 1}/{num_batches}]  loss {loss.item():.4f} "
+                     f"({progress.mean_loss():.4f})  {accuracy} "
+                     f"{percent(int(batch_correct), target.size(0)):.2f} "
+                     f"({percent(int(progress.correct), progress.count):.2f})"
                      f"  lr {lr:.6g}  {seen * ctx.world_size / max(elapsed, 1e-9):.1f} {unit}/s  "
                      f"eta {format_seconds(elapsed / (i + 1 - first) * (num_batches - i - 1))}"
                      + (cpu_threads_note(ctx.device) if i == first else ""))
+    if loss_check is not None:
+        loss_check.raise_if_any(ctx)  # the last step, before the epoch's checkpoint
     loss_sum, correct_sum, count = all_reduce_sums(ctx, [progress.loss_sum, progress.correct, progress.count])
     return {"loss": loss_sum / count, "top1": percent(correct_sum, count), "n": int(count),
             "seconds": progress.seconds}
@@ -170,32 +172,33 @@ def evaluated(evaluate, finished, guard, writer, save_pending):
                           f"--resume auto, which evaluates it first)") from None
 
 
-def run_epochs(args, start_epoch, checkpoint, resumed_inside, schedule, optimizer, sampler, writer, log, train_epoch,
-               finish_epoch):
-    """The epochs from start_epoch to args.epochs, after the evaluation a checkpoint awaits (pending_eval).
+def run_epochs(run):
+    """The epochs from run.start to --epochs, after the evaluation a checkpoint awaits (pending_eval). The task's
+    train_epoch(run, epoch, lr, progress, save) trains one (progress: where a mid-epoch checkpoint stopped
+    inside the first epoch, else None; save(progress): a mid-epoch checkpoint); its evaluate_run(run, finished)
+    evaluates, every --eval-freq epochs and after the last (lib.engine.run_context.finish_step)."""
+    args, task, log = run.args, run.task, run.log
 
-    train_epoch(epoch, lr, progress) -> the epoch's training stats (progress: where a mid-epoch checkpoint
-    stopped inside the first epoch, else None); finish_epoch(finished, record, started, due) evaluates if due,
-    records and checkpoints. The writer is closed at the end, whatever happens."""
-    try:
-        pending = (checkpoint or {}).get("pending_eval")
-        if pending:
-            log.info(f"=> evaluating epoch {start_epoch} first: its evaluation failed in the run that trained it")
-            record = {key: pending[key] for key in ("train_loss", "train_top1", "lr")}
-            finish_epoch(start_epoch, record, time.time() - pending.get("time", 0), due=True)
-        for epoch in range(start_epoch, args.epochs):
-            progress = resumed_inside if epoch == start_epoch else None
-            started, lr = time.time() - (progress.seconds if progress else 0), schedule.lr_at(epoch)
-            set_lr(optimizer, lr)
-            # A resume inside the epoch leaves out the samples its checkpoint's iterations saw.
-            sampler.set_epoch(epoch, skip=progress.iterations * args.batch_size if progress else 0)
-            train_stats = train_epoch(epoch, lr, progress)
-            finished = epoch + 1
-            if writer is not None:
-                writer.add_scalar("Train Loss", train_stats["loss"], finished)
-                writer.add_scalar("LR", lr, finished)
-            record = dict(train_loss=train_stats["loss"], train_top1=train_stats["top1"], lr=lr)
-            finish_epoch(finished, record, started, due=finished % args.eval_freq == 0 or finished == args.epochs)
-    finally:
-        if writer is not None:
-            writer.close()
+    def finish_epoch(finished, record, started, due):
+        # evaluated: a stop or a bad input before the evaluation is done checkpoints the epoch as awaiting it
+        finish_step(run, finished, record, started, due, lambda: evaluated(
+            lambda: task.evaluate_run(run, finished), finished, run.guard, run.writer,
+            lambda: run.save(finished, pending_eval=dict(record, time=time.time() - started))))
+
+    pending = (run.checkpoint or {}).get("pending_eval")
+    if pending:
+        log.info(f"=> evaluating epoch {run.start} first: its evaluation failed in the run that trained it")
+        record = {key: pending[key] for key in ("train_loss", "train_top1", "lr")}
+        finish_epoch(run.start, record, time.time() - pending.get("time", 0), due=True)
+    for epoch in range(run.start, args.epochs):
+        progress = run.resumed_inside if epoch == run.start else None
+        started, lr = time.time() - (progress.seconds if progress else 0), run.schedule.lr_at(epoch)
+        set_lr(run.optimizer, lr)
+        # A resume inside the epoch leaves out the samples its checkpoint's iterations saw.
+        run.data["train_sampler"].set_epoch(epoch, skip=progress.iterations * args.batch_size if progress else 0)
+        train_stats = task.train_epoch(run, epoch, lr, progress,
+                                       lambda progress, epoch=epoch: run.save(epoch, progress=progress))
+        finished = epoch + 1
+        run.add_scalars([("Train Loss", train_stats["loss"]), ("LR", lr)], finished)
+        record = dict(train_loss=train_stats["loss"], train_top1=train_stats["top1"], lr=lr)
+        finish_epoch(finished, record, started, due=finished % args.eval_freq == 0 or finished == args.epochs)

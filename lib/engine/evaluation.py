@@ -30,9 +30,10 @@ def summed_over(loader, ctx, measure, sums, what, report, every):
     return all_reduce_sums(ctx, sums)
 
 
-def classifier_stats(model, loader, ctx, args, to_device, report):
+def classifier_stats(model, loader, ctx, args, to_device, report, log, kind="", samples="images"):
     """{'top1', 'top5', 'loss', 'n'} of model over every sample of loader once (to_device(inputs, target, ctx,
-    args) moves a batch); report(i, loss_sum, correct1, correct5, count) every --print-freq batches."""
+    args) moves a batch); report(i, loss_sum, correct1, correct5, count) every --print-freq batches; the result
+    logged on one line (kind: "Clip " for " * Clip Prec@1 ..."; samples: what n counts)."""
     def measure(batch):
         inputs, target = to_device(*batch, ctx, args)
         with autocast(ctx.device, args.amp):
@@ -42,5 +43,8 @@ def classifier_stats(model, loader, ctx, args, to_device, report):
 
     loss_sum, correct1, correct5, count = summed_over(loader, ctx, measure, [0, 0, 0, 0], "evaluation", report,
                                                       args.print_freq)
-    return {"top1": percent(correct1, count), "top5": percent(correct5, count),
-            "loss": loss_sum / count if count else float("nan"), "n": int(count)}
+    stats = {"top1": percent(correct1, count), "top5": percent(correct5, count),
+             "loss": loss_sum / count if count else float("nan"), "n": int(count)}
+    log.info(f" * {kind}Prec@1 {stats['top1']:.3f} {kind}Prec@5 {stats['top5']:.3f}  loss {stats['loss']:.4f}  "
+             f"({stats['n']} {samples})")
+    return stats

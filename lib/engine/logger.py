@@ -120,14 +120,15 @@ class MetricsFile:
         self.path = path
         self.enabled = enabled
 
-    def drop_after(self, epoch):
-        """Forget records of epochs after `epoch`: a resumed run recomputes them (a killed run may have logged
-        an evaluation whose checkpoint it never wrote). The file is rewritten atomically."""
+    def drop_after(self, step, unit="epoch"):
+        """Forget records of steps (unit: "epoch" or "iteration") after `step`: a resumed run recomputes them (a
+        killed run may have logged an evaluation whose checkpoint it never wrote). The file is rewritten
+        atomically."""
         if not self.enabled or not os.path.isfile(self.path):
             return
         with open(self.path, "r", encoding="utf-8") as f:
             lines = [line for line in f if line.strip()]
-        kept = [line for line in lines if _record_epoch(line) <= epoch]
+        kept = [line for line in lines if _record_step(line, unit) <= step]
         if len(kept) == len(lines):
             return
         temp = self.path + ".tmp"
@@ -145,9 +146,9 @@ class MetricsFile:
             f.flush()
 
 
-def _record_epoch(line):
+def _record_step(line, unit):
     try:
-        return int(json.loads(line)["epoch"])
+        return int(json.loads(line)[unit])
     except (ValueError, KeyError, TypeError):
         return 0  # a damaged line is kept rather than silently lost
 

@@ -6,13 +6,19 @@ mean of per-batch percentages: with a smaller last batch, or shards of unequal s
 import torch
 
 
-def topk_correct(output: torch.Tensor, target: torch.Tensor, ks=(1, 5)):
-    """Number of samples whose target is among the k highest scores, for each k (k is capped at the class count)."""
+def topk_hits(output: torch.Tensor, target: torch.Tensor, ks=(1, 5)):
+    """Number of samples whose target is among the k highest scores, for each k (k is capped at the class count),
+    as int64 tensors on the output's device: a training loop sums them there and reads them when it prints."""
     with torch.no_grad():
         maxk = min(max(ks), output.size(1))
         top = output.topk(maxk, dim=1, largest=True, sorted=True).indices
         hits = top.eq(target.view(-1, 1))
-        return [int(hits[:, :min(k, maxk)].any(dim=1).sum().item()) for k in ks]
+        return [hits[:, :min(k, maxk)].any(dim=1).sum() for k in ks]
+
+
+def topk_correct(output: torch.Tensor, target: torch.Tensor, ks=(1, 5)):
+    """topk_hits as Python ints."""
+    return [int(hits) for hits in topk_hits(output, target, ks)]
 
 
 class AverageMeter:

@@ -29,12 +29,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
-from lib.engine.checkpoint import write_failure
+import torch
+
 from lib.engine.distributed import gather_objects, max_values
+from lib.engine.errors import NonFiniteLoss, Preempted, write_failure
 from lib.errors import ConfigError
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name))
-PREEMPTED_STATUS = 75  # EX_TEMPFAIL of <sysexits.h>: a temporary failure, run the same command again
 
 
 @dataclass
@@ -48,22 +49,23 @@ class EpochProgress:
     count: int = 0
     seconds: float = 0.0
 
-    def add(self, loss_value, correct, count):
+    def add(self, loss, correct, count):
+        """One step: its mean loss and number correct may be tensors on the device (summed there in float64 / int64,
+        the same arithmetic as Python's floats and ints, read only when printed or saved)."""
         self.iterations += 1
-        self.loss_sum += loss_value * count
+        self.loss_sum += (loss.detach().double() if torch.is_tensor(loss) else loss) * count
         self.correct += correct
         self.count += count
 
+    def mean_loss(self):
+        return float(self.loss_sum) / self.count if self.count else 0.0
+
     def state_dict(self):
-        return asdict(self)
+        return {key: value.item() if torch.is_tensor(value) else value for key, value in asdict(self).items()}
 
     @classmethod
     def from_state(cls, state):
         return cls(**{key: state[key] for key in cls.__dataclass_fields__ if key in state})
-
-
-class Preempted(Exception):
-    """The run stopped on a signal after writing a checkpoint: exit status 75, continue with --resume auto."""
 
 
 class RunGuard:
@@ -129,17 +131,23 @@ class RunGuard:
         """True in every process if a signal reached any of them (a collective: all processes call it)."""
         return self._agreed_signal(max_values(self.ctx, [self._signal_number()])[0])
 
-    def _agree(self, error):
-        """(error somewhere, stop, due by time) agreed over all processes."""
+    def _agree(self, error, loss_check):
+        """(error somewhere, stop, due by time, a non-finite last loss somewhere) agreed over all processes."""
         due = self.save_seconds > 0 and self.clock() - self._last_save >= self.save_seconds
-        failed, number, due = max_values(self.ctx, [error is not None, self._signal_number(), due])
-        return failed > 0, self._agreed_signal(number), due > 0
+        nonfinite = loss_check.flag() if loss_check is not None else 0.0
+        failed, number, due, nonfinite = max_values(self.ctx, [error is not None, self._signal_number(), due,
+                                                               nonfinite])
+        return failed > 0, self._agreed_signal(number), due > 0, nonfinite > 0
 
-    def at_boundary(self, iteration, save, where, error=None):
-        """Between two iterations (before the one numbered `iteration`, counted from the run's start): raise an
-        error any process had, checkpoint if due (save() returns the file's path on rank 0), stop if signalled.
-        `where` names the position for the stop message, e.g. "epoch 3, iteration 120"."""
-        failed, stop, due = self._agree(error)
+    def at_boundary(self, iteration, save, where, error=None, loss_check=None):
+        """Between two iterations (before the one numbered `iteration`, counted from the run's start): raise
+        NonFiniteLoss if the last step's loss (loss_check, a lib.engine.runtime.LossCheck) was not finite in any
+        process, raise an error any process had, checkpoint if due (save() returns the file's path on rank 0), stop
+        if signalled. `where` names the position for the stop message, e.g. "epoch 3, iteration 120". One
+        reduction, the step's only synchronisation."""
+        failed, stop, due, nonfinite = self._agree(error, loss_check)
+        if nonfinite:
+            raise loss_check.error()
         if failed:
             raise_agreed_error(self.ctx, error)
         due = due or (self.save_every > 0 and iteration > 0 and iteration % self.save_every == 0)
@@ -173,7 +181,6 @@ def reported_errors(guard, log_path):
             raise
         raise write_failure(error.filename or "a file of the run", error, guard.last_path) from None
     except Exception as error:
-        from lib.engine.runtime import NonFiniteLoss  # here: runtime imports this module
         if guard.ctx.rank != 0 and not isinstance(error, (ConfigError, Preempted, NonFiniteLoss)):
             note_error(log_path, f"ERROR: rank {guard.ctx.rank}: {type(error).__name__}: {error}")
         raise

@@ -11,12 +11,12 @@
 - has_work / resume_args_path: a resume with nothing left to do writes no new records, and a resume never
   overwrites an earlier resume's args_resume_<n>.yaml.
 - valid_dataset_from_checkpoint: --valid without --dataset evaluates on the checkpoint's dataset.
-The checkpoint's task itself is checked with lib.engine.tasks.require_task, right after loading it.
+The checkpoint's task itself is checked with models.tasks.require_task, right after loading it.
 """
 import os
 
 from lib.engine.logger import EVENT_FILE_PREFIX
-from lib.engine.tasks import require_task
+from models.tasks import require_task
 from lib.errors import ConfigError
 
 RUN_RECORDS = ("args.yaml", "metrics.jsonl", "log_train.txt")

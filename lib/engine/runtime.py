@@ -13,25 +13,39 @@ import torch
 from lib.engine.amp_support import warn_emulated_bf16
 from lib.engine.distributed import any_process, cleanup, init_distributed
 from lib.engine.logger import RunLogger
-from lib.engine.preemption import PREEMPTED_STATUS, Preempted
+from lib.engine.errors import PREEMPTED_STATUS, NonFiniteLoss, Preempted
 from lib.engine.sync_bn import convert_sync_batchnorm
 from lib.errors import ConfigError
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite: the run stops, and that step is never checkpointed."""
+class LossCheck:
+    """Whether a step's loss is finite, left on the device until the processes next agree (RunGuard.at_boundary
+    carries it in its one reduction, before the next step or checkpoint): one host synchronisation per step instead
+    of a read of the loss plus a reduction of its own. A non-finite step has updated the weights in memory, but
+    the run stops before anything is checkpointed after it."""
+
+    def __init__(self, loss, stopped):
+        self.loss, self.stopped = loss.detach(), stopped  # stopped: where, and what is kept
+
+    def flag(self):
+        return (~torch.isfinite(self.loss)).to(torch.float64)
+
+    def error(self):
+        value = self.loss.item()
+        where = "" if not math.isfinite(value) else " in another process"
+        return NonFiniteLoss(f"training loss became non-finite{where} ({value}) {self.stopped} (try a lower --lr or "
+                             f"--amp off)")
+
+    def raise_if_any(self, ctx):
+        """The agreement of its own, for where no RunGuard boundary follows (the last step of an epoch)."""
+        if any_process(ctx, self.flag()):
+            raise self.error()
 
 
-def checked_step(loss, optimizer, scaler, ctx, stopped):
-    """The SGD step on loss (scaled with a GradScaler, if any); returns loss as a float. Checked before the update, so
-    no NaN reaches the weights, and agreed across processes, so all stop together: NonFiniteLoss, its message
-    ending with `stopped` (where, and what is kept), otherwise."""
-    loss_value = loss.item()
-    if any_process(ctx, not math.isfinite(loss_value)):
-        raise NonFiniteLoss(f"training loss became non-finite ({loss_value}) {stopped} (try a lower --lr or --amp "
-                            f"off)")
+def optimizer_step(loss, optimizer, scaler):
+    """Backward and the optimizer's step on loss (scaled with a GradScaler, if any), without reading anything back."""
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -40,7 +54,15 @@ def checked_step(loss, optimizer, scaler, ctx, stopped):
     else:
         loss.backward()
         optimizer.step()
-    return loss_value
+
+
+def checked_step(loss, optimizer, scaler, ctx, stopped):
+    """The step on loss, checked before the update, so no NaN reaches the weights, and agreed across processes, so
+    all stop together (NonFiniteLoss, its message ending with `stopped`); returns loss as a float. Loops with a
+    RunGuard use optimizer_step + LossCheck instead, one synchronisation per step."""
+    LossCheck(loss, stopped).raise_if_any(ctx)
+    optimizer_step(loss, optimizer, scaler)
+    return loss.item()
 
 
 def autocast(device, amp):
@@ -87,9 +109,15 @@ def seed_everything(seed):
     random.seed(seed)
 
 
-def set_cudnn_mode(deterministic):
-    """--deterministic: cudnn.deterministic; otherwise cudnn.benchmark (the reference set both at once)."""
+def set_determinism(deterministic):
+    """--deterministic: torch.use_deterministic_algorithms(True, warn_only=True), which makes cuDNN, cuBLAS and the
+    ops with a deterministic variant use it (e.g. the attention backward of nl / ns / dnl / gsnl, scatter-adds) and
+    warns once for an op that has none (e.g. bilinear upsampling's backward on CUDA, in the segmentation head);
+    cuBLAS also needs CUBLAS_WORKSPACE_CONFIG, read when CUDA starts, so this runs before the device is set up.
+    Costs speed on a GPU (docs/classification.md, "Flags"). Otherwise cudnn.benchmark (the reference set both)."""
     if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     else:
         torch.backends.cudnn.benchmark = True
@@ -129,10 +157,10 @@ def run_main(args, launcher_pid, check_model, validate, train):
     """An entry point's main(args) once its flags are resolved: start the processes and the log, seed, fail on a bad
     model flag (check_model(args)) before any data is read, then validate(args, ctx, log) with --valid, else
     train(args, ctx, log); returns what that returns. Bad input, divergence and preemption reach the log too."""
+    set_determinism(args.deterministic)  # before CUDA starts (cuBLAS reads its workspace setting then)
     ctx = init_distributed(args.device, launcher_pid, args.dist_timeout)
     log = RunLogger(enabled=ctx.is_main).start()
     try:
-        set_cudnn_mode(args.deterministic)
         seed_everything(args.seed + ctx.rank)
         check_model(args)
         warn_slow_amp(args.amp, ctx.device, log)

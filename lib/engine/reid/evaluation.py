@@ -17,36 +17,19 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from lib.engine.reid.distances import pairwise_distances
+from lib.engine.reid.rerank import KReciprocalReranker
 from lib.errors import ConfigError
 
 RANKS = (1, 5, 10, 20)
 METRIC_NAMES = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
-DISTANCES = ("euclidean", "cosine")
 DEFAULT_BLOCK = 128
 JUNK_PID = -1
 
 
 def _as_array(values) -> np.ndarray:
     return np.asarray(values.cpu() if torch.is_tensor(values) else values).reshape(-1)
-
-
-def pairwise_distances(qf: torch.Tensor, gf: torch.Tensor, distance: str = "euclidean",
-                       normalize: bool = True) -> torch.Tensor:
-    """(len(qf), len(gf)) distances in float32 (float64 kept). euclidean: squared L2 distance (same ranking as
-    the L2 distance, cheaper); cosine: 1 - cosine similarity. normalize: L2-normalize the features first (then the
-    two give the same ranking: |q - g|^2 = 2 - 2 cos)."""
-    if distance not in DISTANCES:
-        raise ConfigError(f"unknown distance {distance!r}; choose one of {', '.join(DISTANCES)}")
-    if qf.dtype != torch.float64:
-        qf, gf = qf.float(), gf.float()
-    if normalize or distance == "cosine":
-        qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
-    if distance == "cosine":
-        return 1 - qf @ gf.t()
-    squares = (qf * qf).sum(1, keepdim=True) + (gf * gf).sum(1)[None]
-    return (squares - 2 * qf @ gf.t()).clamp_min_(0)
 
 
 def _score_block(dist: np.ndarray, q_pids, q_camids, g_pids, g_camids):
@@ -126,7 +109,6 @@ def evaluate(qf: torch.Tensor, gf: torch.Tensor, q_pids, g_pids, q_camids, g_cam
     if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
         raise ValueError(f"features must be (Q, D) and (G, D), got {tuple(qf.shape)} and {tuple(gf.shape)}")
     if rerank is not None:
-        from lib.engine.reid.rerank import KReciprocalReranker
         k1, k2, lam = rerank
         reranker = KReciprocalReranker(qf, gf, k1=k1, k2=k2, lambda_value=lam, distance=distance,
                                        normalize=normalize, block_size=block_size)

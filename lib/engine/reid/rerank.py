@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from lib.engine.reid.evaluation import pairwise_distances
+from lib.engine.reid.distances import pairwise_distances
 from lib.errors import ConfigError
 
 

@@ -5,11 +5,9 @@ flags. No flag uses argparse's bool type: bool-ish flags go through parse_bool. 
 """
 import os
 
-from lib.engine.cli import AMP_MODES, OneLineParser, add_save_flags, parse_bool, parse_pretrained
-from lib.engine.config import parse_args
-from lib.engine.recipe import CPUS, DEVICE_PATTERN
-from lib.engine.resume_check import add_allow_changed_flag
-from lib.errors import ConfigError
+from lib.engine.checks import CPUS, DEVICE_PATTERN, check
+from lib.engine.cli import OneLineParser, add_run_flags, parse_bool, parse_pretrained
+from lib.engine.config import parse_flags
 
 # Iteration schedule, optimizer and pipeline of the config (SNL R50-D8, Cityscapes, 40k iterations).
 _CITYSCAPES = dict(iters=40000, batch_size=4, lr=0.01, min_lr=1e-4, power=0.9, momentum=0.9, weight_decay=5e-4,
@@ -28,8 +26,6 @@ def get_args_parser(add_help=True):
     parser = OneLineParser(prog="train_seg.py", add_help=add_help, description="Train / evaluate semantic "
                            "segmentation (dilated ResNet + nonlocal decode head) on Cityscapes")
     model = parser.add_argument_group("data and model")
-    model.add_argument("--config", default=None, metavar="FILE.yaml",
-                       help="YAML file of flag values (keys = flag names); command-line flags win")
     model.add_argument("--dataset", default="cityscapes", help="cityscapes | fake (synthetic scenes in memory)")
     model.add_argument("--data_dir", "--data-dir", dest="data_dir", default="./data",
                        help="Cityscapes root: <data_dir>/cityscapes or <data_dir> holding leftImg8bit/ and gtFine/")
@@ -80,52 +76,21 @@ def get_args_parser(add_help=True):
                        help="photometric distortion (default True)")
     sched.add_argument("--seed", type=int, default=None, help="random seed (default 67)")
 
-    run = parser.add_argument_group("run, output and performance")
-    run.add_argument("--checkpoints", default="snl",
-                     help="run folder name: <output-dir>/<dataset>/<backbone><arch>/<checkpoints> (default snl)")
-    run.add_argument("--output-dir", "--output_dir", dest="output_dir", default="save_model",
-                     help="root of the run folders (default save_model)")
-    run.add_argument("--resume", default="", metavar="auto|PATH",
-                     help="auto: continue the run folder's newest checkpoint (fresh start if none); PATH: that file")
-    run.add_argument("--valid", nargs="?", const=True, default=False, type=parse_bool, metavar="BOOL",
-                     help="only evaluate the checkpoint --check_path and exit")
-    run.add_argument("--check_path", "--check-path", dest="check_path", default="", help="checkpoint for --valid")
-    add_allow_changed_flag(run)
-    run.add_argument("--keep-checkpoints", "--keep_checkpoints", dest="keep_checkpoints", type=int, default=1,
-                     help="how many iteration checkpoints to keep, newest first (0 = all; default 1)")
-    add_save_flags(run)
-    run.add_argument("-p", "--print-freq", "--print_freq", dest="print_freq", type=int, default=50, metavar="N",
-                     help="progress line every N iterations (default 50)")
-    run.add_argument("-j", "--workers", type=int, default=None, help="data loader processes per process "
-                     "(default min(4, cores))")
-    run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    run.add_argument("--amp", choices=AMP_MODES, default="off", help="autocast: off | bf16 | fp16 (GradScaler)")
-    run.add_argument("--sync-bn", "--sync_bn", dest="sync_bn", action="store_true",
-                     help="synchronize BatchNorm statistics across processes (torchrun)")
-    run.add_argument("--channels-last", "--channels_last", dest="channels_last", action="store_true",
-                     help="channels-last memory format")
-    run.add_argument("--compile", action="store_true", help="torch.compile the model (eager where it fails)")
-    run.add_argument("--deterministic", action="store_true",
-                     help="cudnn.deterministic (reproducible GPU runs); otherwise cudnn.benchmark")
+    add_run_flags(parser, print_freq=50, steps="iteration", checkpoints="snl", model_dir="<backbone><arch>")
     return parser
 
 
 def parse_seg_args(argv=None):
     """Flags over --config over parser defaults; args.explicit lists the flags given (the recipe fills the rest
     in resolve_seg_args, called by main)."""
-    return parse_args(argv, get_args_parser)
-
-
-def _check(condition, message):
-    if not condition:
-        raise ConfigError(message)
+    return parse_flags(argv, get_args_parser)
 
 
 def resolve_seg_args(args):
     """Fill unset flags from the dataset's recipe, normalize, validate; returns args (changed in place)."""
     if getattr(args, "resolved", False):
         return args
-    _check(args.dataset in SEG_RECIPES, f"unknown dataset {args.dataset!r}; valid: {', '.join(SEG_RECIPES)}")
+    check(args.dataset in SEG_RECIPES, f"unknown dataset {args.dataset!r}; valid: {', '.join(SEG_RECIPES)}")
     for name, value in list(SEG_RECIPES[args.dataset].items()) + list(COMMON_DEFAULTS.items()):
         if getattr(args, name, None) is None:
             setattr(args, name, value)
@@ -135,33 +100,33 @@ def resolve_seg_args(args):
     if float(args.div).is_integer():
         args.div = int(args.div)
     for name in ("crop_size", "img_scale", "ratio_range"):
-        _check(len(getattr(args, name)) == 2, f"--{name.replace('_', '-')} takes two values, got "
+        check(len(getattr(args, name)) == 2, f"--{name.replace('_', '-')} takes two values, got "
                f"{getattr(args, name)}")
     args.crop_size, args.img_scale = [int(v) for v in args.crop_size], [int(v) for v in args.img_scale]
     args.ratio_range = [float(v) for v in args.ratio_range]
-    _check(args.iters >= 1, f"--iters must be >= 1, got {args.iters}")
-    _check(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}")
-    _check(args.lr > 0 and args.min_lr >= 0, f"--lr must be > 0 and --min-lr >= 0, got {args.lr}, {args.min_lr}")
-    _check(args.eval_every >= 1, f"--eval-every must be >= 1, got {args.eval_every}")
-    _check(args.print_freq >= 1, f"--print-freq must be >= 1, got {args.print_freq}")
-    _check(min(args.crop_size) >= 1 and min(args.img_scale) >= 1, "--crop-size and --img-scale must be positive")
-    _check(0 < args.ratio_range[0] <= args.ratio_range[1], f"--ratio-range must be 0 < LOW <= HIGH, got "
+    check(args.iters >= 1, f"--iters must be >= 1, got {args.iters}")
+    check(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}")
+    check(args.lr > 0 and args.min_lr >= 0, f"--lr must be > 0 and --min-lr >= 0, got {args.lr}, {args.min_lr}")
+    check(args.eval_every >= 1, f"--eval-every must be >= 1, got {args.eval_every}")
+    check(args.print_freq >= 1, f"--print-freq must be >= 1, got {args.print_freq}")
+    check(min(args.crop_size) >= 1 and min(args.img_scale) >= 1, "--crop-size and --img-scale must be positive")
+    check(0 < args.ratio_range[0] <= args.ratio_range[1], f"--ratio-range must be 0 < LOW <= HIGH, got "
            f"{args.ratio_range}")
-    _check(0 <= args.hflip <= 1, f"--hflip is a probability, got {args.hflip}")
-    _check(0 < args.cat_max_ratio <= 1, f"--cat-max-ratio must be in (0, 1], got {args.cat_max_ratio}")
-    _check(args.aux_weight >= 0, f"--aux-weight must be >= 0, got {args.aux_weight}")
-    _check(args.workers >= 0 and args.seed >= 0, "--workers and --seed must be >= 0")
-    _check(args.keep_checkpoints >= 0, f"--keep-checkpoints must be >= 0, got {args.keep_checkpoints}")
-    _check(args.save_every >= 0 and args.save_every_minutes >= 0,
+    check(0 <= args.hflip <= 1, f"--hflip is a probability, got {args.hflip}")
+    check(0 < args.cat_max_ratio <= 1, f"--cat-max-ratio must be in (0, 1], got {args.cat_max_ratio}")
+    check(args.aux_weight >= 0, f"--aux-weight must be >= 0, got {args.aux_weight}")
+    check(args.workers >= 0 and args.seed >= 0, "--workers and --seed must be >= 0")
+    check(args.keep_checkpoints >= 0, f"--keep-checkpoints must be >= 0, got {args.keep_checkpoints}")
+    check(args.save_every >= 0 and args.save_every_minutes >= 0,
            f"--save-every and --save-every-minutes must be >= 0, got {args.save_every}, {args.save_every_minutes}")
-    _check(args.stage_nums >= 1 and args.div > 0, "--stage-nums must be >= 1 and --div positive")
-    _check(DEVICE_PATTERN.match(str(args.device)) is not None,
+    check(args.stage_nums >= 1 and args.div > 0, "--stage-nums must be >= 1 and --div positive")
+    check(DEVICE_PATTERN.match(str(args.device)) is not None,
            f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
-    _check(not (args.valid and not args.check_path), "--valid needs --check_path CHECKPOINT")
-    _check(not isinstance(args.pretrained, str) or os.path.isfile(args.pretrained),
+    check(not (args.valid and not args.check_path), "--valid needs --check_path CHECKPOINT")
+    check(not isinstance(args.pretrained, str) or os.path.isfile(args.pretrained),
            f"--pretrained {args.pretrained}: expected True/False or an existing torchvision ResNet state_dict file")
-    _check(args.dataset == "fake" or not os.path.isfile(args.data_dir),
+    check(args.dataset == "fake" or not os.path.isfile(args.data_dir),
            f"--data_dir {args.data_dir} is a file, not a folder: pass the folder that holds Cityscapes")
-    args.task = "segmentation"  # stored in args.yaml and the checkpoints (lib/engine/tasks.py)
+    args.task = "segmentation"  # stored in args.yaml and the checkpoints (models/tasks.py)
     args.resolved = True
     return args

@@ -3,20 +3,17 @@
 Flags whose default depends on the dataset (the recipe, lib/engine/video/recipe.py) default to None here, so that a
 value given on the command line or in --config is detectable and wins. No flag uses argparse's bool type.
 """
-from lib.engine.cli import AMP_MODES, LR_SCALES, OneLineParser, _bool_flag, add_save_flags, parse_pretrained
-from lib.engine.config import parse_args
-from lib.engine.resume_check import add_allow_changed_flag
+from lib.engine.cli import OneLineParser, add_run_flags, add_step_schedule_flags, bool_flag, parse_pretrained
+from lib.engine.config import parse_flags
 from lib.registry import NONLOCAL_BLOCKS, ORDER_BLOCKS
+from models.video import VIDEO_BACKBONES
 
 VIDEO_DATASETS = ("ucf101", "hmdb51", "kinetics", "videofolder", "fake")
-VIDEO_BACKBONES = ("resnet3d", "r3d", "mc3", "r2plus1d")
 VALIDATIONS = ("holdout", "test")
 
 
 def _add_data_flags(parser):
     data = parser.add_argument_group("data and clips (unset = the dataset's recipe, docs/video.md)")
-    data.add_argument("--config", default=None, metavar="FILE.yaml",
-                      help="YAML file of flag values (keys = flag names); command-line flags win")
     data.add_argument("--dataset", default="ucf101", help=f"{' | '.join(VIDEO_DATASETS)} (default ucf101; fake = "
                       "generated clips in memory, for a smoke run)")
     data.add_argument("--data_dir", "--data-dir", dest="data_dir", default="./data",
@@ -62,11 +59,11 @@ def _add_model_flags(parser):
     model.add_argument("--div", type=float, default=None, help="channel reduction C' = int(C / div) (default 2)")
     model.add_argument("--order", type=int, default=None, metavar="K",
                        help=f"order of {' and '.join(ORDER_BLOCKS)} (default 2; docs/spectral.md)")
-    _bool_flag(model, "--is_sys", "--is-sys", default=None, help="symmetric affinity (switch; default: the block's "
+    bool_flag(model, "--is_sys", "--is-sys", default=None, help="symmetric affinity (switch; default: the block's "
                "own)")
-    _bool_flag(model, "--is_norm", "--is-norm", default=None, help="normalized ReLU affinity (switch; default: the "
+    bool_flag(model, "--is_norm", "--is-norm", default=None, help="normalized ReLU affinity (switch; default: the "
                "block's own)")
-    _bool_flag(model, "--output-relu", "--output_relu", default=None, help="ReLU after each unit of a stage block "
+    bool_flag(model, "--output-relu", "--output_relu", default=None, help="ReLU after each unit of a stage block "
                "(default False in video models, the earlier release's space-time units X + BN(...); docs/blocks.md)")
     model.add_argument("--shortcut-type", "--shortcut_type", dest="shortcut_type", default=None, choices=("A", "B"),
                        help="resnet3d's shortcut: B (1x1x1 conv + BN; default) or A (zero channels; the 3D-ResNets "
@@ -87,15 +84,7 @@ def _add_schedule_flags(parser):
                        help="clips per process and iteration (default 128; fake 4)")
     sched.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=None,
                        help="base learning rate (default 0.1)")
-    sched.add_argument("--lr-steps", "--lr_steps", dest="lr_steps", type=int, nargs="+", default=None,
-                       metavar="EPOCH", help="0-based epochs where the lr is multiplied by --lr-gamma "
-                       "(default 50 100 150)")
-    sched.add_argument("--lr-gamma", "--lr_gamma", dest="lr_gamma", type=float, default=0.1,
-                       help="lr decay factor at each step (default 0.1)")
-    sched.add_argument("--warmup-epochs", "--warmup_epochs", dest="warmup_epochs", type=int, default=None,
-                       help="linear warm-up epochs from lr * gamma^len(lr-steps) to lr (default 0)")
-    sched.add_argument("--lr-scale", "--lr_scale", dest="lr_scale", choices=LR_SCALES, default="none",
-                       help="linear: multiply lr by global batch / recipe batch (default none: lr as given)")
+    add_step_schedule_flags(sched, lr_steps="default 50 100 150", warmup="default 0")
     sched.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
     sched.add_argument("--dampening", type=float, default=None, help="SGD dampening (default 0.9)")
     sched.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=None,
@@ -105,45 +94,15 @@ def _add_schedule_flags(parser):
     sched.add_argument("--seed", type=int, default=None, help="random seed (default 1)")
 
 
-def _add_run_flags(parser):
-    run = parser.add_argument_group("run, output and performance")
-    _bool_flag(run, "--valid", default=False, help="only evaluate the checkpoint --check_path (centre clips and "
-               "the multi-clip test) and exit")
-    run.add_argument("--check_path", "--check-path", dest="check_path", default="",
-                     help="checkpoint to evaluate with --valid")
-    run.add_argument("--checkpoints", default=None, help="run folder name: outputs go to <output-dir>/<dataset>/"
-                     "<backbone><arch>/<checkpoints> (default: the block's name, base without blocks)")
-    run.add_argument("--output-dir", "--output_dir", dest="output_dir", default="save_model",
-                     help="root of the run folders (default save_model)")
-    run.add_argument("--resume", default="", metavar="auto|PATH",
-                     help="auto: continue the run folder's last checkpoint (fresh start if none); PATH: that file")
-    add_allow_changed_flag(run)
-    run.add_argument("--keep-checkpoints", "--keep_checkpoints", dest="keep_checkpoints", type=int, default=1,
-                     help="how many per-epoch checkpoints to keep, newest first (0 = all; default 1)")
-    add_save_flags(run, recipes="30 for Kinetics and videofolder, off for UCF-101, HMDB-51 and fake")
-    run.add_argument("-p", "--print-freq", "--print_freq", dest="print_freq", type=int, default=20, metavar="N",
-                     help="progress line every N iterations (default 20)")
-    run.add_argument("-j", "--workers", type=int, default=None, help="data loader processes per process, which "
-                     "decode the videos (default min(4, cores))")
-    run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    run.add_argument("--deterministic", action="store_true",
-                     help="cudnn.deterministic (reproducible GPU runs); otherwise cudnn.benchmark")
-    run.add_argument("--amp", choices=AMP_MODES, default="off", help="autocast: off | bf16 | fp16 (GradScaler)")
-    run.add_argument("--channels-last", "--channels_last", dest="channels_last", action="store_true",
-                     help="channels-last (3-D) memory format")
-    run.add_argument("--compile", action="store_true", help="torch.compile the model (eager where it fails)")
-    run.add_argument("--sync-bn", "--sync_bn", dest="sync_bn", action="store_true",
-                     help="synchronize BatchNorm statistics across processes (torchrun)")
-
-
 def get_args_parser(add_help=True):
     parser = OneLineParser(prog="train_video.py", add_help=add_help, description="Train / evaluate action "
                            "recognition (3-D ResNets with space-time nonlocal blocks) on UCF-101, HMDB-51, Kinetics")
     _add_data_flags(parser)
     _add_model_flags(parser)
     _add_schedule_flags(parser)
-    _add_run_flags(parser)
-    # lib.engine.run_state reads the reference's --isresume spelling, which train_video.py does not have.
+    add_run_flags(parser, print_freq=20, save_recipes="30 for Kinetics and videofolder, off for UCF-101, HMDB-51 "
+                  "and fake", model_dir="<backbone><arch>")
+    # train_val.py's --isresume spelling, which train_video.py does not have (kept in args.yaml as before).
     parser.set_defaults(isresume=False, resumename="")
     return parser
 
@@ -151,4 +110,4 @@ def get_args_parser(add_help=True):
 def parse_video_args(argv=None):
     """Flags over --config over parser defaults; args.explicit lists the flags given (the recipe fills the rest
     in resolve_video_args, called by main)."""
-    return parse_args(argv, get_args_parser)
+    return parse_flags(argv, get_args_parser)

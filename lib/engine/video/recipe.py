@@ -10,11 +10,11 @@ the test split (docs/video.md, "Deviations").
 import math
 import os
 
+from lib.engine.checks import CPUS, check, check_output_dir, check_run_name, check_schedule_and_mode, fill
 from lib.engine.cli import parse_stages
-from lib.engine.recipe import (CPUS, _check, _check_div_schedule_and_mode, _check_output_dir, _check_run_name,
-                               _fill)
-from lib.engine.video.cli import VIDEO_BACKBONES, VIDEO_DATASETS
+from lib.engine.video.cli import VIDEO_DATASETS
 from lib.errors import ConfigError
+from models.video import VIDEO_BACKBONES
 
 _FRAMEWORK = dict(batch_size=128, lr=0.1, momentum=0.9, dampening=0.9, weight_decay=1e-3, epochs=200,
                   lr_steps=[50, 100, 150], warmup_epochs=0, eval_freq=1, clip_len=16, frame_step=1,
@@ -36,30 +36,30 @@ COMMON_DEFAULTS = dict(workers=min(4, CPUS), nl_type="snl", nl_nums=1, stage_num
 
 def _validate(args):
     for flag in ("lr", "lr_gamma", "weight_decay", "momentum", "dampening", "div", "hflip"):
-        _check(math.isfinite(getattr(args, flag)), f"--{flag.replace('_', '-')} must be a finite number, got "
+        check(math.isfinite(getattr(args, flag)), f"--{flag.replace('_', '-')} must be a finite number, got "
                f"{getattr(args, flag)}")
-    _check(args.backbone in VIDEO_BACKBONES, f"unknown video backbone {args.backbone!r}; valid: "
+    check(args.backbone in VIDEO_BACKBONES, f"unknown video backbone {args.backbone!r}; valid: "
            f"{', '.join(VIDEO_BACKBONES)}")
-    _check(args.epochs >= 1 and args.batch_size >= 1, f"--epochs and --batch-size must be >= 1, got {args.epochs}, "
+    check(args.epochs >= 1 and args.batch_size >= 1, f"--epochs and --batch-size must be >= 1, got {args.epochs}, "
            f"{args.batch_size}")
-    _check(args.lr > 0 and args.lr_gamma > 0, f"--lr and --lr-gamma must be positive, got {args.lr}, "
+    check(args.lr > 0 and args.lr_gamma > 0, f"--lr and --lr-gamma must be positive, got {args.lr}, "
            f"{args.lr_gamma}")
-    _check(0 <= args.momentum < 1 and 0 <= args.dampening <= 1, f"--momentum must be in [0, 1) and --dampening in "
+    check(0 <= args.momentum < 1 and 0 <= args.dampening <= 1, f"--momentum must be in [0, 1) and --dampening in "
            f"[0, 1], got {args.momentum}, {args.dampening}")
-    _check(args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}")
-    _check(0 <= args.hflip <= 1, f"--hflip is a probability in [0, 1], got {args.hflip}")
+    check(args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}")
+    check(0 <= args.hflip <= 1, f"--hflip is a probability in [0, 1], got {args.hflip}")
     for flag in ("clip_len", "frame_step", "frame_size", "test_clips", "eval_freq", "print_freq", "stage_nums"):
-        _check(getattr(args, flag) >= 1, f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+        check(getattr(args, flag) >= 1, f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     for flag in ("warmup_epochs", "workers", "seed", "keep_checkpoints", "nl_nums"):
-        _check(getattr(args, flag) >= 0, f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
-    _check(args.save_every >= 0 and args.save_every_minutes >= 0,
+        check(getattr(args, flag) >= 0, f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
+    check(args.save_every >= 0 and args.save_every_minutes >= 0,
            f"--save-every and --save-every-minutes must be >= 0, got {args.save_every}, {args.save_every_minutes}")
-    _check(0 <= args.ft_begin_index <= 5, f"--ft-begin-index must be in 0..5, got {args.ft_begin_index}")
-    _check_div_schedule_and_mode(args)
-    _check(not isinstance(args.pretrained, str) or os.path.isfile(args.pretrained),
+    check(0 <= args.ft_begin_index <= 5, f"--ft-begin-index must be in 0..5, got {args.ft_begin_index}")
+    check_schedule_and_mode(args)
+    check(not isinstance(args.pretrained, str) or os.path.isfile(args.pretrained),
            f"--pretrained {args.pretrained}: expected True/False or an existing checkpoint file")
-    _check_run_name(args.checkpoints)
-    _check_output_dir(args.output_dir)
+    check_run_name(args.checkpoints)
+    check_output_dir(args.output_dir)
 
 
 def resolve_video_args(args):
@@ -69,15 +69,15 @@ def resolve_video_args(args):
     if args.dataset not in VIDEO_RECIPES:
         raise ConfigError(f"unknown video dataset {args.dataset!r}; valid: {', '.join(VIDEO_DATASETS)}")
     for name, value in list(VIDEO_RECIPES[args.dataset].items()) + list(COMMON_DEFAULTS.items()):
-        _fill(args, name, value)
-    _fill(args, "ft_begin_index", 4 if args.pretrained else 0)
+        fill(args, name, value)
+    fill(args, "ft_begin_index", 4 if args.pretrained else 0)
     args.lr_steps = [int(step) for step in args.lr_steps]
     args.arch = str(args.arch)
     if args.nl_layer is not None:
         args.nl_layer = parse_stages(args.nl_layer)
     if str(args.nl_type).lower() in ("none", "base"):
         args.nl_type, args.nl_nums = None, 0
-    _fill(args, "checkpoints", args.nl_type if args.nl_nums and args.nl_type else "base")
+    fill(args, "checkpoints", args.nl_type if args.nl_nums and args.nl_type else "base")
     if float(args.div).is_integer():
         args.div = int(args.div)  # so build_args and file names read 2, not 2.0
     _validate(args)

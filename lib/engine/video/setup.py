@@ -1,6 +1,5 @@
-"""What train_video.py builds from its flags: the run folder, the model's arguments, the fine-tuning parameter
-groups, the 5-D memory format, the data and its loaders."""
-import os
+"""What train_video.py builds from its flags: the fine-tuning parameter groups, the 5-D memory format, the data and
+its loaders."""
 from argparse import Namespace
 
 import torch
@@ -9,29 +8,6 @@ from torch.utils.data import DataLoader
 from lib.data.samplers import ContiguousShardSampler
 from lib.engine.distributed import local_main_first
 from lib.engine.runtime import prepare_model
-
-
-def run_folder(args):
-    """<output-dir>/<dataset>/<backbone><arch>/<checkpoints>: depth 18 names several video backbones."""
-    return os.path.join(args.output_dir, args.dataset, f"{args.backbone}{args.arch}", args.checkpoints)
-
-
-def model_kwargs(args, num_classes, pretrained=None):
-    """models.build_model's keyword arguments from the flags (unset block options: the model's defaults)."""
-    kwargs = dict(backbone=args.backbone, arch=args.arch, num_classes=num_classes,
-                  nl_type=args.nl_type if args.nl_nums else None, nl_nums=args.nl_nums, stage_num=args.stage_nums,
-                  div=args.div, is_sys=args.is_sys, is_norm=args.is_norm, order=args.order,
-                  pretrained=pretrained or None)
-    for name in ("nl_layer", "output_relu", "shortcut_type"):
-        if getattr(args, name) is not None:
-            kwargs[name] = getattr(args, name)
-    return kwargs
-
-
-def check_model_flags(args, build_model):
-    """Fail on a bad model flag before any data is read: building on the meta device costs nothing."""
-    with torch.device("meta"):
-        build_model(**model_kwargs(args, num_classes=2))
 
 
 def freeze_for_fine_tuning(model, ft_begin_index):

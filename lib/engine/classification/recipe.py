@@ -6,9 +6,9 @@ CIFAR runs 300 + 10 epochs with decays at 150 + 10 and 250 + 10, exactly as the 
 """
 import math
 import os
-import re
 
-from lib.engine.cli import AMP_MODES, parse_stages
+from lib.engine.checks import CPUS, check, check_output_dir, check_run_name, check_schedule_and_mode, fill
+from lib.engine.cli import parse_stages
 from lib.errors import ConfigError
 from lib.registry import DEFAULT_ORDER, ORDER_BLOCKS
 
@@ -22,37 +22,17 @@ RECIPES = {
 DATASET_RECIPE = {"cifar10": "cifar", "cifar100": "cifar", "fake": "cifar", "imagenet": "imagenet"}
 # imagefolder holds any images: its recipe (and so its default backbone) follows --input-size (default 224).
 SMALL_IMAGES = 64
-# The reference used 4 loader workers; fewer on a machine with fewer cores (more would only contend).
-CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 COMMON_DEFAULTS = dict(seed=67, workers=min(4, CPUS), nl_type="snl", nl_nums=1, stage_nums=1, div=2, nl_layer=["1"])
 # The reference's --debug: tiny batches, no worker processes.
 DEBUG_DEFAULTS = dict(batch_size=2, workers=0)
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
-def _fill(args, name, value):
-    if getattr(args, name, None) is None:
-        setattr(args, name, value)
 
 
-def _check(condition, message):
-    if not condition:
-        raise ConfigError(message)
 
 
-def _check_run_name(name):
-    """--checkpoints is the name of one folder inside <output-dir>/<dataset>/<arch>, nothing else."""
-    bad = (not name or name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name)
-           or name != name.strip() or "\0" in name)
-    _check(not bad, f"--checkpoints must be a single folder name (no path, not '.' or '..'), got {name!r}")
 
 
-def _check_output_dir(path):
-    """--output-dir must be, or be creatable as, a folder: its nearest existing ancestor must be a folder."""
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    _check(os.path.isdir(probe), f"--output-dir {path}: {probe} is a file, not a folder")
 
 
 def _check_data_dir(args):
@@ -66,8 +46,8 @@ def _check_order(args):
     """--order is checked here, so that its error names the flag (the model builder only knows "order")."""
     if args.order is None:
         return
-    _check(args.order >= 1, f"--order must be a positive integer, got {args.order}")
-    _check(args.nl_type in ORDER_BLOCKS, f"--order applies to {' and '.join(ORDER_BLOCKS)} only, not to --nl-type "
+    check(args.order >= 1, f"--order must be a positive integer, got {args.order}")
+    check(args.nl_type in ORDER_BLOCKS, f"--order applies to {' and '.join(ORDER_BLOCKS)} only, not to --nl-type "
            f"{args.nl_type}")
 
 
@@ -94,50 +74,39 @@ def recipe_line(args):
             f"{recipe['arch']}, batch {recipe['batch_size']}, lr {recipe['lr']:g}")
 
 
-def _check_div_schedule_and_mode(args):
-    """Checks shared with the video entry point: --div, --lr-steps, --amp, --device, --valid."""
-    _check(args.div > 0, f"--div must be positive, got {args.div}")
-    _check(list(args.lr_steps) == sorted(set(args.lr_steps)), f"--lr-steps must increase, got {args.lr_steps}")
-    # In the reference a decay inside the warm-up was never applied; refuse it rather than guess.
-    _check(all(step >= args.warmup_epochs for step in args.lr_steps),
-           f"--lr-steps {args.lr_steps} must not fall inside the {args.warmup_epochs} warm-up epochs")
-    _check(args.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {args.amp!r}")
-    _check(DEVICE_PATTERN.match(str(args.device)) is not None,
-           f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
-    _check(not (args.valid and not args.check_path), "--valid needs --check_path CHECKPOINT")
 
 
 def _validate(args):
     for flag, value in (("--lr", args.lr), ("--lr-gamma", args.lr_gamma), ("--weight-decay", args.weight_decay),
                         ("--momentum", args.momentum), ("--div", args.div), ("--hflip", args.hflip)):
-        _check(math.isfinite(value), f"{flag} must be a finite number, got {value}")
-    _check(args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}")
-    _check(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}")
-    _check(args.lr > 0, f"--lr must be positive, got {args.lr}")
-    _check(args.lr_gamma > 0, f"--lr-gamma must be positive, got {args.lr_gamma}")
-    _check(0 <= args.momentum < 1, f"--momentum must be in [0, 1), got {args.momentum}")
-    _check(args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}")
-    _check(0 <= args.hflip <= 1, f"--hflip is a probability in [0, 1], got {args.hflip}")
-    _check_run_name(args.checkpoints)
-    _check_output_dir(args.output_dir)
-    _check(args.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {args.warmup_epochs}")
-    _check(args.eval_freq >= 1, f"--eval-freq must be >= 1, got {args.eval_freq}")
-    _check(args.print_freq >= 1, f"--print-freq must be >= 1, got {args.print_freq}")
-    _check(args.workers >= 0, f"--workers must be >= 0, got {args.workers}")
-    _check(args.seed >= 0, f"--seed must be >= 0, got {args.seed}")
-    _check(args.keep_checkpoints >= 0, f"--keep-checkpoints must be >= 0, got {args.keep_checkpoints}")
-    _check(args.save_every >= 0 and args.save_every_minutes >= 0,
+        check(math.isfinite(value), f"{flag} must be a finite number, got {value}")
+    check(args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}")
+    check(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}")
+    check(args.lr > 0, f"--lr must be positive, got {args.lr}")
+    check(args.lr_gamma > 0, f"--lr-gamma must be positive, got {args.lr_gamma}")
+    check(0 <= args.momentum < 1, f"--momentum must be in [0, 1), got {args.momentum}")
+    check(args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}")
+    check(0 <= args.hflip <= 1, f"--hflip is a probability in [0, 1], got {args.hflip}")
+    check_run_name(args.checkpoints)
+    check_output_dir(args.output_dir)
+    check(args.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {args.warmup_epochs}")
+    check(args.eval_freq >= 1, f"--eval-freq must be >= 1, got {args.eval_freq}")
+    check(args.print_freq >= 1, f"--print-freq must be >= 1, got {args.print_freq}")
+    check(args.workers >= 0, f"--workers must be >= 0, got {args.workers}")
+    check(args.seed >= 0, f"--seed must be >= 0, got {args.seed}")
+    check(args.keep_checkpoints >= 0, f"--keep-checkpoints must be >= 0, got {args.keep_checkpoints}")
+    check(args.save_every >= 0 and args.save_every_minutes >= 0,
            f"--save-every and --save-every-minutes must be >= 0, got {args.save_every}, {args.save_every_minutes}")
-    _check(args.input_size is None or args.input_size >= 1, f"--input-size must be >= 1, got {args.input_size}")
-    _check(args.nl_nums >= 0, f"--nl-nums must be >= 0, got {args.nl_nums}")
-    _check(args.stage_nums >= 1, f"--stage-nums must be >= 1, got {args.stage_nums}")
-    _check_div_schedule_and_mode(args)
+    check(args.input_size is None or args.input_size >= 1, f"--input-size must be >= 1, got {args.input_size}")
+    check(args.nl_nums >= 0, f"--nl-nums must be >= 0, got {args.nl_nums}")
+    check(args.stage_nums >= 1, f"--stage-nums must be >= 1, got {args.stage_nums}")
+    check_schedule_and_mode(args)
     _check_order(args)
     _check_data_dir(args)
-    _check(not args.pretrained or args.backbone == "resnet", "--pretrained loads torchvision ImageNet weights into "
+    check(not args.pretrained or args.backbone == "resnet", "--pretrained loads torchvision ImageNet weights into "
            "--backbone resnet only; to start from one of our checkpoints use --resume PATH")
     pretrained_file = isinstance(args.pretrained, str)
-    _check(not pretrained_file or os.path.isfile(args.pretrained),
+    check(not pretrained_file or os.path.isfile(args.pretrained),
            f"--pretrained {args.pretrained}: expected True/False or an existing state_dict file")
 
 
@@ -169,13 +138,13 @@ def resolve_args(args):
     recipe = RECIPES[args.recipe]
     if args.debug:
         for name, value in DEBUG_DEFAULTS.items():
-            _fill(args, name, value)
+            fill(args, name, value)
     for name in ("batch_size", "lr", "warmup_epochs", "eval_freq", "backbone", "arch", "save_every_minutes"):
-        _fill(args, name, recipe[name])
+        fill(args, name, recipe[name])
     for name, value in COMMON_DEFAULTS.items():
-        _fill(args, name, value)
-    _fill(args, "epochs", recipe["epochs"] + args.warmup_epochs)
-    _fill(args, "lr_steps", [step + args.warmup_epochs for step in recipe["lr_steps"]])
+        fill(args, name, value)
+    fill(args, "epochs", recipe["epochs"] + args.warmup_epochs)
+    fill(args, "lr_steps", [step + args.warmup_epochs for step in recipe["lr_steps"]])
     args.lr_steps = [int(step) for step in args.lr_steps]
     args.arch = str(args.arch)
     args.nl_layer = parse_stages(args.nl_layer)
@@ -183,11 +152,11 @@ def resolve_args(args):
         args.nl_type, args.nl_nums = None, 0
     # The reference's default was "snl" whatever the block; here the block's name (a deviation, see docs/deviations.md),
     # with its order when not the default one (cheb3), so that runs of different orders never share a folder.
-    _fill(args, "checkpoints", _default_run_name(args))
+    fill(args, "checkpoints", _default_run_name(args))
     if float(args.div).is_integer():
         args.div = int(args.div)  # so build_args and file names read 2, not 2.0
     _validate(args)
     _resolve_resume(args)
-    args.task = "classification"  # stored in args.yaml and the checkpoints (lib/engine/tasks.py)
+    args.task = "classification"  # stored in args.yaml and the checkpoints (models/tasks.py)
     args.resolved = True
     return args
