@@ -191,3 +191,14 @@ def test_dist_timeout_may_change_on_resume():
     from lib.engine.resume_check import changed_settings
     args = train_val.parse_args(["--dataset", "fake", "--dist-timeout", "120"])
     assert changed_settings(dict(vars(args), dist_timeout=60), args) == {}
+
+
+def test_epoch_tasks_pin_memory_only_for_a_cuda_run(fake_cuda):
+    import argparse
+
+    from lib.engine.epochs import epoch_data
+    data = FakeDataset(8, 4, 2)
+    args = argparse.Namespace(batch_size=4, workers=0, seed=0)
+    for device, pinned in ((torch.device("cpu"), False), (torch.device("cuda", 1), True)):
+        loaders = epoch_data(data, data, None, args, distributed.DistContext(device=device))
+        assert loaders["train_loader"].pin_memory is pinned and loaders["val_loader"].pin_memory is pinned
