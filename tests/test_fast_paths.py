@@ -2,6 +2,8 @@
 checks and dims, CC's reference checkpoint layout, and tools/gpu_check.py's CPU behaviour."""
 import copy
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -236,11 +238,70 @@ def gpu_check():
     return gpu_check
 
 
-def test_gpu_check_without_cuda_says_so_in_one_line(gpu_check, monkeypatch, capsys):
+def test_gpu_check_without_cuda_fails_in_one_line(gpu_check, monkeypatch, capsys):
+    """A broken driver or an empty CUDA_VISIBLE_DEVICES is no checked GPU machine: exit 1, one line."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert gpu_check.main([]) == 0
-    out = capsys.readouterr().out
-    assert out.count("\n") == 1 and "no CUDA" in out
+    assert gpu_check.main([]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "no CUDA" in captured.err
+
+
+def test_gpu_check_script_without_cuda_exits_non_zero():
+    result = subprocess.run([sys.executable, "tools/gpu_check.py", "--checks", "fused-snl"], capture_output=True,
+                            text=True, cwd=ROOT, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), timeout=120)
+    assert result.returncode == 1 and "no CUDA" in result.stderr
+
+
+def test_gpu_check_a_skipped_check_fails_on_a_gpu_but_not_in_the_smoke_mode(gpu_check):
+    rows = [("blocks", "ok", ""), ("ddp", "skip", "needs 2+ GPUs"), ("bench", "FAIL", "boom")]
+    assert gpu_check.not_passed(rows, smoke=False) == ["ddp (skipped)", "bench"]
+    assert gpu_check.not_passed(rows, smoke=True) == ["bench"]
+
+
+def test_gpu_check_a_softmax_block_that_skips_sdpa_fails(gpu_check, monkeypatch, capsys):
+    """gsnl is among the fused-attention checks, and sdpa_kernel alone would pass a block that never calls SDPA."""
+    monkeypatch.setattr(gpu_check, "block_variants", lambda: iter([("gsnl", "gsnl", {})]))
+    assert gpu_check.main(["--device", "cpu", "--checks", "blocks"]) == 0
+    assert "| block gsnl | ok |" in capsys.readouterr().out and "gsnl" in gpu_check.SOFTMAX_KINDS
+
+    class NoCall:
+        def __enter__(self):
+            return []
+
+        def __exit__(self, *exc):
+            pass
+    monkeypatch.setattr(gpu_check, "counting_sdpa", NoCall)
+    assert gpu_check.main(["--device", "cpu", "--checks", "blocks"]) == 1
+    assert "never called scaled_dot_product_attention" in capsys.readouterr().out
+
+
+def test_gpu_check_counts_graph_breaks(gpu_check):
+    class Breaks(torch.nn.Module):
+        def forward(self, x):
+            x = x + 1
+            torch._dynamo.graph_break()
+            return x * 2
+
+    assert gpu_check.graph_breaks(torch.nn.Linear(4, 4), torch.randn(2, 4))[0] == 0
+    assert gpu_check.graph_breaks(Breaks(), torch.randn(2, 4))[0] == 1
+
+
+def test_gpu_check_ddp_verdict_looks_at_the_results(gpu_check, monkeypatch):
+    single = dict(n=128, train_loss=2.0, loss=1.9)
+    monkeypatch.setattr(gpu_check, "final_checkpoint", lambda run: dict(world_size=2, rng_states=[{}, {}]))
+    gpu_check.ddp_processes_agree(single, dict(single, train_loss=2.02), "run")
+    for wrong in (dict(single, n=256), dict(single, train_loss=2.3), dict(single, loss=2.5)):
+        with pytest.raises(gpu_check.Failed):
+            gpu_check.ddp_processes_agree(single, wrong, "run")
+    monkeypatch.setattr(gpu_check, "final_checkpoint", lambda run: dict(world_size=1, rng_states=[{}]))
+    with pytest.raises(gpu_check.Failed, match="not 2"):
+        gpu_check.ddp_processes_agree(single, single, "run")
+
+
+def test_gpu_check_entry_points_are_one_line_each_and_exist(gpu_check):
+    scripts = [script for script, _ in gpu_check.ENTRY_POINTS]
+    assert {"train_val.py", "train_seg.py", "train_video.py"} <= set(scripts)
+    assert all(os.path.isfile(os.path.join(ROOT, script)) for script in scripts)
 
 
 def test_gpu_check_cpu_smoke_mode_prints_one_table(gpu_check, capsys):
@@ -252,7 +313,7 @@ def test_gpu_check_cpu_smoke_mode_prints_one_table(gpu_check, capsys):
 
 
 def test_gpu_check_fails_loudly(gpu_check, monkeypatch, capsys):
-    def broken(block):
+    def broken(block, dim=2):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(gpu_check, "float64_reference", broken)

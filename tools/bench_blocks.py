@@ -63,6 +63,7 @@ def main(argv=None):
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = True  # as the training runs without --deterministic (set_cudnn_mode)
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     for device in map(torch.device, devices):
         print(f"\n### {device.type}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda"

@@ -64,6 +64,7 @@ def main(argv=None):
     add_measure_flags(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = True  # as the training runs without --deterministic (set_cudnn_mode)
     n = (args.crop[0] // 8) * (args.crop[1] // 8)
     heads = [None if h == "none" else h for h in args.heads]
     for device in map(torch.device, args.devices):

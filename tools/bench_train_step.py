@@ -74,6 +74,7 @@ def main(argv=None):
     parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="mixed-precision autocast")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = True  # as the training runs without --deterministic (set_cudnn_mode)
     device = torch.device(args.device)
     names = ["plain"] + args.blocks
     nl_layer = None if args.stage == "1" else (args.stage,)  # stage 1 is build_model's default placement

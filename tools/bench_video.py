@@ -86,6 +86,7 @@ def main(argv=None):
     add_measure_flags(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = True  # as the training runs without --deterministic (set_cudnn_mode)
     channels, n = block_positions(args)
     blocks = [None if b == "none" else b for b in args.blocks]
     for device in map(torch.device, args.devices):

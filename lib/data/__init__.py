@@ -90,8 +90,9 @@ def build_datasets(name, data_dir, input_size=None, download=True, hflip=None, *
     return DATASETS[name](name, data_dir, input_size, download, **options)
 
 
-def build_loaders(train_set, val_set, batch_size, workers, distributed=False, seed=0):
-    """(train_loader, val_loader, train_sampler); batch_size is per process.
+def build_loaders(train_set, val_set, batch_size, workers, distributed=False, seed=0, device=None):
+    """(train_loader, val_loader, train_sampler); batch_size is per process; memory is pinned only for a CUDA
+    `device` (the run's).
 
     Training: EpochShuffleSampler (call train_sampler.set_epoch(epoch) every epoch), last partial batch kept as in
     the reference. Validation: in order; with distributed=True each rank gets a contiguous shard without padding,
@@ -108,7 +109,9 @@ def build_loaders(train_set, val_set, batch_size, workers, distributed=False, se
     train_sampler = EpochShuffleSampler(train_set, num_replicas, rank, seed=seed)
     val_sampler = ContiguousShardSampler(val_set, num_replicas, rank)
     # Own generators: the loaders draw their worker base seeds from these, not from the global RNG.
-    loader = partial(DataLoader, batch_size=batch_size, num_workers=workers, pin_memory=torch.cuda.is_available(),
+    # Pinned only for a CUDA run: pinning for a CPU run on a GPU host would start a CUDA context on GPU 0.
+    pin = device is not None and torch.device(device).type == "cuda"
+    loader = partial(DataLoader, batch_size=batch_size, num_workers=workers, pin_memory=pin,
                      persistent_workers=workers > 0, timeout=LOADER_TIMEOUT_SECONDS if workers > 0 else 0,
                      worker_init_fn=shield_worker)
     train_loader = loader(SeededAugmentation(train_set), sampler=train_sampler, drop_last=False,

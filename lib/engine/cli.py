@@ -75,6 +75,9 @@ def add_save_flags(group, recipes="30 for ImageNet and Cityscapes, off for CIFAR
     group.add_argument("--save-every-minutes", "--save_every_minutes", dest="save_every_minutes", type=float,
                        default=None, metavar="M", help="also checkpoint when M minutes have passed since the last "
                        f"checkpoint (0 = off; recipe: {recipes})")
+    group.add_argument("--dist-timeout", "--dist_timeout", dest="dist_timeout", type=float, default=60, metavar="MIN",
+                       help="minutes a process may wait for the others (torchrun / srun) before the run fails, e.g. "
+                       "while local rank 0 indexes a large dataset (default 60; torch's NCCL default is 10)")
 
 
 

@@ -1,10 +1,14 @@
-"""One process, or one of several started by torchrun: device choice, process group, reductions.
+"""One process, or one of several started by torchrun or by srun: device choice, process group, reductions.
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; with them train_val.py runs DistributedDataParallel (NCCL on CUDA,
-gloo on CPU), without them a single plain process. Only rank 0 writes files and prints.
+gloo on CPU). `srun python train_val.py ...` (one SLURM task per process, no torchrun) is read from SLURM's own
+variables instead, so that SLURM's signals reach every training process directly. Without either, a single plain
+process. Only rank 0 writes files and prints.
 """
 import ctypes
+import datetime
 import os
+import re
 import signal
 import sys
 import threading
@@ -17,6 +21,10 @@ import torch.distributed as dist
 from lib.errors import ConfigError
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+# torch's own default is 10 min for NCCL: shorter than local rank 0's scan of an ImageNet or Kinetics tree while the
+# other ranks wait in a barrier, after which NCCL's watchdog would abort a healthy start.
+DEFAULT_DIST_TIMEOUT_MINUTES = 60
+SLURM_PORT_BASE, SLURM_PORT_SPAN = 10000, 20000  # MASTER_PORT from the job id: jobs sharing a node rarely collide
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 LAUNCHER_POLL_SECONDS = 1.0
 
@@ -93,21 +101,92 @@ def die_with_launcher(poll_seconds: float = LAUNCHER_POLL_SECONDS, launcher_pid=
     threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
 
 
-def init_distributed(device_flag: str, launcher_pid=None) -> DistContext:
-    """Join the torchrun process group if launched by torchrun, else describe the single process.
+def slurm_task_count(environ=None) -> int:
+    """Tasks of this SLURM job step (srun sets SLURM_STEP_NUM_TASKS; SLURM_NTASKS is the job's), 0 outside SLURM."""
+    environ = os.environ if environ is None else environ
+    if "SLURM_PROCID" not in environ:
+        return 0
+    return int(environ.get("SLURM_STEP_NUM_TASKS") or environ.get("SLURM_NTASKS") or 0)
 
-    launcher_pid: os.getppid() taken first thing in the entry point (see die_with_launcher)."""
-    if not launched_by_torchrun():
-        return DistContext(device=pick_device(device_flag))
-    die_with_launcher(launcher_pid=launcher_pid)
+
+def launched_by_srun(environ=None) -> bool:
+    """One of several SLURM tasks started by srun without torchrun (torchrun's variables win: under
+    `srun torchrun` each task is a launcher, not a training process)."""
+    environ = os.environ if environ is None else environ
+    return not launched_by_torchrun(environ) and slurm_task_count(environ) > 1
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of a SLURM node list in its compressed form: 'node[01-04,07]' -> 'node01',
+    'a1,b2' -> 'a1', 'rack[2-3]-gpu[5,9]' -> 'rack2-gpu5' (scontrol is not needed, nor always installed)."""
+    depth, end = 0, len(nodelist)
+    for i, char in enumerate(nodelist):  # the first comma outside brackets ends the first host group
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            end = i
+            break
+    first = re.sub(r"\[([^\]]*)\]", lambda m: m.group(1).split(",")[0].split("-")[0], nodelist[:end].strip())
+    if not first or "[" in first or "]" in first:
+        raise ConfigError(f"cannot read the first host of SLURM's node list {nodelist!r}")
+    return first
+
+
+def slurm_process_variables(environ=None) -> dict:
+    """The variables torch's env:// rendezvous reads, from SLURM's: RANK / WORLD_SIZE / LOCAL_RANK from the task's
+    SLURM_PROCID / task count / SLURM_LOCALID; MASTER_ADDR the first host of the step's (else the job's) node list,
+    where task 0 runs; MASTER_PORT from the job id. A MASTER_ADDR or MASTER_PORT already set is kept."""
+    environ = os.environ if environ is None else environ
+    nodelist = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST") or ""
+    job_id = int(environ.get("SLURM_JOB_ID") or 0)
+    return {"RANK": environ["SLURM_PROCID"], "WORLD_SIZE": str(slurm_task_count(environ)),
+            "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+            "MASTER_ADDR": environ.get("MASTER_ADDR") or first_slurm_host(nodelist),
+            "MASTER_PORT": environ.get("MASTER_PORT") or str(SLURM_PORT_BASE + job_id % SLURM_PORT_SPAN)}
+
+
+def slurm_gpu_index(local_rank: int) -> int:
+    """GPU of a SLURM task: SLURM_LOCALID among the node's GPUs, or the task's only GPU where SLURM binds one GPU
+    per task (--gpus-per-task=1: every task sees its own GPU as cuda:0)."""
+    if torch.cuda.is_available() and torch.cuda.device_count() == 1:
+        return 0
+    return local_rank
+
+
+def init_distributed(device_flag: str, launcher_pid=None, timeout_minutes=DEFAULT_DIST_TIMEOUT_MINUTES) -> DistContext:
+    """Join the process group if launched by torchrun or srun, else describe the single process.
+
+    launcher_pid: os.getppid() taken first thing in the entry point (see die_with_launcher); timeout_minutes: how
+    long a collective (the first barrier too) may wait for the slowest process (--dist-timeout)."""
+    srun = launched_by_srun()
+    if srun:
+        # Exported, so that everything reading torchrun's variables (env://, run_cli's rank-0 message) agrees.
+        os.environ.update(slurm_process_variables())
+    elif not launched_by_torchrun():
+        device = pick_device(device_flag)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # else pin_memory's thread and some kernels start a context on GPU 0
+        return DistContext(device=device)
+    else:
+        die_with_launcher(launcher_pid=launcher_pid)  # srun's step daemon ends its own tasks: not needed there
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
-    device = pick_device(device_flag, local_rank, distributed=True)
+    device = pick_device(device_flag, slurm_gpu_index(local_rank) if srun else local_rank, distributed=True)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", init_method="env://")
+        join_process_group(device, timeout_minutes)
     return DistContext(device=device, rank=rank, world_size=world_size, local_rank=local_rank, distributed=True)
+
+
+def join_process_group(device: torch.device, timeout_minutes) -> None:
+    """init_process_group with an explicit timeout; on CUDA with device_id, which binds NCCL's communicator to this
+    process's GPU at once (no guess of the device at the first collective, no context on GPU 0)."""
+    if not timeout_minutes or timeout_minutes <= 0:
+        raise ConfigError(f"--dist-timeout must be a positive number of minutes, got {timeout_minutes}")
+    options = dict(timeout=datetime.timedelta(minutes=timeout_minutes))
+    if device.type == "cuda":
+        options["device_id"] = device
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", init_method="env://", **options)
 
 
 def cleanup(ctx: DistContext) -> None:

@@ -47,7 +47,8 @@ def epoch_data(train_set, val_set, info, args, ctx, **more):
     """The data dict of an epoch task (lib/engine/__init__.py): the sets, their loaders and the training sampler
     (each process its shard; set_epoch reshuffles and skips what a resumed epoch saw)."""
     train_loader, val_loader, train_sampler = build_loaders(train_set, val_set, args.batch_size, args.workers,
-                                                            distributed=ctx.distributed, seed=args.seed)
+                                                            distributed=ctx.distributed, seed=args.seed,
+                                                            device=ctx.device)
     return dict(train_set=train_set, val_set=val_set, info=info, train_loader=train_loader, val_loader=val_loader,
                 train_sampler=train_sampler, **more)
 

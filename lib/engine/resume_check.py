@@ -27,6 +27,7 @@ RESUMABLE = frozenset({
     "checkpoints", "resume", "isresume", "resumename", "valid", "check_path", "config", "explicit", "resolved",
     "allow_changed", "changed_on_resume", "download", "num_gpu", "debug", "compile", "channels_last",
     "deterministic", "save_every", "save_every_minutes",  # when to checkpoint does not change the run
+    "dist_timeout",
     "pretrained",  # a resumed model's weights come from its checkpoint, never from --pretrained
 })
 EPOCH_BASED = frozenset({"epochs"})  # train_val.py / train_video.py: more epochs continue the same schedule

@@ -10,6 +10,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from lib.engine.amp_support import warn_emulated_bf16
 from lib.engine.distributed import any_process, cleanup, init_distributed
 from lib.engine.logger import RunLogger
 from lib.engine.errors import PREEMPTED_STATUS, NonFiniteLoss, Preempted
@@ -85,6 +86,7 @@ def cpu_has_native_bf16():
 def warn_slow_amp(amp, device, log):
     """One warning where --amp makes a CPU run slower than fp32 (measured: fp16 6-14x, bf16 without native bf16
     ~10x on an AVX2 CPU); called once by each entry point."""
+    warn_emulated_bf16(amp, device, log)  # CUDA without bf16 tensor cores (own module: lib/engine/amp_support.py)
     if device.type != "cpu" or amp == "off":
         return
     if amp == "fp16":
@@ -156,7 +158,7 @@ def run_main(args, launcher_pid, check_model, validate, train):
     model flag (check_model(args)) before any data is read, then validate(args, ctx, log) with --valid, else
     train(args, ctx, log); returns what that returns. Bad input, divergence and preemption reach the log too."""
     set_determinism(args.deterministic)  # before CUDA starts (cuBLAS reads its workspace setting then)
-    ctx = init_distributed(args.device, launcher_pid)
+    ctx = init_distributed(args.device, launcher_pid, args.dist_timeout)
     log = RunLogger(enabled=ctx.is_main).start()
     try:
         seed_everything(args.seed + ctx.rank)

@@ -57,5 +57,5 @@ def test_loader_of(test_set, ctx, args):
     videos per batch as make about --batch-size clips."""
     videos_per_batch = max(1, args.batch_size // args.test_clips)
     return DataLoader(test_set, batch_size=videos_per_batch, sampler=ContiguousShardSampler(test_set, ctx.world_size,
-                      ctx.rank), num_workers=args.workers, pin_memory=torch.cuda.is_available(),
+                      ctx.rank), num_workers=args.workers, pin_memory=ctx.device.type == "cuda",
                       generator=torch.Generator().manual_seed(args.seed))
