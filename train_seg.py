@@ -76,7 +76,7 @@ def val_loader_of(val_set, ctx, args):
     sampler = ContiguousShardSampler(val_set, ctx.world_size, ctx.rank)
     return DataLoader(val_set, batch_size=1, sampler=sampler, num_workers=args.workers, timeout=loader_timeout(args),
                       worker_init_fn=shield_worker,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=args.workers > 0,
+                      pin_memory=ctx.device.type == "cuda", persistent_workers=args.workers > 0,
                       generator=torch.Generator().manual_seed(args.seed))
 
 
@@ -91,7 +91,7 @@ def train_loader_of(train_set, ctx, args, start_iter):
     # exactly as the checkpoint restored it: the dropout draws of a resumed run match the uninterrupted run's).
     return DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers, timeout=loader_timeout(args),
                       worker_init_fn=shield_worker,
-                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(args.seed))
+                      pin_memory=ctx.device.type == "cuda", generator=torch.Generator().manual_seed(args.seed))
 
 
 def segmentor_kwargs(args, pretrained=None):

@@ -18,6 +18,7 @@ import tempfile
 import numpy as np
 import torch
 
+from lib.engine.device_rng import device_rng_entry, restore_device_rng
 from lib.engine.distributed import from_main
 from lib.engine.errors import WriteFailed, write_failure
 from lib.errors import ConfigError
@@ -255,23 +256,23 @@ def load_checkpoint(path):
     raise ConfigError(f"{path} is not a checkpoint: no 'state_dict' in it")
 
 
-def capture_rng():
-    """Every RNG a training step may draw from, in types that torch.load(weights_only=True) reads back."""
+def capture_rng(device="cpu"):
+    """Every RNG a training step on `device` may draw from, in types that torch.load(weights_only=True) reads back
+    (an accelerator's own state: lib.engine.device_rng)."""
     keys, position, has_gauss, cached = np.random.get_state()[1:]
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    return {"torch": torch.get_rng_state(), "cuda": cuda, "python": random.getstate(),
+    return {"torch": torch.get_rng_state(), **device_rng_entry(device), "python": random.getstate(),
             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
 
 
-def restore_rng(state):
+def restore_rng(state, device="cpu", warn=print):
+    """The states capture_rng saved; warn(text) where the accelerator's cannot be restored here."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     numpy_state = state["numpy"]
     np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
                          numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    restore_device_rng(state, device, warn)
 
 
 def model_args_mismatch(saved, current):

@@ -8,7 +8,7 @@ warning wherever a state that was saved cannot be restored (dropout draws then d
 """
 import torch
 
-DEVICE_KEY = "cuda_device"  # next to capture_rng()'s "torch" / "cuda" / "python" / "numpy"
+DEVICE_KEY = "cuda_device"  # next to capture_rng()'s "torch" / "python" / "numpy"; older checkpoints have "cuda"
 
 
 def device_rng_entry(device):

@@ -97,7 +97,7 @@ def restore_process_rng(checkpoint, ctx, args, start_epoch, log):
     """This process's RNG states from the checkpoint (exact resume), or a seed that differs per epoch."""
     rng_states = (checkpoint or {}).get("rng_states") or []
     if ctx.rank < len(rng_states):
-        restore_rng(rng_states[ctx.rank])
+        restore_rng(rng_states[ctx.rank], ctx.device, log.warn)
     elif checkpoint is not None:
         log.warn("the checkpoint has no RNG state for this process: random draws will differ from the original run")
         seed_everything(args.seed + ctx.rank + 1000 * start_epoch)

@@ -150,7 +150,7 @@ def save_checkpoint(files, run_dir, finished, is_best, model, optimizer, scaler,
     than what the last checkpoint claims. Older files are pruned only once the new one is complete and renamed.
     A failed write (OSError: full disk...) leaves no partial file and raises WriteFailed in every process.
     """
-    rng_states = gather_objects(ctx, capture_rng())
+    rng_states = gather_objects(ctx, capture_rng(ctx.device))
     progress_states = gather_objects(ctx, progress.state_dict()) if progress is not None else None
 
     def contents():
