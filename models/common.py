@@ -79,3 +79,14 @@ def with_output_relu(model_args: dict) -> dict:
     zero_init = model_args["backbone"] != "preresnet"
     return dict(model_args, output_relu=resolve_output_relu(model_args.get("nl_type"), None, zero_init))
 
+
+def residual_blocks(block, inplanes: int, width: int, stride: int, count: int):
+    """(the `count` residual blocks of one stage, its output width): the first with a 1x1 convolution + BN shortcut
+    where the shape changes (torchvision's and the reference's `downsample`), built in this order so that seeded
+    initializations stay what they were."""
+    outplanes = width * block.expansion
+    downsample = None
+    if stride != 1 or inplanes != outplanes:
+        downsample = nn.Sequential(nn.Conv2d(inplanes, outplanes, kernel_size=1, stride=stride, bias=False),
+                                   nn.BatchNorm2d(outplanes))
+    return [block(inplanes, width, stride, downsample)] + [block(outplanes, width) for _ in range(1, count)], outplanes

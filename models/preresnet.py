@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lib import build_nonlocal
-from models.common import assemble_stage, nonlocal_width
+from models.common import assemble_stage, nonlocal_width, residual_blocks
 
 STAGE_WIDTHS = (16, 32, 64)
 STAGE_STRIDES = (1, 2, 2)
@@ -102,14 +102,7 @@ class PreResNet(nn.Module):
         self.conv = nn.Conv2d(3, STAGE_WIDTHS[0], kernel_size=3, padding=1, bias=False)
         inplanes = STAGE_WIDTHS[0]
         for stage, (width, stride, count) in enumerate(zip(STAGE_WIDTHS, STAGE_STRIDES, depths), start=1):
-            outplanes = width * block.expansion
-            downsample = None
-            if stride != 1 or inplanes != outplanes:
-                downsample = nn.Sequential(
-                    nn.Conv2d(inplanes, outplanes, kernel_size=1, stride=stride, bias=False),
-                    nn.BatchNorm2d(outplanes))
-            blocks = [block(inplanes, width, stride, downsample)]
-            blocks += [block(outplanes, width) for _ in range(1, count)]
+            blocks, outplanes = residual_blocks(block, inplanes, width, stride, count)
             insert_after = (NONLOCAL_AFTER_BLOCK,) if with_nonlocal and stage in nl_layer else ()
 
             def make_nonlocal():

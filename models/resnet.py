@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lib import build_nonlocal
-from models.common import assemble_stage, nonlocal_width, resolve_output_relu
+from models.common import assemble_stage, nonlocal_width, residual_blocks, resolve_output_relu
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -90,14 +90,7 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         inplanes = 64
         for stage, (width, stride, count) in enumerate(zip(STAGE_WIDTHS, STAGE_STRIDES, depths), start=1):
-            outplanes = width * Bottleneck.expansion
-            downsample = None
-            if stride != 1 or inplanes != outplanes:
-                downsample = nn.Sequential(
-                    nn.Conv2d(inplanes, outplanes, kernel_size=1, stride=stride, bias=False),
-                    nn.BatchNorm2d(outplanes))
-            blocks = [Bottleneck(inplanes, width, stride, downsample)]
-            blocks += [Bottleneck(outplanes, width) for _ in range(1, count)]
+            blocks, outplanes = residual_blocks(Bottleneck, inplanes, width, stride, count)
 
             def make_nonlocal():
                 return build_nonlocal(nl_type, outplanes, nonlocal_width(outplanes, div), stage_num=stage_num,

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
 from lib import NONLOCAL_BLOCKS
+from lib.engine.runtime import optimizer_step
 from models import build_model
 from tools._measure import peak_memory_bytes, timed
 
@@ -40,18 +41,11 @@ def make_train_step(nl_type, arch, batch, device, nl_layer, amp="off"):
     dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
 
-    def step():  # lib/engine/runtime.py: the forward, then checked_step (its loss.item() included)
+    def step():  # as lib.engine.epochs.train_one_epoch: forward, optimizer_step, one read of the loss
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = F.cross_entropy(model(images), labels)
+        optimizer_step(loss, optimizer, scaler)
         loss.item()
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
     return step
 
 
