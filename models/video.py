@@ -27,7 +27,7 @@ from torch import nn
 from lib import build_nonlocal
 from lib.errors import ConfigError
 from models.common import assemble_stage, nonlocal_width, resolve_output_relu
-from models.resnet import nonlocal_positions
+from models.resnet import Bottleneck, nonlocal_positions
 from models.weights import _read_state_dict, load_shifted_state_dict
 
 STAGE_PLANES = (64, 128, 256, 512)
@@ -67,13 +67,14 @@ class BasicBlock3d(nn.Module):
         return self.relu(out + shortcut)
 
 
-class Bottleneck3d(nn.Module):
-    """conv1x1x1-BN-ReLU-conv3x3x3(stride)-BN-ReLU-conv1x1x1(x4)-BN, plus the shortcut, then ReLU."""
+class Bottleneck3d(Bottleneck):
+    """conv1x1x1-BN-ReLU-conv3x3x3(stride)-BN-ReLU-conv1x1x1(x4)-BN, plus the shortcut, then ReLU: the 2-D
+    Bottleneck's forward and module names over 3-D layers."""
 
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None):
-        super().__init__()
+        nn.Module.__init__(self)  # the 2-D layers of Bottleneck.__init__ are not wanted; its forward is
         self.conv1 = nn.Conv3d(inplanes, planes, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm3d(planes)
         self.conv2 = conv3x3x3(planes, planes, stride)
@@ -82,13 +83,6 @@ class Bottleneck3d(nn.Module):
         self.bn3 = nn.BatchNorm3d(planes * 4)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
 
 
 class ZeroPadShortcut(nn.Module):
