@@ -107,10 +107,11 @@ def extract_features(model, dataset, ctx, args, log, what):
     """(features (N, D) float32, pids (N,), camids (N,)) of every item of dataset, on the CPU in every process:
     each process embeds a contiguous shard (no padding: every item once), gathered in rank order. A video set
     sampled densely gives each tracklet its clips (a varying number): one tracklet per step, its clips' features
-    averaged (models.reid.tracklet_feature)."""
+    averaged (models.reid.tracklet_feature); sampled evenly, one clip each, batched."""
     from models.reid import tracklet_feature
     model.eval()
-    dense = args.backbone == "reid_video" and args.test_sampling == "dense"
+    video = args.backbone == "reid_video"
+    dense = video and args.test_sampling == "dense"
     loader = DataLoader(dataset, batch_size=1 if dense else args.batch_size, num_workers=args.workers,
                         sampler=ContiguousShardSampler(dataset, ctx.world_size, ctx.rank),
                         pin_memory=torch.cuda.is_available())
@@ -118,14 +119,17 @@ def extract_features(model, dataset, ctx, args, log, what):
     for i, (inputs, pid, camid) in enumerate(loader):
         inputs = inputs.to(ctx.device, non_blocking=True)
         with autocast(ctx.device, args.amp):
-            feature = tracklet_feature(model, inputs[0])[None] if dense else model(inputs)
+            if dense:
+                feature = tracklet_feature(model, inputs[0])[None]
+            else:  # a video item is (clips, T, 3, H, W): one clip when sampled evenly
+                feature = model(inputs.flatten(0, 1) if video else inputs)
         features.append(feature.float().cpu())
         pids.append(pid), camids.append(camid)
         seen += len(pid)
         if i % args.print_freq == 0 or i == len(loader) - 1:
             elapsed = time.time() - start
             log.info(f"Features [{what}] [{i + 1}/{len(loader)}]  {seen * ctx.world_size / max(elapsed, 1e-9):.1f} "
-                     f"{'tracklets' if args.backbone == 'reid_video' else 'img'}/s  "
+                     f"{'tracklets' if video else 'img'}/s  "
                      f"eta {format_seconds(elapsed / (i + 1) * (len(loader) - i - 1))}")
     empty = torch.zeros(0, dtype=torch.long)
     mine = (torch.cat(features) if features else None, torch.cat(pids) if pids else empty,
