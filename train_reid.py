@@ -208,6 +208,7 @@ def run_splits(args):
                       "std": float(np.std([f[name] for f in finals.values()], ddof=1))} for name in METRIC_NAMES}
     summary["splits"] = {str(split): {name: f[name] for name in METRIC_NAMES} for split, f in finals.items()}
     if int(os.environ.get("RANK", "0")) == 0:
+        os.makedirs(run_folder(args), exist_ok=True)
         with open(os.path.join(run_folder(args), "splits_summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
     print("=> ten splits: " + ", ".join(f"{name} {summary[name]['mean']:.2f} ± {summary[name]['std']:.2f}"
