@@ -19,26 +19,27 @@ import os
 LAUNCHER_PID = os.getppid()  # first thing: under torchrun, a launcher that dies during the imports is noticed
 
 import sys  # noqa: E402  (these imports follow the launcher's pid)
+import json
 from argparse import Namespace
 from functools import partial
-import json
 
 import numpy as np
-import torch
 
 from lib.engine import epochs, lifecycle
 from lib.engine.checkpoint import load_checkpoint
 from lib.engine.distributed import from_main
 from lib.engine.reid import run as reid_run
 from lib.engine.reid.cli import get_args_parser, parse_reid_args  # noqa: F401  (torchvision-style entry point)
-from lib.engine.reid.evaluation import METRIC_NAMES, evaluate as reid_evaluate
+from lib.engine.reid.evaluation import METRIC_NAMES
+from lib.engine.reid.evaluation import evaluate as reid_evaluate
 from lib.engine.reid.losses import ReidCriterion
 from lib.engine.reid.recipe import resolve_reid_args
 from lib.engine.reid.setup import ReidOptimizer, extract_features, load_reid_data, reid_forward, to_device
 from lib.engine.resume_check import EPOCH_BASED, RESUMABLE, valid_dataset_from_checkpoint
 from lib.engine.run_files import EpochFiles
 from lib.engine.run_state import check_dataset, check_model_flags, check_requested_model, model_kwargs, run_folder
-from lib.engine.runtime import prepare_model as prepare_run_model, run_cli
+from lib.engine.runtime import prepare_model as prepare_run_model
+from lib.engine.runtime import run_cli
 from lib.errors import ConfigError
 from models import build_model, load_state_dict_checked
 from models.tasks import require_task

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
-import train_reid
 from conftest import ROOT
-from lib.engine.errors import PREEMPTED_STATUS
-from lib.engine.reid.evaluation import METRIC_NAMES, evaluate
 from runs import records, run_script
 from test_resume import event_scalars, one_thread  # noqa: F401  (one_thread: autouse fixture, one CPU thread)
+
+import train_reid
+from lib.engine.errors import PREEMPTED_STATUS
+from lib.engine.reid.evaluation import METRIC_NAMES, evaluate
 
 # --center-loss: the centres and their SGD state must come back on a resume too.
 COMMON = ["--dataset", "fake", "-j", "0", "--center-loss", "5e-4"]
@@ -36,7 +36,8 @@ import os, signal, sys
 sys.path.insert(0, {root!r})
 import train_reid
 
-at_batch = {{"SIGKILL": int(os.environ.get("KILL_AT_BATCH", "0")), "SIGTERM": int(os.environ.get("SIGNAL_AT_BATCH", "0"))}}
+at_batch = {{"SIGKILL": int(os.environ.get("KILL_AT_BATCH", "0")),
+            "SIGTERM": int(os.environ.get("SIGNAL_AT_BATCH", "0"))}}
 forward, calls = train_reid.reid_forward, [0]
 def dying_forward(*args):
     calls[0] += 1
@@ -190,6 +191,21 @@ def test_two_processes_embed_every_item_once(straight, tmp_path):
     for key in one.files:
         assert np.allclose(one[key], two[key], atol=1e-5), key
     assert "(4 queries, 0 without a match skipped)" in result.stdout
+
+
+def test_two_processes_train_with_the_center_loss_and_write_one_set_of_outputs(tmp_path):
+    """torchrun training: DDP over (logits, feature), the centres' gradients averaged; rank 0 alone writes; the
+    metrics row counts the 4 queries once."""
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             os.path.join(ROOT, "train_reid.py"), *COMMON, "--epochs", "1", "--output-dir",
+                             str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / RUN
+    (row,) = rows(run_dir)
+    assert (row["num_queries"], row["num_skipped"]) == (4, 0)
+    assert torch.load(run_dir / "0-fake-r-18-w-1snl-block.pth.tar", weights_only=True)["world_size"] == 2
+    assert result.stdout.count("=> done: final rank-1") == 1
 
 
 def test_a_checkpoint_of_another_task_is_refused_in_one_line(tmp_path, capsys):
