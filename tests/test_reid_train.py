@@ -292,3 +292,22 @@ def test_train_snl_and_the_config_are_the_same_experiment(experiment):
     ignored = {"explicit", "config"}
     assert {k: v for k, v in from_script.items() if k not in ignored} == \
         {k: v for k, v in from_config.items() if k not in ignored}
+
+
+def test_split_all_on_an_ilidsvid_tree_trains_each_split_and_averages_their_final_metrics(tmp_path, capsys):
+    """A generated iLIDS-VID release (8 persons, its split file): ten one-epoch runs, split0..split9, and the
+    summary's means are those of the ten final metrics rows."""
+    from test_reid_data import ilids_tree
+    ilids_tree(str(tmp_path / "data"), persons=8)
+    argv = ["--dataset", "ilidsvid", "--data-dir", str(tmp_path / "data"), "--split", "all", "--arch", "18",
+            "--pretrained", "False", "--img-size", "32", "16", "--seq-len", "2", "-b", "8", "--num-instances", "2",
+            "--epochs", "1", "--warmup-epochs", "0", "--lr-steps", "1", "-j", "0", "--output-dir", str(tmp_path)]
+    assert train_reid.cli_main(argv) == 0
+    base = tmp_path / "ilidsvid" / "reid_video18" / "snl"
+    finals = [rows(base / f"split{k}")[-1] for k in range(10)]
+    with open(base / "splits_summary.json") as f:
+        summary = json.load(f)
+    for name in METRIC_NAMES:
+        assert summary[name]["mean"] == pytest.approx(np.mean([row[name] for row in finals]))
+    assert all(row["num_queries"] == 4 for row in finals)
+    assert "=> ten splits: rank1" in capsys.readouterr().out
