@@ -8,11 +8,15 @@
 #   ucf101              action recognition: ResNet-50 3-D, one SNL block (train_video.py); fine-tuned from the
 #                       Kinetics checkpoint PRETRAINED=PATH (e.g. resnet-50-kinetics.pth), from scratch without it
 #   kinetics            action recognition: ResNet-50 3-D, one SNL block, trained on Kinetics (train_video.py)
+#   market1501          person re-ID: ResNet-50 (ImageNet weights) with five SNL blocks at AGW's places, BoT's
+#                       recipe (train_reid.py; docs/reid.md)
+#   mars                video person re-ID: the same network over clips of 4 frames, Gao & Nevatia's batch and lr
 #   blocks-cifar10      the reference's block comparison (its train_all_CIFAR10.sh): PreResNet-20 on CIFAR-10 with
 #                       one block of each type (a2 nl snl ns cgnl dnl) in stage 1, in save_model/cifar10/20/<block>
 #   blocks-cifar100     the same on CIFAR-100 with PreResNet-56 (its train_all_CIFAR100.sh; snl trained last)
 #
-# Usage: sh train_snl.sh [cifar10|cifar100|imagenet|all|cityscapes|ucf101|kinetics|blocks-cifar10|blocks-cifar100]
+# Usage: sh train_snl.sh [cifar10|cifar100|imagenet|all|cityscapes|ucf101|kinetics|market1501|mars|blocks-cifar10|
+#        blocks-cifar100]
 #        [more flags ...]
 #   DATA_ROOT=/data sh train_snl.sh cifar100
 #   sh train_snl.sh cifar10 --dataset fake --epochs 1 --output-dir /tmp/smoke   (smoke run, no data needed)
@@ -37,10 +41,11 @@ DATA_ROOT=${DATA_ROOT:-./data}
 
 experiment=cifar10
 case "${1:-}" in
-    cifar10|cifar100|imagenet|all|cityscapes|ucf101|kinetics|blocks-cifar10|blocks-cifar100) experiment=$1; shift ;;
+    cifar10|cifar100|imagenet|all|cityscapes|ucf101|kinetics|market1501|mars|blocks-cifar10|blocks-cifar100)
+        experiment=$1; shift ;;
     -*|"") ;;
     *) echo "train_snl.sh: unknown experiment '$1' (cifar10 cifar100 imagenet all cityscapes ucf101 kinetics" \
-            "blocks-cifar10 blocks-cifar100)" >&2
+            "market1501 mars blocks-cifar10 blocks-cifar100)" >&2
        exit 2 ;;
 esac
 
@@ -84,6 +89,14 @@ video() {
 # The 3D-ResNets Kinetics checkpoints of 2017 (resnet-50-kinetics.pth) expect ActivityNet mean subtraction.
 ucf101() { video --dataset ucf101 ${PRETRAINED:+--normalization activitynet} --pretrained "${PRETRAINED:-False}" "$@"; }
 kinetics() { video --dataset kinetics --pretrained False "$@"; }
+
+# Re-ID writes rank-1 / mAP (train_reid.py, docs/reid.md); the recipe (BoT; video: Gao & Nevatia) fills the rest.
+reid() {
+    seeded launch train_reid.py --data-dir "$DATA_ROOT" --backbone resnet --arch 50 --nl-type snl --nl-nums 5 \
+        --is_norm --is_sys --checkpoints snl "$@"
+}
+market1501() { reid --dataset market1501 "$@"; }
+mars() { reid --dataset mars "$@"; }
 
 # blocks DATASET ARCH "BLOCKS" ARGS...: the block comparison. As in the reference's scripts only snl gets --is_norm
 # --is_sys; the other blocks use their own default affinity. (The reference code ignored those flags for PreResNet

@@ -103,8 +103,14 @@ def restore_process_rng(checkpoint, ctx, args, start_epoch, log):
         seed_everything(args.seed + ctx.rank + 1000 * start_epoch)
 
 
+def classifier_loss(model, criterion, inputs, target):
+    """The forward pass of a classifier: (loss, logits) of criterion(model(inputs), target)."""
+    output = model(inputs)
+    return criterion(output, target), output
+
+
 def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr, args, log, to_device, guard=None,
-                    progress=None, save=None, unit="img", accuracy="top-1"):
+                    progress=None, save=None, unit="img", accuracy="top-1", forward=classifier_loss):
     """One pass over the training data; returns the epoch's mean loss and top-1 over all processes' samples.
 
     to_device(inputs, target, ctx, args): the batch on the run's device, in its memory format.
@@ -112,6 +118,8 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr,
     guard: a RunGuard consulted before every batch; it may call save(progress) (a mid-epoch checkpoint) and stop
     the run (Preempted). Without one, an error reading a batch is raised at once.
     unit, accuracy: how progress lines name a sample ("img/s", "clips/s") and the accuracy ("clip top-1").
+    forward(model, criterion, inputs, target) -> (loss, logits): a task whose model or loss gives more than logits
+    (re-ID: logits and a feature, several loss terms) says here how its loss and the scored logits are made.
     """
     model.train()
     progress = progress or EpochProgress()
@@ -129,8 +137,7 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr,
             raise error
         inputs, target = to_device(*batch, ctx, args)
         with autocast(ctx.device, args.amp):
-            output = model(inputs)
-            loss = criterion(output, target)
+            loss, output = forward(model, criterion, inputs, target)
         optimizer_step(loss, optimizer, scaler)
         loss_check = LossCheck(loss, f"at epoch {epoch + 1}, iteration {i + 1}: run stopped, this epoch is not "
                                      f"checkpointed")
