@@ -5,8 +5,8 @@ check, resume source, BestTracker, checkpoint write, resumed progress), run_file
 EpochFiles, IterationFiles), epochs / iterations (the two step loops), run_context (Run, finish_step), cli
 (add_run_flags, add_step_schedule_flags, value parsers), checks (shared recipe checks), config (--config),
 checkpoint, device_rng, resume_check, errors, preemption, run_lock, logger, metrics, evaluation, runtime, distributed,
-sync_bn, amp_support. Task packages: classification/ (train_val.py), segmentation/ (train_seg.py), video/ (train_video.py), reid/
-(train_reid.py), detection/ (train_det.py).
+sync_bn, amp_support. Task packages: classification/ (train_val.py), segmentation/ (train_seg.py), video/
+(train_video.py), reid/ (train_reid.py), detection/ (train_det.py).
 
 How to add a task (e.g. reid, detection); the entry module itself is the task object lifecycle.main receives:
 1. lib/engine/<task>/cli.py: get_args_parser() = OneLineParser + the task's own flag groups + add_run_flags(parser,
