@@ -138,3 +138,36 @@ def count(module, input_shape):
     with torch.no_grad(), counter:
         module.eval()(torch.empty(1, *input_shape, device="meta"))
     return params, counter.get_total_flops()
+
+
+def block_affinity_check(model, blocks, run):
+    """{block name: (N, largest tensor shape, whether a tensor with two dimensions of size N was formed)} for the
+    nonlocal blocks [(name, module)] of model during run(). Each block's tensors are recorded only while its own
+    forward runs, with N = the product of its input's positions (H W, or T H W): a whole-step record would mistake
+    a backbone weight such as ResNet-50's 512 x 512 x 3 x 3 for the 512 x 512 affinity of a 32 x 16 grid. The backward
+    pass is not recorded: autograd keeps or recomputes what the forward made, so an N x N tensor in backward means
+    one in forward (the dense blocks save theirs)."""
+    recorders, found, handles = {}, {}, []
+
+    def enter(module, inputs, name):
+        found[name] = int(torch.Size(inputs[0].shape[2:]).numel())
+        recorders[name] = TensorShapes()
+        recorders[name].__enter__()
+
+    def leave(module, inputs, output, name):
+        recorders[name].__exit__(None, None, None)
+
+    for name, module in blocks:
+        handles.append(module.register_forward_pre_hook(lambda m, i, name=name: enter(m, i, name)))
+        handles.append(module.register_forward_hook(lambda m, i, o, name=name: leave(m, i, o, name)))
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    result = {}
+    for name, n in found.items():
+        shapes = recorders[name].shapes or [()]
+        largest = max(shapes, key=lambda shape: torch.Size(shape).numel())
+        result[name] = (n, largest, any(shape.count(n) >= 2 for shape in shapes))
+    return result
