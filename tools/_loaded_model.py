@@ -53,7 +53,8 @@ def add_input_args(parser):
     data.add_argument("--indices", type=int, nargs="+", metavar="I", help="validation-set indices of --dataset")
     data.add_argument("--dataset", help="cifar10 | cifar100 | imagenet | imagefolder | fake; cityscapes | fake for "
                       "a segmentation checkpoint; ucf101 | hmdb51 | kinetics | videofolder | fake for a video "
-                      "one (re-ID and detection checkpoints: image files only); sets the preprocessing (default: the one the checkpoint was trained on)")
+                      "one (re-ID and detection checkpoints: image files only); sets the preprocessing "
+                      "(default: the one the checkpoint was trained on)")
     data.add_argument("--data_dir", "--data-dir", dest="data_dir", help="dataset root (default: the one the "
                       "checkpoint was trained with, else ./data)")
     data.add_argument("--input-size", "--input_size", dest="input_size", type=int, help="network input side "

@@ -65,8 +65,8 @@ def bench_training(args, device):
     made = {key: make_step(key, args.nl_nums, args.arch, args.batch, args.size, device) for key in keys}
     steps = {key: step for key, (step, _) in made.items()}
     times, measured = measure_steps(steps, device, args.rounds, 0, args.memory)
-    print(f"\n| model | s / step (median) | min s | vs plain (median ratio) | peak MiB | vs plain | "
-          f"largest block tensor | N x N formed |")
+    print("\n| model | s / step (median) | min s | vs plain (median ratio) | peak MiB | vs plain | "
+          "largest block tensor | N x N formed |")
     print("|---|---:|---:|---:|---:|---:|---|---|")
     checks = {}
     for key in keys:
