@@ -2,9 +2,9 @@
 (their numbers are not checked: they are measurements), and of the per-block N x N check they report."""
 import pytest
 import torch
+from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 
 from lib.registry import build_nonlocal
-from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 from tools import bench_detection, bench_reid
 from tools._measure import block_affinity_check
 
@@ -24,9 +24,18 @@ def affinity_check(nl_type, side, channels=16, **block_kwargs):
     ("nl", 8, {"affinity_path": "dense"}, True),  # the softmax affinity formed explicitly
 ])
 def test_block_affinity_check(nl_type, side, kwargs, formed):
-    n, largest, dense = affinity_check(nl_type, side, **kwargs)
+    n, largest, dense, probed = affinity_check(nl_type, side, **kwargs)
+    assert probed == n
     assert n == side * side and dense == formed
     assert torch.Size(largest).numel() >= 2 * 16 * n  # the block's input-sized tensors are recorded
+
+
+def test_a_channel_count_equal_to_n_is_probed():
+    # C = 16 = N (4 x 4): the (B, C, N) views have two dimensions of N; the probe (5 x 4 = 20) finds no affinity
+    n, _, dense, probed = affinity_check("snl", 4, channels=16)
+    assert (n, probed, dense) == (16, 20, False)
+    n, _, dense, probed = affinity_check("nl", 4, channels=16, affinity_path="dense")
+    assert (n, probed, dense) == (16, 20, True)
 
 
 def test_bench_reid_prints_its_tables(capsys):

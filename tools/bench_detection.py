@@ -101,13 +101,16 @@ def main(argv=None):
         body = made[key][1].backbone.body
         blocks = [(path, body.get_submodule(path)) for path in body.nonlocal_paths]
         check = block_affinity_check(body, blocks, steps[key]) if blocks else {}
-        largest = max((shape for _, shape, _ in check.values()), key=lambda s: torch.Size(s).numel(), default=None)
-        dense = "-" if not check else ("yes" if any(d for _, _, d in check.values()) else "no")
+        largest = max((shape for _, shape, _, _ in check.values()), key=lambda s: torch.Size(s).numel(),
+                      default=None)
+        dense = "-" if not check else ("yes" if any(d for _, _, d, _ in check.values()) else "no")
         print(f"| {key or 'plain'}{f' x {len(blocks)}' if blocks else ''} | {median:.2f} | {low:.2f} | "
               f"{ratio:.3f}x | {peak:.0f} | {peak / measured[None][2]:.3f}x | "
               f"{'x'.join(map(str, largest)) if largest else '-'} | {dense} |", flush=True)
         details += [f"  {key} {path}: N = {n}, largest tensor {'x'.join(map(str, shape))}, "
-                    f"N x N {'formed' if formed else 'not formed'}" for path, (n, shape, formed) in check.items()]
+                    f"N x N {'formed' if formed else 'not formed'}"
+                    f"{f' (N = a channel count: probed alone at N = {probed})' if probed != n else ''}"
+                    for path, (n, shape, formed, probed) in check.items()]
     print("\n".join(details))
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
     return 0

@@ -76,15 +76,16 @@ def bench_training(args, device):
         blocks = [(path, model.get_submodule(path)) for path in model.nonlocal_paths]
         checks[key] = block_affinity_check(model, blocks, steps[key]) if blocks else {}
         found = checks[key].values()
-        largest = max((shape for _, shape, _ in found), key=lambda s: torch.Size(s).numel(), default=None)
-        dense = "-" if not found else ("yes" if any(d for _, _, d in found) else "no")
+        largest = max((shape for _, shape, _, _ in found), key=lambda s: torch.Size(s).numel(), default=None)
+        dense = "-" if not found else ("yes" if any(d for _, _, d, _ in found) else "no")
         print(f"| {key or 'plain'}{f' x {len(blocks)}' if blocks else ''} | {median:.2f} | {low:.2f} | "
               f"{ratio:.3f}x | {peak:.0f} | {peak / measured[None][2]:.3f}x | "
               f"{'x'.join(map(str, largest)) if largest else '-'} | {dense} |", flush=True)
     for key, check in checks.items():
-        for path, (n, shape, dense) in check.items():
+        for path, (n, shape, dense, probed) in check.items():
             print(f"  {key} {path}: N = {n}, largest tensor {'x'.join(map(str, shape))}, "
-                  f"N x N {'formed' if dense else 'not formed'}")
+                  f"N x N {'formed' if dense else 'not formed'}"
+                  f"{f' (N = a channel count: probed alone at N = {probed})' if probed != n else ''}")
     return checks
 
 
