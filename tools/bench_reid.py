@@ -30,6 +30,7 @@ import tracemalloc
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
 from lib import NONLOCAL_BLOCKS
@@ -60,14 +61,27 @@ def make_step(nl_type, nl_nums, arch, batch, size, device, num_classes=751):
     return step, model
 
 
+def step_flops(nl_type, nl_nums, arch, batch, size, num_classes=751):
+    """FLOPs of one forward + backward of the model, counted on the meta device: exact, and free of machine
+    load (the loss's few FLOPs left out: its hard-triplet check needs data)."""
+    with torch.device("meta"):
+        model = build_model("reid", arch, num_classes, nl_type=nl_type, nl_nums=nl_nums if nl_type else 0).train()
+        images = torch.randn(batch, 3, *size)
+    with FlopCounterMode(display=False) as counter:
+        logits, features = model(images)
+        (logits.sum() + features.sum()).backward()
+    return counter.get_total_flops()
+
+
 def bench_training(args, device):
     keys = [None] + args.blocks
     made = {key: make_step(key, args.nl_nums, args.arch, args.batch, args.size, device) for key in keys}
     steps = {key: step for key, (step, _) in made.items()}
     times, measured = measure_steps(steps, device, args.rounds, 0, args.memory)
-    print("\n| model | s / step (median) | min s | vs plain (median ratio) | peak MiB | vs plain | "
-          "largest block tensor | N x N formed |")
-    print("|---|---:|---:|---:|---:|---:|---|---|")
+    flops = {key: step_flops(key, args.nl_nums, args.arch, args.batch, args.size) for key in keys}
+    print("\n| model | s / step (median) | min s | vs plain (median ratio) | GFLOPs / step | vs plain | peak MiB | "
+          "vs plain | largest block tensor | N x N formed |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
     checks = {}
     for key in keys:
         median, low, peak, _, _ = measured[key]
@@ -79,7 +93,8 @@ def bench_training(args, device):
         largest = max((shape for _, shape, _, _ in found), key=lambda s: torch.Size(s).numel(), default=None)
         dense = "-" if not found else ("yes" if any(d for _, _, d, _ in found) else "no")
         print(f"| {key or 'plain'}{f' x {len(blocks)}' if blocks else ''} | {median:.2f} | {low:.2f} | "
-              f"{ratio:.3f}x | {peak:.0f} | {peak / measured[None][2]:.3f}x | "
+              f"{ratio:.3f}x | {flops[key] / 1e9:.0f} | {flops[key] / flops[None]:.3f}x | {peak:.0f} | "
+              f"{peak / measured[None][2]:.3f}x | "
               f"{'x'.join(map(str, largest)) if largest else '-'} | {dense} |", flush=True)
     for key, check in checks.items():
         for path, (n, shape, dense, probed) in check.items():
