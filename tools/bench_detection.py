@@ -20,6 +20,7 @@ import statistics
 import sys
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
 from lib import NONLOCAL_BLOCKS
@@ -67,6 +68,14 @@ def make_step(args, nl_type, device, num_classes=91):
     return step, model
 
 
+def step_flops(step):
+    """FLOPs of one real step (forward + backward; torch.utils.flop_counter): exact, and free of machine load. The
+    detector's data-dependent ops (proposals, sampling) do not run on the meta device, so this costs one step."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="maskrcnn", choices=("maskrcnn", "fasterrcnn"))
@@ -91,9 +100,10 @@ def main(argv=None):
     made = {key: make_step(args, key, device) for key in keys}
     steps = {key: step for key, (step, _) in made.items()}
     times, measured = measure_steps(steps, device, args.rounds, 0, args.memory)
-    print("\n| model | s / step (median) | min s | vs plain (median ratio) | peak MiB | vs plain | "
-          "largest block tensor | N x N formed |")
-    print("|---|---:|---:|---:|---:|---:|---|---|")
+    flops = {key: step_flops(step) for key, step in steps.items()}
+    print("\n| model | s / step (median) | min s | vs plain (median ratio) | GFLOPs / step | vs plain | peak MiB | "
+          "vs plain | largest block tensor | N x N formed |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
     details = []
     for key in keys:
         median, low, peak, _, _ = measured[key]
@@ -105,7 +115,8 @@ def main(argv=None):
                       default=None)
         dense = "-" if not check else ("yes" if any(d for _, _, d, _ in check.values()) else "no")
         print(f"| {key or 'plain'}{f' x {len(blocks)}' if blocks else ''} | {median:.2f} | {low:.2f} | "
-              f"{ratio:.3f}x | {peak:.0f} | {peak / measured[None][2]:.3f}x | "
+              f"{ratio:.3f}x | {flops[key] / 1e9:.0f} | {flops[key] / flops[None]:.3f}x | {peak:.0f} | "
+              f"{peak / measured[None][2]:.3f}x | "
               f"{'x'.join(map(str, largest)) if largest else '-'} | {dense} |", flush=True)
         details += [f"  {key} {path}: N = {n}, largest tensor {'x'.join(map(str, shape))}, "
                     f"N x N {'formed' if formed else 'not formed'}"
