@@ -3,6 +3,8 @@
 - Classification: the dataset's validation transform (docs/classification.md, "Data"), or with keep_aspect (attention maps of
   files) the whole photo, its shorter side resized to the input size.
 - Segmentation: the whole image, its shorter side resized to the input size, as train_seg.py normalizes it.
+- Re-ID: image files resized to the run's (H, W), normalized as its test images; Detection: image files as
+  [0, 1] RGB tensors, which the detector's own transform resizes and normalizes.
 - Video: video files, frame folders or validation-set indices, decoded as the run's validation clips
   (lib.data.video_transforms.EvalClips: the centre clip of clip_len frames every frame_step frames, the centred
   square resized to frame_size, the run's normalization; all from the checkpoint's args).
@@ -82,6 +84,10 @@ def load_images(args, loaded, default_count=None, keep_aspect=False):
         return video_clips(args, loaded, default_count)
     if loaded.task == "segmentation":
         return segmentation_images(args, loaded, default_count)
+    if loaded.task in ("reid", "detection"):
+        if not args.images:
+            raise ConfigError(f"a {loaded.task} checkpoint takes image files, not --indices")
+        return (reid_images if loaded.task == "reid" else detection_images)(args.images, loaded)
     dataset, input_size = loaded.dataset, loaded.input_size
     if args.images:
         transform, mean, std = (whole_image if keep_aspect else preprocessing)(dataset, input_size)
@@ -135,6 +141,36 @@ def video_clips(args, loaded, default_count):
         frames = read(transform.indices)  # uint8 RGB (T, H, W, 3) of the centre clip
         shown = crop_resize(frames, crop_box(frames.shape[1], frames.shape[2], 1.0, "c"), loaded.input_size)
         out.append((name, transform.pixels(frames), np.ascontiguousarray(shown[..., ::-1])))
+    return out
+
+
+def reid_images(paths, loaded):
+    """Re-ID inputs: each file resized to the run's (H, W) and normalized as the test images of train_reid.py
+    (lib.data.reid.ReidTransform, test mode); the display is the resized image. A video re-ID model gets the
+    image as a clip of one frame, (1, 3, H, W)."""
+    from lib.data.reid import ReidTransform
+    from lib.data.reid import read_image as read_pixels
+    transform = ReidTransform(loaded.input_size)
+    out = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise ConfigError(f"image file not found: {path}")
+        resized = transform.resize(read_pixels(path))  # uint8 (3, H, W)
+        tensor = transform.after_resize(resized)
+        display = np.ascontiguousarray(resized.permute(1, 2, 0).numpy()[:, :, ::-1])
+        video = getattr(loaded.model, "video", False)
+        out.append((os.path.splitext(os.path.basename(path))[0], tensor[None] if video else tensor, display))
+    return out
+
+
+def detection_images(paths, loaded):
+    """Detection inputs: the whole image as float RGB in [0, 1], as the detectors take it (their own transform
+    normalizes and resizes); the display is the image itself (BGR)."""
+    out = []
+    for path in paths:
+        rgb = np.asarray(read_image(path))
+        tensor = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255)
+        out.append((os.path.splitext(os.path.basename(path))[0], tensor, np.ascontiguousarray(rgb[:, :, ::-1])))
     return out
 
 

@@ -17,6 +17,7 @@ from models.tasks import checkpoint_task
 from tools._inputs import SMALL_DATASETS
 
 SEG_DATASETS = ("cityscapes", "fake")
+REID_SIZE = (256, 128)  # the re-ID recipe's input (H, W), for a checkpoint whose args do not say
 SEG_INPUT_SIZE = 256  # shorter image side for segmentation models: a 32 x 64 grid (N = 2048) for a 2:1 image
 
 
@@ -45,20 +46,23 @@ def checkpoint_tool_parser(description):
 def add_input_args(parser):
     """Flags for the checkpoint, the images and (for the reference's checkpoints) the model."""
     parser.add_argument("checkpoint", help="a checkpoint of train_val.py (ours or the reference's), of "
-                        "train_seg.py (the decode head's block) or of train_video.py")
+                        "train_seg.py (the decode head's block), train_video.py, train_reid.py or train_det.py")
     parser.add_argument("images", nargs="*", metavar="IMAGE|VIDEO", help="image files (any format PIL reads); "
                         "for a video checkpoint video files (any format OpenCV decodes) or frame folders")
     data = parser.add_argument_group("images (clips) from a dataset instead of files")
     data.add_argument("--indices", type=int, nargs="+", metavar="I", help="validation-set indices of --dataset")
     data.add_argument("--dataset", help="cifar10 | cifar100 | imagenet | imagefolder | fake; cityscapes | fake for "
                       "a segmentation checkpoint; ucf101 | hmdb51 | kinetics | videofolder | fake for a video "
-                      "one; sets the preprocessing (default: the one the checkpoint was trained on)")
+                      "one (re-ID and detection checkpoints: image files only); sets the preprocessing "
+                      "(default: the one the checkpoint was trained on)")
     data.add_argument("--data_dir", "--data-dir", dest="data_dir", help="dataset root (default: the one the "
                       "checkpoint was trained with, else ./data)")
     data.add_argument("--input-size", "--input_size", dest="input_size", type=int, help="network input side "
                       "(default: the checkpoint's, else the dataset's); for a segmentation checkpoint the shorter "
                       f"image side (default {SEG_INPUT_SIZE}: the N x N matrix grows with its fourth power); for a "
-                      "video checkpoint the frame size (default: the run's --frame-size)")
+                      "video checkpoint the frame size (default: the run's --frame-size); for a re-ID one the height "
+                      "(default: the run's --img-size, the width keeps its aspect ratio); for a detection one "
+                      "the shorter side the detector resizes to (default: its min_size)")
     model = parser.add_argument_group("model flags, only for the reference's checkpoints (ours store their model)")
     model.add_argument("--backbone", help="preresnet | resnet (default preresnet for CIFAR-size data, else resnet)")
     model.add_argument("--arch", help="preresnet 20, 56, 110; resnet 50, 101, 152 (default 20 / 50)")
@@ -97,6 +101,17 @@ def load_model(args):
         clip = dict(clip_len=run_args.get("clip_len") or 16, frame_step=run_args.get("frame_step") or 1,
                     normalization=run_args.get("normalization") or DEFAULT_NORMALIZATION,
                     split=run_args.get("split") or 1, validation=run_args.get("validation") or "holdout")
+    elif task == "reid":
+        # the run's --img-size (H, W); --input-size sets H, W following the run's aspect ratio
+        height, width = run_args.get("img_size") or REID_SIZE
+        input_size = (args.input_size, max(8, round(args.input_size * width / height))) if args.input_size \
+            else (int(height), int(width))
+    elif task == "detection":
+        # the detector's own transform resizes (min_size / max_size of its model_args); --input-size overrides
+        # the shorter side it aims for
+        input_size = args.input_size
+        if input_size:
+            model.transform.min_size = (input_size,)
     elif task == "segmentation":
         if dataset not in SEG_DATASETS:
             raise ConfigError(f"{args.checkpoint} is a segmentation checkpoint: --dataset must be one of "

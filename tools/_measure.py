@@ -138,3 +138,64 @@ def count(module, input_shape):
     with torch.no_grad(), counter:
         module.eval()(torch.empty(1, *input_shape, device="meta"))
     return params, counter.get_total_flops()
+
+
+def block_affinity_check(model, blocks, run):
+    """{block name: (N, largest tensor shape, whether a tensor with two dimensions of size N was formed, N probed)}
+    for the nonlocal blocks [(name, module)] of model during run(). Each block's tensors are recorded only while its
+    own forward runs, with N = the product of its input's positions (H W, or T H W): a whole-step record would
+    mistake a backbone weight such as ResNet-50's 512 x 512 x 3 x 3 for the 512 x 512 affinity of a 32 x 16 grid.
+    Where N equals a channel count of the block (ResNet-50's layer2 at 256 x 128: C = 512 = 32 x 16), a
+    (B, C, N) view has two dimensions of size N too; such a block is probed once more alone, on a random input
+    with one more row of positions (N' = (H + 1) W, on the same side of C' so the same path is taken), and its
+    answer is the probe's (N probed = N'). The backward pass is not recorded: autograd keeps or recomputes what
+    the forward made, so an N x N tensor in backward means one in forward (the dense paths save theirs)."""
+    recorders, inputs_seen, handles = {}, {}, []
+
+    def enter(module, inputs, name):
+        inputs_seen[name] = inputs[0].detach()
+        recorders[name] = TensorShapes()
+        recorders[name].__enter__()
+
+    def leave(module, inputs, output, name):
+        recorders[name].__exit__(None, None, None)
+
+    for name, module in blocks:
+        handles.append(module.register_forward_pre_hook(lambda m, i, name=name: enter(m, i, name)))
+        handles.append(module.register_forward_hook(lambda m, i, o, name=name: leave(m, i, o, name)))
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    modules = dict(blocks)
+    result = {}
+    for name, x in inputs_seen.items():
+        n = int(torch.Size(x.shape[2:]).numel())
+        shapes = recorders[name].shapes or [()]
+        largest = max(shapes, key=lambda shape: torch.Size(shape).numel())
+        probed, formed = n, any(shape.count(n) >= 2 for shape in shapes)
+        if n in _channel_counts(modules[name], x):
+            probed, formed = _probe(modules[name], x)
+        result[name] = (n, largest, formed, probed)
+    return result
+
+
+def _channel_counts(module, x):
+    return {x.shape[1]} | {size for p in module.parameters() for size in p.shape}
+
+
+def _probe(module, x):
+    """(N', whether the block alone forms an N' x N' tensor) on a random input with more rows than x."""
+    shape = list(x.shape)
+    channels = _channel_counts(module, x)
+    while True:  # one more row at a time until N' is no channel count
+        shape[-2] += 1
+        n = int(torch.Size(shape[2:]).numel())
+        if n not in channels:
+            break
+    probe = torch.randn([1] + shape[1:], dtype=x.dtype, device=x.device, requires_grad=True)
+    recorder = TensorShapes()
+    with recorder:
+        module(probe)
+    return n, any(shape.count(n) >= 2 for shape in recorder.shapes)

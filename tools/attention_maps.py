@@ -7,6 +7,8 @@
     python tools/attention_maps.py save_model/cityscapes/resnet50/snl/model_best.pth.tar street.png  # head block
     python tools/attention_maps.py save_model/ucf101/resnet3d50/snl/model_best.pth.tar v_Basketball_g01_c01.avi
     python tools/attention_maps.py VIDEO_CHECKPOINT --indices 0 --queries 0.5,0.5,0 0.5,0.5,1  # first, last step
+    python tools/attention_maps.py REID_CHECKPOINT 0001_c1s1_001051_00.jpg --queries 0.5,0.3   # a person crop
+    python tools/attention_maps.py DET_CHECKPOINT street.jpg --queries 0.5,0.6 --block backbone.body.layer3.5
 
 For each image, one PNG grid: the input, then one panel per query position. A panel is the query's row of the
 block's attention matrix A (rows = queries; for the stage-based blocks A is the stage's affinity, for criss-cross
@@ -17,6 +19,14 @@ are shown whole, at their aspect ratio: their shorter side is resized to the net
 validation images (--indices) are shown as the network sees them. The PNGs go to the checkpoint's run folder
 (attention_maps/<checkpoint name>/) unless --output-dir says otherwise. CGNL has no per-position map (its kernel
 is global), so it is refused. The reference's checkpoints need the model flags.
+
+Re-ID checkpoints (train_reid.py): each image file is resized to the run's --img-size and normalized as its
+test images (a video re-ID model sees it as a clip of one frame), so the panels show where a position of the
+person attends within the crop; the default block is the first (AGW's 5: layer2's), --block picks another.
+Detection checkpoints (train_det.py): the backbone block (backbone.body.layer3.N ...) for image files as the
+detector sees them: its transform resizes the image (min_size / max_size) and pads it to a multiple of 32 at the
+bottom and right; a query x,y is a point of the image, mapped through that resize to the block's grid cell over
+the padded canvas, and the panels show the image (resized, no padding) with the part of the map over it.
 
 Video checkpoints (train_video.py): the input is the validation clip of each video file or frame folder (or
 validation video, --indices): the centre clip with the run's clip length and frame step, the centred square
@@ -35,7 +45,7 @@ import numpy as np
 
 import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
 from lib.errors import ConfigError
-from tools._attention import attention_matrix, block_kind, inputs_per_image, nonlocal_blocks
+from tools._attention import attention_matrix, block_kind, capture_inputs, inputs_per_image, nonlocal_blocks
 from tools._inputs import load_images
 from tools._loaded_model import checkpoint_tool_parser, load_model
 from tools._outputs import check_writable_folder, checkpoint_stem, main_reporting_errors, run_folder
@@ -194,10 +204,12 @@ def run(args):
         return run_video(args, loaded, name, block, queries, output_dir)
     if any(len(q) > 2 for q in queries):
         raise ConfigError("--queries x,y,t is for video checkpoints: give x,y pairs for images")
+    if loaded.task == "detection":
+        return run_detection(args, loaded, name, block, queries, output_dir)
     images = load_images(args, loaded, keep_aspect=True)
     for (image_name, _, display), inputs in zip(images, inputs_per_image(loaded, [(name, block)], images)):
-        x = inputs[name]  # (1, C, H, W)
-        height, width = x.shape[2:]
+        x = inputs[name]  # (1, C, H, W); a video re-ID model's image: (1, C, 1, H, W), one frame
+        height, width = x.shape[-2:]
         att = attention_matrix(block, x).float().cpu().numpy()[0]  # (N, N)
         cells = [query_cell(q, height, width) for q in queries]
         shown_width = max(1, round(args.display_size * display.shape[1] / display.shape[0]))
@@ -206,6 +218,52 @@ def run(args):
         path = write_png(output_dir, f"{image_name}_{name}.png", picture)
         print(f"wrote {path} (block {name}: {height}x{width} positions, queries "
               f"{' '.join(f'{x:g},{y:g}' for x, y in queries)})")
+    return 0
+
+
+def detection_cell(query, resized, padded, grid):
+    """(row, column) of the block's grid cell under the fractional point query = (x, y) of the image. The
+    detector's transform resizes the image to `resized` (h, w) and pads it at the bottom and right to `padded`
+    (H, W) (a multiple of its size_divisible); the block's grid (rows, columns) covers the padded canvas."""
+    return tuple(min(int(q * size * cells / whole), cells - 1)
+                 for q, size, whole, cells in zip(query[1::-1], resized, padded, grid))
+
+
+def detection_panels(display, rows, cells, resized, padded, grid, alpha):
+    """[input | one panel per query] for a detector: display is the resized image (any scale); the heat maps are
+    drawn over the padded canvas (padding: black) and cropped back to the image, so each grid cell lies where the
+    block sees it."""
+    scale = display.shape[0] / resized[0]
+    canvas = np.zeros((round(padded[0] * scale), round(padded[1] * scale), 3), dtype=np.uint8)
+    canvas[:display.shape[0], :display.shape[1]] = display
+    panels = [panel(canvas, row, cell, *grid, alpha)[:display.shape[0], :display.shape[1]]
+              for row, cell in zip(rows, cells)]
+    return join([display] + panels, axis=1)
+
+
+def detector_block_input(model, name, block, image):
+    """(the block's input (1, C, H, W), resized (h, w), padded (H, W)) for one image (3, h0, w0) in [0, 1]: the
+    detector's own transform (normalize, resize, pad), then its backbone up to the block."""
+    images, _ = model.transform([image])
+    captured = capture_inputs(model.backbone, [(name, block)], images.tensors)
+    return captured[name], tuple(images.image_sizes[0]), tuple(images.tensors.shape[-2:])
+
+
+def run_detection(args, loaded, name, block, queries, output_dir):
+    """One grid per image: the detector's backbone block, queries placed through its resize (module docstring)."""
+    for image_name, tensor, original in load_images(args, loaded):
+        x, resized, padded = detector_block_input(loaded.model, name, block, tensor.to(loaded.device))
+        height, width = x.shape[2:]
+        att = attention_matrix(block, x).float().cpu().numpy()[0]  # (N, N)
+        cells = [detection_cell(q, resized, padded, (height, width)) for q in queries]
+        shown_width = max(1, round(args.display_size * resized[1] / resized[0]))
+        display = cv2.resize(original, (shown_width, args.display_size), interpolation=cv2.INTER_LINEAR)
+        picture = detection_panels(display, [att[r * width + c] for r, c in cells], cells, resized, padded,
+                                   (height, width), args.alpha)
+        path = write_png(output_dir, f"{image_name}_{name}.png", picture)
+        print(f"wrote {path} (block {name}: {height}x{width} positions over the {padded[0]}x{padded[1]} padded "
+              f"input, image resized to {resized[0]}x{resized[1]}; query cells (row, column) "
+              f"{' '.join(f'({r},{c})' for r, c in cells)})")
     return 0
 
 
