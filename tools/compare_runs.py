@@ -50,7 +50,7 @@ from lib.stage import NonlocalStage
 from models import build_model
 from models.tasks import TASKS, args_task
 from tools._measure import count
-from tools._outputs import check_output_file, image_suffixes, pyplot
+from tools._outputs import check_output_file, image_suffixes, pyplot, save_figure
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "fake": 10}
 INPUT_SIZES = {"cifar10": 32, "cifar100": 32, "fake": 32, "imagenet": 224, "imagefolder": 224}
@@ -635,7 +635,7 @@ def figure(tables):
 
 def plot(tables, path):
     fig = figure(tables)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
+    save_figure(fig, path, dpi=80, bbox_inches="tight")
     pyplot().close(fig)
 
 

@@ -33,7 +33,7 @@ from tools._attention import attention_matrix, block_kind, inputs_per_image, non
 from tools._inputs import load_images
 from tools._loaded_model import checkpoint_tool_parser, load_model
 from tools._outputs import (check_output_file, checkpoint_stem, image_suffixes, main_reporting_errors, pyplot,
-                            run_folder, run_label)
+                            run_folder, run_label, save_figure)
 
 DEFAULT_IMAGES = 8
 NO_RESPONSE = "no filter_response: spectrum only"
@@ -125,7 +125,7 @@ def draw(results, title, path):
         resp_ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    save_figure(fig, path, dpi=80)
     plt.close(fig)
 
 
