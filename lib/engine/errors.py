@@ -31,7 +31,8 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EACCES, errno.EPERM
 # What torch's zip writer (torch.save, torch.jit.save) raises, as a RuntimeError, when the bytes did not reach the
 # file: "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598" on a full disk, "PytorchStreamWriter
 # failed writing file ..." on others.
-_STREAM_WRITER_FAILURE = re.compile(r"inline_container\.cc|PytorchStreamWriter failed|unexpected pos \d+ vs \d+")
+# (Reading errors, "PytorchStreamReader failed ...", come from the same file and are not matched.)
+_STREAM_WRITER_FAILURE = re.compile(r"PytorchStreamWriter failed|unexpected pos \d+ vs \d+")
 _FULL_BELOW = 1 << 20  # free bytes under which a failed write counts as a full disk (ENOSPC)
 
 
