@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
+from lib.engine.logger import replace_text
 from lib.errors import ConfigError
 from tools._attention import attention_matrix, block_kind, inputs_per_image, nonlocal_blocks
 from tools._inputs import load_images
@@ -169,9 +170,9 @@ def run(args):
               f"{len(entry['eigenvalues'])} {unit}(s)" + (f"; note: {entry['note']}" if entry.get("note") else ""))
     for path in (output, json_path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(json_path, "w") as f:
-        json.dump({"checkpoint": args.checkpoint, "task": loaded.task, "images": [name for name, _, _ in images],
-                   "blocks": results, "skipped": skipped}, f)
+    replace_text(json_path, json.dumps({"checkpoint": args.checkpoint, "task": loaded.task,
+                                        "images": [name for name, _, _ in images], "blocks": results,
+                                        "skipped": skipped}))  # whole or not at all: a full disk leaves no half
     progress = f" ({loaded.progress})" if loaded.progress else ""
     draw(results, f"{run_label(args.checkpoint)}{progress}: {len(images)} {unit}(s)", output)
     print(f"wrote {output} and {json_path}")
