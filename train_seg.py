@@ -47,6 +47,7 @@ from lib.engine.segmentation.poly import PolySchedule
 from lib.engine.segmentation.run import best_line, miou_tracker, summary_line  # noqa: F401  (task hooks)
 from models.tasks import require_task
 from models.segmentation import build_segmentor, load_segmentor_state
+from models.checkpoints import rebuild_model
 
 NUM_CLASSES = len(CLASSES)
 
@@ -208,9 +209,7 @@ def validate_checkpoint(args, ctx, log):
     require_task(checkpoint, args.check_path, "segmentation")
     check_dataset(checkpoint, args.check_path, args.dataset)
     _, val_set = build_seg_datasets(args, train=False)
-    saved = checkpoint.get("model_args")
-    model = build_segmentor(**saved) if saved else build_segmentor(**segmentor_kwargs(args))
-    load_segmentor_state(model, checkpoint["state_dict"])
+    model = rebuild_model(checkpoint, segmentor_kwargs(args), source=args.check_path)
     log.info(f"=> loaded {args.check_path} (iteration {checkpoint.get('iteration', '?')}); evaluating "
              f"{len(val_set)} images")
     _, _, eval_model = prepare_model(model, args, ctx, log)

@@ -35,7 +35,9 @@ from lib.engine.run_state import check_dataset, check_model_flags, check_request
 from lib.engine.runtime import prepare_model, run_cli
 from models.tasks import require_task
 from lib.errors import ConfigError
-from models import build_model, classifier_size, load_state_dict_checked, with_output_relu
+from models import build_model, load_state_dict_checked, with_output_relu
+from models.checkpoints import reference_notice, rebuild_model
+from models.common import reference_unit
 
 def build_criterion(args):
     return nn.CrossEntropyLoss()
@@ -85,13 +87,10 @@ def validate_checkpoint(args, ctx, log):
     data = load_data(args, ctx)
     info = data["info"]
     saved = checkpoint.get("model_args")
-    if saved:
-        saved = with_output_relu(saved)  # a checkpoint from before it was stored
-        check_requested_model(saved, args.check_path, args, model_kwargs(args, saved["num_classes"]), build_model)
-        model = build_model(**saved)
-    else:
-        model = build_model(**model_kwargs(args, classifier_size(checkpoint["state_dict"])))
-    load_state_dict_checked(model, checkpoint["state_dict"])
+    if saved:  # flags given on the command line must ask for the checkpoint's model
+        check_requested_model(with_output_relu(saved), args.check_path, args,
+                              model_kwargs(args, saved["num_classes"]), build_model)
+    model = rebuild_model(checkpoint, model_kwargs(args, None), source=args.check_path, notice=log.info)
     if model.build_args["num_classes"] < info.num_classes:
         raise ConfigError(f"{args.check_path} has {model.build_args['num_classes']} classes, {args.dataset} "
                           f"{info.num_classes}")
@@ -101,6 +100,16 @@ def validate_checkpoint(args, ctx, log):
     stats = evaluate(eval_model, data["val_loader"], ctx, args, log)
     log.heading(f" * Final Accuracy: Prec@1 {stats['top1']:.3f}, Prec@5 {stats['top5']:.3f} ({stats['n']} images)")
     return stats
+
+
+def args_for_checkpoint(args, checkpoint, path, log):
+    """A resume from a checkpoint in the reference's layout (no model arguments) trains the reference's block unit
+    (models.common.reference_unit) unless --output-relu says otherwise, and says which."""
+    if checkpoint.get("model_args"):
+        return
+    flags = model_kwargs(args, None)
+    log.info(reference_notice(path, flags))
+    args.output_relu = reference_unit(flags).get("output_relu")
 
 
 def log_setup(args, ctx, data, model, schedule, log):

@@ -37,12 +37,14 @@ from lib.engine.run_state import check_dataset, check_model_flags, check_request
 from lib.engine.runtime import run_cli
 from models.tasks import require_task
 from lib.engine.video.cli import get_args_parser, parse_video_args  # noqa: F401  (torchvision-style entry point)
+from lib.data.video import short_video_warning, source_line
 from lib.engine.video.multiclip import evaluate_videos
-from lib.engine.video.recipe import VIDEO_RECIPES, resolve_video_args
+from lib.engine.video.recipe import VIDEO_RECIPES, resolve_video_args, valid_clip_from_checkpoint
 from lib.engine.video.setup import (build_data, freeze_for_fine_tuning, frozen_parameter_count, prepare_video_model,
                                     test_loader_of, to_device, trainable_parameters)
 from lib.errors import ConfigError
 from models import build_model, load_state_dict_checked
+from models.checkpoints import rebuild_model
 
 def build_criterion(args):
     return nn.CrossEntropyLoss()
@@ -89,16 +91,17 @@ def validate_checkpoint(args, ctx, log):
     """--valid: evaluate --check_path, rebuilt from its stored constructor arguments (flags that ask for another
     model are refused)."""
     log.heading("=> validation mode")
+    if getattr(args, "clip_from_checkpoint", None):
+        log.info(f"=> clips as the checkpoint's run made them: {args.clip_from_checkpoint}")
     checkpoint = load_checkpoint(args.check_path)
     require_task(checkpoint, args.check_path, "video")
     check_dataset(checkpoint, args.check_path, args.dataset)
     data = load_data(args, ctx)
     saved = checkpoint.get("model_args")
-    if not saved:
-        raise ConfigError(f"{args.check_path} has no model arguments: it was not written by train_video.py")
-    check_requested_model(saved, args.check_path, args, model_kwargs(args, saved["num_classes"]), build_model)
-    model = build_model(**saved)
-    load_state_dict_checked(model, checkpoint["state_dict"])
+    if saved:  # flags given on the command line must ask for the checkpoint's model
+        check_requested_model(saved, args.check_path, args, model_kwargs(args, saved["num_classes"]), build_model)
+    model = rebuild_model(checkpoint, source=args.check_path)
+    saved = model.build_args
     if saved["num_classes"] != data["info"].num_classes:
         raise ConfigError(f"{args.check_path} has {saved['num_classes']} classes, {args.dataset} "
                           f"{data['info'].num_classes}")
@@ -139,6 +142,10 @@ def log_setup(args, ctx, data, model, schedule, log):
     log.info(f"=> data: {args.dataset} split {args.split}, {len(data['train_set'])} train / {len(data['val_set'])} "
              f"validation / {len(data['test_set'])} test videos, {info.num_classes} classes; clips of {args.clip_len} "
              f"frames every {args.frame_step} at {args.frame_size}px, {args.test_clips} clips per test video")
+    log.info("=> " + source_line(info))
+    warning = short_video_warning(data["train_set"]) if ctx.is_main else None  # opens videos: rank 0 only
+    if warning is not None:
+        log.warn("=> " + warning)
     log.info(f"=> validation (--validation {args.validation}): {info.val_from}")
     if not selects(args):
         log.info("=> --validation test: the per-epoch validation is the test split, so nothing is selected on it: "
@@ -161,7 +168,7 @@ tracker, summary, task_run_folder, load_weights = accuracy_tracker, summary_line
 
 
 def resolve(args):
-    return resolve_video_args(valid_dataset_from_checkpoint(args, TASK))
+    return resolve_video_args(valid_clip_from_checkpoint(valid_dataset_from_checkpoint(args, TASK)))
 
 
 def check_model(args):

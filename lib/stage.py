@@ -100,10 +100,12 @@ class NonlocalStage(nn.Module):
 
     @affinity_path.setter
     def affinity_path(self, path):
+        # ConfigError (a ValueError) as the README promises for every bad block argument.
         if path not in AFFINITY_PATHS:
-            raise ValueError(f"affinity_path must be one of {AFFINITY_PATHS}, got {path!r}")
+            raise ConfigError(f"affinity_path must be one of {', '.join(AFFINITY_PATHS)}, got {path!r}")
         if path == "factorized" and not (self.is_norm or self.relu_kernel):
-            raise ValueError(f"{type(self).__name__} with a softmax affinity has no factorized form")
+            raise ConfigError(f"{type(self).__name__} with a softmax affinity has no factorized form (use "
+                              f"affinity_path 'auto' or 'dense', or is_norm=True)")
         self._affinity_path = path
 
     def affinity(self, x):
@@ -120,6 +122,9 @@ class NonlocalStage(nn.Module):
         if x.shape[1] != channels:
             raise ConfigError(f"{type(self).__name__} was built for {channels} input channels, got "
                               f"{x.shape[1]} (input shape {tuple(x.shape)})")
+        if x.numel() == 0:  # else a reshape error deep inside the affinity
+            raise ConfigError(f"{type(self).__name__} got an empty input (shape {tuple(x.shape)}): every "
+                              f"dimension must be at least 1")
 
     def forward(self, x):  # (B, C, *spatial) -> (B, C, *spatial)
         self.check_input(x)

@@ -69,6 +69,23 @@ def resolve_output_relu(nl_type: Optional[str], output_relu: Optional[bool], zer
     return False if zero_init else NONLOCAL_BLOCKS[nl_type].unit_cls.output_relu
 
 
+def reference_unit(kwargs: dict) -> dict:
+    """Image-model keywords for a checkpoint in the reference's layout (no stored model arguments): the reference
+    trained every block with its unit's own output ReLU (Y = X + relu(BN(.)) for SNL), so where the flags leave
+    output_relu unset that unit is built; a ResNet's own default (no ReLU, deviation 11) would compute other
+    logits from the same weights once the blocks' BN weights are not zero."""
+    if kwargs.get("output_relu") is not None:
+        return kwargs
+    return dict(kwargs, output_relu=resolve_output_relu(kwargs.get("nl_type"), None, zero_init=False))
+
+
+def unit_text(output_relu: Optional[bool]) -> str:
+    """How a model's blocks end, for the line that says which unit a reference checkpoint got."""
+    if output_relu is None:
+        return "no stage block"
+    return "blocks with output ReLU, Y = X + relu(BN(.))" if output_relu else "blocks without output ReLU, Y = X + BN(.)"
+
+
 def with_output_relu(model_args: dict) -> dict:
     """A checkpoint's model_args with output_relu filled in where the checkpoint predates it (image and
     segmentation models): the value its rebuilt network now gets. PreResNet blocks keep their default; the

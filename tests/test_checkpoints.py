@@ -74,3 +74,65 @@ def test_torch_hub_from_checkpoint(tmp_path):
     torch.save({"model_args": dict(source.build_args), "state_dict": source.state_dict()}, path)
     model = torch.hub.load(ROOT, "from_checkpoint", source="local", path=str(path))
     assert not model.training and same_outputs(model, source, (2, 3, 32, 32))
+
+
+# --- a ResNet checkpoint in the reference's layout gets the reference's unit (output ReLU) ----------------------
+
+class _Built(Exception):
+    """Stops a run once its model is built and loaded."""
+
+
+def reference_resnet(tmp_path):
+    """A ResNet-50 + SNL of the reference's unit (output ReLU) with non-zero block BN, saved as its state_dict alone
+    (the reference's layout): (model, path)."""
+    torch.manual_seed(0)
+    source = randomize_norms(build_model("resnet", 50, 10, nl_type="snl", output_relu=True)).eval()
+    path = tmp_path / "ref.pth.tar"
+    torch.save(source.state_dict(), path)
+    return source, path
+
+
+def logits(model, x):
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def test_a_reference_resnet_checkpoint_gets_the_reference_unit(tmp_path, capsys):
+    from lib.engine.checkpoint import load_checkpoint
+    source, path = reference_resnet(tmp_path)
+    x = torch.randn(1, 3, 64, 64)
+    lines = []
+    model = rebuild_model(load_checkpoint(str(path)), dict(backbone="resnet", arch=50, nl_type="snl"),
+                          source=str(path), notice=lines.append)
+    assert model.build_args["output_relu"] is True and torch.equal(logits(model, x), logits(source, x))
+    assert "blocks with output ReLU, Y = X + relu(BN(.)), the reference's unit" in lines[0]
+    other = rebuild_model(load_checkpoint(str(path)), dict(backbone="resnet", arch=50, nl_type="snl",
+                                                           output_relu=False), notice=lines.append)
+    assert other.build_args["output_relu"] is False and "as --output-relu false asks" in lines[1]
+
+
+FLAGS = ["--dataset", "fake", "--backbone", "resnet", "--arch", "50", "--nl-type", "snl", "--input-size", "32",
+         "-b", "4", "-j", "0", "--device", "cpu"]
+
+
+def test_train_val_valid_and_resume_build_a_reference_resnet_checkpoint_with_its_unit(tmp_path, capsys,
+                                                                                      monkeypatch):
+    import train_val
+    source, path = reference_resnet(tmp_path)
+    x = torch.randn(1, 3, 64, 64)
+    built = []
+
+    def capture(model, *args, **kwargs):
+        built.append(model)
+        raise _Built()
+
+    monkeypatch.setattr(train_val, "prepare_model", capture)
+    with pytest.raises(_Built):
+        train_val.main(train_val.parse_args(FLAGS + ["--valid", "--check_path", str(path)]))
+    assert "stores no model arguments (the reference's layout): built from the model flags, blocks with output " \
+           "ReLU" in capsys.readouterr().out
+    with pytest.raises(_Built):
+        train_val.main(train_val.parse_args(FLAGS + ["--resume", str(path), "--output-dir", str(tmp_path / "out"),
+                                                     "--epochs", "1"]))
+    for model in built:
+        assert model.build_args["output_relu"] is True and torch.equal(logits(model, x), logits(source, x))

@@ -271,3 +271,61 @@ def test_train_snl_resolves_relative_paths_against_the_callers_folder(tmp_path):
     assert args.output_dir == str(tmp_path / "runs") and args.data_dir == str(tmp_path / "other")
     assert f"--data_dir {tmp_path / 'mydata'}" in out.stdout and args.epochs == 2
     assert f"compare_runs.py {tmp_path / 'runs'}/cifar10/20/snl" in out.stderr
+
+
+def test_a_resume_before_the_first_evaluation_says_no_evaluation_yet():
+    from lib.engine.classification.run import accuracy_tracker
+    fresh = accuracy_tracker().restored(accuracy_tracker().checkpoint_entries())  # a checkpoint before any
+    assert fresh.resume_line() == "no evaluation yet"
+    evaluated = accuracy_tracker()
+    evaluated.update(2, {"top1": 40.0, "top5": 90.0})
+    assert evaluated.restored(evaluated.checkpoint_entries()).resume_line() == \
+        "best top-1 40.000 (epoch 2), best top-5 90.000 (epoch 2)"
+
+
+def test_a_run_shorter_than_its_warmup_warns_once(tmp_path, capsys):
+    assert train_val.cli_main(FAKE + ["--warmup-epochs", "3", "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("WARNING: --epochs 1 ends inside the 3 warm-up epochs") == 1, out
+
+
+def test_a_crop_too_small_for_the_output_stride_is_refused_up_front(tmp_path, capsys):
+    from lib.engine.segmentation.cli import MIN_CROP_SIDE
+    from models.segmentation import build_segmentor
+    model = build_segmentor(arch=50, num_classes=4, nl_type="snl").train()  # the minimum is what trains
+    with torch.no_grad():
+        model(torch.randn(1, 3, MIN_CROP_SIDE, MIN_CROP_SIDE))
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+            model(torch.randn(1, 3, MIN_CROP_SIDE - 1, MIN_CROP_SIDE - 1))
+    status = train_seg.cli_main(["--dataset", "fake", "--crop-size", "8", "64", "-b", "1", "-j", "0",
+                                 "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"--crop-size 8 64 is too small for the segmentor's output stride 8: each side must be at least " \
+           f"{MIN_CROP_SIDE}" in err and not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("entry", ["train_val", "train_seg", "train_video"])
+def test_ctrl_c_during_valid_is_one_line_and_exit_130(entry, tmp_path, capsys, monkeypatch):
+    import importlib
+    module = importlib.import_module(entry)
+    checkpoint = tmp_path / "ckpt.pth.tar"
+    torch.save({"state_dict": {}}, checkpoint)
+
+    def interrupted(args, ctx, log):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "validate_checkpoint", interrupted)
+    status = module.cli_main(["--dataset", "fake", "--valid", "--check_path", str(checkpoint), "-j", "0"])
+    err = capsys.readouterr().err
+    assert status == 130 and err == f"{entry}.py: interrupted (Ctrl-C)\n", err
+
+
+def test_block_argument_and_input_errors_are_config_errors():
+    from lib import build_nonlocal
+    with pytest.raises(ConfigError, match="affinity_path must be one of auto, dense, factorized, got 'sparse'"):
+        build_nonlocal("snl", 64, 32, affinity_path="sparse")
+    block = build_nonlocal("snl", 8, 4)
+    for shape in ((0, 8, 4, 4), (1, 8, 0, 4)):
+        with pytest.raises(ConfigError, match=r"SNL got an empty input \(shape"):
+            block(torch.zeros(shape))

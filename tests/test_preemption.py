@@ -231,14 +231,10 @@ def test_a_worker_whose_launcher_died_during_its_start_ends():
 
 def test_a_failed_metrics_write_is_one_line_naming_the_file_and_the_last_checkpoint(tmp_path, capsys, monkeypatch):
     import lib.engine.logger
-    real_open = open
+    def full_disk(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write would, without a file name
 
-    def full_disk(path, mode="r", *args, **kwargs):
-        if str(path).endswith("metrics.jsonl") and "a" in mode:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write would, without a file name
-        return real_open(path, mode, *args, **kwargs)
-
-    monkeypatch.setattr(lib.engine.logger, "open", full_disk, raising=False)
+    monkeypatch.setattr(lib.engine.logger, "append_whole", full_disk)  # metrics.jsonl's appends
     run_dir = run_dir_of(tmp_path)
     assert train_val.cli_main(FAKE + ["--output-dir", str(tmp_path), "--save-every", "10"]) == 2
     err = capsys.readouterr().err

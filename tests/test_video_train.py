@@ -240,3 +240,50 @@ def test_train_snl_video_modes_are_the_example_configs(experiment):
         weights = os.path.join(ROOT, "README.md")  # any existing file: only resolved here, never loaded
         (tuned,) = commands(PRETRAINED=weights)
         assert (tuned.pretrained, tuned.ft_begin_index, tuned.normalization) == (weights, 4, "activitynet")
+
+
+def test_valid_uses_the_checkpoints_clip_settings_and_says_so(ucf_run, capsys):
+    capsys.readouterr()
+    argv = ["--dataset", "ucf101", "--test-clips", "2", "-b", "3", "--device", "cpu", "--data_dir", ucf_run["data"],
+            "-j", "0", "--valid", "--check_path", ucf_run["run_dir"] / LAST]  # no clip flags: the recipe's 16 x 112
+    stats = train_video.main(train_video.parse_video_args([str(a) for a in argv]))
+    final = records(ucf_run["run_dir"])[-1]
+    assert (stats["top1"], stats["video_top1"]) == (final["clip_top1"], final["video_top1"])
+    out = capsys.readouterr().out  # the run left --normalization unset: the default, so none is named
+    assert "=> clips as the checkpoint's run made them: --clip-len 4, --frame-step 1, --frame-size 32\n" in out
+
+
+class _SetUp(Exception):
+    """Stops a run once its setup lines are logged."""
+
+
+def test_train_crop_flags_reach_the_dataset_and_the_data_lines_are_printed(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "ucf"
+    write_ucf101(str(root), num_frames=8, height=24, width=32)
+    seen, real = {}, train_video.log_setup
+
+    def log_setup(args, ctx, data, model, schedule, log):
+        real(args, ctx, data, model, schedule, log)
+        seen["transform"] = data["train_set"].transform
+        raise _SetUp()
+
+    monkeypatch.setattr(train_video, "log_setup", log_setup)
+    argv = ["--dataset", "ucf101", "--data_dir", root, "--backbone", "mc3", "--arch", "18", "--clip-len", "4",
+            "--frame-step", "4", "--frame-size", "32", "-b", "2", "-j", "0", "--epochs", "1", "--device", "cpu",
+            "--train-crop", "random", "--crop-scales", "1", "0.5", "--output-dir", tmp_path / "out"]
+    with pytest.raises(_SetUp):
+        train_video.main(train_video.parse_video_args([str(a) for a in argv]))
+    assert seen["transform"].train_crop == "random" and seen["transform"].scales == (1.0, 0.5)
+    out = capsys.readouterr().out
+    assert f"=> data: videos under {root}" in out
+    assert "WARNING: => " in out and "are shorter than a clip's span of 13 frames (--clip-len 4 x --frame-step 4)" \
+        in out
+    defaults = train_video.parse_video_args(["--dataset", "fake"])
+    assert defaults.train_crop == "corner" and defaults.crop_scales is None
+
+
+def test_a_frame_size_below_the_networks_minimum_is_one_line(tmp_path, capsys):
+    status = train_video.cli_main(["--dataset", "fake", "--frame-size", "16", "-j", "0", "--output-dir",
+                                   str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "--frame-size 16 is below 32" in err, err

@@ -1,8 +1,11 @@
 """Where the picture tools write and how they fail: default file names in the checkpoint's run folder, titles,
 output paths checked before any computation, and the one-line error of a bad command line or input."""
+import io
 import os
 import sys
 
+from lib.engine.errors import write_error
+from lib.engine.logger import replace_file
 from lib.errors import ConfigError
 
 CHECKPOINT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar")
@@ -73,8 +76,36 @@ def parse_error_exit(prog, error):
 
 
 def main_reporting_errors(prog, run, args):
-    """run(args)'s exit status, or 2 with the one-line error of a ConfigError (no traceback)."""
+    """run(args)'s exit status, or 2 with the one-line error of a ConfigError or a failed write (a full disk, a
+    read-only folder: whatever class the writing library raises), no traceback."""
     try:
         return run(args)
     except ConfigError as error:
         return parse_error_exit(prog, error)
+    except (OSError, RuntimeError) as error:
+        failed = write_error(error, getattr(error, "filename", None))
+        if failed is None:
+            raise
+        reason = " ".join(str(failed.strerror or failed).split())
+        return parse_error_exit(prog, f"cannot write {failed.filename or 'an output file'}: {reason}; free space "
+                                      f"(or fix the folder's permissions) and run again")
+
+
+def write_image(path, picture, params=()):
+    """cv2.imwrite, whole or not at all (replace_file); a failed write raises the OSError naming path (imwrite
+    itself only returns False)."""
+    import cv2  # the drawing tools' dependency, not the other tools'
+    suffix = os.path.splitext(path)[1] or ".png"
+    encoded, data = cv2.imencode(suffix, picture, list(params))
+    if not encoded:
+        raise ConfigError(f"cannot write {path}: OpenCV cannot encode {suffix} images")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    replace_file(path, data.tobytes())
+    return path
+
+
+def save_figure(fig, path, **options):
+    """fig.savefig(path), whole or not at all (replace_file)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=os.path.splitext(path)[1][1:].lower() or "png", **options)
+    replace_file(path, buffer.getvalue())

@@ -48,7 +48,8 @@ from lib.errors import ConfigError
 from tools._attention import attention_matrix, block_kind, capture_inputs, inputs_per_image, nonlocal_blocks
 from tools._inputs import load_images
 from tools._loaded_model import checkpoint_tool_parser, load_model
-from tools._outputs import check_writable_folder, checkpoint_stem, main_reporting_errors, run_folder
+from tools._outputs import (check_writable_folder, checkpoint_stem, main_reporting_errors, run_folder,
+                            write_image)
 
 DEFAULT_QUERIES = ((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75))
 GAP = 4  # white pixels between panels
@@ -287,11 +288,7 @@ def run_video(args, loaded, name, block, queries, output_dir):
 
 
 def write_png(folder, file_name, picture):
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, file_name)
-    if not cv2.imwrite(path, picture, [cv2.IMWRITE_PNG_COMPRESSION, 9]):
-        raise ConfigError(f"cannot write {path}")
-    return path
+    return write_image(os.path.join(folder, file_name), picture, [cv2.IMWRITE_PNG_COMPRESSION, 9])
 
 
 if __name__ == "__main__":

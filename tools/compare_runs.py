@@ -32,6 +32,7 @@ import argparse
 import csv
 import functools
 import glob
+import io
 import json
 import math
 import os
@@ -45,12 +46,13 @@ import yaml
 import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
 from lib import NONLOCAL_BLOCKS
 from lib.engine.cli import OneLineParser
+from lib.engine.logger import replace_text
 from lib.errors import ConfigError
 from lib.stage import NonlocalStage
 from models import build_model
 from models.tasks import TASKS, args_task
 from tools._measure import count
-from tools._outputs import check_output_file, image_suffixes, pyplot
+from tools._outputs import check_output_file, image_suffixes, pyplot, save_figure
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "fake": 10}
 INPUT_SIZES = {"cifar10": 32, "cifar100": 32, "fake": 32, "imagenet": 224, "imagefolder": 224}
@@ -555,23 +557,24 @@ CSV_FIELDS = ("task", "metric", "dataset", "backbone", "arch", "input", "block",
 
 def write_csv(tables, path):
     """One line per group and metric (video groups have two: clip_top1 and video_top1); raw numbers."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_FIELDS)
-        for task, rows in tables.items():
-            for row in rows:
-                s, runs = row["settings"], row["runs"]
-                for key, values in row["metrics"].items():
-                    writer.writerow([
-                        task, key, s.get("dataset"), s.get("backbone"), s.get("arch"), input_label(row),
-                        s.get("nl_type"), *(show(s.get(k, NOT_APPLICABLE)) if k == "nl_layer" else
-                                            s.get(k, NOT_APPLICABLE) for k in BLOCK_KEYS),
-                        settings_label(row), len(runs), " ".join(str(r["seed"]) for r in runs),
-                        " ".join(r["folder"] for r in row["duplicates"]), sum(r["unfinished"] for r in runs),
-                        row["params"], row["gflops"], values["final_mean"], values["final_std"], values["best_mean"],
-                        values["best_std"], values["delta_final"], values["delta_best"], row["time"],
-                        " ".join(r["folder"] for r in runs),
-                        json.dumps({k: show(v) for k, v in sorted(s.items())}, default=str)])
+    f = io.StringIO(newline="")  # written whole at the end (replace_text): a full disk leaves no half file
+    writer = csv.writer(f)
+    writer.writerow(CSV_FIELDS)
+    for task, rows in tables.items():
+        for row in rows:
+            s, runs = row["settings"], row["runs"]
+            for key, values in row["metrics"].items():
+                writer.writerow([
+                    task, key, s.get("dataset"), s.get("backbone"), s.get("arch"), input_label(row),
+                    s.get("nl_type"), *(show(s.get(k, NOT_APPLICABLE)) if k == "nl_layer" else
+                                        s.get(k, NOT_APPLICABLE) for k in BLOCK_KEYS),
+                    settings_label(row), len(runs), " ".join(str(r["seed"]) for r in runs),
+                    " ".join(r["folder"] for r in row["duplicates"]), sum(r["unfinished"] for r in runs),
+                    row["params"], row["gflops"], values["final_mean"], values["final_std"], values["best_mean"],
+                    values["best_std"], values["delta_final"], values["delta_best"], row["time"],
+                    " ".join(r["folder"] for r in runs),
+                    json.dumps({k: show(v) for k, v in sorted(s.items())}, default=str)])
+    replace_text(path, f.getvalue())
 
 
 # --- curves -----------------------------------------------------------------------------------------------------
@@ -635,7 +638,7 @@ def figure(tables):
 
 def plot(tables, path):
     fig = figure(tables)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
+    save_figure(fig, path, dpi=80, bbox_inches="tight")
     pyplot().close(fig)
 
 

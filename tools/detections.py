@@ -28,7 +28,8 @@ from lib.data.coco import build_detection_datasets
 from lib.engine.cli import OneLineParser
 from lib.errors import ConfigError
 from tools._inputs import read_image
-from tools._outputs import check_output_file, checkpoint_stem, main_reporting_errors, run_folder
+from tools._outputs import (check_output_file, checkpoint_stem, main_reporting_errors, run_folder,
+                            write_image)
 from tools._task_checkpoint import load_task_model, progress
 
 MASK_THRESHOLD = 0.5
@@ -157,9 +158,7 @@ def run(args):
     bgr = np.ascontiguousarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)[:, :, ::-1])
     scale = args.scale or max(1.0, MIN_SHORT_SIDE / min(bgr.shape[:2]))
     picture, drawn = draw(bgr, detections, names, args.score_threshold, args.alpha, scale)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    if not cv2.imwrite(output, picture):
-        raise ConfigError(f"cannot write {output}")
+    write_image(output, picture)
     shown = ", ".join(f"{names.get(int(label), f'label {int(label)}')} {float(score):.2f}"
                       for label, score in zip(detections["labels"], detections["scores"])
                       if score >= args.score_threshold)

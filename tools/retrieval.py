@@ -34,7 +34,8 @@ from lib.engine.cli import OneLineParser
 from lib.engine.reid.evaluation import JUNK_PID, pairwise_distances
 from lib.errors import ConfigError
 from models.reid import tracklet_feature
-from tools._outputs import check_output_file, checkpoint_stem, main_reporting_errors, run_folder
+from tools._outputs import (check_output_file, checkpoint_stem, main_reporting_errors, run_folder,
+                            write_image)
 from tools._task_checkpoint import load_task_model, progress
 
 # BGR frame colours: right identity, wrong identity, unknown identity (a query file without a parsable name), query.
@@ -181,9 +182,7 @@ def run(args):
     distances = pairwise_distances(q_feature, g_features, distance)[0].numpy()
     ranked = rank_gallery(distances, q_pid, q_camid, gallery_set.pids, gallery_set.camids, args.top_k)
     images = [display_image(gallery_set, i, video, args.display_height, shown_width) for i, _, _ in ranked]
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    if not cv2.imwrite(output, picture(q_image, images, ranked)):
-        raise ConfigError(f"cannot write {output}")
+    write_image(output, picture(q_image, images, ranked))
     hits = "".join("?" if same is None else ("+" if same else "-") for _, _, same in ranked)
     print(f"wrote {output} ({dataset} query {args.query if args.query is not None else args.query_file}, pid "
           f"{q_pid if q_pid is not None else 'unknown'}; top {len(ranked)} of {len(gallery_set)} gallery entries "

@@ -28,12 +28,13 @@ import numpy as np
 import torch
 
 import tools  # noqa: F401  (python tools/x.py: puts the repository root on sys.path, tools/tools.py)
+from lib.engine.logger import replace_text
 from lib.errors import ConfigError
 from tools._attention import attention_matrix, block_kind, inputs_per_image, nonlocal_blocks
 from tools._inputs import load_images
 from tools._loaded_model import checkpoint_tool_parser, load_model
 from tools._outputs import (check_output_file, checkpoint_stem, image_suffixes, main_reporting_errors, pyplot,
-                            run_folder, run_label)
+                            run_folder, run_label, save_figure)
 
 DEFAULT_IMAGES = 8
 NO_RESPONSE = "no filter_response: spectrum only"
@@ -125,7 +126,7 @@ def draw(results, title, path):
         resp_ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    save_figure(fig, path, dpi=80)
     plt.close(fig)
 
 
@@ -169,9 +170,9 @@ def run(args):
               f"{len(entry['eigenvalues'])} {unit}(s)" + (f"; note: {entry['note']}" if entry.get("note") else ""))
     for path in (output, json_path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(json_path, "w") as f:
-        json.dump({"checkpoint": args.checkpoint, "task": loaded.task, "images": [name for name, _, _ in images],
-                   "blocks": results, "skipped": skipped}, f)
+    replace_text(json_path, json.dumps({"checkpoint": args.checkpoint, "task": loaded.task,
+                                        "images": [name for name, _, _ in images], "blocks": results,
+                                        "skipped": skipped}))  # whole or not at all: a full disk leaves no half
     progress = f" ({loaded.progress})" if loaded.progress else ""
     draw(results, f"{run_label(args.checkpoint)}{progress}: {len(images)} {unit}(s)", output)
     print(f"wrote {output} and {json_path}")

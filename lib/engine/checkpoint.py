@@ -20,7 +20,7 @@ import torch
 
 from lib.engine.device_rng import device_rng_entry, restore_device_rng
 from lib.engine.distributed import from_main
-from lib.engine.errors import WriteFailed, write_failure
+from lib.engine.errors import WriteFailed, write_error, write_failure
 from lib.errors import ConfigError
 from models.common import with_output_relu
 
@@ -53,8 +53,11 @@ def save_from_main(ctx, log, run_dir, path, is_best, contents, last_good, prune)
     def write():
         try:
             atomic_save(contents(), *([os.path.join(run_dir, BEST_NAME)] if is_best else []), path)
-        except OSError as error:
-            return None, str(write_failure(path, error, last_good()))
+        except (OSError, RuntimeError) as error:  # RuntimeError: torch's zip writer (errors.write_error)
+            failed = write_error(error, path)
+            if failed is None:
+                raise
+            return None, str(write_failure(failed.filename or path, failed, last_good()))
         try:
             prune()
         except OSError as error:  # the new checkpoint is complete: a file left over is no reason to stop
@@ -145,10 +148,7 @@ def atomic_save(obj, *paths):
     folder = os.path.dirname(os.path.abspath(paths[-1]))
     temp_path = _temp_file(folder, paths[-1])
     try:
-        with open(temp_path, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        _save_to(obj, temp_path, paths[-1])
         for path in paths[:-1]:
             _place_link(temp_path, path, folder)
         os.replace(temp_path, paths[-1])
@@ -156,6 +156,39 @@ def atomic_save(obj, *paths):
         _remove_quietly(temp_path)
         raise
     _fsync_folder(folder)
+
+
+class _RecordedWrites:
+    """A file for torch.save that keeps the OSError of a failed write: torch's zip writer turns it into a
+    RuntimeError ("unexpected pos ...") that no longer says the disk is full."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self):
+        self.file.flush()
+
+
+def _save_to(obj, temp_path, target):
+    """torch.save obj into temp_path, fsync'ed; a failed write raises the OSError, naming target."""
+    with open(temp_path, "wb") as f:
+        recorded = _RecordedWrites(f)
+        try:
+            torch.save(obj, recorded)
+            f.flush()
+            os.fsync(f.fileno())
+        except (OSError, RuntimeError) as error:
+            failed = recorded.error or write_error(error, temp_path)
+            if failed is None:
+                raise
+            raise OSError(failed.errno, failed.strerror, target) from None
 
 
 def _remove_quietly(path):

@@ -180,6 +180,15 @@ def evaluated(evaluate, finished, guard, writer, save_pending):
                           f"--resume auto, which evaluates it first)") from None
 
 
+def warn_short_warmup(args, schedule, log):
+    """One warning where the run ends inside its warm-up: its lr never reaches --lr (the warm-up's last epoch)."""
+    warmup = getattr(args, "warmup_epochs", 0) or 0
+    if args.epochs < warmup:
+        log.warn(f"--epochs {args.epochs} ends inside the {warmup} warm-up epochs: the lr stops at "
+                 f"{schedule.lr_at(args.epochs - 1):.6g} and never reaches {schedule.base_lr:.6g} (pass "
+                 f"--warmup-epochs {args.epochs} or fewer, or more --epochs)")
+
+
 def run_epochs(run):
     """The epochs from run.start to --epochs, after the evaluation a checkpoint awaits (pending_eval). The task's
     train_epoch(run, epoch, lr, progress, save) trains one (progress: where a mid-epoch checkpoint stopped
@@ -193,6 +202,7 @@ def run_epochs(run):
             lambda: task.evaluate_run(run, finished), finished, run.guard, run.writer,
             lambda: run.save(finished, pending_eval=dict(record, time=time.time() - started))))
 
+    warn_short_warmup(args, run.schedule, log)
     pending = (run.checkpoint or {}).get("pending_eval")
     if pending:
         log.info(f"=> evaluating epoch {run.start} first: its evaluation failed in the run that trained it")

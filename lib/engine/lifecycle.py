@@ -44,6 +44,8 @@ def _train(task, args, ctx, log, run_dir, guard):
     if checkpoint is not None:
         require_task(checkpoint, resume_path, task.TASK)
         check_dataset(checkpoint, resume_path, args.dataset)
+        if hasattr(task, "args_for_checkpoint"):  # e.g. the model flags a reference checkpoint implies
+            task.args_for_checkpoint(args, checkpoint, resume_path, log)
     # A resumed model's weights come from its checkpoint: pretrained weights are not loaded again.
     model = task.create_model(args, data, None if checkpoint else args.pretrained)
     if checkpoint is not None:

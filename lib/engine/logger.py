@@ -2,6 +2,7 @@
 
 Only the main process (rank 0) writes or prints; the other processes get disabled instances.
 """
+import errno
 import json
 import os
 import re
@@ -53,8 +54,11 @@ class RunLogger:
                 sys.stdout.close()
             sys.stdout, self.terminal = self.terminal, None
         if self.file is not None:
-            self.file.close()
-            self.file = None
+            file, self.file = self.file, None
+            try:
+                file.close()
+            except OSError:
+                pass  # a full disk: the run's one-line error is on stderr; a traceback here would replace it
 
     # The file-like side, for sys.stdout.
     def write(self, text):
@@ -131,19 +135,30 @@ class MetricsFile:
         kept = [line for line in lines if _record_step(line, unit) <= step]
         if len(kept) == len(lines):
             return
-        temp = self.path + ".tmp"
-        with open(temp, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, self.path)
+        replace_text(self.path, "".join(kept))
 
     def append(self, record):
         if not self.enabled:
             return
-        with naming_failures(self.path), open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-            f.flush()
+        line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+        with naming_failures(self.path):
+            append_whole(self.path, line)
+
+
+def append_whole(path, data):
+    """Append the bytes data to path, all or nothing: a full disk leaves no half line for a resumed run to read."""
+    handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(handle).st_size
+        try:
+            written = os.write(handle, data)
+            if written < len(data):  # a short write is how a nearly full disk ends
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        except OSError:
+            os.ftruncate(handle, size)
+            raise
+    finally:
+        os.close(handle)
 
 
 def _record_step(line, unit):
@@ -214,5 +229,27 @@ def open_tensorboard(run_dir, start_epoch, enabled=True):
 def write_args(path, args):
     """The resolved arguments as YAML (what the run actually used, recipe values included)."""
     values = {key: value for key, value in sorted(vars(args).items()) if key not in ("resolved",)}
-    with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(values, f, default_flow_style=None, sort_keys=True)
+    replace_text(path, yaml.safe_dump(values, default_flow_style=None, sort_keys=True))
+
+
+def replace_text(path, text):
+    """replace_file with text in UTF-8."""
+    replace_file(path, text.encode("utf-8"))
+
+
+def replace_file(path, data):
+    """Write the bytes data as the file path, whole or not at all: a full disk leaves the old file (or none),
+    never a truncated one, and no temporary file; the OSError names path."""
+    temp = path + ".tmp"
+    try:
+        with naming_failures(path), open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.remove(temp)
+        except OSError:
+            pass  # never created: the write's own error is what counts
+        raise

@@ -21,7 +21,6 @@ Preempted after the checkpoint when a signal asked the run to stop. A signal han
 signal: a second signal while the checkpoint is being written changes nothing (the third SIGINT interrupts, for a
 user at a terminal; every write is atomic, so that corrupts nothing either).
 """
-import errno
 import os
 import signal
 import threading
@@ -32,7 +31,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from lib.engine.distributed import gather_objects, max_values
-from lib.engine.errors import NonFiniteLoss, Preempted, write_failure
+from lib.engine.errors import NonFiniteLoss, Preempted, write_error, write_failure
 from lib.errors import ConfigError
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name))
@@ -163,10 +162,6 @@ class RunGuard:
         raise Preempted(f"stopped by {name} at {where}; {kept}; continue with --resume auto")
 
 
-# Errors of a write that the user can fix: a full disk or quota, an I/O error, permissions, a read-only file system.
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
-
-
 @contextmanager
 def reported_errors(guard, log_path):
     """Around a run's training: a failed write of its records (metrics.jsonl, tensorboard, log_train.txt) becomes
@@ -176,14 +171,20 @@ def reported_errors(guard, log_path):
     then fail in their next collective, and the log says where it started."""
     try:
         yield
-    except OSError as error:
-        if error.errno not in WRITE_ERRNOS:
-            raise
-        raise write_failure(error.filename or "a file of the run", error, guard.last_path) from None
+    except (OSError, RuntimeError) as error:  # torch's writers report a full disk as a RuntimeError
+        failed = write_error(error, getattr(error, "filename", None))
+        if failed is None:
+            raise _noted(guard, log_path, error)
+        raise write_failure(failed.filename or "a file of the run", failed, guard.last_path) from None
     except Exception as error:
-        if guard.ctx.rank != 0 and not isinstance(error, (ConfigError, Preempted, NonFiniteLoss)):
-            note_error(log_path, f"ERROR: rank {guard.ctx.rank}: {type(error).__name__}: {error}")
-        raise
+        raise _noted(guard, log_path, error)
+
+
+def _noted(guard, log_path, error):
+    """error, after noting it in log_path when it is an unexpected error of a process other than rank 0."""
+    if guard.ctx.rank != 0 and not isinstance(error, (ConfigError, Preempted, NonFiniteLoss)):
+        note_error(log_path, f"ERROR: rank {guard.ctx.rank}: {type(error).__name__}: {error}")
+    return error
 
 
 def note_error(path, text):

@@ -129,6 +129,9 @@ class BestTracker:
         return BestTracker(self.metrics, self.unit, values, steps, checkpoint.get("last_eval"))
 
     def resume_line(self):
+        """The bests so far, or "no evaluation yet" (not a best of 0.000 at step 0, which none reached)."""
+        if all(self.values[m.stat] is None for m in self.metrics):
+            return "no evaluation yet"
         return ", ".join(f"best {m.label} {self.values[m.stat] or 0:{m.fmt}} ({self.unit} {self.steps[m.stat]})"
                          for m in self.metrics)
 

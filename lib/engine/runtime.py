@@ -17,6 +17,7 @@ from lib.engine.errors import PREEMPTED_STATUS, NonFiniteLoss, Preempted
 from lib.engine.sync_bn import convert_sync_batchnorm
 from lib.errors import ConfigError
 
+INTERRUPTED_STATUS = 130  # 128 + SIGINT: what a shell reports for a program Ctrl-C ended
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -182,7 +183,8 @@ def run_cli(main, parse_args, prog, argv=None):
     """Run main(parse_args(argv)) and return the exit status, with a one-line message on stderr instead of a
     traceback: 0 done; 2 bad input or a failed write (ConfigError: missing data, a wrong flag, a full disk...: fix
     it, then --resume auto); 3 a diverged run (NonFiniteLoss); 75 (EX_TEMPFAIL) stopped by a signal after a
-    checkpoint (Preempted: run the same command with --resume auto)."""
+    checkpoint (Preempted: run the same command with --resume auto); 130 (128 + SIGINT, the shell's) interrupted by
+    Ctrl-C outside training (--valid, the start-up), on one line too."""
     try:
         main(parse_args(argv))
     except ConfigError as error:
@@ -195,4 +197,8 @@ def run_cli(main, parse_args, prog, argv=None):
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops, one says so
             print(f"{prog}: {error}", file=sys.stderr)
         return PREEMPTED_STATUS
+    except KeyboardInterrupt:  # Ctrl-C where no RunGuard turns it into a checkpoint and a stop (--valid, start-up)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{prog}: interrupted (Ctrl-C)", file=sys.stderr)
+        return INTERRUPTED_STATUS
     return 0

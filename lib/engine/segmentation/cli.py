@@ -22,6 +22,11 @@ COMMON_DEFAULTS = dict(seed=67, workers=min(4, CPUS), nl_type="snl", stage_nums=
                        arch="50")
 
 
+# The smallest crop side that trains: the backbone's output stride 8 maps a side of 1-8 px to one position, and with
+# one position per image (-b 1) the head's BatchNorm has one value per channel and raises. Measured: 9 works.
+MIN_CROP_SIDE = 9
+
+
 def get_args_parser(add_help=True):
     parser = OneLineParser(prog="train_seg.py", add_help=add_help, description="Train / evaluate semantic "
                            "segmentation (dilated ResNet + nonlocal decode head) on Cityscapes")
@@ -110,6 +115,9 @@ def resolve_seg_args(args):
     check(args.eval_every >= 1, f"--eval-every must be >= 1, got {args.eval_every}")
     check(args.print_freq >= 1, f"--print-freq must be >= 1, got {args.print_freq}")
     check(min(args.crop_size) >= 1 and min(args.img_scale) >= 1, "--crop-size and --img-scale must be positive")
+    check(min(args.crop_size) >= MIN_CROP_SIDE, f"--crop-size {args.crop_size[0]} {args.crop_size[1]} is too small "
+           f"for the segmentor's output stride 8: each side must be at least {MIN_CROP_SIDE} (a side of 8 or less "
+           f"leaves one feature position there, on which the head's BatchNorm cannot train)")
     check(0 < args.ratio_range[0] <= args.ratio_range[1], f"--ratio-range must be 0 < LOW <= HIGH, got "
            f"{args.ratio_range}")
     check(0 <= args.hflip <= 1, f"--hflip is a probability, got {args.hflip}")

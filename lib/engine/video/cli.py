@@ -4,6 +4,7 @@ Flags whose default depends on the dataset (the recipe, lib/engine/video/recipe.
 value given on the command line or in --config is detectable and wins. No flag uses argparse's bool type.
 """
 from lib.engine.cli import OneLineParser, add_run_flags, add_step_schedule_flags, bool_flag, parse_pretrained
+from lib.data.video_transforms import TRAIN_CROPS
 from lib.engine.config import parse_flags
 from lib.registry import NONLOCAL_BLOCKS, ORDER_BLOCKS
 from models.video import VIDEO_BACKBONES
@@ -36,6 +37,13 @@ def _add_data_flags(parser):
                       help="pixel normalization: kinetics ((x - mean) / std, Kinetics statistics; default) or "
                       "activitynet (x - mean on 0-255 pixels: the input of the 2017 3D-ResNets Kinetics checkpoints "
                       "such as resnet-50-kinetics.pth)")
+    data.add_argument("--train-crop", "--train_crop", dest="train_crop", default="corner", choices=TRAIN_CROPS,
+                      help="where a training clip's square crop lies: corner (default, the 3D-ResNets recipe: the "
+                      "centre or one of the four corners), center, or random; small corner crops can cut a small "
+                      "subject out of the clip (docs/video_data.md)")
+    data.add_argument("--crop-scales", "--crop_scales", dest="crop_scales", type=float, nargs="+", default=None,
+                      metavar="S", help="sides of the training crop as fractions of the frame's short side, one "
+                      "drawn per clip (default 1 0.841 0.707 0.595 0.5)")
     data.add_argument("--hflip", type=float, default=None, metavar="P",
                       help="probability of a horizontal flip of a training clip (default 0.5). A mirror swaps "
                       "left and right motion: 0 for classes defined by a direction")

@@ -62,6 +62,25 @@ def _validate(args):
     check_output_dir(args.output_dir)
 
 
+# The clip a model was trained on: --valid evaluates with the checkpoint's own unless a flag says otherwise.
+CLIP_SETTINGS = ("clip_len", "frame_step", "frame_size", "normalization")
+
+
+def valid_clip_from_checkpoint(args):
+    """--valid: the clip settings the flags leave unset come from the checkpoint's run (its stored args), not
+    the recipe: a run at 4 frames x 32 px is evaluated on such clips. args.clip_from_checkpoint says which, for
+    the log (set with --valid only). Call before the recipe resolves args; returns args."""
+    if not getattr(args, "valid", False) or not getattr(args, "check_path", None):
+        return args
+    from lib.engine.checkpoint import load_checkpoint  # torch is only needed here
+    run_args = load_checkpoint(args.check_path).get("args") or {}
+    taken = [name for name in CLIP_SETTINGS if getattr(args, name, None) is None and run_args.get(name) is not None]
+    for name in taken:
+        setattr(args, name, run_args[name])
+    args.clip_from_checkpoint = ", ".join(f"--{name.replace('_', '-')} {run_args[name]}" for name in taken)
+    return args
+
+
 def resolve_video_args(args):
     """Fill unset flags from the recipe of args.dataset, normalize spellings, validate; returns args (changed)."""
     if getattr(args, "resolved", False):

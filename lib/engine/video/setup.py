@@ -44,12 +44,14 @@ def to_device(clips, target, ctx, args):
 
 def build_data(args, ctx):
     """(train_set, val_set, test_set, info) of --dataset; ConfigError, on one line, for missing data."""
-    from lib.data.video import build_video_datasets
+    from lib.data.video import MIN_FRAME_SIZE, build_video_datasets
     options = {"normalization": args.normalization} if args.normalization else {}
+    if getattr(args, "crop_scales", None):  # else the dataset's default scales (the recipe's)
+        options["crop_scales"] = tuple(args.crop_scales)
     return local_main_first(ctx, lambda: build_video_datasets(
         args.dataset, args.data_dir, split=args.split, clip_len=args.clip_len, frame_step=args.frame_step,
         frame_size=args.frame_size, hflip=args.hflip, test_clips=args.test_clips, validation=args.validation,
-        **options))
+        train_crop=getattr(args, "train_crop", "corner"), min_frame_size=MIN_FRAME_SIZE, **options))
 
 
 def test_loader_of(test_set, ctx, args):
