@@ -8,7 +8,8 @@
 
 The blocks need only torch; the models also import torchvision (imported when a model entry is called).
 """
-from lib import NONLOCAL_BLOCKS as _BLOCKS, build_nonlocal as _build_nonlocal
+from lib import NONLOCAL_BLOCKS as _BLOCKS
+from lib import build_nonlocal as _build_nonlocal
 
 dependencies = ["torch"]
 

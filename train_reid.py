@@ -18,8 +18,8 @@ import os
 
 LAUNCHER_PID = os.getppid()  # first thing: under torchrun, a launcher that dies during the imports is noticed
 
-import sys  # noqa: E402  (these imports follow the launcher's pid)
 import json
+import sys
 from argparse import Namespace
 from functools import partial
 

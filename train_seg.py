@@ -7,15 +7,15 @@
     python train_seg.py --dataset fake --iters 20 --eval-every 10        # smoke run, no data needed
 
 Iteration-based, with the authors' mmsegmentation recipe (lib/engine/segmentation/cli.py) filling unset flags; the
-run itself is lib/engine's lifecycle (class Segmentation below is what this task gives it); outputs go to
-<output-dir>/<dataset>/<backbone><arch>/<checkpoints>/. Layout as train_val.py: get_args_parser(),
+run itself is lib/engine's lifecycle (lifecycle.main; the functions of this module are what the task gives it);
+outputs go to <output-dir>/<dataset>/<backbone><arch>/<checkpoints>/. Layout as train_val.py: get_args_parser(),
 train_one_step() / train_iterations(), evaluate(), main(args). See docs/segmentation.md.
 """
 import os
 
 LAUNCHER_PID = os.getppid()  # first thing: under torchrun, a launcher that dies during the imports is noticed
 
-import math  # noqa: E402  (these imports follow the launcher's pid)
+import math
 import sys
 import time
 from functools import partial
@@ -45,9 +45,9 @@ from lib.engine.segmentation.loss import SegLoss
 from lib.engine.segmentation.metrics import all_reduce_confusion, confusion_matrix, json_number, segmentation_metrics
 from lib.engine.segmentation.poly import PolySchedule
 from lib.engine.segmentation.run import best_line, miou_tracker, summary_line  # noqa: F401  (task hooks)
-from models.tasks import require_task
-from models.segmentation import build_segmentor, load_segmentor_state
 from models.checkpoints import rebuild_model
+from models.segmentation import build_segmentor, load_segmentor_state
+from models.tasks import require_task
 
 NUM_CLASSES = len(CLASSES)
 

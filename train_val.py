@@ -6,15 +6,16 @@
     python train_val.py --valid --check_path CHECKPOINT --dataset cifar10 ...
 
 The reference's command lines keep working (lib/engine/classification/cli.py); the per-dataset recipe fills
-unset flags (lib/engine/classification/recipe.py). The run itself is lib/engine's lifecycle (class Classification
-below is what this task gives it). Outputs go to <output-dir>/<dataset>/<arch>/<checkpoints>/. Layout as
-torchvision's references/classification/train.py: get_args_parser(), train_one_epoch(), evaluate(), main(args).
+unset flags (lib/engine/classification/recipe.py). The run itself is lib/engine's lifecycle (lifecycle.main; the
+functions of this module are what the task gives it). Outputs go to <output-dir>/<dataset>/<arch>/<checkpoints>/.
+Layout as torchvision's references/classification/train.py: get_args_parser(), train_one_epoch(), evaluate(),
+main(args).
 """
 import os
 
 LAUNCHER_PID = os.getppid()  # first thing: under torchrun, a launcher that dies during the imports is noticed
 
-import sys  # noqa: E402  (these imports follow the launcher's pid)
+import sys
 from functools import partial
 
 import torch
@@ -33,11 +34,12 @@ from lib.engine.resume_check import EPOCH_BASED, RESUMABLE, valid_dataset_from_c
 from lib.engine.run_files import EpochFiles
 from lib.engine.run_state import check_dataset, check_model_flags, check_requested_model, model_kwargs, run_folder
 from lib.engine.runtime import prepare_model, run_cli
-from models.tasks import require_task
 from lib.errors import ConfigError
 from models import build_model, load_state_dict_checked, with_output_relu
-from models.checkpoints import reference_notice, rebuild_model
+from models.checkpoints import rebuild_model, reference_notice
 from models.common import reference_unit
+from models.tasks import require_task
+
 
 def build_criterion(args):
     return nn.CrossEntropyLoss()

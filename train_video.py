@@ -19,32 +19,41 @@ import os
 
 LAUNCHER_PID = os.getppid()  # first thing: under torchrun, a launcher that dies during the imports is noticed
 
-import sys  # noqa: E402  (these imports follow the launcher's pid)
-from functools import partial
+import sys
 import time
+from functools import partial
 
 import torch
 from torch import nn
 
+from lib.data.video import short_video_warning, source_line
 from lib.engine import epochs, lifecycle
 from lib.engine.checkpoint import load_checkpoint
-from lib.engine.classification.run import accuracy_tracker, best_line as accuracy_line
+from lib.engine.classification.run import accuracy_tracker
+from lib.engine.classification.run import best_line as accuracy_line
 from lib.engine.evaluation import classifier_stats
 from lib.engine.metrics import format_seconds, percent
 from lib.engine.resume_check import EPOCH_BASED, RESUMABLE, valid_dataset_from_checkpoint
 from lib.engine.run_files import EpochFiles
 from lib.engine.run_state import check_dataset, check_model_flags, check_requested_model, model_kwargs, run_folder
 from lib.engine.runtime import run_cli
-from models.tasks import require_task
 from lib.engine.video.cli import get_args_parser, parse_video_args  # noqa: F401  (torchvision-style entry point)
-from lib.data.video import short_video_warning, source_line
 from lib.engine.video.multiclip import evaluate_videos
 from lib.engine.video.recipe import VIDEO_RECIPES, resolve_video_args, valid_clip_from_checkpoint
-from lib.engine.video.setup import (build_data, freeze_for_fine_tuning, frozen_parameter_count, prepare_video_model,
-                                    test_loader_of, to_device, trainable_parameters)
+from lib.engine.video.setup import (
+    build_data,
+    freeze_for_fine_tuning,
+    frozen_parameter_count,
+    prepare_video_model,
+    test_loader_of,
+    to_device,
+    trainable_parameters,
+)
 from lib.errors import ConfigError
 from models import build_model, load_state_dict_checked
 from models.checkpoints import rebuild_model
+from models.tasks import require_task
+
 
 def build_criterion(args):
     return nn.CrossEntropyLoss()

@@ -8,8 +8,16 @@ import math
 import torch
 import torch.nn as nn
 
-from .affinity import (AFFINITY_PATHS, build_affinity, exporting, full_precision, mix, mix_transposed, upcast,
-                       uses_factorized)
+from .affinity import (
+    AFFINITY_PATHS,
+    build_affinity,
+    exporting,
+    full_precision,
+    mix,
+    mix_transposed,
+    upcast,
+    uses_factorized,
+)
 from .errors import ConfigError, check_dim, check_optional_bool, check_positive_int
 from .pointwise import MAX_PRODUCT_CHANNELS, project
 

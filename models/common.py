@@ -83,7 +83,9 @@ def unit_text(output_relu: Optional[bool]) -> str:
     """How a model's blocks end, for the line that says which unit a reference checkpoint got."""
     if output_relu is None:
         return "no stage block"
-    return "blocks with output ReLU, Y = X + relu(BN(.))" if output_relu else "blocks without output ReLU, Y = X + BN(.)"
+    if output_relu:
+        return "blocks with output ReLU, Y = X + relu(BN(.))"
+    return "blocks without output ReLU, Y = X + BN(.)"
 
 
 def with_output_relu(model_args: dict) -> dict:

@@ -3,6 +3,7 @@ ImageNet ResNet form), so ResNet and the segmentation head build theirs without 
 default; checkpoints from before output_relu was stored rebuild the same network (docs/blocks.md, "output_relu")."""
 import pytest
 import torch
+from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 from torch import nn
 
 import train_seg
@@ -13,7 +14,6 @@ from lib.engine.run_state import model_kwargs
 from lib.engine.segmentation.cli import parse_seg_args, resolve_seg_args
 from models import build_model, with_output_relu
 from models.segmentation import build_segmentor
-from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 
 
 def resnet(**kwargs):
@@ -150,8 +150,9 @@ def test_output_relu_flag_reaches_the_model(argv, expected):
         assert build_model(**model_kwargs(args, 5)).build_args["output_relu"] is bool(expected)
 
 
-@pytest.mark.parametrize("backbone, arch, output_relu, bn_weight", [("resnet", 50, None, 0.0), ("resnet", 50, True, 1.0),
-                                                                    ("r3d", 18, None, 0.0), ("r3d", 18, True, 1.0)])
+@pytest.mark.parametrize("backbone, arch, output_relu, bn_weight",
+                         [("resnet", 50, None, 0.0), ("resnet", 50, True, 1.0), ("r3d", 18, None, 0.0),
+                          ("r3d", 18, True, 1.0)])
 def test_a_block_reset_after_building_on_meta_has_its_start_weights(backbone, arch, output_relu, bn_weight):
     """Built on 'meta', then to_empty + reset_parameters: the block's output BN gets the weight a direct build gives
     (0 without the ReLU: the identity; 1 with it, or it would never learn)."""

@@ -1,10 +1,10 @@
 """The nonlocal blocks of lib/: shapes, gradients, exactness of both affinity paths, the math itself."""
 import math
 
+import direct_formulas as direct
 import pytest
 import torch
 
-import direct_formulas as direct
 from lib import NONLOCAL_BLOCKS, ConfigError, build_nonlocal
 from lib.affinity import DenseAffinity, ReluDotAffinity, SoftmaxAffinity, build_affinity
 from tools._checks import randomized

@@ -2,12 +2,12 @@
 torch.hub's from_checkpoint entry reads a checkpoint file through it."""
 import pytest
 import torch
+from test_models import randomize_norms, reference_layout
 
 from lib.errors import ConfigError
 from models import build_model
 from models.checkpoints import rebuild_model
 from models.segmentation import build_segmentor
-from test_models import randomize_norms, reference_layout
 
 
 def same_outputs(model, source, shape):

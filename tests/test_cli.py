@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 
 import train_val
 from lib.engine.classification.cli import get_args_parser, parse_args
 from lib.engine.classification.recipe import resolve_args
-from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = "/data/root"

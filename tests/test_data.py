@@ -7,11 +7,17 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
+from datagen import write_cifar, write_imagefolder, write_imagenet_lists
 from PIL import Image
 
-from datagen import write_cifar, write_imagefolder, write_imagenet_lists
-from lib.data import (DATASETS, ContiguousShardSampler, EpochShuffleSampler, build_datasets, build_loaders,
-                      read_list_file)
+from lib.data import (
+    DATASETS,
+    ContiguousShardSampler,
+    EpochShuffleSampler,
+    build_datasets,
+    build_loaders,
+    read_list_file,
+)
 from lib.data.transforms import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 from lib.errors import ConfigError
 

@@ -75,7 +75,7 @@ def test_labels_map_contiguously_and_back(sample):
     assert data.label_to_category == {1: 3, 2: 10, 3: 42}
     _, target = data[0]
     assert target["labels"].tolist() == [3, 1, 2]  # cats 42, 3, 10 in annotation order
-    assert [data.label_to_category[l] for l in target["labels"].tolist()] == [42, 3, 10]
+    assert [data.label_to_category[label] for label in target["labels"].tolist()] == [42, 3, 10]
     as_ids = CocoDetection(*sample, train=True, labels_as_ids=True)  # torchvision's COCO heads: label = id
     assert as_ids.num_classes == 43 and as_ids[0][1]["labels"].tolist() == [42, 3, 10]
     assert as_ids.label_to_category == {3: 3, 10: 10, 42: 42}
@@ -184,5 +184,6 @@ def test_grouped_batches_are_a_function_of_seed_epoch_and_rank():
     sampler.set_epoch(0, skip=2)
     assert [[i for i, _ in b] for b in sampler] == first[2:]
     # the augmentation seeds are the same whatever the batch size
-    seeds = lambda bs: dict(p for b in GroupedBatchSampler(data, groups, bs) for p in b)
+    def seeds(batch_size):
+        return dict(p for b in GroupedBatchSampler(data, groups, batch_size) for p in b)
     assert seeds(4) == seeds(5)

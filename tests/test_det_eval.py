@@ -47,7 +47,7 @@ def prediction(box, label, score):
 
 def predictions(wrong_score=None):
     """Perfect predictions; with wrong_score, image 4's object (category 9) labelled as category 5 at that score."""
-    category_to_label = {c: l for l, c in LABEL_TO_CATEGORY.items()}
+    category_to_label = {category: label for label, category in LABEL_TO_CATEGORY.items()}
     outputs = []
     for image_id, (cat, box) in GROUND_TRUTH.items():
         if image_id == 4 and wrong_score is not None:

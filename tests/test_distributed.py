@@ -11,14 +11,14 @@ import time
 
 import pytest
 import torch
+from runs import records
+from test_resume import one_thread, write_runner  # noqa: F401  (one_thread: autouse fixture)
 
 import train_val
 from lib.engine.distributed import DistContext, launched_by_torchrun
 from lib.engine.logger import RunLogger
 from lib.engine.run_lock import LOCK_NAME, RunLock
 from lib.errors import ConfigError
-from runs import records
-from test_resume import one_thread, write_runner  # noqa: F401  (one_thread: autouse fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NL_TYPES = ("snl", "nl", "a2", "ns", "dnl", "cgnl", "cc")
@@ -80,6 +80,7 @@ def test_a_signal_to_one_rank_stops_both_at_one_iteration_and_the_resume_is_exac
 
 def test_an_unreadable_image_of_rank_1_reaches_the_log_and_both_ranks_stop(tmp_path):
     from datagen import write_imagefolder
+
     from lib.data import EpochShuffleSampler, build_datasets
     write_imagefolder(tmp_path / "data", classes=("a", "b"), n_per_class=(8, 2), size=16)
     train_set = build_datasets("imagefolder", tmp_path / "data", 16)[0]

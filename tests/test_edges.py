@@ -11,18 +11,17 @@ import subprocess
 import pytest
 import torch
 import yaml
-
-import train_seg
-import train_val
-from lib.engine import runtime
-from lib.engine.resume_check import (EPOCH_BASED, RESUMABLE, changed_settings, check_resume_settings,
-                                     resume_args_path)
-from lib.engine.segmentation.cli import parse_seg_args, resolve_seg_args
-from lib.errors import ConfigError
 from test_cli import exit_status, resolved
 from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 from test_segmentation import TINY, write_cityscapes
 from test_train import snapshot
+
+import train_seg
+import train_val
+from lib.engine import runtime
+from lib.engine.resume_check import EPOCH_BASED, RESUMABLE, changed_settings, check_resume_settings, resume_args_path
+from lib.engine.segmentation.cli import parse_seg_args, resolve_seg_args
+from lib.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One epoch of PreResNet-20 on 256 fake 16x16 images, no warm-up.

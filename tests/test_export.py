@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 
 import lib.cc
 import lib.cgnl
@@ -15,10 +16,19 @@ import lib.stage
 from lib import NONLOCAL_BLOCKS, build_nonlocal
 from models import build_model
 from models.segmentation import build_segmentor
-from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
-from tools.export_check import (CHANNELS, OTHER_BATCH, OTHER_SPATIAL, PLANES, SPATIAL, check_export, check_onnx,
-                                compare, rel_err, sample)
 from tools._checks import randomized
+from tools.export_check import (
+    CHANNELS,
+    OTHER_BATCH,
+    OTHER_SPATIAL,
+    PLANES,
+    SPATIAL,
+    check_export,
+    check_onnx,
+    compare,
+    rel_err,
+    sample,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK_DIMS = [(name, dim) for name in NONLOCAL_BLOCKS for dim in (1, 2, 3) if name != "cc" or dim == 2]
@@ -153,7 +163,8 @@ def test_torch_hub(monkeypatch):
     assert model.build_args["nl_type"] == "cc" and model(torch.randn(2, 3, 16, 16)).shape == (2, 7)
     monkeypatch.setattr(torch.hub, "_get_cache_or_reload", lambda *args, **kwargs: ROOT)
     entries = torch.hub.list("owner/snl", verbose=False)
-    assert set(NONLOCAL_BLOCKS) | {"preresnet20_snl", "resnet50_snl", "segmentor", "resnet3d50_snl", "r3d18_snl"} <= set(entries)
+    models = {"preresnet20_snl", "resnet50_snl", "segmentor", "resnet3d50_snl", "r3d18_snl"}
+    assert set(NONLOCAL_BLOCKS) | models <= set(entries)
     for entry in entries:
         doc = torch.hub.help("owner/snl", entry)
         assert doc and doc.strip().splitlines()[0].strip(), entry

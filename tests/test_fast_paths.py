@@ -5,17 +5,17 @@ import os
 import subprocess
 import sys
 
+import direct_formulas as direct
 import pytest
 import torch
+from test_blocks import saved_bytes
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import direct_formulas as direct
 from lib import ConfigError, build_nonlocal
 from lib.affinity import DenseAffinity, SoftmaxAffinity, build_affinity
 from lib.cc import CCStage
 from lib.cgnl import CGNL
 from models import build_model, load_state_dict_checked
-from test_blocks import saved_bytes
 from tools._checks import randomized
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -2,15 +2,15 @@
 filter_response, blocks for 1, 2 and 3 spatial dims, and the blocks' clear errors."""
 import math
 
+import direct_formulas as direct
 import pytest
 import torch
+from test_blocks import STAGE_KINDS, make_block, rel_err
 
-import direct_formulas as direct
 from lib import ConfigError, build_nonlocal
 from lib.affinity import DenseAffinity, dense_relu_dot
 from lib.registry import NONLOCAL_BLOCKS, stage_based
 from lib.snl import SNL
-from test_blocks import STAGE_KINDS, make_block, rel_err
 
 SPECTRAL = [("cheb", 1), ("cheb", 2), ("cheb", 3), ("gsnl", None), ("cayley", None), ("arma", 1), ("arma", 3)]
 SPECTRAL_IDS = [kind if order is None else f"{kind}{order}" for kind, order in SPECTRAL]

@@ -7,11 +7,11 @@ import subprocess
 
 import pytest
 import torch
-
-import train_val
 from test_preemption import FAKE, run_dir_of
 from test_resume import one_thread  # noqa: F401  (autouse fixture)
 from test_visual_tools import one_step_checkpoint, write_images
+
+import train_val
 from tools import attention_maps
 
 

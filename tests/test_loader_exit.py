@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 from datagen import write_imagefolder
 from videogen import write_ucf101

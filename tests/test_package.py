@@ -19,8 +19,8 @@ import torch
 
 import lib
 from lib import NONLOCAL_BLOCKS, build_nonlocal
-from tools.export_check import CHANNELS, PLANES, SPATIAL, rel_err, sample
 from tools._checks import randomized
+from tools.export_check import CHANNELS, PLANES, SPATIAL, rel_err, sample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # what the build reads, and the training side beside it (which must stay out of the package)

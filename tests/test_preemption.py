@@ -11,17 +11,17 @@ import time
 
 import pytest
 import torch
+from runs import assert_same_training_state
+from test_resume import ROOT, event_scalars, one_thread, write_runner  # noqa: F401  (one_thread: autouse fixture)
 from torch.utils.data import DataLoader, Dataset
 
 import train_val
 from lib.engine.distributed import DistContext
-from lib.engine.logger import RunLogger
 from lib.engine.errors import PREEMPTED_STATUS, Preempted
+from lib.engine.logger import RunLogger
 from lib.engine.preemption import RunGuard, fetch_batch
 from lib.engine.run_lock import RunLock
 from lib.errors import ConfigError
-from runs import assert_same_training_state
-from test_resume import ROOT, event_scalars, one_thread, write_runner  # noqa: F401  (one_thread: autouse fixture)
 
 # 256 fake images in batches of 16: 16 iterations per epoch, 2 epochs.
 FAKE = ["--dataset", "fake", "--input-size", "16", "-b", "16", "-j", "0", "--epochs", "2", "--eval-freq", "1",

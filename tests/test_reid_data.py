@@ -9,8 +9,8 @@ from PIL import Image
 from scipy.io import savemat
 from torch.utils.data import DataLoader
 
-from lib.data.reid_sets import build_reid_datasets
 from lib.data.reid_sampler import IdentityBatchSampler
+from lib.data.reid_sets import build_reid_datasets
 from lib.data.samplers import SeededAugmentation
 from lib.errors import ConfigError
 

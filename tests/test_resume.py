@@ -7,13 +7,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from datagen import write_cifar
+from runs import assert_same_training_state, records
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train_val
-from datagen import write_cifar
 from lib.engine.classification.recipe import RECIPES
 from lib.engine.schedule import WarmupStepSchedule
-from runs import assert_same_training_state, records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -299,6 +299,7 @@ def test_flushed_points_are_on_disk_and_a_resume_within_one_second_keeps_them(tm
     resume within the same second as the killed run's start overwrote that run's file). Here the clock is frozen,
     so both writers open in "the same second", and the first one is never closed, as in a kill."""
     import tensorboardX.event_file_writer
+
     from lib.engine.logger import open_tensorboard
     frozen = __import__("time").time()
     monkeypatch.setattr(tensorboardX.event_file_writer.time, "time", lambda: frozen)

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from runs import records, run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 
 import train_seg
 from lib import NONLOCAL_BLOCKS, build_nonlocal
@@ -19,13 +21,11 @@ from lib.data.iteration_sampler import IterationBatchSampler
 from lib.data.seg_transforms import SegPipeline, largest_class_ratio, random_crop, train_transform
 from lib.engine.distributed import DistContext
 from lib.engine.logger import RunLogger
-from lib.engine.segmentation.poly import PolySchedule
 from lib.engine.run_lock import LOCK_NAME, RunLock
 from lib.engine.segmentation.metrics import all_reduce_confusion, confusion_matrix, segmentation_metrics
+from lib.engine.segmentation.poly import PolySchedule
 from lib.errors import ConfigError
 from models.segmentation import NonlocalHead, build_segmentor, init_head
-from runs import records, run_script
-from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 from tools._measure import TensorShapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,12 +8,12 @@ import urllib.error
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-import train_val
 from datagen import write_cifar, write_imagefolder, write_imagenet_lists
 from runs import records
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
+
+import train_val
 
 FAST = ["--workers", "0", "--print-freq", "1", "--eval-freq", "1"]
 PROGRESS = re.compile(r"^Epoch \[(\d+)/\d+\]\[(\d+)/\d+\]  loss ([\d.]+) ", re.M)
@@ -52,8 +52,8 @@ def cifar_run(tmp_path_factory):
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         status = train_val.cli_main([str(a) for a in argv])
     assert status == 0, stderr.getvalue()
-    return dict(root=root, data=root / "data", out=out, run_dir=out / "cifar10" / "20" / "snl", stdout=stdout.getvalue(),
-                argv=argv)
+    return dict(root=root, data=root / "data", out=out, run_dir=out / "cifar10" / "20" / "snl",
+                stdout=stdout.getvalue(), argv=argv)
 
 
 def test_cifar_run_writes_every_output(cifar_run):
@@ -132,8 +132,8 @@ def reference_style(checkpoint_path, target):
 
 def test_valid_reads_a_reference_checkpoint_and_rejects_another_architecture(cifar_run, capsys, tmp_path):
     path = reference_style(cifar_run["run_dir"] / "1-cifar10-r-20-w-1snl-block.pth.tar", tmp_path / "ref.pth.tar")
-    common = ["--valid", "True", "--check_path", path, "--dataset", "cifar10", "--data_dir", cifar_run["data"], "-j", "0",
-              "--backbone", "preresnet", "--is_norm", "--is_sys"]
+    common = ["--valid", "True", "--check_path", path, "--dataset", "cifar10", "--data_dir", cifar_run["data"],
+              "-j", "0", "--backbone", "preresnet", "--is_norm", "--is_sys"]
     status, out, _ = run(common + ["--arch", "20"], capsys)
     assert status == 0 and f"Prec@1 {records(cifar_run['run_dir'])[-1]['top1']:.3f}" in out
     status, _, err = run(common + ["--arch", "56"], capsys)

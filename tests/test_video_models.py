@@ -7,18 +7,17 @@ import socket
 import urllib.error
 from unittest import mock
 
+import direct_formulas as direct
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-import direct_formulas as direct
 from lib import NONLOCAL_BLOCKS, build_nonlocal
 from lib.errors import ConfigError
-from models.video import VIDEO_BACKBONES
 from lib.registry import stage_based
 from models import build_model
-from models.video import VIDEO_ARCHS, fine_tuning_parameters
+from models.video import VIDEO_ARCHS, VIDEO_BACKBONES, fine_tuning_parameters
 from tools._checks import randomized
 
 STAGE_KINDS = [kind for kind in NONLOCAL_BLOCKS if stage_based(kind)]

@@ -11,13 +11,13 @@ import shutil
 import pytest
 import torch
 import yaml
-
-import train_video
-from lib.engine.errors import PREEMPTED_STATUS
 from runs import assert_same_training_state
 from test_resume import event_scalars, one_thread  # noqa: F401  (one_thread: autouse fixture, one CPU thread)
 from test_video_train import COMMON, LAST, RUN, records, run_runner
 from videogen import write_ucf101
+
+import train_video
+from lib.engine.errors import PREEMPTED_STATUS
 
 BATCH = ["-b", "2", "-j", "0"]
 

@@ -14,12 +14,12 @@ import sys
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-import train_video
 from runs import records, run_script
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
 from videogen import write_ucf101
+
+import train_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Random temporal crops, corner crops and flips (--hflip 0.5): the resume test needs the RNG to matter.

@@ -16,28 +16,28 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from direct_formulas import affinity as direct_affinity
 from PIL import Image
+from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
+from videogen import class_video, decode_video, write_frame_folder, write_ucf101, write_video
 
 import train_val
-from direct_formulas import affinity as direct_affinity
 from lib.cc import CrissCrossAttention
-from lib.registry import NONLOCAL_BLOCKS, build_nonlocal, stage_based
-from lib.engine.distributed import DistContext
-from lib.engine.segmentation.poly import PolySchedule
-from lib.engine.segmentation.run import miou_tracker
-from models import build_model
-from models.segmentation import build_segmentor
 from lib.data.video import build_video_datasets
 from lib.engine.classification.run import accuracy_tracker
+from lib.engine.distributed import DistContext
 from lib.engine.run_files import EpochFiles, IterationFiles
 from lib.engine.run_state import model_kwargs, run_folder, save_checkpoint
 from lib.engine.schedule import WarmupStepSchedule
+from lib.engine.segmentation.poly import PolySchedule
+from lib.engine.segmentation.run import miou_tracker
 from lib.engine.video.cli import parse_video_args
 from lib.engine.video.recipe import resolve_video_args
-from test_resume import one_thread  # noqa: F401  (autouse fixture: one CPU thread)
+from lib.registry import NONLOCAL_BLOCKS, build_nonlocal, stage_based
+from models import build_model
+from models.segmentation import build_segmentor
 from tools import attention_maps, compare_runs, spectrum
 from tools._attention import capture_inputs, criss_cross_attention, nonlocal_blocks
-from videogen import class_video, decode_video, write_frame_folder, write_ucf101, write_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16  # network input side of the tiny models: stage 1 of a PreResNet is then 16 x 16 = 256 positions

@@ -60,8 +60,8 @@ def criss_cross_attention(module, x):
     """A (B, N, N) of one CrissCrossAttention on x (B, C, H, W): row n holds the weights of query n.
 
     Query (i, j) attends to its column (k, j), k != i, and its row (i, k) with one softmax over the H + W
-    energies query . key (docs/blocks.md, "At a glance": cc); everything else in its row of A is 0. So the module's output
-    is x + gamma * (value A^T) on the (B, C, N) view.
+    energies query . key (docs/blocks.md, "At a glance": cc); everything else in its row of A is 0. So the module's
+    output is x + gamma * (value A^T) on the (B, C, N) view.
     """
     with torch.no_grad():
         q, k = module.query_conv(x), module.key_conv(x)  # (B, C', H, W)

@@ -1,7 +1,7 @@
 """The inputs of a loaded model (tools/_loaded_model.py): images or clips, from files or validation-set indices.
 
-- Classification: the dataset's validation transform (docs/classification.md, "Data"), or with keep_aspect (attention maps of
-  files) the whole photo, its shorter side resized to the input size.
+- Classification: the dataset's validation transform (docs/classification.md, "Data"), or with keep_aspect
+  (attention maps of files) the whole photo, its shorter side resized to the input size.
 - Segmentation: the whole image, its shorter side resized to the input size, as train_seg.py normalizes it.
 - Re-ID: image files resized to the run's (H, W), normalized as its test images; Detection: image files as
   [0, 1] RGB tensors, which the detector's own transform resizes and normalizes.
@@ -36,7 +36,8 @@ SMALL_DATASETS = ("cifar10", "cifar100", "fake")
 
 
 def preprocessing(dataset, input_size):
-    """(transform PIL -> normalized tensor, mean, std) of the dataset's validation pipeline (docs/classification.md, "Data")."""
+    """(transform PIL -> normalized tensor, mean, std) of the dataset's validation pipeline (docs/classification.md,
+    "Data")."""
     if dataset in SMALL_DATASETS:
         # fake data has no files; images given to a model trained on it are normalized as ImageNet's
         mean, std = (CIFAR_MEAN, CIFAR_STD) if dataset.startswith("cifar") else (IMAGENET_MEAN, IMAGENET_STD)

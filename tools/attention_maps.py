@@ -48,8 +48,7 @@ from lib.errors import ConfigError
 from tools._attention import attention_matrix, block_kind, capture_inputs, inputs_per_image, nonlocal_blocks
 from tools._inputs import load_images
 from tools._loaded_model import checkpoint_tool_parser, load_model
-from tools._outputs import (check_writable_folder, checkpoint_stem, main_reporting_errors, run_folder,
-                            write_image)
+from tools._outputs import check_writable_folder, checkpoint_stem, main_reporting_errors, run_folder, write_image
 
 DEFAULT_QUERIES = ((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75))
 GAP = 4  # white pixels between panels

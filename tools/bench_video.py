@@ -107,8 +107,9 @@ def main(argv=None):
         for b, median, low, peak, largest, dense, flops in rows:
             ratio = statistics.median(t / p for t, p in zip(times[b], base_times))
             memory = f"{peak:.0f} | {peak / base_peak:.3f}x" if args.memory else "- | -"
+            shape = "x".join(map(str, largest))
             print(f"| {b or 'plain'} | {median:.3f} | {low:.3f} | {ratio:.3f}x | {flops / 1e9:.1f} | "
-                  f"{flops / base_flops:.3f}x | {memory} | {'x'.join(map(str, largest))} | {'yes' if dense else 'no'} |")
+                  f"{flops / base_flops:.3f}x | {memory} | {shape} | {'yes' if dense else 'no'} |")
         print(f"\nload average after: {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -28,8 +28,7 @@ from lib.data.coco import build_detection_datasets
 from lib.engine.cli import OneLineParser
 from lib.errors import ConfigError
 from tools._inputs import read_image
-from tools._outputs import (check_output_file, checkpoint_stem, main_reporting_errors, run_folder,
-                            write_image)
+from tools._outputs import check_output_file, checkpoint_stem, main_reporting_errors, run_folder, write_image
 from tools._task_checkpoint import load_task_model, progress
 
 MASK_THRESHOLD = 0.5

@@ -34,8 +34,7 @@ from lib.engine.cli import OneLineParser
 from lib.engine.reid.evaluation import JUNK_PID, pairwise_distances
 from lib.errors import ConfigError
 from models.reid import tracklet_feature
-from tools._outputs import (check_output_file, checkpoint_stem, main_reporting_errors, run_folder,
-                            write_image)
+from tools._outputs import check_output_file, checkpoint_stem, main_reporting_errors, run_folder, write_image
 from tools._task_checkpoint import load_task_model, progress
 
 # BGR frame colours: right identity, wrong identity, unknown identity (a query file without a parsable name), query.

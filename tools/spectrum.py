@@ -33,8 +33,16 @@ from lib.errors import ConfigError
 from tools._attention import attention_matrix, block_kind, inputs_per_image, nonlocal_blocks
 from tools._inputs import load_images
 from tools._loaded_model import checkpoint_tool_parser, load_model
-from tools._outputs import (check_output_file, checkpoint_stem, image_suffixes, main_reporting_errors, pyplot,
-                            run_folder, run_label, save_figure)
+from tools._outputs import (
+    check_output_file,
+    checkpoint_stem,
+    image_suffixes,
+    main_reporting_errors,
+    pyplot,
+    run_folder,
+    run_label,
+    save_figure,
+)
 
 DEFAULT_IMAGES = 8
 NO_RESPONSE = "no filter_response: spectrum only"

@@ -22,9 +22,10 @@ How to add a task (e.g. reid, detection); the entry module itself is the task ob
    resolve(args) -> resolved args (recipe + valid_dataset_from_checkpoint(args, TASK)); check_model(args)
    (run_state.check_model_flags(builder, run_state.model_kwargs(args, n, **extra)): bad flags fail before data);
    validate_checkpoint(args, ctx, log) for --valid (models.checkpoints.rebuild_model rebuilds the checkpoint's model);
-   optional args_for_checkpoint(args, checkpoint, path, log) (a resume: adjust args to the loaded checkpoint); TASK ("<task>"); STEP_FILES (run_files.EpochFiles or
-   IterationFiles: the step unit); TOTAL_FLAG ("epochs" or "iters"); RESUMABLE_SETTINGS (resume_check.RESUMABLE,
-   | EPOCH_BASED for epoch tasks, | what else a resume may change); task_run_folder(args) (run_state.run_folder);
+   optional args_for_checkpoint(args, checkpoint, path, log) (a resume: adjust args to the loaded checkpoint);
+   TASK ("<task>"); STEP_FILES (run_files.EpochFiles or IterationFiles: the step unit); TOTAL_FLAG ("epochs" or
+   "iters"); RESUMABLE_SETTINGS (resume_check.RESUMABLE, | EPOCH_BASED for epoch tasks, | what else a resume may
+   change); task_run_folder(args) (run_state.run_folder);
    load_data(args, ctx) -> dict (epoch tasks: epochs.epoch_data, with "train_sampler"); create_model(args, data,
    pretrained) -> model with .build_args; load_weights(model, state_dict); prepare_model(model, args, ctx, log)
    -> (model, train_model, eval_model) (runtime.prepare_model); lr_schedule(args, ctx) (.lr_at(step),

@@ -15,8 +15,8 @@ from lib.engine.logger import MetricsFile, open_tensorboard, write_args
 from lib.engine.metrics import format_seconds, percent, topk_hits
 from lib.engine.preemption import EpochProgress, RunGuard, fetch_batch, reported_errors
 from lib.engine.resume_check import resume_args_path
-from lib.engine.run_lock import RunLock
 from lib.engine.run_context import finish_step
+from lib.engine.run_lock import RunLock
 from lib.engine.run_state import load_resumed_state, resumed_progress
 from lib.engine.runtime import LossCheck, autocast, cpu_threads_note, optimizer_step, seed_everything
 from lib.engine.schedule import WarmupStepSchedule, set_lr

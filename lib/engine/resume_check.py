@@ -16,8 +16,8 @@ The checkpoint's task itself is checked with models.tasks.require_task, right af
 import os
 
 from lib.engine.logger import EVENT_FILE_PREFIX
-from models.tasks import require_task
 from lib.errors import ConfigError
+from models.tasks import require_task
 
 RUN_RECORDS = ("args.yaml", "metrics.jsonl", "log_train.txt")
 # Never compared: how and where the run is done, not what it computes. Entry points add their own (e.g. more

@@ -9,8 +9,17 @@ import os
 import re
 from functools import partial
 
-from lib.engine.checkpoint import (BEST_NAME, checkpoint_name, epoch_checkpoints, has_checkpoints, latest_checkpoint,
-                                   link_checkpoint, mid_epoch_checkpoints, mid_epoch_name, prune_epoch_checkpoints)
+from lib.engine.checkpoint import (
+    BEST_NAME,
+    checkpoint_name,
+    epoch_checkpoints,
+    has_checkpoints,
+    latest_checkpoint,
+    link_checkpoint,
+    mid_epoch_checkpoints,
+    mid_epoch_name,
+    prune_epoch_checkpoints,
+)
 
 _ITER_NAME = re.compile(r"^iter_(\d+)\.pth\.tar$")
 

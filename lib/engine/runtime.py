@@ -12,8 +12,8 @@ import torch
 
 from lib.engine.amp_support import warn_emulated_bf16
 from lib.engine.distributed import any_process, cleanup, init_distributed
-from lib.engine.logger import RunLogger
 from lib.engine.errors import PREEMPTED_STATUS, NonFiniteLoss, Preempted
+from lib.engine.logger import RunLogger
 from lib.engine.sync_bn import convert_sync_batchnorm
 from lib.errors import ConfigError
 

@@ -1,5 +1,5 @@
-"""Command line of train_val.py: the reference's flags (docs/classification.md, "Flags"), kept working, plus ours; the flags every
-entry point shares come from lib.engine.cli.add_run_flags.
+"""Command line of train_val.py: the reference's flags (docs/classification.md, "Flags"), kept working, plus ours;
+the flags every entry point shares come from lib.engine.cli.add_run_flags.
 
 Flags whose default depends on the dataset (the recipe, lib/engine/classification/recipe.py) default to None
 here, so that a value given on the command line or in --config is detectable and wins over the recipe.
@@ -53,7 +53,8 @@ def _add_reference_flags(parser):
 
 
 def _add_recipe_flags(parser):
-    recipe = parser.add_argument_group("training recipe (unset = the dataset's recipe, docs/classification.md, \"Training\")")
+    recipe = parser.add_argument_group("training recipe (unset = the dataset's recipe, docs/classification.md, "
+                                       "\"Training\")")
     recipe.add_argument("--recipe", default=None, choices=("cifar", "imagenet"),
                         help="which dataset recipe fills unset flags (default: by --dataset)")
     recipe.add_argument("--epochs", type=int, default=None, help="total epochs including warm-up "

@@ -3,8 +3,8 @@
 Flags whose default depends on the dataset (the recipe, lib/engine/video/recipe.py) default to None here, so that a
 value given on the command line or in --config is detectable and wins. No flag uses argparse's bool type.
 """
-from lib.engine.cli import OneLineParser, add_run_flags, add_step_schedule_flags, bool_flag, parse_pretrained
 from lib.data.video_transforms import TRAIN_CROPS
+from lib.engine.cli import OneLineParser, add_run_flags, add_step_schedule_flags, bool_flag, parse_pretrained
 from lib.engine.config import parse_flags
 from lib.registry import NONLOCAL_BLOCKS, ORDER_BLOCKS
 from models.video import VIDEO_BACKBONES
