@@ -137,7 +137,8 @@ def evaluate(model, loader, dataset, ctx, args, log):
 
     def coco_eval():
         metrics, text = evaluate_coco(dataset.coco, merged, iou_types, image_ids=dataset.ids)
-        log.info(text.rstrip())
+        # COCOeval's summary table; pycocotools' progress lines ("Loading and preparing results...") left out
+        log.info("\n".join(line for line in text.splitlines() if line.startswith((" Average", "bbox", "segm"))))
         return coco_percent(metrics)
     stats = dict(from_main(ctx, coco_eval), n=count)
     log.info(f" * {ap_text(stats)}  ({count} images, {sum(map(len, gathered))} detections)")
