@@ -219,3 +219,19 @@ def test_frozen_bn_without_pretrained_weights_is_refused(capsys):
     assert train_det.cli_main(["--dataset", "fake", "--frozen-bn", "True"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--frozen-bn True needs pretrained weights" in err
+
+
+def test_the_commands_of_docs_detection_md_use_real_flags(monkeypatch):
+    """Every train_det.py command line in docs/detection.md parses, and each training one resolves (no data read)."""
+    monkeypatch.chdir(ROOT)  # --config configs/...: relative to the repository, as the docs run it
+    import shlex
+    from lib.engine.detection.recipe import resolve_det_args
+    with open(os.path.join(ROOT, "docs", "detection.md")) as f:
+        text = f.read().replace("\\\n", " ")
+    commands = [shlex.split(line.split("train_det.py", 1)[1].split("#")[0]) for line in text.splitlines()
+                if "train_det.py --" in line]
+    assert len(commands) >= 7
+    for argv in commands:
+        args = train_det.parse_det_args(argv)
+        if not args.valid:
+            resolve_det_args(args)
