@@ -174,7 +174,9 @@ def validate_checkpoint(args, ctx, log):
     # The label numbering the heads were trained with (COCO ids or 1..K), unless given.
     if "labels_as_ids" not in (getattr(args, "explicit", None) or ()):
         args.labels_as_ids = bool((checkpoint.get("args") or {}).get("labels_as_ids", args.labels_as_ids))
-    args.model = saved["backbone"]
+    if "model" in (getattr(args, "explicit", None) or ()) and args.model != saved["backbone"]:
+        raise ConfigError(f"{args.check_path} holds a {saved['backbone']} model, not --model {args.model}")
+    args.model = saved["backbone"]  # Mask R-CNN's data decodes masks, Faster R-CNN's does not
     data = build_data(args, ctx)
     check_requested_model(saved, args.check_path, args, det_kwargs(args, saved["num_classes"]), build_model)
     if saved["num_classes"] != data["num_classes"]:
@@ -197,9 +199,10 @@ def log_setup(args, ctx, data, model, schedule, log):
     params = sum(p.numel() for p in model.parameters()) / 1e6
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6
     blocks = f"{args.nl_nums} {args.nl_type} block(s)" if args.nl_nums else "no nonlocal block"
+    labels = "= category ids" if args.labels_as_ids else "1..K"
     log.info(f"=> data: {args.dataset}, {len(data['train_set'])} train / {len(data['val_set'])} val images, "
-             f"{data['num_classes']} classes with the background (labels {'= category ids' if args.labels_as_ids else '1..K'})"
-             f", images resized to {args.min_size} (max {args.max_size})")
+             f"{data['num_classes']} classes with the background (labels {labels}), images resized to "
+             f"{args.min_size} (max {args.max_size})")
     log.info(f"=> model: {args.model} {args.backbone}-{args.arch}-FPN with {blocks}, {params:.2f}M parameters "
              f"({trainable:.2f}M trained; {args.trainable_backbone_layers} backbone stages, "
              f"{'frozen' if args.frozen_bn else 'trained'} BN)")

@@ -13,12 +13,12 @@ import sys
 import pytest
 import torch
 import yaml
-
-import train_det
 from conftest import ROOT
-from lib.engine.errors import PREEMPTED_STATUS
 from runs import assert_same_training_state, records, run_script
 from test_resume import event_scalars, one_thread  # noqa: F401  (one_thread: autouse fixture, one CPU thread)
+
+import train_det
+from lib.engine.errors import PREEMPTED_STATUS
 
 COMMON = ["--dataset", "fake", "--model", "maskrcnn", "--arch", "18", "--nl-type", "snl", "--min-size", "64",
           "--max-size", "96", "-b", "2", "-j", "0", "--print-freq", "1", "--device", "cpu"]
@@ -196,6 +196,7 @@ def test_train_snl_coco_is_the_example_config():
     """sh train_snl.sh coco runs train_det.py with the arguments of configs/coco_maskrcnn50_snl.yaml: torchvision's
     COCO Mask R-CNN R50-FPN + one SNL block, COCO ids as labels, frozen BN, 3 trained stages, the 26-epoch recipe."""
     import shlex
+
     from lib.engine.detection.recipe import resolve_det_args
     out = subprocess.run(["sh", os.path.join(ROOT, "train_snl.sh"), "coco"], capture_output=True, text=True,
                          check=True, env=dict(os.environ, DRY_RUN="1", DATA_ROOT="./data/coco")).stdout
@@ -225,6 +226,7 @@ def test_the_commands_of_docs_detection_md_use_real_flags(monkeypatch):
     """Every train_det.py command line in docs/detection.md parses, and each training one resolves (no data read)."""
     monkeypatch.chdir(ROOT)  # --config configs/...: relative to the repository, as the docs run it
     import shlex
+
     from lib.engine.detection.recipe import resolve_det_args
     with open(os.path.join(ROOT, "docs", "detection.md")) as f:
         text = f.read().replace("\\\n", " ")

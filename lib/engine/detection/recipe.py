@@ -14,16 +14,16 @@ from lib.errors import ConfigError
 
 RECIPE_BATCH = 16  # the global batch the lr 0.02 is for
 SCHEDULES = {"26ep": dict(epochs=26, lr_steps=[16, 22]), "1x": dict(epochs=12, lr_steps=[8, 11])}
-_REFERENCE = dict(data_dir="./data/coco", batch_size=2, lr=0.02, momentum=0.9, weight_decay=1e-4, warmup_iters=1000, warmup_factor=0.001,
-                  warmup_epochs=0, eval_freq=1, min_size=800, max_size=1333, hflip=0.5, aspect_ratio_group_factor=3,
-                  arch="50", seed=1, schedule="26ep", save_every_minutes=30)
+_REFERENCE = dict(data_dir="./data/coco", batch_size=2, lr=0.02, momentum=0.9, weight_decay=1e-4, warmup_iters=1000,
+                  warmup_factor=0.001, warmup_epochs=0, eval_freq=1, min_size=800, max_size=1333, hflip=0.5,
+                  aspect_ratio_group_factor=3, arch="50", seed=1, schedule="26ep", save_every_minutes=30)
 DET_RECIPES = {
     "coco": _REFERENCE,
     "cocoformat": _REFERENCE,
     # Smoke runs: a few 64-96 px images, ResNet-18, two epochs, the lr of the reference scaled to the batch of 2
     # (0.02 x 2 / 16); the warm-up and the step still happen.
-    "fake": dict(_REFERENCE, data_dir="./data/fake_det", batch_size=2, lr=0.0025, warmup_iters=2, min_size=64, max_size=96, arch="18",
-                 epochs=2, lr_steps=[1], save_every_minutes=0),
+    "fake": dict(_REFERENCE, data_dir="./data/fake_det", batch_size=2, lr=0.0025, warmup_iters=2, min_size=64,
+                 max_size=96, arch="18", epochs=2, lr_steps=[1], save_every_minutes=0),
 }
 COMMON_DEFAULTS = dict(workers=min(4, CPUS))
 

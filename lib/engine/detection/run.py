@@ -21,9 +21,14 @@ def ap_text(stats):
     return " | ".join(parts)
 
 
+def _bests(best):
+    """'box AP 37.10 (epoch 3), mask AP ...'; a metric never evaluated yet reads '-'."""
+    return ", ".join(f"{m.label} {'-' if best.value(m.stat) is None else format(best.value(m.stat), '.2f')} "
+                     f"(epoch {best.step(m.stat)})" for m in best.metrics)
+
+
 def best_line(best):
-    return " * Best " + ", ".join(f"{m.label} {best.value(m.stat):.2f} (epoch {best.step(m.stat)})"
-                                  for m in best.metrics)
+    return " * Best " + _bests(best)
 
 
 def summary_line(best, args=None):
@@ -31,8 +36,7 @@ def summary_line(best, args=None):
     if best.last is None:
         return "=> done: no evaluation was run"
     last = best.last
-    return (f"=> done: final {ap_text(last)} (epoch {last['epoch']}) | best "
-            + ", ".join(f"{m.label} {best.value(m.stat):.2f} (epoch {best.step(m.stat)})" for m in best.metrics))
+    return f"=> done: final {ap_text(last)} (epoch {last['epoch']}) | best {_bests(best)}"
 
 
 def record(stats, record):
