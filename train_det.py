@@ -29,7 +29,7 @@ from lib.engine.checkpoint import load_checkpoint
 from lib.engine.detection.cli import get_args_parser, parse_det_args  # noqa: F401  (torchvision-style entry point)
 from lib.engine.detection.recipe import RECIPE_BATCH, resolve_det_args
 from lib.engine.detection.run import ap_text, ap_tracker, best_line, record, summary_line  # noqa: F401  (hooks)
-from lib.engine.detection.setup import IterationWarmup, build_data, to_device
+from lib.engine.detection.setup import IterationWarmup, build_data, share_buffers, to_device
 from lib.engine.distributed import all_reduce_sums, from_main, gather_objects
 from lib.engine.evaluation import summed_over
 from lib.engine.metrics import format_seconds
@@ -259,6 +259,7 @@ def train_epoch(run, epoch, lr, progress, save):
 
 
 def evaluate_run(run, finished):
+    share_buffers(run.model, run.ctx)  # the shards are evaluated by the checkpointed model, rank 0's
     return evaluate(run.eval_model, run.data["val_loader"], run.data["val_set"], run.ctx, run.args, run.log)[0]
 
 

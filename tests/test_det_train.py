@@ -237,3 +237,14 @@ def test_the_commands_of_docs_detection_md_use_real_flags(monkeypatch):
         args = train_det.parse_det_args(argv)
         if not args.valid:
             resolve_det_args(args)
+
+
+def test_valid_refuses_flags_that_ask_for_another_model(straight, capsys):
+    """--valid rebuilds the checkpoint's model; a --model or block flag asking for another one is one line."""
+    best = straight["run_dir"] / "model_best.pth.tar"
+    for flags, message in ((["--model", "fasterrcnn"], "holds a maskrcnn model, not --model fasterrcnn"),
+                           (["--nl-type", "nl"], "holds another model than the flags ask for")):
+        argv = argv_of(straight, straight["run_dir"].parent / "unused", "--valid", "--check_path", best)
+        assert train_det.cli_main([a for a in argv if a not in ("--model", "maskrcnn")] + flags) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err

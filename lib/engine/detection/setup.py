@@ -70,6 +70,17 @@ class IterationWarmup:
         return dict(self.steps.state_dict(), warmup_iters=self.warmup_iters, warmup_factor=self.warmup_factor)
 
 
+def share_buffers(model, ctx):
+    """Every process's buffers (BatchNorm running statistics) set to rank 0's, which the checkpoint holds. Without
+    --sync-bn each process updates them from its own batches after DDP's last broadcast, so the shards would be
+    evaluated by slightly different models; DDP itself broadcasts rank 0's buffers at every training forward, so
+    training is unchanged."""
+    if ctx.distributed:
+        import torch.distributed as dist
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def to_device(images, targets, ctx):
     images = [image.to(ctx.device, non_blocking=True) for image in images]
     # image_id is a plain int (the COCO id), the rest tensors
