@@ -37,7 +37,7 @@ from lib.engine.preemption import EpochProgress, fetch_batch
 from lib.engine.resume_check import EPOCH_BASED, RESUMABLE, valid_dataset_from_checkpoint
 from lib.engine.run_files import EpochFiles
 from lib.engine.run_state import check_dataset, check_model_flags, check_requested_model, model_kwargs, run_folder
-from lib.engine.runtime import autocast, checked_step, cpu_threads_note, prepare_model, run_cli
+from lib.engine.runtime import LossCheck, autocast, cpu_threads_note, optimizer_step, prepare_model, run_cli
 from lib.engine.schedule import set_lr
 from lib.errors import ConfigError
 from models import build_model, load_state_dict_checked
@@ -60,39 +60,45 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, sch
                     progress=None, save=None):
     """One pass over this process's grouped batches; returns the epoch's mean loss over all processes' images.
     The lr is set every iteration (the warm-up is by iterations); progress / guard / save as in
-    lib.engine.epochs.train_one_epoch (a resumed epoch continues where its checkpoint stopped)."""
+    lib.engine.epochs.train_one_epoch (a resumed epoch continues where its checkpoint stopped), and as there the
+    step's finite-loss check (LossCheck) travels in the guard's one agreement before the next step or checkpoint."""
     model.train()
     progress = progress or EpochProgress()
     first, seconds_before = progress.iterations, progress.seconds
     num_batches, start, seen = first + len(loader), time.time(), 0
-    batches = iter(loader)
+    batches, loss_check = iter(loader), None
     for i in range(first, num_batches + 1):
         batch, error = fetch_batch(batches) if i < num_batches else (None, None)
         if batch is None and error is None:
             break  # every process has as many batches (GroupedBatchSampler): all leave here together
         if guard is not None:
             guard.at_boundary(epoch * num_batches + i, lambda: save(progress), f"epoch {epoch + 1}, iteration {i}",
-                              error)
+                              error, loss_check)
         elif error is not None:
             raise error
+        elif loss_check is not None:
+            loss_check.raise_if_any(ctx)
         lr = schedule.lr_in_epoch(epoch, i, num_batches)
         set_lr(optimizer, lr)
         images, targets = to_device(*batch, ctx)
         with autocast(ctx.device, args.amp):
             loss = criterion(model(images, targets))
-        loss_value = checked_step(loss, optimizer, scaler, ctx, f"at epoch {epoch + 1}, iteration {i + 1}: run "
-                                  f"stopped, this epoch is not checkpointed")
-        progress.add(loss_value, 0, len(images))
+        optimizer_step(loss, optimizer, scaler)
+        loss_check = LossCheck(loss, f"at epoch {epoch + 1}, iteration {i + 1}: run stopped, this epoch is not "
+                                     f"checkpointed")
+        progress.add(loss, 0, len(images))  # on the device: read only when printed or saved
         elapsed = time.time() - start
         progress.seconds, seen = seconds_before + elapsed, seen + len(images)
         if guard is not None:
             guard.step_done()
         if i % args.print_freq == 0 or i == num_batches - 1:
-            log.info(f"Epoch [{epoch + 1}/{args.epochs}][{i + 1}/{num_batches}]  loss {loss_value:.4f} "
-                     f"({progress.loss_sum / progress.count:.4f})  lr {lr:.6g}  "
+            log.info(f"Epoch [{epoch + 1}/{args.epochs}][{i + 1}/{num_batches}]  loss {loss.item():.4f} "
+                     f"({progress.mean_loss():.4f})  lr {lr:.6g}  "
                      f"{seen * ctx.world_size / max(elapsed, 1e-9):.1f} img/s  "
                      f"eta {format_seconds(elapsed / (i + 1 - first) * (num_batches - i - 1))}"
                      + (cpu_threads_note(ctx.device) if i == first else ""))
+    if loss_check is not None:
+        loss_check.raise_if_any(ctx)  # the last step, before the epoch's checkpoint
     loss_sum, count = all_reduce_sums(ctx, [progress.loss_sum, progress.count])
     return {"loss": loss_sum / count, "top1": None, "n": int(count), "seconds": progress.seconds}
 
