@@ -11,12 +11,14 @@
 #   market1501          person re-ID: ResNet-50 (ImageNet weights) with five SNL blocks at AGW's places, BoT's
 #                       recipe (train_reid.py; docs/reid.md)
 #   mars                video person re-ID: the same network over clips of 4 frames, Gao & Nevatia's batch and lr
+#   coco                instance segmentation: torchvision's COCO Mask R-CNN R50-FPN with one SNL block, fine-tuned
+#                       on COCO 2017 in DATA_ROOT (annotations/, train2017/, val2017/; train_det.py)
 #   blocks-cifar10      the reference's block comparison (its train_all_CIFAR10.sh): PreResNet-20 on CIFAR-10 with
 #                       one block of each type (a2 nl snl ns cgnl dnl) in stage 1, in save_model/cifar10/20/<block>
 #   blocks-cifar100     the same on CIFAR-100 with PreResNet-56 (its train_all_CIFAR100.sh; snl trained last)
 #
-# Usage: sh train_snl.sh [cifar10|cifar100|imagenet|all|cityscapes|ucf101|kinetics|market1501|mars|blocks-cifar10|
-#        blocks-cifar100]
+# Usage: sh train_snl.sh [cifar10|cifar100|imagenet|all|cityscapes|ucf101|kinetics|market1501|mars|coco|
+#        blocks-cifar10|blocks-cifar100]
 #        [more flags ...]
 #   DATA_ROOT=/data sh train_snl.sh cifar100
 #   sh train_snl.sh cifar10 --dataset fake --epochs 1 --output-dir /tmp/smoke   (smoke run, no data needed)
@@ -41,11 +43,11 @@ DATA_ROOT=${DATA_ROOT:-./data}
 
 experiment=cifar10
 case "${1:-}" in
-    cifar10|cifar100|imagenet|all|cityscapes|ucf101|kinetics|market1501|mars|blocks-cifar10|blocks-cifar100)
+    cifar10|cifar100|imagenet|all|cityscapes|ucf101|kinetics|market1501|mars|coco|blocks-cifar10|blocks-cifar100)
         experiment=$1; shift ;;
     -*|"") ;;
     *) echo "train_snl.sh: unknown experiment '$1' (cifar10 cifar100 imagenet all cityscapes ucf101 kinetics" \
-            "market1501 mars blocks-cifar10 blocks-cifar100)" >&2
+            "market1501 mars coco blocks-cifar10 blocks-cifar100)" >&2
        exit 2 ;;
 esac
 
@@ -97,6 +99,12 @@ reid() {
 }
 market1501() { reid --dataset market1501 "$@"; }
 mars() { reid --dataset mars "$@"; }
+
+# Detection writes COCO box and mask AP (train_det.py, docs/detection.md); torchvision's COCO weights are downloaded.
+coco() {
+    seeded launch train_det.py --dataset coco --data-dir "$DATA_ROOT" --model maskrcnn --backbone resnet --arch 50 \
+        --nl-type snl --nl-nums 1 --is_norm --is_sys --pretrained True --checkpoints snl "$@"
+}
 
 # blocks DATASET ARCH "BLOCKS" ARGS...: the block comparison. As in the reference's scripts only snl gets --is_norm
 # --is_sys; the other blocks use their own default affinity. (The reference code ignored those flags for PreResNet
