@@ -547,8 +547,8 @@ TITLES = {"classification": "classification runs (train_val.py): test top-1 (%)"
           "video": "video runs (train_video.py): clip top-1 and video top-1 (%), reported separately",
           "reid": "re-ID runs (train_reid.py): rank-1 and mAP (as metrics.jsonl records them); best = the evaluation "
                   "with the highest mAP",
-          "detection": "detection runs (train_det.py): COCO box AP and mask AP (%, COCOeval's AP x 100 as metrics.jsonl "
-                       "records them); best = the evaluation with the highest box AP"}
+          "detection": "detection runs (train_det.py): COCO box AP and mask AP (%, COCOeval's AP x 100 as "
+                       "metrics.jsonl records them); best = the evaluation with the highest box AP"}
 CSV_FIELDS = ("task", "metric", "dataset", "backbone", "arch", "input", "block", "nl_nums", "nl_layer", "stage_nums",
               "div", "is_sys", "is_norm", "order", "differs_in", "runs", "seeds", "duplicates", "unfinished", "params",
               "gflops", "final_mean", "final_std", "best_mean", "best_std", "delta_final", "delta_best",
