@@ -16,7 +16,7 @@ import os
 
 LAUNCHER_PID = os.getppid()  # first thing: under torchrun, a launcher that dies during the imports is noticed
 
-import json  # noqa: E402  (these imports follow the launcher's pid)
+import json
 import sys
 import time
 from functools import partial
@@ -25,23 +25,25 @@ import torch
 from torch import nn
 
 from lib.engine import epochs, lifecycle
-from lib.engine.checkpoint import load_checkpoint
 from lib.engine.detection.cli import get_args_parser, parse_det_args  # noqa: F401  (torchvision-style entry point)
 from lib.engine.detection.recipe import RECIPE_BATCH, resolve_det_args
 from lib.engine.detection.run import ap_text, ap_tracker, best_line, record, summary_line  # noqa: F401  (hooks)
 from lib.engine.detection.setup import IterationWarmup, build_data, share_buffers, to_device
-from lib.engine.distributed import all_reduce_sums, from_main, gather_objects
+from lib.engine.distributed import from_main, gather_objects
 from lib.engine.evaluation import summed_over
 from lib.engine.metrics import format_seconds
-from lib.engine.preemption import EpochProgress, fetch_batch
 from lib.engine.resume_check import EPOCH_BASED, RESUMABLE, valid_dataset_from_checkpoint
 from lib.engine.run_files import EpochFiles
-from lib.engine.run_state import check_dataset, check_model_flags, check_requested_model, model_kwargs, run_folder
-from lib.engine.runtime import LossCheck, autocast, cpu_threads_note, optimizer_step, prepare_model, run_cli
-from lib.engine.schedule import set_lr
+from lib.engine.run_state import (
+    check_model_flags,
+    check_requested_model,
+    checkpoint_to_validate,
+    model_kwargs,
+    run_folder,
+)
+from lib.engine.runtime import autocast, prepare_model, run_cli
 from lib.errors import ConfigError
 from models import build_model, load_state_dict_checked
-from models.tasks import require_task
 
 
 class LossSum(nn.Module):
@@ -56,51 +58,19 @@ def build_criterion(args):
     return LossSum()
 
 
+def detector_loss(model, criterion, images, targets):
+    """A detector's forward in training: (the summed losses, no logits to score)."""
+    return criterion(model(images, targets)), None
+
+
 def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, schedule, args, log, guard=None,
                     progress=None, save=None):
-    """One pass over this process's grouped batches; returns the epoch's mean loss over all processes' images.
-    The lr is set every iteration (the warm-up is by iterations); progress / guard / save as in
-    lib.engine.epochs.train_one_epoch (a resumed epoch continues where its checkpoint stopped), and as there the
-    step's finite-loss check (LossCheck) travels in the guard's one agreement before the next step or checkpoint."""
-    model.train()
-    progress = progress or EpochProgress()
-    first, seconds_before = progress.iterations, progress.seconds
-    num_batches, start, seen = first + len(loader), time.time(), 0
-    batches, loss_check = iter(loader), None
-    for i in range(first, num_batches + 1):
-        batch, error = fetch_batch(batches) if i < num_batches else (None, None)
-        if batch is None and error is None:
-            break  # every process has as many batches (GroupedBatchSampler): all leave here together
-        if guard is not None:
-            guard.at_boundary(epoch * num_batches + i, lambda: save(progress), f"epoch {epoch + 1}, iteration {i}",
-                              error, loss_check)
-        elif error is not None:
-            raise error
-        elif loss_check is not None:
-            loss_check.raise_if_any(ctx)
-        lr = schedule.lr_in_epoch(epoch, i, num_batches)
-        set_lr(optimizer, lr)
-        images, targets = to_device(*batch, ctx)
-        with autocast(ctx.device, args.amp):
-            loss = criterion(model(images, targets))
-        optimizer_step(loss, optimizer, scaler)
-        loss_check = LossCheck(loss, f"at epoch {epoch + 1}, iteration {i + 1}: run stopped, this epoch is not "
-                                     f"checkpointed")
-        progress.add(loss, 0, len(images))  # on the device: read only when printed or saved
-        elapsed = time.time() - start
-        progress.seconds, seen = seconds_before + elapsed, seen + len(images)
-        if guard is not None:
-            guard.step_done()
-        if i % args.print_freq == 0 or i == num_batches - 1:
-            log.info(f"Epoch [{epoch + 1}/{args.epochs}][{i + 1}/{num_batches}]  loss {loss.item():.4f} "
-                     f"({progress.mean_loss():.4f})  lr {lr:.6g}  "
-                     f"{seen * ctx.world_size / max(elapsed, 1e-9):.1f} img/s  "
-                     f"eta {format_seconds(elapsed / (i + 1 - first) * (num_batches - i - 1))}"
-                     + (cpu_threads_note(ctx.device) if i == first else ""))
-    if loss_check is not None:
-        loss_check.raise_if_any(ctx)  # the last step, before the epoch's checkpoint
-    loss_sum, count = all_reduce_sums(ctx, [progress.loss_sum, progress.count])
-    return {"loss": loss_sum / count, "top1": None, "n": int(count), "seconds": progress.seconds}
+    """One pass over this process's grouped batches (lib.engine.epochs.train_one_epoch, the lr set every iteration:
+    the warm-up is counted in iterations); returns the epoch's mean loss over all processes' images."""
+    return epochs.train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, None, args, log,
+                                  lambda images, targets, ctx, args: to_device(images, targets, ctx), guard=guard,
+                                  progress=progress, save=save, accuracy=None, forward=detector_loss,
+                                  lr_at=lambda i, num_batches: schedule.lr_in_epoch(epoch, i, num_batches))
 
 
 def coco_percent(metrics):
@@ -170,10 +140,7 @@ def write_predictions(path, results, log):
 def validate_checkpoint(args, ctx, log):
     """--valid: evaluate --check_path, rebuilt from its stored constructor arguments (flags that ask for another
     model are refused); --save-predictions writes the COCO-format results (rank 0)."""
-    log.heading("=> validation mode")
-    checkpoint = load_checkpoint(args.check_path)
-    require_task(checkpoint, args.check_path, TASK)
-    check_dataset(checkpoint, args.check_path, args.dataset)
+    checkpoint = checkpoint_to_validate(args, TASK, log)
     saved = checkpoint.get("model_args")
     if not saved:
         raise ConfigError(f"{args.check_path} has no model arguments: it was not written by train_det.py")

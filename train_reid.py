@@ -26,7 +26,6 @@ from functools import partial
 import numpy as np
 
 from lib.engine import epochs, lifecycle
-from lib.engine.checkpoint import load_checkpoint
 from lib.engine.distributed import from_main
 from lib.engine.reid import run as reid_run
 from lib.engine.reid.cli import get_args_parser, parse_reid_args  # noqa: F401  (torchvision-style entry point)
@@ -37,12 +36,17 @@ from lib.engine.reid.recipe import resolve_reid_args
 from lib.engine.reid.setup import ReidOptimizer, extract_features, load_reid_data, reid_forward, to_device
 from lib.engine.resume_check import EPOCH_BASED, RESUMABLE, valid_dataset_from_checkpoint
 from lib.engine.run_files import EpochFiles
-from lib.engine.run_state import check_dataset, check_model_flags, check_requested_model, model_kwargs, run_folder
+from lib.engine.run_state import (
+    check_model_flags,
+    check_requested_model,
+    checkpoint_to_validate,
+    model_kwargs,
+    run_folder,
+)
 from lib.engine.runtime import prepare_model as prepare_run_model
 from lib.engine.runtime import run_cli
 from lib.errors import ConfigError
 from models import build_model, load_state_dict_checked
-from models.tasks import require_task
 
 RERANK = (20, 6, 0.3)  # Zhong et al. 2017's k1, k2, lambda
 
@@ -90,10 +94,7 @@ def save_features(path, features):
 
 def validate_checkpoint(args, ctx, log):
     """--valid: evaluate --check_path, rebuilt from its stored constructor arguments; --save-features X.npz."""
-    log.heading("=> validation mode")
-    checkpoint = load_checkpoint(args.check_path)
-    require_task(checkpoint, args.check_path, TASK)
-    check_dataset(checkpoint, args.check_path, args.dataset)
+    checkpoint = checkpoint_to_validate(args, TASK, log)
     saved = checkpoint.get("model_args")
     if not saved:
         raise ConfigError(f"{args.check_path} has no model arguments: it was not written by train_reid.py")

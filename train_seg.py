@@ -31,13 +31,12 @@ from lib.data.iteration_sampler import IterationBatchSampler
 from lib.data.samplers import ContiguousShardSampler
 from lib.data.seg_transforms import SegPipeline
 from lib.engine import lifecycle
-from lib.engine.checkpoint import load_checkpoint
 from lib.engine.distributed import all_reduce_sums
 from lib.engine.metrics import format_seconds
 from lib.engine.preemption import EpochProgress, fetch_batch
 from lib.engine.resume_check import RESUMABLE, valid_dataset_from_checkpoint
 from lib.engine.run_files import IterationFiles
-from lib.engine.run_state import check_dataset, check_model_flags, model_kwargs, run_folder
+from lib.engine.run_state import check_model_flags, checkpoint_to_validate, model_kwargs, run_folder
 from lib.engine.runtime import LossCheck, autocast, cpu_threads_note, optimizer_step, prepare_model, run_cli
 from lib.engine.schedule import set_lr
 from lib.engine.segmentation.cli import get_args_parser, parse_seg_args, resolve_seg_args  # noqa: F401
@@ -47,7 +46,6 @@ from lib.engine.segmentation.poly import PolySchedule
 from lib.engine.segmentation.run import best_line, miou_tracker, summary_line  # noqa: F401  (task hooks)
 from models.checkpoints import rebuild_model
 from models.segmentation import build_segmentor, load_segmentor_state
-from models.tasks import require_task
 
 NUM_CLASSES = len(CLASSES)
 
@@ -204,10 +202,7 @@ def tensorboard_scalars(stats, record):
 
 def validate_checkpoint(args, ctx, log):
     """--valid: evaluate --check_path, rebuilt from its stored constructor arguments (else from the flags)."""
-    log.heading("=> validation mode")
-    checkpoint = load_checkpoint(args.check_path)
-    require_task(checkpoint, args.check_path, "segmentation")
-    check_dataset(checkpoint, args.check_path, args.dataset)
+    checkpoint = checkpoint_to_validate(args, "segmentation", log)
     _, val_set = build_seg_datasets(args, train=False)
     model = rebuild_model(checkpoint, segmentor_kwargs(args), source=args.check_path)
     log.info(f"=> loaded {args.check_path} (iteration {checkpoint.get('iteration', '?')}); evaluating "

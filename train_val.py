@@ -23,7 +23,6 @@ from torch import nn
 
 from lib.data import build_datasets
 from lib.engine import epochs, lifecycle
-from lib.engine.checkpoint import load_checkpoint
 from lib.engine.classification.cli import get_args_parser, parse_args  # noqa: F401  (torchvision-style entry point)
 from lib.engine.classification.recipe import RECIPES, recipe_line, resolve_args
 from lib.engine.classification.run import accuracy_tracker, best_line, summary_line  # noqa: F401  (task hooks)
@@ -32,13 +31,18 @@ from lib.engine.evaluation import classifier_stats
 from lib.engine.metrics import percent
 from lib.engine.resume_check import EPOCH_BASED, RESUMABLE, valid_dataset_from_checkpoint
 from lib.engine.run_files import EpochFiles
-from lib.engine.run_state import check_dataset, check_model_flags, check_requested_model, model_kwargs, run_folder
+from lib.engine.run_state import (
+    check_model_flags,
+    check_requested_model,
+    checkpoint_to_validate,
+    model_kwargs,
+    run_folder,
+)
 from lib.engine.runtime import prepare_model, run_cli
 from lib.errors import ConfigError
 from models import build_model, load_state_dict_checked, with_output_relu
 from models.checkpoints import rebuild_model, reference_notice
 from models.common import reference_unit
-from models.tasks import require_task
 
 
 def build_criterion(args):
@@ -82,10 +86,7 @@ def load_data(args, ctx):
 def validate_checkpoint(args, ctx, log):
     """--valid: evaluate --check_path (ours: rebuilt from its stored constructor args; the reference's: from the
     command-line flags, with the classifier size the checkpoint has)."""
-    log.heading("=> validation mode")
-    checkpoint = load_checkpoint(args.check_path)
-    require_task(checkpoint, args.check_path, "classification")
-    check_dataset(checkpoint, args.check_path, args.dataset)
+    checkpoint = checkpoint_to_validate(args, "classification", log)
     data = load_data(args, ctx)
     info = data["info"]
     saved = checkpoint.get("model_args")

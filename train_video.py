@@ -28,14 +28,19 @@ from torch import nn
 
 from lib.data.video import short_video_warning, source_line
 from lib.engine import epochs, lifecycle
-from lib.engine.checkpoint import load_checkpoint
 from lib.engine.classification.run import accuracy_tracker
 from lib.engine.classification.run import best_line as accuracy_line
 from lib.engine.evaluation import classifier_stats
 from lib.engine.metrics import format_seconds, percent
 from lib.engine.resume_check import EPOCH_BASED, RESUMABLE, valid_dataset_from_checkpoint
 from lib.engine.run_files import EpochFiles
-from lib.engine.run_state import check_dataset, check_model_flags, check_requested_model, model_kwargs, run_folder
+from lib.engine.run_state import (
+    check_model_flags,
+    check_requested_model,
+    checkpoint_to_validate,
+    model_kwargs,
+    run_folder,
+)
 from lib.engine.runtime import run_cli
 from lib.engine.video.cli import get_args_parser, parse_video_args  # noqa: F401  (torchvision-style entry point)
 from lib.engine.video.multiclip import evaluate_videos
@@ -52,7 +57,6 @@ from lib.engine.video.setup import (
 from lib.errors import ConfigError
 from models import build_model, load_state_dict_checked
 from models.checkpoints import rebuild_model
-from models.tasks import require_task
 
 
 def build_criterion(args):
@@ -99,12 +103,9 @@ def evaluate_all(model, data, ctx, args, log, with_test):
 def validate_checkpoint(args, ctx, log):
     """--valid: evaluate --check_path, rebuilt from its stored constructor arguments (flags that ask for another
     model are refused)."""
-    log.heading("=> validation mode")
+    checkpoint = checkpoint_to_validate(args, "video", log)
     if getattr(args, "clip_from_checkpoint", None):
         log.info(f"=> clips as the checkpoint's run made them: {args.clip_from_checkpoint}")
-    checkpoint = load_checkpoint(args.check_path)
-    require_task(checkpoint, args.check_path, "video")
-    check_dataset(checkpoint, args.check_path, args.dataset)
     data = load_data(args, ctx)
     saved = checkpoint.get("model_args")
     if saved:  # flags given on the command line must ask for the checkpoint's model

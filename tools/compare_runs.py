@@ -545,8 +545,8 @@ def markdown(task, rows):
 TITLES = {"classification": "classification runs (train_val.py): test top-1 (%)",
           "segmentation": "segmentation runs (train_seg.py): mIoU (%)",
           "video": "video runs (train_video.py): clip top-1 and video top-1 (%), reported separately",
-          "reid": "re-ID runs (train_reid.py): rank-1 and mAP (%, as metrics.jsonl records them); best = the evaluation "
-                  "with the highest mAP",
+          "reid": "re-ID runs (train_reid.py): rank-1 and mAP (%, as metrics.jsonl records them); best = the "
+                  "evaluation with the highest mAP",
           "detection": "detection runs (train_det.py): COCO box AP and mask AP (%, COCOeval's AP x 100 as "
                        "metrics.jsonl records them); best = the evaluation with the highest box AP"}
 CSV_FIELDS = ("task", "metric", "dataset", "backbone", "arch", "input", "block", "nl_nums", "nl_layer", "stage_nums",

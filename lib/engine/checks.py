@@ -15,6 +15,15 @@ def fill(args, name, value):
         setattr(args, name, value)
 
 
+def fill_recipe(args, recipes, common, kind, datasets):
+    """Unset flags from recipes[args.dataset], then from common (every dataset's); one line for a dataset the task
+    does not know (kind: e.g. "video", datasets: its names, in the order the help lists them)."""
+    if args.dataset not in recipes:
+        raise ConfigError(f"unknown {kind} dataset {args.dataset!r}; valid: {', '.join(datasets)}")
+    for name, value in list(recipes[args.dataset].items()) + list(common.items()):
+        fill(args, name, value)
+
+
 def check(condition, message):
     if not condition:
         raise ConfigError(message)

@@ -95,6 +95,14 @@ def add_step_schedule_flags(group, lr_steps, warmup):
                        help="linear: multiply lr by global batch / recipe batch (default none: lr as given)")
 
 
+def add_epoch_task_flags(group, weight_decay, eval_freq):
+    """--weight-decay, --eval-freq and --seed of an epoch task whose recipe fills them (default None = the
+    recipe's); weight_decay, eval_freq: their help texts."""
+    group.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=None, help=weight_decay)
+    group.add_argument("--eval-freq", "--eval_freq", dest="eval_freq", type=int, default=None, help=eval_freq)
+    group.add_argument("--seed", type=int, default=None, help="random seed (default 1)")
+
+
 def add_run_flags(parser, print_freq, steps="per-epoch",
                   save_recipes="30 for ImageNet and Cityscapes, off for CIFAR and fake", checkpoints=None,
                   model_dir="<arch>"):

@@ -110,16 +110,20 @@ def classifier_loss(model, criterion, inputs, target):
 
 
 def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr, args, log, to_device, guard=None,
-                    progress=None, save=None, unit="img", accuracy="top-1", forward=classifier_loss):
+                    progress=None, save=None, unit="img", accuracy="top-1", forward=classifier_loss, lr_at=None):
     """One pass over the training data; returns the epoch's mean loss and top-1 over all processes' samples.
 
     to_device(inputs, target, ctx, args): the batch on the run's device, in its memory format.
     progress: an EpochProgress to continue (a run resumed inside the epoch: the loader yields only the rest).
     guard: a RunGuard consulted before every batch; it may call save(progress) (a mid-epoch checkpoint) and stop
     the run (Preempted). Without one, an error reading a batch is raised at once.
-    unit, accuracy: how progress lines name a sample ("img/s", "clips/s") and the accuracy ("clip top-1").
+    unit, accuracy: how progress lines name a sample ("img/s", "clips/s") and the accuracy ("clip top-1"); accuracy
+    None: none is counted (a detector's forward gives losses, no logits; top1 is then None).
     forward(model, criterion, inputs, target) -> (loss, logits): a task whose model or loss gives more than logits
-    (re-ID: logits and a feature, several loss terms) says here how its loss and the scored logits are made.
+    (re-ID: logits and a feature, several loss terms; detection: a loss dict, logits None) says here how its loss
+    and the scored logits are made.
+    lr_at(iteration, num_batches) -> lr: set before every step (a warm-up counted in iterations); else lr holds for
+    the epoch.
     """
     model.train()
     progress = progress or EpochProgress()
@@ -135,30 +139,36 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, ctx, epoch, lr,
                               error, loss_check)
         elif error is not None:
             raise error
+        elif loss_check is not None:
+            loss_check.raise_if_any(ctx)
+        if lr_at is not None:
+            lr = lr_at(i, num_batches)
+            set_lr(optimizer, lr)
         inputs, target = to_device(*batch, ctx, args)
         with autocast(ctx.device, args.amp):
             loss, output = forward(model, criterion, inputs, target)
         optimizer_step(loss, optimizer, scaler)
         loss_check = LossCheck(loss, f"at epoch {epoch + 1}, iteration {i + 1}: run stopped, this epoch is not "
                                      f"checkpointed")
-        batch_correct = topk_hits(output, target, (1,))[0]  # on the device: read only when printed
-        progress.add(loss, batch_correct, target.size(0))
+        batch_size = len(target)
+        batch_correct = topk_hits(output, target, (1,))[0] if accuracy else 0  # on the device: read when printed
+        progress.add(loss, batch_correct, batch_size)
         elapsed = time.time() - start
-        progress.seconds, seen = seconds_before + elapsed, seen + target.size(0)
+        progress.seconds, seen = seconds_before + elapsed, seen + batch_size
         if guard is not None:
             guard.step_done()
         if i % args.print_freq == 0 or i == num_batches - 1:
+            scored = (f"  {accuracy} {percent(int(batch_correct), batch_size):.2f} "
+                      f"({percent(int(progress.correct), progress.count):.2f})") if accuracy else ""
             log.info(f"Epoch [{epoch + 1}/{args.epochs}][{i + 1}/{num_batches}]  loss {loss.item():.4f} "
-                     f"({progress.mean_loss():.4f})  {accuracy} "
-                     f"{percent(int(batch_correct), target.size(0)):.2f} "
-                     f"({percent(int(progress.correct), progress.count):.2f})"
+                     f"({progress.mean_loss():.4f}){scored}"
                      f"  lr {lr:.6g}  {seen * ctx.world_size / max(elapsed, 1e-9):.1f} {unit}/s  "
                      f"eta {format_seconds(elapsed / (i + 1 - first) * (num_batches - i - 1))}"
                      + (cpu_threads_note(ctx.device) if i == first else ""))
     if loss_check is not None:
         loss_check.raise_if_any(ctx)  # the last step, before the epoch's checkpoint
     loss_sum, correct_sum, count = all_reduce_sums(ctx, [progress.loss_sum, progress.correct, progress.count])
-    return {"loss": loss_sum / count, "top1": percent(correct_sum, count), "n": int(count),
+    return {"loss": loss_sum / count, "top1": percent(correct_sum, count) if accuracy else None, "n": int(count),
             "seconds": progress.seconds}
 
 

@@ -7,12 +7,13 @@ from typing import Optional
 
 import torch
 
-from lib.engine.checkpoint import BEST_NAME, capture_rng, model_args_mismatch, save_from_main
+from lib.engine.checkpoint import BEST_NAME, capture_rng, load_checkpoint, model_args_mismatch, save_from_main
 from lib.engine.distributed import gather_objects
 from lib.engine.preemption import EpochProgress
 from lib.engine.resume_check import check_run_folder
 from lib.errors import ConfigError
 from models import build_model, load_state_dict_checked
+from models.tasks import require_task
 
 
 def run_folder(args, model_dir=None):
@@ -195,6 +196,16 @@ def check_requested_model(saved, path, args, requested_kwargs, build=build_model
     conflicts = model_args_mismatch({key: saved.get(key) for key in asked}, {key: requested[key] for key in asked})
     if conflicts:
         raise ConfigError(f"{path} holds another model than the flags ask for: {conflicts}")
+
+
+def checkpoint_to_validate(args, task, log):
+    """--valid's checkpoint (--check_path), loaded, after one line each for a file of another task or another
+    dataset than --dataset."""
+    log.heading("=> validation mode")
+    checkpoint = load_checkpoint(args.check_path)
+    require_task(checkpoint, args.check_path, task)
+    check_dataset(checkpoint, args.check_path, args.dataset)
+    return checkpoint
 
 
 def check_dataset(checkpoint, path, dataset):

@@ -4,7 +4,14 @@ run flags every entry point has (lib.engine.cli.add_run_flags).
 Flags whose default depends on the dataset (the recipe, lib/engine/reid/recipe.py) default to None here, so that a
 value given on the command line or in --config is detectable and wins.
 """
-from lib.engine.cli import OneLineParser, add_run_flags, add_step_schedule_flags, bool_flag, parse_pretrained
+from lib.engine.cli import (
+    OneLineParser,
+    add_epoch_task_flags,
+    add_run_flags,
+    add_step_schedule_flags,
+    bool_flag,
+    parse_pretrained,
+)
 from lib.engine.config import parse_flags
 from lib.registry import NONLOCAL_BLOCKS, ORDER_BLOCKS
 
@@ -99,11 +106,8 @@ def _add_schedule_flags(parser):
     sched.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=None,
                        help="Adam learning rate (default 3.5e-4; video 3e-4)")
     add_step_schedule_flags(sched, lr_steps="default 40 70", warmup="default 10")
-    sched.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=None,
-                       help="Adam weight decay (default 5e-4)")
-    sched.add_argument("--eval-freq", "--eval_freq", dest="eval_freq", type=int, default=None,
-                       help="evaluate every N epochs and after the last (default 10; fake 1)")
-    sched.add_argument("--seed", type=int, default=None, help="random seed (default 1)")
+    add_epoch_task_flags(sched, weight_decay="Adam weight decay (default 5e-4)",
+                         eval_freq="evaluate every N epochs and after the last (default 10; fake 1)")
 
 
 def get_args_parser(add_help=True):

@@ -15,9 +15,8 @@ WarmupMultiStepLR reaches it at epoch 10: a 10% larger rise per epoch, the same 
 import math
 import os
 
-from lib.engine.checks import CPUS, check, check_output_dir, check_run_name, check_schedule_and_mode, fill
+from lib.engine.checks import CPUS, check, check_output_dir, check_run_name, check_schedule_and_mode, fill, fill_recipe
 from lib.engine.reid.cli import REID_DATASETS
-from lib.errors import ConfigError
 
 VIDEO_SETS = ("mars", "ilidsvid", "prid2011", "fakevideo")
 SPLIT_SETS = ("ilidsvid", "prid2011")  # the ten train/test splits (--split all)
@@ -81,10 +80,7 @@ def resolve_reid_args(args):
     'reid_video' for video sets: what args.yaml, the run folder and the tools read), validate; returns args."""
     if getattr(args, "resolved", False):
         return args
-    if args.dataset not in REID_RECIPES:
-        raise ConfigError(f"unknown re-ID dataset {args.dataset!r}; valid: {', '.join(REID_DATASETS)}")
-    for name, value in list(REID_RECIPES[args.dataset].items()) + list(COMMON_DEFAULTS.items()):
-        fill(args, name, value)
+    fill_recipe(args, REID_RECIPES, COMMON_DEFAULTS, "re-ID", REID_DATASETS)
     args.backbone = "reid_video" if args.dataset in VIDEO_SETS else "reid"
     if args.trunk == "resnet3d" and "pretrained" not in (getattr(args, "explicit", None) or ()):
         args.pretrained = False  # torchvision's ImageNet weights are 2-D: a 3-D trunk takes a file

@@ -4,7 +4,14 @@ Flags whose default depends on the dataset (the recipe, lib/engine/video/recipe.
 value given on the command line or in --config is detectable and wins. No flag uses argparse's bool type.
 """
 from lib.data.video_transforms import TRAIN_CROPS
-from lib.engine.cli import OneLineParser, add_run_flags, add_step_schedule_flags, bool_flag, parse_pretrained
+from lib.engine.cli import (
+    OneLineParser,
+    add_epoch_task_flags,
+    add_run_flags,
+    add_step_schedule_flags,
+    bool_flag,
+    parse_pretrained,
+)
 from lib.engine.config import parse_flags
 from lib.registry import NONLOCAL_BLOCKS, ORDER_BLOCKS
 from models.video import VIDEO_BACKBONES
@@ -95,11 +102,8 @@ def _add_schedule_flags(parser):
     add_step_schedule_flags(sched, lr_steps="default 50 100 150", warmup="default 0")
     sched.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
     sched.add_argument("--dampening", type=float, default=None, help="SGD dampening (default 0.9)")
-    sched.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=None,
-                       help="SGD weight decay (default 1e-3)")
-    sched.add_argument("--eval-freq", "--eval_freq", dest="eval_freq", type=int, default=None,
-                       help="centre-clip validation every N epochs and at the last one (default 1)")
-    sched.add_argument("--seed", type=int, default=None, help="random seed (default 1)")
+    add_epoch_task_flags(sched, weight_decay="SGD weight decay (default 1e-3)",
+                         eval_freq="centre-clip validation every N epochs and at the last one (default 1)")
 
 
 def get_args_parser(add_help=True):

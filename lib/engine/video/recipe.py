@@ -10,10 +10,9 @@ the test split (docs/video.md, "Deviations").
 import math
 import os
 
-from lib.engine.checks import CPUS, check, check_output_dir, check_run_name, check_schedule_and_mode, fill
+from lib.engine.checks import CPUS, check, check_output_dir, check_run_name, check_schedule_and_mode, fill, fill_recipe
 from lib.engine.cli import parse_stages
 from lib.engine.video.cli import VIDEO_DATASETS
-from lib.errors import ConfigError
 from models.video import VIDEO_BACKBONES
 
 _FRAMEWORK = dict(batch_size=128, lr=0.1, momentum=0.9, dampening=0.9, weight_decay=1e-3, epochs=200,
@@ -85,10 +84,7 @@ def resolve_video_args(args):
     """Fill unset flags from the recipe of args.dataset, normalize spellings, validate; returns args (changed)."""
     if getattr(args, "resolved", False):
         return args
-    if args.dataset not in VIDEO_RECIPES:
-        raise ConfigError(f"unknown video dataset {args.dataset!r}; valid: {', '.join(VIDEO_DATASETS)}")
-    for name, value in list(VIDEO_RECIPES[args.dataset].items()) + list(COMMON_DEFAULTS.items()):
-        fill(args, name, value)
+    fill_recipe(args, VIDEO_RECIPES, COMMON_DEFAULTS, "video", VIDEO_DATASETS)
     fill(args, "ft_begin_index", 4 if args.pretrained else 0)
     args.lr_steps = [int(step) for step in args.lr_steps]
     args.arch = str(args.arch)
