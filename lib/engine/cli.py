@@ -82,9 +82,11 @@ def add_save_flags(group, recipes="30 for ImageNet and Cityscapes, off for CIFAR
 
 
 
-def add_step_schedule_flags(group, lr_steps, warmup):
+def add_step_schedule_flags(group, lr_steps, warmup, weight_decay=None, eval_freq=None):
     """The warm-up / step lr schedule of the epoch tasks (lib.engine.schedule.WarmupStepSchedule): --lr-steps,
-    --lr-gamma, --warmup-epochs, --lr-scale; lr_steps, warmup: their defaults, for the help."""
+    --lr-gamma, --warmup-epochs, --lr-scale; lr_steps, warmup: their defaults, for the help. With weight_decay and
+    eval_freq (their help texts) also --weight-decay, --eval-freq and --seed, for a task whose recipe fills them
+    (default None = the recipe's)."""
     group.add_argument("--lr-steps", "--lr_steps", dest="lr_steps", type=int, nargs="+", default=None,
                        metavar="EPOCH", help=f"0-based epochs where the lr is multiplied by --lr-gamma ({lr_steps})")
     group.add_argument("--lr-gamma", "--lr_gamma", dest="lr_gamma", type=float, default=0.1,
@@ -93,14 +95,10 @@ def add_step_schedule_flags(group, lr_steps, warmup):
                        help=f"linear warm-up epochs from lr * gamma^len(lr-steps) to lr ({warmup})")
     group.add_argument("--lr-scale", "--lr_scale", dest="lr_scale", choices=LR_SCALES, default="none",
                        help="linear: multiply lr by global batch / recipe batch (default none: lr as given)")
-
-
-def add_epoch_task_flags(group, weight_decay, eval_freq):
-    """--weight-decay, --eval-freq and --seed of an epoch task whose recipe fills them (default None = the
-    recipe's); weight_decay, eval_freq: their help texts."""
-    group.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=None, help=weight_decay)
-    group.add_argument("--eval-freq", "--eval_freq", dest="eval_freq", type=int, default=None, help=eval_freq)
-    group.add_argument("--seed", type=int, default=None, help="random seed (default 1)")
+    if weight_decay is not None:
+        group.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=None, help=weight_decay)
+        group.add_argument("--eval-freq", "--eval_freq", dest="eval_freq", type=int, default=None, help=eval_freq)
+        group.add_argument("--seed", type=int, default=None, help="random seed (default 1)")
 
 
 def add_run_flags(parser, print_freq, steps="per-epoch",

@@ -4,14 +4,7 @@ flags every entry point shares (lib.engine.cli.add_run_flags).
 Flags whose default depends on the dataset or on --pretrained (lib/engine/detection/recipe.py) default to None
 here, so that a value given on the command line or in --config is detectable and wins over the recipe.
 """
-from lib.engine.cli import (
-    OneLineParser,
-    add_epoch_task_flags,
-    add_run_flags,
-    add_step_schedule_flags,
-    bool_flag,
-    parse_pretrained,
-)
+from lib.engine.cli import OneLineParser, add_run_flags, add_step_schedule_flags, bool_flag, parse_pretrained
 from lib.engine.config import parse_flags
 from lib.registry import NONLOCAL_BLOCKS, ORDER_BLOCKS
 
@@ -86,14 +79,14 @@ def _add_schedule_flags(parser):
     sched.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=None,
                        help="base learning rate for 16 images (default 0.02); see --lr-scale")
     add_step_schedule_flags(sched, lr_steps="default: by --schedule", warmup="default 0: the warm-up is by "
-                            "iterations, --warmup-iters")
+                            "iterations, --warmup-iters",
+                            weight_decay="SGD weight decay (default 1e-4)",
+                            eval_freq="COCO evaluation every N epochs and after the last (default 1)")
     sched.add_argument("--warmup-iters", "--warmup_iters", dest="warmup_iters", type=int, default=None,
                        help="linear warm-up over the first N iterations (default 1000; fake 2; 0 = none)")
     sched.add_argument("--warmup-factor", "--warmup_factor", dest="warmup_factor", type=float, default=None,
                        help="the warm-up starts at lr x this (default 0.001)")
     sched.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
-    add_epoch_task_flags(sched, weight_decay="SGD weight decay (default 1e-4)",
-                         eval_freq="COCO evaluation every N epochs and after the last (default 1)")
     sched.add_argument("--save-predictions", "--save_predictions", dest="save_predictions", default=None,
                        metavar="X.json", help="with --valid: also write the COCO-format results (the dataset's own "
                        "category ids) to this file")

@@ -4,14 +4,7 @@ run flags every entry point has (lib.engine.cli.add_run_flags).
 Flags whose default depends on the dataset (the recipe, lib/engine/reid/recipe.py) default to None here, so that a
 value given on the command line or in --config is detectable and wins.
 """
-from lib.engine.cli import (
-    OneLineParser,
-    add_epoch_task_flags,
-    add_run_flags,
-    add_step_schedule_flags,
-    bool_flag,
-    parse_pretrained,
-)
+from lib.engine.cli import OneLineParser, add_run_flags, add_step_schedule_flags, bool_flag, parse_pretrained
 from lib.engine.config import parse_flags
 from lib.registry import NONLOCAL_BLOCKS, ORDER_BLOCKS
 
@@ -105,9 +98,9 @@ def _add_schedule_flags(parser):
                        help="images (video: tracklets) per process and iteration (default 64; video 32; fake 16)")
     sched.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=None,
                        help="Adam learning rate (default 3.5e-4; video 3e-4)")
-    add_step_schedule_flags(sched, lr_steps="default 40 70", warmup="default 10")
-    add_epoch_task_flags(sched, weight_decay="Adam weight decay (default 5e-4)",
-                         eval_freq="evaluate every N epochs and after the last (default 10; fake 1)")
+    add_step_schedule_flags(sched, lr_steps="default 40 70", warmup="default 10",
+                            weight_decay="Adam weight decay (default 5e-4)",
+                            eval_freq="evaluate every N epochs and after the last (default 10; fake 1)")
 
 
 def get_args_parser(add_help=True):

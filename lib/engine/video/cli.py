@@ -4,14 +4,7 @@ Flags whose default depends on the dataset (the recipe, lib/engine/video/recipe.
 value given on the command line or in --config is detectable and wins. No flag uses argparse's bool type.
 """
 from lib.data.video_transforms import TRAIN_CROPS
-from lib.engine.cli import (
-    OneLineParser,
-    add_epoch_task_flags,
-    add_run_flags,
-    add_step_schedule_flags,
-    bool_flag,
-    parse_pretrained,
-)
+from lib.engine.cli import OneLineParser, add_run_flags, add_step_schedule_flags, bool_flag, parse_pretrained
 from lib.engine.config import parse_flags
 from lib.registry import NONLOCAL_BLOCKS, ORDER_BLOCKS
 from models.video import VIDEO_BACKBONES
@@ -99,11 +92,11 @@ def _add_schedule_flags(parser):
                        help="clips per process and iteration (default 128; fake 4)")
     sched.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=None,
                        help="base learning rate (default 0.1)")
-    add_step_schedule_flags(sched, lr_steps="default 50 100 150", warmup="default 0")
+    add_step_schedule_flags(sched, lr_steps="default 50 100 150", warmup="default 0",
+                            weight_decay="SGD weight decay (default 1e-3)",
+                            eval_freq="centre-clip validation every N epochs and at the last one (default 1)")
     sched.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
     sched.add_argument("--dampening", type=float, default=None, help="SGD dampening (default 0.9)")
-    add_epoch_task_flags(sched, weight_decay="SGD weight decay (default 1e-3)",
-                         eval_freq="centre-clip validation every N epochs and at the last one (default 1)")
 
 
 def get_args_parser(add_help=True):
