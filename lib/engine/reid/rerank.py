@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from lib.engine.reid.distances import DISTANCES
 from lib.errors import ConfigError
 
-PAIR_CHUNK = 8192          # pairs whose distance is computed at once in step 4 (two 8192 x D gathers)
+PAIR_CHUNK = 2048          # pairs whose distance is computed at once in step 4 (2048 x D gathers: 16 MB at D 2048)
 TRIPLE_CHUNK = 4_000_000   # (query, column, gallery item) triples summed at once in step 5
 
 
@@ -71,6 +71,7 @@ class KReciprocalReranker:
         features = features.double() if features.dtype == torch.float64 else features.float()
         # Normalized once here rather than per block (pairwise_distances would renormalize all N rows per block).
         self.features = F.normalize(features, dim=1) if normalize or distance == "cosine" else features
+        del features  # the un-normalized N x D copy: not needed past here
         self.squares = (self.features * self.features).sum(1)
         self.num_query = len(qf)
         self.k1, self.k2, self.lambda_value = k1, k2, lambda_value
