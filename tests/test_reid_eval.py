@@ -177,6 +177,9 @@ def test_rerank_float32_and_errors():
     qf, gf = torch.randn(9, 5, dtype=torch.float64), torch.randn(31, 5, dtype=torch.float64)
     got = KReciprocalReranker(qf.float(), gf.float(), k1=6, k2=3, lambda_value=0.3).distances()
     np.testing.assert_allclose(got, dense_rerank(qf, gf, 6, 3, 0.3), atol=1e-5)
+    # On unit features cosine = squared euclidean / 2: after the row scaling the same distances, the same result.
+    cosine = KReciprocalReranker(qf, gf, k1=6, k2=3, lambda_value=0.3, distance="cosine", block_size=4).distances()
+    np.testing.assert_allclose(cosine, dense_rerank(qf, gf, 6, 3, 0.3), atol=1e-10)
     with pytest.raises(ConfigError, match="needs more than"):
         KReciprocalReranker(qf[:2], gf[:3], k1=5)
 

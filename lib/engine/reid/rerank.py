@@ -33,7 +33,7 @@ Memory: no N x N matrix. Peak is the features (N x D), one block_size x N distan
 (N x k1-sized neighbour tables, V with about k2 * |R*| entries per row) and one block_size x G output block; the
 measured figures at Market-1501 scale are in docs/performance.md ("Re-identification").
 """
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import scipy.sparse as sp
@@ -84,13 +84,17 @@ class KReciprocalReranker:
         self._neighbours_and_scale()  # features may live on an accelerator: distances run there, the rest on CPU
         self._encode()
 
-    def _distances(self, rows: slice, cols: slice) -> torch.Tensor:
+    def _distances(self, rows: slice, cols: slice, products: Optional[torch.Tensor] = None,
+                   out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """d (unscaled) between items[rows] and items[cols]: pairwise_distances' formula on the pre-normalized
-        features, with their squared norms computed once."""
+        features, with their squared norms computed once; products / out: optional buffers of the result's shape
+        for a @ b^T and d (see _neighbours_and_scale)."""
         a, b = self.features[rows], self.features[cols]
+        products = torch.matmul(a, b.t(), out=products)
         if self.distance == "cosine":
-            return 1 - a @ b.t()
-        return ((self.squares[rows][:, None] + self.squares[cols][None]) - 2 * a @ b.t()).clamp_min_(0)
+            return products.neg_().add_(1)   # 1 - a.b (in place: products is this call's own)
+        squares = torch.add(self.squares[rows][:, None], self.squares[cols][None], out=out)
+        return squares.sub_(products, alpha=2).clamp_min_(0)   # (|a|^2 + |b|^2) - 2 a.b, as pairwise_distances
 
     def _pair_distances(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """d(i[n], j[n]) / scale[i[n]] for pairs of item indices, PAIR_CHUNK pairs at a time."""
@@ -105,25 +109,40 @@ class KReciprocalReranker:
         return out / self.scale[i]
 
     def _neighbours_and_scale(self) -> None:
-        """Each item's `width` nearest items (ties by index, so usually itself first) and its maximal distance."""
-        num, ranks, scale = len(self.features), [], []
-        for start in range(0, num, self.block_size):
-            rows = self._distances(slice(start, start + self.block_size), slice(None))
-            scale.append(rows.max(1).values)
-            values, index = torch.topk(rows, self.width, dim=1, largest=False, sorted=True)
+        """Each item's `width` nearest items (ties by index, so usually itself first) and its maximal distance.
+
+        Every block's results go into arrays allocated once, and the block's distances, products and masks into
+        reused buffers: allocating ~10 MB blocks afresh 150 times while keeping each block's small results (the
+        first version) fragmented glibc's heap (its mmap threshold adapts upward) and left 1.7 GB resident at
+        Market scale for a few MB of live data."""
+        num, width, block = len(self.features), self.width, min(self.block_size, len(self.features))
+        device, dtype = self.features.device, self.features.dtype
+        products = torch.empty(block, num, dtype=dtype, device=device)
+        rows_buffer = torch.empty(block, num, dtype=dtype, device=device)
+        below = torch.empty(block, num, dtype=torch.bool, device=device)
+        values_buffer = torch.empty(block, width, dtype=dtype, device=device)
+        index_buffer = torch.empty(block, width, dtype=torch.long, device=device)
+        nearest = torch.empty(num, width, dtype=torch.long, device=device)
+        scale = torch.empty(num, dtype=dtype, device=device)
+        for start in range(0, num, block):
+            stop = min(start + block, num)
+            rows = self._distances(slice(start, stop), slice(None), products[:stop - start], rows_buffer[:stop - start])
+            scale[start:stop] = rows.max(1).values
+            values, index = values_buffer[:stop - start], index_buffer[:stop - start]
+            torch.topk(rows, width, dim=1, largest=False, sorted=True, out=(values, index))
             # topk's order among equal values is unspecified: order the selection by (value, index).
             index, order = index.sort(1)
             values = values.gather(1, order)
             index = index.gather(1, torch.sort(values, dim=1, stable=True).indices)
             # Where more items tie with the last kept value than were kept, topk may have kept the wrong ones:
             # those rows (rare; exact duplicates) get a stable full sort.
-            cut = values.max(1).values
-            ambiguous = ((rows <= cut[:, None]).sum(1) > self.width).nonzero().flatten()
+            mask = torch.le(rows, values.max(1).values[:, None], out=below[:stop - start])
+            ambiguous = (mask.sum(1) > width).nonzero().flatten()
             if len(ambiguous):
-                index[ambiguous] = torch.sort(rows[ambiguous], dim=1, stable=True).indices[:, :self.width]
-            ranks.append(index)
-        self.scale = torch.cat(scale).clamp_min(torch.finfo(self.features.dtype).tiny).double().cpu().numpy()
-        self.nearest = torch.cat(ranks).cpu().numpy()
+                index[ambiguous] = torch.sort(rows[ambiguous], dim=1, stable=True).indices[:, :width]
+            nearest[start:stop] = index
+        self.scale = scale.clamp_min(torch.finfo(dtype).tiny).double().cpu().numpy()
+        self.nearest = nearest.cpu().numpy()
 
     def _reciprocal(self, k: int) -> sp.csr_matrix:
         """R(., k) of every item as an N x N 0/1 matrix: j in i's k + 1 nearest and i in j's."""
