@@ -146,14 +146,14 @@ def test_rerank_matches_dense():
     assert metrics == evaluate_distances(expected, pids[:9], pids[9:], np.zeros(9), np.ones(31))
 
 
-@pytest.mark.parametrize("case", ["ties", "k1 above the gallery", "k2 above k1"])
+@pytest.mark.parametrize("case", ["ties", "ties, k2 = 1", "k1 above the gallery", "k2 above k1"])
 def test_rerank_matches_dense_edge_cases(case, monkeypatch):
     import lib.engine.reid.rerank as rerank_module
     # Tiny chunks: the pair distances and the Jaccard sums then run in many pieces, as at Market scale.
     monkeypatch.setattr(rerank_module, "PAIR_CHUNK", 7)
     monkeypatch.setattr(rerank_module, "TRIPLE_CHUNK", 50)
     torch.manual_seed(1)
-    if case == "ties":
+    if case.startswith("ties"):
         # Entries +-1/2 in 4 dimensions: unit vectors whose distances (multiples of 1/2) every implementation
         # computes exactly, so ties are real ties: each of the 16 vectors about 3 times, one vector 9 times (more
         # copies than k1 + 1 = 7: the neighbour cut falls inside a run of equal distances, lowest indices kept).
@@ -161,7 +161,7 @@ def test_rerank_matches_dense_edge_cases(case, monkeypatch):
         items = torch.cat([torch.randint(0, 16, (40,)), torch.zeros(9, dtype=torch.long)])
         feats = signs[items[torch.randperm(len(items))]]
         qf, gf = feats[:10], feats[10:]
-        k1, k2 = 6, 3
+        k1, k2 = 6, 1 if case.endswith("1") else 3   # k2 = 1: "expansion" by a lower-index copy, not the item
     elif case == "k1 above the gallery":
         qf, gf, k1, k2 = torch.randn(20, 5, dtype=torch.float64), torch.randn(5, 5, dtype=torch.float64), 8, 4
     else:

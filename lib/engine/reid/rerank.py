@@ -106,7 +106,10 @@ class KReciprocalReranker:
             a = torch.as_tensor(i[start:start + PAIR_CHUNK], device=device)
             b = torch.as_tensor(j[start:start + PAIR_CHUNK], device=device)
             dots = (self.features[a] * self.features[b]).sum(1)
-            d = 1 - dots if self.distance == "cosine" else ((self.squares[a] + self.squares[b]) - 2 * dots).clamp_min_(0)
+            if self.distance == "cosine":
+                d = 1 - dots
+            else:
+                d = ((self.squares[a] + self.squares[b]) - 2 * dots).clamp_min_(0)
             out[start:start + PAIR_CHUNK] = d.double().cpu().numpy()
         return out / self.scale[i]
 
@@ -172,7 +175,9 @@ class KReciprocalReranker:
         weights = np.exp(-self._pair_distances(rows, members.indices))
         weights /= np.bincount(rows, weights=weights, minlength=num)[rows]
         v = sp.csr_matrix((weights, members.indices, members.indptr), shape=(num, num))
-        if self.k2 > 1:  # local query expansion: average V over each item's k2 nearest (itself included)
+        # Local query expansion: average V over each item's k2 nearest (itself included). With k2 = 1 it is the
+        # identity unless exact duplicates put a lower-index copy first in an item's list.
+        if self.k2 > 1 or (self.nearest[:, 0] != np.arange(num)).any():
             k2 = min(self.k2, num)
             expand = sp.csr_matrix((np.full(num * k2, 1.0 / k2),
                                     (np.repeat(np.arange(num), k2), self.nearest[:, :k2].reshape(-1))),
