@@ -112,7 +112,7 @@ def dense_rerank(qf, gf, k1, k2, lam):
 
     def reciprocal(i, k):
         forward = rank[i, :k + 1]
-        return np.array([j for j in forward if i in rank[j, :k + 1]])
+        return np.array([j for j in forward if i in rank[j, :k + 1]], dtype=int)
 
     v = np.zeros((num, num))
     for i in range(num):
@@ -122,7 +122,7 @@ def dense_rerank(qf, gf, k1, k2, lam):
             theirs = reciprocal(c, int(np.around(k1 / 2)))
             if len(set(theirs) & set(members)) > 2 / 3 * len(theirs):
                 expanded += list(theirs)
-        members = np.unique(expanded)
+        members = np.unique(np.array(expanded, dtype=int))
         w = np.exp(-dist[i, members])
         v[i, members] = w / w.sum()
     v = np.stack([v[rank[i, :k2]].mean(0) for i in range(num)])
@@ -144,6 +144,44 @@ def test_rerank_matches_dense():
     pids = np.arange(40) % 6
     metrics = evaluate(qf, gf, pids[:9], pids[9:], np.zeros(9), np.ones(31), rerank=(6, 3, 0.3), block_size=4)
     assert metrics == evaluate_distances(expected, pids[:9], pids[9:], np.zeros(9), np.ones(31))
+
+
+@pytest.mark.parametrize("case", ["ties", "ties, k2 = 1", "k1 above the gallery", "k2 above k1"])
+def test_rerank_matches_dense_edge_cases(case, monkeypatch):
+    import lib.engine.reid.rerank as rerank_module
+    # Tiny chunks: the pair distances and the Jaccard sums then run in many pieces, as at Market scale.
+    monkeypatch.setattr(rerank_module, "PAIR_CHUNK", 7)
+    monkeypatch.setattr(rerank_module, "TRIPLE_CHUNK", 50)
+    torch.manual_seed(1)
+    if case.startswith("ties"):
+        # Entries +-1/2 in 4 dimensions: unit vectors whose distances (multiples of 1/2) every implementation
+        # computes exactly, so ties are real ties: each of the 16 vectors about 3 times, one vector 9 times (more
+        # copies than k1 + 1 = 7: the neighbour cut falls inside a run of equal distances, lowest indices kept).
+        signs = torch.tensor([[(v >> b) & 1 for b in range(4)] for v in range(16)], dtype=torch.float64) - 0.5
+        items = torch.cat([torch.randint(0, 16, (40,)), torch.zeros(9, dtype=torch.long)])
+        feats = signs[items[torch.randperm(len(items))]]
+        qf, gf = feats[:10], feats[10:]
+        k1, k2 = 6, 1 if case.endswith("1") else 3   # k2 = 1: "expansion" by a lower-index copy, not the item
+    elif case == "k1 above the gallery":
+        qf, gf, k1, k2 = torch.randn(20, 5, dtype=torch.float64), torch.randn(5, 5, dtype=torch.float64), 8, 4
+    else:
+        qf, gf, k1, k2 = torch.randn(6, 5, dtype=torch.float64), torch.randn(15, 5, dtype=torch.float64), 2, 5
+    expected = dense_rerank(qf, gf, k1=k1, k2=k2, lam=0.3)
+    for block in (1, 3, 64):
+        got = KReciprocalReranker(qf, gf, k1=k1, k2=k2, lambda_value=0.3, block_size=block).distances()
+        np.testing.assert_allclose(got, expected, atol=1e-10)
+
+
+def test_rerank_float32_and_errors():
+    torch.manual_seed(2)
+    qf, gf = torch.randn(9, 5, dtype=torch.float64), torch.randn(31, 5, dtype=torch.float64)
+    got = KReciprocalReranker(qf.float(), gf.float(), k1=6, k2=3, lambda_value=0.3).distances()
+    np.testing.assert_allclose(got, dense_rerank(qf, gf, 6, 3, 0.3), atol=1e-5)
+    # On unit features cosine = squared euclidean / 2: after the row scaling the same distances, the same result.
+    cosine = KReciprocalReranker(qf, gf, k1=6, k2=3, lambda_value=0.3, distance="cosine", block_size=4).distances()
+    np.testing.assert_allclose(cosine, dense_rerank(qf, gf, 6, 3, 0.3), atol=1e-10)
+    with pytest.raises(ConfigError, match="needs more than"):
+        KReciprocalReranker(qf[:2], gf[:3], k1=5)
 
 
 def test_label_smoothing_by_hand():

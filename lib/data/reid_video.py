@@ -196,6 +196,15 @@ def _persons(folder: str) -> List[str]:
     return sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
 
 
+def _camera_folders(dataset: str, root: str, names: Tuple[str, ...]) -> Tuple[str, ...]:
+    """The two-camera sets' camera folders root/name, each required to exist (find_root checked only the root)."""
+    cams = tuple(os.path.join(root, name) for name in names)
+    for cam in cams:
+        if not os.path.isdir(cam):
+            raise ConfigError(f"{dataset}: missing {cam}")
+    return cams
+
+
 def read_ilidsvid(data_dir: str, split=0, **unused):
     """i-LIDS-VID/sequences/cam{1,2}/personXXX/*.png; splits from 'train-test people splits/
     train_test_splits_ilidsvid.mat' (ls_set: 10 rows of 300 1-based indices into the sorted person folders; the
@@ -204,10 +213,7 @@ def read_ilidsvid(data_dir: str, split=0, **unused):
     _check_split(split, "ilidsvid")
     base = find_root(data_dir, "ilidsvid", ("ilidsvid", "iLIDS-VID"), os.path.join("i-LIDS-VID", "sequences"),
                      "extract iLIDS-VID.tar there")
-    cams = tuple(os.path.join(base, "i-LIDS-VID", "sequences", c) for c in ("cam1", "cam2"))
-    for cam in cams:
-        if not os.path.isdir(cam):
-            raise ConfigError(f"ilidsvid: missing {cam}")
+    cams = _camera_folders("ilidsvid", os.path.join(base, "i-LIDS-VID", "sequences"), ("cam1", "cam2"))
     persons = sorted(set(_persons(cams[0])) & set(_persons(cams[1])))
     mat = os.path.join(base, "train-test people splits", "train_test_splits_ilidsvid.mat")
     json_path = os.path.join(base, "splits_ilidsvid.json")
@@ -238,10 +244,7 @@ def read_prid2011(data_dir: str, split=0, min_frames=PRID_MIN_FRAMES, **unused):
     _check_split(split, "prid2011")
     base = find_root(data_dir, "prid2011", ("prid2011", "PRID2011"), os.path.join("prid_2011", "multi_shot"),
                      "extract prid_2011.zip there")
-    cams = tuple(os.path.join(base, "prid_2011", "multi_shot", c) for c in ("cam_a", "cam_b"))
-    for cam in cams:
-        if not os.path.isdir(cam):
-            raise ConfigError(f"prid2011: missing {cam}")
+    cams = _camera_folders("prid2011", os.path.join(base, "prid_2011", "multi_shot"), ("cam_a", "cam_b"))
     both = sorted(set(_persons(cams[0])) & set(_persons(cams[1])))
     json_paths = [os.path.join(base, "splits_prid2011.json"), os.path.join(base, "prid_2011", "splits_prid2011.json")]
     found = [p for p in json_paths if os.path.isfile(p)]

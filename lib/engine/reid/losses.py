@@ -30,9 +30,17 @@ def _euclidean(features: torch.Tensor) -> torch.Tensor:
     return sq.clamp_min(1e-12).sqrt()
 
 
-def _masks(targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _distances_and_masks(features: torch.Tensor, targets: torch.Tensor,
+                         normalize: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(batch distances, same-identity mask, other-identity mask): the common start of both triplet losses, which
+    also share the requirement that every anchor has a negative in the batch."""
+    if normalize:
+        features = F.normalize(features, dim=1)
     same = targets[:, None] == targets[None]
-    return same, ~same
+    other = ~same
+    if not other.any(1).all():
+        raise ConfigError("a triplet loss needs at least two identities in every batch")
+    return _euclidean(features), same, other
 
 
 def batch_hard_triplet(features: torch.Tensor, targets: torch.Tensor, margin: float = 0.3,
@@ -40,12 +48,7 @@ def batch_hard_triplet(features: torch.Tensor, targets: torch.Tensor, margin: fl
     """Batch-hard triplet loss (Hermans et al. 2017, "In Defense of the Triplet Loss"): mean over anchors a of
     max(0, margin + max_{p: y_p = y_a} d(a, p) - min_{n: y_n != y_a} d(a, n)). Every anchor needs a negative in the
     batch (P >= 2); normalize: L2-normalize the features first (off in BoT)."""
-    if normalize:
-        features = F.normalize(features, dim=1)
-    dist = _euclidean(features)
-    same, other = _masks(targets)
-    if not other.any(1).all():
-        raise ConfigError("a triplet loss needs at least two identities in every batch")
+    dist, same, other = _distances_and_masks(features, targets, normalize)
     hardest_positive = dist.masked_fill(~same, float("-inf")).max(1).values
     hardest_negative = dist.masked_fill(~other, float("inf")).min(1).values
     return F.relu(hardest_positive - hardest_negative + margin).mean()
@@ -57,12 +60,7 @@ def weighted_regularized_triplet(features: torch.Tensor, targets: torch.Tensor,
     w_ij^p = exp(d_ij) / sum_{k in P_i} exp(d_ik) over its positives (the anchor itself included, as in AGW's
     code), w_ij^n = exp(-d_ij) / sum_{k in N_i} exp(-d_ik) over its negatives, and
     loss_i = log(1 + exp(sum_j w_ij^p d_ij - sum_j w_ij^n d_ij)), averaged: a soft margin, no margin parameter."""
-    if normalize:
-        features = F.normalize(features, dim=1)
-    dist = _euclidean(features)
-    same, other = _masks(targets)
-    if not other.any(1).all():
-        raise ConfigError("a triplet loss needs at least two identities in every batch")
+    dist, same, other = _distances_and_masks(features, targets, normalize)
     positive_weights = torch.softmax(dist.masked_fill(~same, float("-inf")), dim=1)
     negative_weights = torch.softmax((-dist).masked_fill(~other, float("-inf")), dim=1)
     furthest_positive = (positive_weights * dist).sum(1)
