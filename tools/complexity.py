@@ -110,6 +110,16 @@ def pinned_numbers():
     return {"blocks": block_complexity(paths=("auto",)), "models": model_complexity()}
 
 
+
+def _model_table(models, title, unit, digits, rows):
+    """One markdown table: rows of (label, model name, its plain model's name), parameters and GFLOPs of each, and
+    what it adds to the plain model."""
+    print(f"\n| {title} | params (M) | +params vs plain | {unit} | +GFLOPs vs plain |\n|---|---:|---:|---:|---:|")
+    for label, name, base in rows:
+        (params, flops), (base_params, base_flops) = models[name], models[base]
+        print(f"| {label} | {params / 1e6:.3f} | {params - base_params:+,} | {flops / 1e9:.{digits}f} | "
+              f"{(flops - base_flops) / 1e9:+.{digits}f} |")
+
 def print_tables():
     blocks = block_complexity()
     print("| block | shape (C, H x W) | params | MFLOPs / image |\n|---|---|---:|---:|")
@@ -120,34 +130,26 @@ def print_tables():
                 label = (kind if order is None else f"{kind} order {order}") + ("" if path == "auto" else f" ({path})")
                 print(f"| {label} | {c}, {h}x{w} | {params:,} | {flops / 1e6:.2f} |")
     models = model_complexity()
-    print("\n| model | params (M) | +params vs plain | GFLOPs / image | +GFLOPs vs plain |\n|---|---:|---:|---:|---:|")
-    for backbone, arch, nl_type, nl_nums in MODELS:
-        params, flops = models[model_name(backbone, arch, nl_type, nl_nums)]
-        base_params, base_flops = models[model_name(backbone, arch, None, 0)]
-        label = f"{backbone}-{arch}" + (f" + {nl_nums} {nl_type}" if nl_type else " (plain)")
-        print(f"| {label} | {params / 1e6:.3f} | {params - base_params:+,} | {flops / 1e9:.4f} | "
-              f"{(flops - base_flops) / 1e9:+.4f} |")
-    print("\n| video model (400 classes, clip 16x112x112) | params (M) | +params vs plain | GFLOPs / clip | "
-          "+GFLOPs vs plain |\n|---|---:|---:|---:|---:|")
+
+    def plain(backbone, arch):
+        return model_name(backbone, arch, None, 0)
+    _model_table(models, "model", "GFLOPs / image", 4,
+                 [(f"{b}-{a}" + (f" + {n} {t}" if t else " (plain)"), model_name(b, a, t, n), plain(b, a))
+                  for b, a, t, n in MODELS])
+    video_rows = []
     for backbone, arch, nl_type, nl_nums, layer in VIDEO_MODELS:
-        params, flops = models[model_name(backbone, arch, nl_type, nl_nums, layer)]
-        base_params, base_flops = models[model_name(backbone, arch, None, 0)]
         where = "after layer2.0" if layer == 2 else ("in layer3 / layer4" if nl_nums == 5 else "in layer3")
         label = f"{backbone}-{arch}" + (f" + {nl_nums} {nl_type} {where}" if nl_type else " (plain)")
-        print(f"| {label} | {params / 1e6:.3f} | {params - base_params:+,} | {flops / 1e9:.2f} | "
-              f"{(flops - base_flops) / 1e9:+.2f} |")
+        video_rows.append((label, model_name(backbone, arch, nl_type, nl_nums, layer), plain(backbone, arch)))
+    _model_table(models, "video model (400 classes, clip 16x112x112)", "GFLOPs / clip", 2, video_rows)
     task_rows = [("re-ID model (751 classes, 256x128, eval feature)", "GFLOPs / image", REID_MODELS,
                   {5: " at AGW's places (layer2 x 2, layer3 x 3)"}),
                  ("detector (91 classes; GFLOPs: ResNet-FPN backbone only, 800x1333 padded to 800x1344)",
                   "backbone GFLOPs / image", DETECTION_MODELS, {1: " in layer3", 5: " in layer3 / layer4"})]
     for title, unit, rows, places in task_rows:
-        print(f"\n| {title} | params (M) | +params vs plain | {unit} | +GFLOPs vs plain |\n|---|---:|---:|---:|---:|")
-        for backbone, arch, nl_type, nl_nums in rows:
-            params, flops = models[model_name(backbone, arch, nl_type, nl_nums)]
-            base_params, base_flops = models[model_name(backbone, arch, None, 0)]
-            label = f"{backbone}-{arch}" + (f" + {nl_nums} {nl_type}{places[nl_nums]}" if nl_type else " (plain)")
-            print(f"| {label} | {params / 1e6:.3f} | {params - base_params:+,} | {flops / 1e9:.2f} | "
-                  f"{(flops - base_flops) / 1e9:+.2f} |")
+        _model_table(models, title, unit, 2,
+                     [(f"{b}-{a}" + (f" + {n} {t}{places[n]}" if t else " (plain)"), model_name(b, a, t, n),
+                       plain(b, a)) for b, a, t, n in rows])
 
 
 def main(argv=None):
