@@ -13,6 +13,7 @@ import os
 import signal
 from functools import partial
 
+import cv2
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
@@ -23,6 +24,12 @@ from lib.data.folders import ListFileDataset, build_imagefolder, build_imagenet,
 from lib.data.info import DatasetInfo
 from lib.data.samplers import ContiguousShardSampler, EpochShuffleSampler, SeededAugmentation
 from lib.errors import ConfigError
+
+# OpenCV's own thread pool, once started, is copied into every forked DataLoader worker without its threads: a
+# worker that then touches the pool (even cv2.setNumThreads) can wait forever on a lock a missing thread held.
+# The loaders' OpenCV work (video decoding runs in FFmpeg's threads; crops, flips, resizes of one sample) gains
+# little from the pool; with one thread OpenCV starts none, so forks are safe. Every lib.data module passes here.
+cv2.setNumThreads(1)
 
 # name -> builder(name, data_dir, input_size, download, **options) -> (train_set, val_set, DatasetInfo)
 DATASETS = {

@@ -4,14 +4,20 @@ Builders for 'imagenet' (either layout, picked automatically) and 'imagefolder' 
 """
 import os
 
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
-from PIL import Image
 from torchvision.datasets.folder import default_loader
 
 from lib.data.info import DatasetInfo
-from lib.data.transforms import (DEFAULT_HFLIP, IMAGENET_MEAN, IMAGENET_STD, SMALL_INPUT_MAX,
-                                 large_image_transforms, small_image_transforms)
+from lib.data.transforms import (
+    DEFAULT_HFLIP,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SMALL_INPUT_MAX,
+    large_image_transforms,
+    small_image_transforms,
+)
 from lib.errors import ConfigError
 
 IMAGENET_LISTS = ("imagenet_train.list", "imagenet_val.list")

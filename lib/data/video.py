@@ -51,8 +51,17 @@ from torch.utils.data import Dataset
 
 from lib.data.info import DatasetInfo
 from lib.data.video_reader import VIDEO_EXTENSIONS, VideoFileReader, frame_folder_count, read_clip_frames
-from lib.data.video_transforms import (CROP_SCALES, DEFAULT_NORMALIZATION, NORMALIZATIONS, EvalClips, TrainClip,
-                                       check_clip_options, check_train_crop, clip_span, video_scores)
+from lib.data.video_transforms import (
+    CROP_SCALES,
+    DEFAULT_NORMALIZATION,
+    NORMALIZATIONS,
+    EvalClips,
+    TrainClip,
+    check_clip_options,
+    check_train_crop,
+    clip_span,
+    video_scores,
+)
 from lib.errors import ConfigError
 
 __all__ = ["build_video_datasets", "video_scores", "VideoDatasetInfo", "VideoFileDataset", "FakeVideoDataset",

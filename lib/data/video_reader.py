@@ -21,10 +21,8 @@ import re
 # FFmpeg's own messages go to stderr unless OpenCV is told its log level, which it reads once, when it first opens
 # a capture: set it before that (quiet; a user's own setting wins).
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-
 import cv2  # noqa: E402
 import numpy as np
-import torch.utils.data
 
 from lib.errors import ConfigError
 
@@ -44,12 +42,6 @@ class ShortRead(Exception):
     def __init__(self, num_frames):
         super().__init__(num_frames)
         self.num_frames = num_frames
-
-
-def _one_thread_in_workers():
-    """OpenCV's own thread pool in every DataLoader worker only oversubscribes the CPU (and can hang after fork)."""
-    if torch.utils.data.get_worker_info() is not None and cv2.getNumThreads() != 1:
-        cv2.setNumThreads(1)
 
 
 @contextlib.contextmanager
@@ -77,7 +69,6 @@ class VideoFileReader:
     has none); after a ShortRead, the true count."""
 
     def __init__(self, path, seek_min=SEEK_MIN_FRAMES):
-        _one_thread_in_workers()
         self.path = path
         self.seek_min = seek_min
         if not os.path.isfile(path):
@@ -177,7 +168,6 @@ class FrameFolderReader:
     """Frames of a folder holding image_00001.jpg ... image_NNNNN.jpg (numbered from 1, without gaps)."""
 
     def __init__(self, folder):
-        _one_thread_in_workers()
         self.folder = folder
         try:
             names = os.listdir(folder)

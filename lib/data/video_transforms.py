@@ -125,9 +125,9 @@ class TrainClip:
 
     train_crop: where the square of a scale drawn from `scales` lies: 'corner' (default: the centre or a corner,
     drawn), 'center' (always the centre; the position is still drawn, so that the other draws match 'corner's) or
-    'random' (a uniformly drawn position: two uniform numbers in place of the corner's one). hflip: probability of a horizontal flip. A mirror turns "moving left" into "moving right" and clockwise into
-    counter-clockwise: for classes defined by direction use 0. The flip is drawn even when hflip is 0, so the
-    other draws do not shift.
+    'random' (a uniformly drawn position: two uniform numbers in place of the corner's one). hflip: probability of
+    a horizontal flip. A mirror turns "moving left" into "moving right" and clockwise into counter-clockwise: for
+    classes defined by direction use 0. The flip is drawn even when hflip is 0, so the other draws do not shift.
     """
 
     def __init__(self, clip_len=16, frame_step=1, size=112, hflip=0.5, scales=CROP_SCALES,
