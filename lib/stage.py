@@ -306,9 +306,10 @@ class FusedReluDotStage(torch.autograd.Function):
         x_flat, grad_y = x.reshape(b, c, h * w), grad_y.reshape(b, c, h * w)
         features, z, factors = _features(x_flat, w_gtp)  # recomputed: [Z; F]
         scaled = features
-        if scale is not None:  # [Z; Fs] beside [Z; F]: the backward needs both
-            scaled = features.clone()
-            scaled[:, k:].mul_(scale)
+        if scale is not None:  # [Z; Fs] beside [Z; F]: the backward needs both (Z copied, Fs = F s in one pass)
+            scaled = torch.empty_like(features)
+            scaled[:, :k].copy_(z)
+            torch.mul(factors, scale, out=scaled[:, k:])
         weights = _unit_weights(w_1, w_2, mixed)
         pre = torch.bmm(weights, scaled)
         grad_out = grad_y
@@ -327,13 +328,15 @@ class FusedReluDotStage(torch.autograd.Function):
         grad_w_2 = torch.bmm(grad_v, mixed.transpose(1, 2)).sum(0)  # V = W2 R
         grad_zf = mix_transposed(torch.bmm(w_2.t().expand(b, -1, -1), grad_v), is_sys)  # dL/d(Z Fs^T)
         grad_z, grad_f = grad_features[:, :k], grad_features[:, k:]  # views: updated in place
-        grad_z.add_(torch.bmm(grad_zf, scaled[:, k:]))
-        grad_f.add_(torch.bmm(grad_zf.transpose(1, 2), z))  # now all of dL/dFs
+        grad_z.baddbmm_(grad_zf, scaled[:, k:])  # in place: no temporary, one pass
+        grad_f.baddbmm_(grad_zf.transpose(1, 2), z)  # now all of dL/dFs
         if scale is not None:  # Fs = F s, s = d^(-1/2), d = q^T F, q = S (F 1)
             grad_d = (grad_f * factors).sum(1, keepdim=True).mul_(scale.pow(3))  # times -1/2, applied below
-            grad_q = torch.bmm(factors, grad_d.transpose(1, 2)).squeeze(2)
-            grad_f.mul_(scale).addcmul_(q.unsqueeze(2), grad_d, value=-0.5)
-            grad_f.add_(mix_transposed(grad_q, is_sys).unsqueeze(2), alpha=-0.5)
+            grad_q = torch.bmm(factors, grad_d.transpose(1, 2))  # (B, 2C', 1)
+            # dL/dF = dL/dFs s - (q d_n + (S grad_q)) / 2: both rank-1 terms in one in-place rank-2 product
+            left = torch.cat([q.unsqueeze(2), mix_transposed(grad_q.squeeze(2), is_sys).unsqueeze(2)], dim=2)
+            right = torch.cat([grad_d, torch.ones_like(grad_d)], dim=1)  # (B, 2, N)
+            grad_f.mul_(scale).baddbmm_(left, right, alpha=-0.5)
         torch.ops.aten.threshold_backward.grad_input(grad_f, factors, 0, grad_input=grad_f)  # the ReLU, in place
         grad_x = torch.baddbmm(grad_y, w_gtp.t().expand(b, -1, -1), grad_features).reshape(b, c, h, w)
         grad_w_gtp = torch.bmm(grad_features, x_flat.transpose(1, 2)).sum(0)
