@@ -13,9 +13,12 @@ SPATIAL_NAMES = {1: "L", 2: "H, W", 3: "T, H, W"}
 
 
 def check_input(x, name, channels, dim):
-    """One clear line (ConfigError) for an input of the wrong rank or channel count."""
+    """One clear line (ConfigError) for an input of the wrong rank or channel count, or an empty one."""
     if x.dim() != dim + 2 or x.shape[1] != channels:
         raise ConfigError(f"{name} block expects input (B, {channels}, {SPATIAL_NAMES[dim]}), got {tuple(x.shape)}")
+    if x.numel() == 0:  # else an error deep inside the kernel's reshapes
+        raise ConfigError(f"{name} block got an empty input (shape {tuple(x.shape)}): every dimension must be "
+                          f"at least 1")
 
 
 class CGNL(nn.Module):

@@ -328,3 +328,11 @@ def test_block_argument_and_input_errors_are_config_errors():
     for shape in ((0, 8, 4, 4), (1, 8, 0, 4)):
         with pytest.raises(ConfigError, match=r"SNL got an empty input \(shape"):
             block(torch.zeros(shape))
+
+
+@pytest.mark.parametrize("kind", ["cgnl", "cc"])
+def test_cgnl_and_cc_refuse_an_empty_input_in_one_line(kind):
+    from lib import build_nonlocal
+    block = build_nonlocal(kind, 8, 4)
+    with pytest.raises(ConfigError, match=rf"{kind} block got an empty input \(shape \(1, 8, 0, 4\)\)"):
+        block(torch.zeros(1, 8, 0, 4))
