@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from lib.data import LOADER_TIMEOUT_SECONDS, shield_worker
+from lib.data import loader_options
 from lib.data.cityscapes import CLASSES, SegmentationSet, build_cityscapes
 from lib.data.fake_scenes import SPLIT_SIZES, FakeScenes
 from lib.data.iteration_sampler import IterationBatchSampler
@@ -73,24 +73,13 @@ def build_seg_datasets(args, train=True):
 def val_loader_of(val_set, ctx, args):
     # Batch 1: validation images may differ in size; each process evaluates a contiguous shard, no padding.
     sampler = ContiguousShardSampler(val_set, ctx.world_size, ctx.rank)
-    return DataLoader(val_set, batch_size=1, sampler=sampler, num_workers=args.workers, timeout=loader_timeout(args),
-                      worker_init_fn=shield_worker,
-                      pin_memory=ctx.device.type == "cuda", persistent_workers=args.workers > 0,
-                      generator=torch.Generator().manual_seed(args.seed))
-
-
-def loader_timeout(args):
-    return LOADER_TIMEOUT_SECONDS if args.workers > 0 else 0  # a hung worker stops the run with one line
+    return DataLoader(val_set, batch_size=1, sampler=sampler, **loader_options(args.workers, ctx.device, args.seed))
 
 
 def train_loader_of(train_set, ctx, args, start_iter):
     sampler = IterationBatchSampler(len(train_set), args.batch_size, args.iters, start_iter, ctx.rank,
                                     ctx.world_size, args.seed)
-    # Own generator: the loader draws its workers' base seed from it, not from the global RNG (which then stays
-    # exactly as the checkpoint restored it: the dropout draws of a resumed run match the uninterrupted run's).
-    return DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers, timeout=loader_timeout(args),
-                      worker_init_fn=shield_worker,
-                      pin_memory=ctx.device.type == "cuda", generator=torch.Generator().manual_seed(args.seed))
+    return DataLoader(train_set, batch_sampler=sampler, **loader_options(args.workers, ctx.device, args.seed))
 
 
 def segmentor_kwargs(args, pretrained=None):

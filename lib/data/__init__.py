@@ -11,7 +11,6 @@ import multiprocessing
 import multiprocessing.util  # registers multiprocessing's exit hook now, so that ours (below) runs before it
 import os
 import signal
-from functools import partial
 
 import cv2
 import torch
@@ -71,8 +70,8 @@ def stop_loader_workers():
 
 atexit.register(stop_loader_workers)
 
-__all__ = ["DATASETS", "DatasetInfo", "build_datasets", "build_loaders", "CifarDataset", "FakeDataset",
-           "ListFileDataset", "read_list_file", "EpochShuffleSampler", "SeededAugmentation",
+__all__ = ["DATASETS", "DatasetInfo", "build_datasets", "build_loaders", "loader_options", "CifarDataset",
+           "FakeDataset", "ListFileDataset", "read_list_file", "EpochShuffleSampler", "SeededAugmentation",
            "ContiguousShardSampler"]
 
 
@@ -97,6 +96,16 @@ def build_datasets(name, data_dir, input_size=None, download=True, hflip=None, *
     return DATASETS[name](name, data_dir, input_size, download, **options)
 
 
+def loader_options(workers, device, seed):
+    """The DataLoader options every loader of a run shares: its workers ignore the stop signals (shield_worker) and
+    persist across epochs, a hung one is noticed (LOADER_TIMEOUT_SECONDS), memory is pinned only for a CUDA run (on
+    a GPU host a CPU run would otherwise start a CUDA context on GPU 0), and the workers' base seed comes from an own
+    generator, never the global RNG (which then stays as a resumed checkpoint restored it)."""
+    return dict(num_workers=workers, pin_memory=device is not None and torch.device(device).type == "cuda",
+                persistent_workers=workers > 0, timeout=LOADER_TIMEOUT_SECONDS if workers > 0 else 0,
+                worker_init_fn=shield_worker, generator=torch.Generator().manual_seed(seed))
+
+
 def build_loaders(train_set, val_set, batch_size, workers, distributed=False, seed=0, device=None):
     """(train_loader, val_loader, train_sampler); batch_size is per process; memory is pinned only for a CUDA
     `device` (the run's).
@@ -115,13 +124,8 @@ def build_loaders(train_set, val_set, batch_size, workers, distributed=False, se
         num_replicas, rank = 1, 0
     train_sampler = EpochShuffleSampler(train_set, num_replicas, rank, seed=seed)
     val_sampler = ContiguousShardSampler(val_set, num_replicas, rank)
-    # Own generators: the loaders draw their worker base seeds from these, not from the global RNG.
-    # Pinned only for a CUDA run: pinning for a CPU run on a GPU host would start a CUDA context on GPU 0.
-    pin = device is not None and torch.device(device).type == "cuda"
-    loader = partial(DataLoader, batch_size=batch_size, num_workers=workers, pin_memory=pin,
-                     persistent_workers=workers > 0, timeout=LOADER_TIMEOUT_SECONDS if workers > 0 else 0,
-                     worker_init_fn=shield_worker)
-    train_loader = loader(SeededAugmentation(train_set), sampler=train_sampler, drop_last=False,
-                          generator=torch.Generator().manual_seed(seed))
-    val_loader = loader(val_set, sampler=val_sampler, generator=torch.Generator().manual_seed(seed))
+    train_loader = DataLoader(SeededAugmentation(train_set), batch_size=batch_size, sampler=train_sampler,
+                              drop_last=False, **loader_options(workers, device, seed))
+    val_loader = DataLoader(val_set, batch_size=batch_size, sampler=val_sampler,
+                            **loader_options(workers, device, seed))
     return train_loader, val_loader, train_sampler

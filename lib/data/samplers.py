@@ -96,3 +96,15 @@ class ContiguousShardSampler(Sampler):
 
     def __len__(self):
         return self.stop - self.start
+
+
+class BatchSkipInSamples:
+    """A batch sampler (P x K identities, aspect-ratio groups) as the epoch loop drives a sampler: the loop gives a
+    resumed epoch's position in samples (iterations x batch size, lib.engine.epochs.run_epochs), a batch sampler
+    skips whole batches."""
+
+    def __init__(self, batch_sampler, batch_size):
+        self.batch_sampler, self.batch_size = batch_sampler, batch_size
+
+    def set_epoch(self, epoch, skip=0):
+        self.batch_sampler.set_epoch(epoch, skip=skip // self.batch_size)

@@ -5,20 +5,10 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from lib.data.samplers import ContiguousShardSampler, SeededAugmentation
+from lib.data import loader_options
+from lib.data.samplers import BatchSkipInSamples, ContiguousShardSampler, SeededAugmentation
 from lib.engine.distributed import local_main_first
 from lib.engine.schedule import WarmupStepSchedule
-
-
-class EpochBatches:
-    """The run loop's train_sampler for a GroupedBatchSampler: the loop skips a resumed epoch's first n *samples*
-    (iterations x batch size, lib.engine.epochs.run_epochs), the grouped sampler counts *batches*."""
-
-    def __init__(self, batch_sampler, batch_size):
-        self.batch_sampler, self.batch_size = batch_sampler, batch_size
-
-    def set_epoch(self, epoch, skip=0):
-        self.batch_sampler.set_epoch(epoch, skip=skip // self.batch_size)
 
 
 def build_data(args, ctx):
@@ -33,14 +23,13 @@ def build_data(args, ctx):
     groups = aspect_ratio_groups(train_set.aspect_ratios(), args.aspect_ratio_group_factor)
     batches = GroupedBatchSampler(train_set, groups, args.batch_size, num_replicas=ctx.world_size, rank=ctx.rank,
                                   seed=args.seed)
-    # Own generators: the loaders draw their worker seeds from these, never from the global RNG (exact resumes).
-    common = dict(num_workers=args.workers, collate_fn=collate_detection, pin_memory=torch.cuda.is_available(),
-                  generator=torch.Generator().manual_seed(args.seed))
-    train_loader = DataLoader(SeededAugmentation(train_set), batch_sampler=batches, **common)
-    val_loader = DataLoader(val_set, batch_size=args.batch_size, **common,
-                            sampler=ContiguousShardSampler(val_set, ctx.world_size, ctx.rank))
+    train_loader = DataLoader(SeededAugmentation(train_set), batch_sampler=batches, collate_fn=collate_detection,
+                              **loader_options(args.workers, ctx.device, args.seed))
+    val_loader = DataLoader(val_set, batch_size=args.batch_size, collate_fn=collate_detection,
+                            sampler=ContiguousShardSampler(val_set, ctx.world_size, ctx.rank),
+                            **loader_options(args.workers, ctx.device, args.seed))
     return dict(train_set=train_set, val_set=val_set, num_classes=num_classes, train_loader=train_loader,
-                val_loader=val_loader, train_sampler=EpochBatches(batches, args.batch_size))
+                val_loader=val_loader, train_sampler=BatchSkipInSamples(batches, args.batch_size))
 
 
 @dataclass(frozen=True)

@@ -6,22 +6,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from lib.data import shield_worker
-from lib.data.samplers import ContiguousShardSampler, SeededAugmentation
+from lib.data import loader_options
+from lib.data.samplers import BatchSkipInSamples, ContiguousShardSampler, SeededAugmentation
 from lib.engine.distributed import gather_objects, local_main_first
 from lib.engine.metrics import format_seconds
 from lib.engine.runtime import autocast
-
-
-class SkipInSamples:
-    """The identity sampler as the epoch loop drives it: lib.engine.epochs counts what a resumed epoch already saw
-    in samples (iterations x batch size), the identity sampler skips whole batches."""
-
-    def __init__(self, batch_sampler, batch_size):
-        self.batch_sampler, self.batch_size = batch_sampler, batch_size
-
-    def set_epoch(self, epoch, skip=0):
-        self.batch_sampler.set_epoch(epoch, skip=skip // self.batch_size)
 
 
 def load_reid_data(args, ctx):
@@ -34,11 +23,10 @@ def load_reid_data(args, ctx):
         seq_len=args.seq_len, test_sampling=args.test_sampling, split=args.split))
     sampler = IdentityBatchSampler(train_set.pids, args.batch_size, args.num_instances, ctx.world_size, ctx.rank,
                                    args.seed)
-    loader = DataLoader(SeededAugmentation(train_set), batch_sampler=sampler, num_workers=args.workers,
-                        pin_memory=torch.cuda.is_available(), persistent_workers=args.workers > 0,
-                        worker_init_fn=shield_worker, generator=torch.Generator().manual_seed(args.seed))
+    loader = DataLoader(SeededAugmentation(train_set), batch_sampler=sampler,
+                        **loader_options(args.workers, ctx.device, args.seed))
     return dict(train_set=train_set, query_set=query_set, gallery_set=gallery_set, info=info, train_loader=loader,
-                train_sampler=SkipInSamples(sampler, args.batch_size))
+                train_sampler=BatchSkipInSamples(sampler, args.batch_size))
 
 
 class ReidOptimizer:
@@ -112,9 +100,9 @@ def extract_features(model, dataset, ctx, args, log, what):
     model.eval()
     video = args.backbone == "reid_video"
     dense = video and args.test_sampling == "dense"
-    loader = DataLoader(dataset, batch_size=1 if dense else args.batch_size, num_workers=args.workers,
+    loader = DataLoader(dataset, batch_size=1 if dense else args.batch_size,
                         sampler=ContiguousShardSampler(dataset, ctx.world_size, ctx.rank),
-                        pin_memory=torch.cuda.is_available())
+                        **loader_options(args.workers, ctx.device, args.seed))
     features, pids, camids, start, seen = [], [], [], time.time(), 0
     for i, (inputs, pid, camid) in enumerate(loader):
         inputs = inputs.to(ctx.device, non_blocking=True)

@@ -5,6 +5,7 @@ from argparse import Namespace
 import torch
 from torch.utils.data import DataLoader
 
+from lib.data import loader_options
 from lib.data.samplers import ContiguousShardSampler
 from lib.engine.distributed import local_main_first
 from lib.engine.runtime import prepare_model
@@ -59,5 +60,4 @@ def test_loader_of(test_set, ctx, args):
     videos per batch as make about --batch-size clips."""
     videos_per_batch = max(1, args.batch_size // args.test_clips)
     return DataLoader(test_set, batch_size=videos_per_batch, sampler=ContiguousShardSampler(test_set, ctx.world_size,
-                      ctx.rank), num_workers=args.workers, pin_memory=ctx.device.type == "cuda",
-                      generator=torch.Generator().manual_seed(args.seed))
+                      ctx.rank), **loader_options(args.workers, ctx.device, args.seed))
