@@ -57,15 +57,6 @@ def optimizer_step(loss, optimizer, scaler):
         optimizer.step()
 
 
-def checked_step(loss, optimizer, scaler, ctx, stopped):
-    """The step on loss, checked before the update, so no NaN reaches the weights, and agreed across processes, so
-    all stop together (NonFiniteLoss, its message ending with `stopped`); returns loss as a float. Loops with a
-    RunGuard use optimizer_step + LossCheck instead, one synchronisation per step."""
-    LossCheck(loss, stopped).raise_if_any(ctx)
-    optimizer_step(loss, optimizer, scaler)
-    return loss.item()
-
-
 def autocast(device, amp):
     dtype = AMP_DTYPES[amp]
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
